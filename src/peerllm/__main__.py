@@ -1,0 +1,5 @@
+"""`python -m peerllm` runs the CLI."""
+
+from .cli import main
+
+main()

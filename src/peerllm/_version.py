@@ -1,0 +1,3 @@
+"""The installed peerllm version (single source of truth for packaging)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,40 @@
+"""Serve the API with hypercorn's trio worker inside the node's own trio loop."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .app import build_app
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+logger = logging.getLogger(__name__)
+
+
+async def serve_api(node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+    """Serve until cancelled; ``task_status.started`` gets the base URL once bound."""
+    cfg = Config()
+    host = node.config.api.host
+    bind_host = f"[{host}]" if ":" in host else host
+    cfg.bind = [f"{bind_host}:{node.config.api.port}"]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("peerllm.api.hypercorn")
+    cfg.graceful_timeout = 1.0
+    cfg.keep_alive_timeout = 30.0
+
+    async def started(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+        await serve(build_app(node), cfg, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(started)
+        url = binds[0] if binds else f"http://{bind_host}:{node.config.api.port}"
+        logger.info("HTTP API on %s", url)
+        task_status.started(url)

@@ -1,0 +1,25 @@
+"""The `peerllm` command: a thin click group; one module per command."""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from .identity import identity
+from .node import node
+from .peers import peers
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="peerllm")
+def cli() -> None:
+    """PeerLLM: a coordinator-free peer-to-peer LLM inference mesh."""
+
+
+cli.add_command(node)
+cli.add_command(peers)
+cli.add_command(identity)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,48 @@
+"""Shared CLI plumbing: config layering (defaults < file < env < flags) and logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..config import (
+    NodeConfig,
+    config_from_env,
+    config_from_mapping,
+    load_yaml_config,
+    merge_layers,
+)
+from ..errors import PeerLLMError
+
+DEFAULT_API_URL = "http://127.0.0.1:7471"
+
+
+def build_config(config_path: Path | None, flags: Mapping[str, Any]) -> NodeConfig:
+    """Layer the config file, PEERLLM_* / NODE_* env vars and command-line flags."""
+    try:
+        file_layer = load_yaml_config(config_path) if config_path is not None else {}
+        env_layer = config_from_env(os.environ)
+        return config_from_mapping(merge_layers(file_layer, env_layer, flags))
+    except PeerLLMError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def api_url_option() -> Callable[[_F], _F]:
+    return click.option("--api", "api_url", envvar="PEERLLM_API", default=DEFAULT_API_URL,
+                        show_default=True, help="Base URL of a running node's HTTP API.")

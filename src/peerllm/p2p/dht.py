@@ -1,0 +1,172 @@
+"""Kademlia DHT facade: signed node records, name claims and model provider records.
+
+Values are only for slowly-changing, signed, versioned facts (py-libp2p serves them
+from a local cache, so reads can be stale); live state comes from node-info.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.records.validator import Validator
+from libp2p.tools.anyio_service import background_trio_service
+
+from ..errors import RecordError
+from ..identity import Identity, peer_id_of, verify
+from ..wire.records import (
+    NAMESPACE,
+    NameClaim,
+    NodeRecord,
+    SignedRecord,
+    model_provider_key,
+    name_record_key,
+    node_record_key,
+    open_record,
+    seal_record,
+    select_newest,
+)
+from .host import P2PHost
+
+logger = logging.getLogger(__name__)
+
+DHT_OP_TIMEOUT_S = 30.0
+"""Every DHT operation runs under this deadline: frozen peers cost 10 s per query round."""
+
+
+class RecordValidator(Validator):
+    """libp2p validator for the /peerllm/ namespace: signed, unexpired, matching keys."""
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            open_record(key, value, now=time.time(), verify=verify, peer_id_of=peer_id_of)
+        except RecordError as exc:
+            logger.debug("rejected DHT record %s: %s", key, exc)
+            raise ValueError(f"invalid peerllm record: {exc}") from exc
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        opened: list[SignedRecord] = []
+        index: list[int] = []
+        now = time.time()
+        for i, value in enumerate(values):
+            try:
+                opened.append(open_record(key, value, now=now, verify=verify,
+                                          peer_id_of=peer_id_of))
+                index.append(i)
+            except RecordError:
+                continue
+        if not opened:
+            return 0
+        return index[select_newest(opened)]
+
+
+class Dht:
+    """Our use of py-libp2p's KadDHT in server mode."""
+
+    def __init__(self, host: P2PHost, identity: Identity) -> None:
+        self._host = host
+        self._identity = identity
+        # Created before any dial: Identify caches protocols at connect time, and a
+        # peer identified before the DHT existed is silently not added (notes §4.1).
+        self.kad = KadDHT(host.libp2p, DHTMode.SERVER, strict_validation=True)
+        self.kad.register_validator(NAMESPACE, RecordValidator())
+        self._seq = int(time.time() * 1000)
+
+    def _next_seq(self) -> int:
+        # Milliseconds since the epoch, forced monotonic: newest record wins across restarts.
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return self._seq
+
+    async def add_peer(self, peer_id: str) -> None:
+        try:
+            await self.kad.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True)
+        except Exception:  # the routing table refuses peers for many benign reasons
+            logger.debug("DHT add_peer %s failed", peer_id, exc_info=True)
+
+    def routing_peers(self) -> list[str]:
+        return [str(p) for p in self.kad.routing_table.get_peer_ids()]
+
+    async def refresh(self) -> None:
+        with trio.move_on_after(DHT_OP_TIMEOUT_S):
+            try:
+                await self.kad.refresh_routing_table()
+            except Exception:  # a refresh that fails is retried on the next round
+                logger.debug("DHT refresh failed", exc_info=True)
+
+    async def publish(self, *, addrs: Sequence[str], models: Sequence[str], ttl_s: float) -> None:
+        """Publish our node record, our name claim and a provider record per model."""
+        ident = self._identity
+        expires = time.time() + ttl_s
+        node = NodeRecord(peer_id=ident.peer_id, node_id=ident.node_id, name=ident.name,
+                          addrs=tuple(addrs), models=tuple(models))
+        claim = NameClaim(name=ident.name, peer_id=ident.peer_id, node_id=ident.node_id)
+        for kind, body, key in (("node", node, node_record_key(ident.peer_id)),
+                                ("name", claim, name_record_key(ident.name))):
+            value = seal_record(kind, body, seq=self._next_seq(), expires_at=expires,  # type: ignore[arg-type]
+                                public_key=ident.public_key, sign=ident.sign)
+            await self._put(key, value)
+        for model in models:
+            with trio.move_on_after(DHT_OP_TIMEOUT_S):
+                try:
+                    await self.kad.provide(model_provider_key(model))
+                except Exception:
+                    logger.info("providing %s in the DHT failed", model, exc_info=True)
+
+    async def _put(self, key: str, value: bytes) -> None:
+        with trio.move_on_after(DHT_OP_TIMEOUT_S) as scope:
+            try:
+                await self.kad.put_value(key, value)
+            except ValueError as exc:
+                # Another live node holds a newer record under our name: a name conflict.
+                logger.warning("DHT refused our record %s: %s", key, exc)
+            except Exception:
+                logger.info("DHT put %s failed", key, exc_info=True)
+        if scope.cancelled_caught:
+            logger.info("DHT put %s timed out after %s s", key, DHT_OP_TIMEOUT_S)
+
+    async def _get(self, key: str) -> SignedRecord | None:
+        with trio.move_on_after(DHT_OP_TIMEOUT_S):
+            try:
+                value = await self.kad.get_value(key)
+            except Exception:
+                logger.debug("DHT get %s failed", key, exc_info=True)
+                return None
+            if value is None:
+                return None
+            try:
+                return open_record(key, value, now=time.time(), verify=verify,
+                                   peer_id_of=peer_id_of)
+            except RecordError as exc:
+                logger.info("DHT returned an invalid record for %s: %s", key, exc)
+                return None
+        return None
+
+    async def find_name(self, name: str) -> NameClaim | None:
+        rec = await self._get(name_record_key(name))
+        return rec.body if rec is not None and isinstance(rec.body, NameClaim) else None
+
+    async def find_node(self, peer_id: str) -> NodeRecord | None:
+        rec = await self._get(node_record_key(peer_id))
+        return rec.body if rec is not None and isinstance(rec.body, NodeRecord) else None
+
+    async def find_providers(self, model: str, count: int = 20) -> list[tuple[str, list[str]]]:
+        with trio.move_on_after(DHT_OP_TIMEOUT_S):
+            try:
+                infos = await self.kad.find_providers(model_provider_key(model), count)
+            except Exception:
+                logger.debug("DHT find_providers %s failed", model, exc_info=True)
+                return []
+            return [(str(i.peer_id), [str(a) for a in i.addrs]) for i in infos]
+        return []
+
+
+@asynccontextmanager
+async def open_dht(host: P2PHost, identity: Identity) -> AsyncIterator[Dht]:
+    dht = Dht(host, identity)
+    async with background_trio_service(dht.kad):
+        yield dht

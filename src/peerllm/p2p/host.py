@@ -1,0 +1,317 @@
+"""The libp2p host, built safe: Noise only, Yamux, gated TCP, one connection per peer.
+
+py-libp2p 0.8.1's defaults are unsafe (plaintext accepted, a handler exception kills
+the host, ~250 ms per dial, no timeouts); this module is the one place that knows
+and works around that (see shared/notes/py-libp2p-0.8.1.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from ..errors import NetworkKeyMismatch, PeerTimeout, PeerUnavailable
+from ..identity import Identity, to_libp2p_keypair
+from .gate import GatedTCP, NetworkKey
+
+logger = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=BaseException)
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A connection to ``peer_id`` opened or closed; ``inbound`` says who dialled."""
+
+    kind: Literal["connected", "disconnected"]
+    peer_id: str
+    inbound: bool
+    addr: str | None
+
+
+def route_libp2p_logging() -> None:
+    """Make py-libp2p log through the application's handlers, and less noisily.
+
+    ``import libp2p`` sets ``propagate=False`` with no handler, so its warnings bypass
+    our logging config; the DHT logs a warning for nearly every normal request.
+    """
+    lib = logging.getLogger("libp2p")
+    lib.propagate = True
+    lib.handlers.clear()
+    if lib.level == logging.NOTSET or lib.level < logging.WARNING:
+        lib.setLevel(logging.WARNING)
+    for noisy in ("libp2p.kad_dht", "libp2p.host.basic_host", "libp2p.identity",
+                  "libp2p.network.swarm", "libp2p.transport", "libp2p.network.auto_connector"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def safe_handler(protocol: str, fn: StreamHandler, *, timeout_s: float | None) -> StreamHandler:
+    """Wrap a stream handler so nothing it raises can take the host down.
+
+    py-libp2p propagates a handler's exception into the swarm service and the whole
+    host exits (notes §4.6). Cancellation still propagates.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(stream: INetStream) -> None:
+        try:
+            if timeout_s is None:
+                await fn(stream)
+            else:
+                with trio.fail_after(timeout_s):
+                    await fn(stream)
+        except Exception as exc:
+            peer = _stream_peer(stream)
+            logger.info("%s handler for %s ended with %s: %s", protocol, peer,
+                        type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+            with trio.move_on_after(1, shield=True):
+                try:
+                    await stream.reset()
+                except Exception:  # the stream is already gone; nothing left to tell the peer
+                    logger.debug("reset after handler failure raised", exc_info=True)
+
+    return wrapper
+
+
+def _stream_peer(stream: INetStream) -> str:
+    try:
+        return str(stream.muxed_conn.peer_id)
+    except AttributeError:
+        return "?"
+
+
+class _ConnectionNotifee(INotifee):
+    """Forwards connection events into a trio channel; never blocks the swarm."""
+
+    def __init__(self, send: trio.MemorySendChannel[ConnectionEvent]) -> None:
+        self._send = send
+
+    def _emit(self, kind: Literal["connected", "disconnected"], conn: INetConn) -> None:
+        try:
+            peer = str(conn.muxed_conn.peer_id)
+            inbound = not bool(getattr(conn.muxed_conn, "is_initiator", False))
+            addrs = conn.get_transport_addresses()
+            addr = str(addrs[0]) if addrs else None
+        except Exception:  # a half-torn-down connection: nothing useful to report
+            logger.debug("could not describe connection for %s event", kind, exc_info=True)
+            return
+        try:
+            self._send.send_nowait(ConnectionEvent(kind, peer, inbound, addr))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            logger.debug("dropped %s event for %s", kind, peer)
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._emit("connected", conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._emit("disconnected", conn)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class P2PHost:
+    """Our face of the libp2p host: timeouts on every dial and stream, safe handlers."""
+
+    def __init__(self, host: IHost, *, dial_timeout_s: float, network_key: NetworkKey,
+                 events: trio.MemoryReceiveChannel[ConnectionEvent]) -> None:
+        self.libp2p = host
+        self.peer_id = str(host.get_id())
+        self.network_key = network_key
+        self.events = events
+        self._dial_timeout_s = dial_timeout_s
+
+    def addrs(self) -> list[str]:
+        """Full multiaddrs others can dial (with /p2p/<peer-id>)."""
+        return [str(a) for a in self.libp2p.get_addrs()]
+
+    def connected_peers(self) -> list[str]:
+        return [str(p) for p in self.libp2p.get_connected_peers()]
+
+    def is_connected(self, peer_id: str) -> bool:
+        return bool(self.libp2p.get_network().connections.get(ID.from_base58(peer_id)))
+
+    def set_handler(self, protocol: str, handler: StreamHandler, *,
+                    timeout_s: float | None = None) -> None:
+        self.libp2p.set_stream_handler(TProtocol(protocol),
+                                       safe_handler(protocol, handler, timeout_s=timeout_s))
+
+    def add_addrs(self, peer_id: str, addrs: Sequence[str], ttl_s: int = 3600) -> None:
+        pid = ID.from_base58(peer_id)
+        parsed = []
+        for a in addrs:
+            try:
+                parsed.append(_strip_p2p(multiaddr.Multiaddr(a)))
+            except Exception:  # a peer advertised junk; keep the rest
+                logger.debug("ignoring unparsable address %r for %s", a, peer_id)
+        if parsed:
+            self.libp2p.get_peerstore().add_addrs(pid, parsed, ttl_s)
+
+    async def connect(self, peer_id: str, addrs: Sequence[str] = ()) -> None:
+        """Ensure a connection to ``peer_id`` (reusing an open one).
+
+        Raises:
+            NetworkKeyMismatch: the peer is in another private network.
+            PeerTimeout: no connection within the dial timeout.
+            PeerUnavailable: every address failed.
+        """
+        if peer_id == self.peer_id:
+            raise PeerUnavailable(peer_id, "refusing to dial ourselves")
+        if self.is_connected(peer_id):
+            return
+        self.add_addrs(peer_id, addrs, ttl_s=120)
+        pid = ID.from_base58(peer_id)
+        info = PeerInfo(pid, [])
+        with trio.move_on_after(self._dial_timeout_s) as scope:
+            try:
+                await self.libp2p.connect(info)
+            except Exception as exc:
+                mismatch = _find_cause(exc, NetworkKeyMismatch)
+                if mismatch is not None:
+                    raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
+                raise PeerUnavailable(peer_id, f"dial failed: {_describe(exc)}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(peer_id, f"no connection within {self._dial_timeout_s} s",
+                              phase="dial")
+
+    async def connect_addr(self, addr: str) -> str:
+        """Dial a full multiaddr ending in /p2p/<id>; return the peer ID."""
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        peer_id = str(info.peer_id)
+        await self.connect(peer_id, [addr])
+        return peer_id
+
+    async def open_stream(self, peer_id: str, protocol: str) -> INetStream:
+        """Open a new stream (connecting first if needed) under the dial timeout."""
+        await self.connect(peer_id)
+        with trio.move_on_after(self._dial_timeout_s):
+            try:
+                return await self.libp2p.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+            except Exception as exc:
+                raise PeerUnavailable(peer_id, f"cannot open {protocol}: {_describe(exc)}") from exc
+        raise PeerTimeout(peer_id, f"{protocol} stream not open within {self._dial_timeout_s} s",
+                          phase="open")
+
+    async def disconnect(self, peer_id: str) -> None:
+        with trio.move_on_after(2, shield=True):
+            try:
+                await self.libp2p.disconnect(ID.from_base58(peer_id))
+            except Exception:  # already gone
+                logger.debug("disconnect from %s raised", peer_id, exc_info=True)
+
+
+def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    try:
+        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
+    except Exception:
+        return addr
+
+
+def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, kind):
+            return cur
+        if isinstance(cur, BaseExceptionGroup):
+            todo.extend(cur.exceptions)
+        # libp2p's MultiError keeps the per-address failures in .errors, not as a cause.
+        nested = getattr(cur, "errors", None)
+        if isinstance(nested, (list, tuple)):
+            todo.extend(e for e in nested if isinstance(e, BaseException))
+        for nxt in (cur.__cause__, cur.__context__):
+            if nxt is not None:
+                todo.append(nxt)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return f"{type(root).__name__}: {root}" if root is not exc else f"{type(exc).__name__}: {exc}"
+
+
+@asynccontextmanager
+async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequence[str] = (),
+                    network_key: str | None = None, dial_timeout_s: float = 5.0,
+                    max_peers: int = 200) -> AsyncIterator[P2PHost]:
+    """Run a libp2p host for ``identity`` until the block exits.
+
+    Raises:
+        PeerLLMError subclasses are not raised here; a listen failure surfaces as
+        OSError / libp2p's OpenConnectionError chained in a ``DiscoveryError``-free way
+        so the CLI can name the address.
+    """
+    route_libp2p_logging()
+    key = NetworkKey.from_hex(network_key)
+    keypair = to_libp2p_keypair(identity.private_key)
+    listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
+    conn_cfg = ConnectionConfig(
+        max_connections_per_peer=1,      # >1 costs a fixed 250 ms per dial in 0.8.1
+        max_connections=max(max_peers + 16, 32),
+        min_connections=0,
+        low_watermark=0,                 # we decide whom to dial; no blind auto-connect storms
+        high_watermark=max_peers + 8,
+        dial_timeout=dial_timeout_s,
+        inbound_upgrade_timeout=max(dial_timeout_s, 5.0),
+        outbound_upgrade_timeout=max(dial_timeout_s, 5.0),
+    )
+    host = new_host(
+        key_pair=keypair,
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+            keypair, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=listen_addrs,
+        transports=[GatedTCP(key)],
+        connection_config=conn_cfg,
+        announce_addrs=[multiaddr.Multiaddr(a) for a in announce] or None,
+    )
+    # A refused gate is final: the library's 3 retries would only repeat the refusal.
+    host.get_network().retry_config = RetryConfig(max_retries=0)
+    send, recv = trio.open_memory_channel[ConnectionEvent](1024)
+    host.get_network().register_notifee(_ConnectionNotifee(send))
+    async with send, recv, host.run(listen_addrs):
+        p2p = P2PHost(host, dial_timeout_s=dial_timeout_s, network_key=key, events=recv)
+        logger.info("libp2p host %s listening on %s (network %s)", p2p.peer_id,
+                    ", ".join(p2p.addrs()), key.describe())
+        try:
+            yield p2p
+        finally:
+            # host.run() stops the swarm service but leaves dialled sockets open.
+            with trio.move_on_after(2, shield=True):
+                async with trio.open_nursery() as nursery:
+                    for peer in p2p.connected_peers():
+                        nursery.start_soon(p2p.disconnect, peer)

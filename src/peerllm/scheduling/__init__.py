@@ -1,0 +1,1 @@
+"""Pure scheduling: MCDA scoring, circuit breakers (no I/O, no clock reads)."""

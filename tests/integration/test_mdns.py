@@ -1,0 +1,285 @@
+"""mDNS discovery between real zeroconf instances bound to 127.0.0.1 (multicast loops back on lo).
+
+Other processes on this machine may be announcing PeerLLM services too, so tests wait for
+the peers they expect and never assert that nothing else was seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
+from dataclasses import replace
+
+import pytest
+import trio
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+
+from peerllm.errors import DiscoveryError
+from peerllm.p2p.mdns import (
+    SERVICE_TYPE,
+    Mdns,
+    MdnsAnnouncement,
+    MdnsPeer,
+    decode_txt,
+    encode_txt,
+    open_mdns,
+)
+
+LOOPBACK = ["127.0.0.1"]
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_PROBE_TYPE = "_peerllm-probe._tcp.local."
+
+
+def new_peer_id() -> str:
+    return "12D3KooW" + "".join(random.choices(_B58, k=44))
+
+
+def announcement(name: str, *, models: Iterable[str] = (), n_addrs: int = 1) -> MdnsAnnouncement:
+    pid = new_peer_id()
+    addrs = tuple(f"/ip4/127.0.0.1/tcp/{4001 + i}/p2p/{pid}" for i in range(n_addrs))
+    return MdnsAnnouncement(peer_id=pid, name=name, port=4001, addrs=addrs, models=tuple(models))
+
+
+def as_seen(ann: MdnsAnnouncement) -> MdnsPeer:
+    return MdnsPeer(peer_id=ann.peer_id, name=ann.name, addrs=ann.addrs, models=ann.models)
+
+
+@functools.cache
+def multicast_problem() -> str | None:
+    """Why two zeroconf instances on 127.0.0.1 cannot see each other, or None if they can."""
+    probe = ServiceInfo(
+        _PROBE_TYPE,
+        f"probe-{random.randrange(1 << 32):08x}.{_PROBE_TYPE}",
+        port=9,
+        parsed_addresses=["127.0.0.1"],
+    )
+    found = threading.Event()
+
+    def on_change(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if name == probe.name and state_change is ServiceStateChange.Added:
+            found.set()
+
+    try:
+        publisher = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
+    except OSError as exc:
+        return f"zeroconf on 127.0.0.1: {exc}"
+    try:
+        browser_zc = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
+    except OSError as exc:
+        publisher.close()
+        return f"second zeroconf on 127.0.0.1: {exc}"
+    browser = ServiceBrowser(browser_zc, _PROBE_TYPE, handlers=[on_change])
+    try:
+        publisher.register_service(probe)
+        if not found.wait(5):
+            return "a service registered on 127.0.0.1 was not seen by a second instance in 5 s"
+    except OSError as exc:
+        return f"registering a probe service: {exc}"
+    finally:
+        browser.cancel()
+        publisher.close()
+        browser_zc.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def multicast() -> None:
+    problem = multicast_problem()
+    if problem is not None:
+        pytest.skip(f"multicast unavailable on this machine: {problem}")
+
+
+async def wait_for(
+    mdns: Mdns, done: Callable[[dict[str, MdnsPeer]], bool], seen: list[MdnsPeer]
+) -> dict[str, MdnsPeer]:
+    """Read discoveries into ``seen`` until ``done(latest-by-peer-id)`` holds."""
+    latest: dict[str, MdnsPeer] = {}
+    async for peer in mdns.discovered():
+        seen.append(peer)
+        latest[peer.peer_id] = peer
+        if done(latest):
+            return latest
+    raise AssertionError("discovered() ended early")
+
+
+def has(*anns: MdnsAnnouncement) -> Callable[[dict[str, MdnsPeer]], bool]:
+    return lambda latest: all(latest.get(a.peer_id) == as_seen(a) for a in anns)
+
+
+# -- TXT encoding (no network) ----------------------------------------------------------
+
+
+def test_txt_round_trip_splits_long_addr_lists_and_truncates_models() -> None:
+    ann = announcement("alice", models=[f"model-{i:03d}-q4_k_m.gguf" for i in range(40)], n_addrs=6)
+    props = encode_txt(ann)
+    assert "addrs" not in props
+    assert {"addr0", "addr1"} <= props.keys()
+    assert all(len(k) + 1 + len(v.encode()) <= 255 for k, v in props.items())
+    peer = decode_txt({k.encode(): v.encode() for k, v in props.items()})
+    assert peer.addrs == ann.addrs
+    assert 0 < len(peer.models) < 40
+    assert peer.models == ann.models[: len(peer.models)]
+
+
+@pytest.mark.parametrize(
+    "props",
+    [
+        {},
+        {b"name": b"x", b"addrs": b"/ip4/1.2.3.4/tcp/1/p2p/12D3KooWabc"},
+        {b"peer_id": b"\xff\xfe", b"name": b"x", b"addrs": b"/p2p/\xff\xfe"},
+        {b"peer_id": None, b"name": b"x", b"addrs": b"/p2p/x"},
+        {b"peer_id": b"12D3KooWabc", b"name": b"x" * 200, b"addrs": b"/p2p/12D3KooWabc"},
+        {b"peer_id": b"12D3KooWabc", b"name": b"x", b"addrs": b"/ip4/1.2.3.4/p2p/12D3KooWzzz"},
+        {b"peer_id": b"12D3KooWabc", b"name": b"x"},
+        {b"peer_id": b"0OIl", b"name": b"x", b"addrs": b"/p2p/0OIl"},
+    ],
+)
+def test_decode_rejects_hostile_txt(props: dict[bytes, bytes | None]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - any ValueError (incl. Unicode) is a reject
+        decode_txt(props)
+
+
+# -- real zeroconf on 127.0.0.1 ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("multicast")
+async def test_two_nodes_discover_each_other_but_not_themselves() -> None:
+    alice = announcement("alice", models=["llama3-8b-q4", "qwen2-7b"], n_addrs=4)
+    bob = announcement("bob")
+    seen_by_alice: list[MdnsPeer] = []
+    seen_by_bob: list[MdnsPeer] = []
+    with trio.fail_after(15):
+        async with (
+            open_mdns(alice, interfaces=LOOPBACK) as m_alice,
+            open_mdns(bob, interfaces=LOOPBACK) as m_bob,
+        ):
+            await wait_for(m_alice, has(bob), seen_by_alice)
+            await wait_for(m_bob, has(alice), seen_by_bob)
+    assert alice.peer_id not in {p.peer_id for p in seen_by_alice}
+    assert bob.peer_id not in {p.peer_id for p in seen_by_bob}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("multicast")
+async def test_three_nodes_all_see_each_other() -> None:
+    anns = [announcement(n, models=[f"{n}-model"]) for n in ("ann", "ben", "cat")]
+    with trio.fail_after(15):
+        async with AsyncExitStack() as stack:
+            nodes = [
+                await stack.enter_async_context(open_mdns(a, interfaces=LOOPBACK)) for a in anns
+            ]
+            for me, mdns in zip(anns, nodes, strict=True):
+                seen: list[MdnsPeer] = []
+                await wait_for(mdns, has(*(a for a in anns if a is not me)), seen)
+                assert me.peer_id not in {p.peer_id for p in seen}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("multicast")
+async def test_update_republishes_models() -> None:
+    alice = announcement("alice", models=["old-model"])
+    bob = announcement("bob")
+    seen: list[MdnsPeer] = []
+    with trio.fail_after(15):
+        async with (
+            open_mdns(alice, interfaces=LOOPBACK) as m_alice,
+            open_mdns(bob, interfaces=LOOPBACK) as m_bob,
+        ):
+            await wait_for(m_bob, has(alice), seen)
+            alice2 = replace(alice, models=("new-model", "other-model"))
+            await m_alice.update(alice2)
+            await wait_for(m_bob, has(alice2), seen)
+            with pytest.raises(ValueError, match="peer_id or name"):
+                await m_alice.update(replace(alice, name="mallory"))
+
+
+def hostile_services(evil_peer_id: str) -> list[ServiceInfo]:
+    good_tail = f"/ip4/127.0.0.1/tcp/1/p2p/{evil_peer_id}"
+    props: list[dict[bytes, bytes | None]] = [
+        {},  # no TXT keys at all
+        {b"name": b"evil", b"addrs": good_tail.encode()},  # no peer_id
+        {b"peer_id": b"\xff\xfe\xfd", b"name": b"\xc3\x28", b"addrs": b"\x80"},  # not utf-8
+        {b"peer_id": evil_peer_id.encode(), b"name": b"n" * 250, b"addrs": good_tail.encode()},
+        {b"peer_id": evil_peer_id.encode(), b"name": b"evil", b"addrs": b"/ip4/1.2.3.4/tcp/1"},
+        {b"peer_id": None, b"name": None, b"models": b"\x00" * 240},
+    ]
+    tag = f"{random.randrange(1 << 32):08x}"
+    return [
+        ServiceInfo(
+            SERVICE_TYPE,
+            f"evil{i}-{tag}.{SERVICE_TYPE}",
+            port=1,
+            properties=p,
+            server=f"evil{i}-{tag}.local.",
+            parsed_addresses=["127.0.0.1"],
+        )
+        for i, p in enumerate(props)
+    ]
+
+
+class IgnoredServices(logging.Handler):
+    """Sets ``done`` (in trio) once mdns has logged "ignoring" for every name in ``want``."""
+
+    def __init__(self, want: set[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.want, self.ignored, self.done = want, set[str](), trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called on zeroconf's browser thread
+        if record.msg == "mdns: ignoring %r: %s" and isinstance(record.args, tuple):
+            self.ignored.add(str(record.args[0]))
+            if self.want <= self.ignored:
+                self._token.run_sync_soon(self.done.set)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("multicast")
+async def test_hostile_txt_is_ignored_and_valid_peer_still_found() -> None:
+    evil_peer_id = new_peer_id()
+    evil = hostile_services(evil_peer_id)
+    alice, bob = announcement("alice"), announcement("bob")
+    seen: list[MdnsPeer] = []
+    handler = IgnoredServices({info.name for info in evil})
+    mdns_logger = logging.getLogger("peerllm.p2p.mdns")
+    old_level = mdns_logger.level
+    mdns_logger.setLevel(logging.DEBUG)
+    mdns_logger.addHandler(handler)
+    zc = await trio.to_thread.run_sync(
+        functools.partial(Zeroconf, interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
+    )
+    try:
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                for info in evil:  # ~1.7 s each, so all at once
+                    nursery.start_soon(trio.to_thread.run_sync, zc.register_service, info)
+            async with (
+                open_mdns(alice, interfaces=LOOPBACK) as m_alice,
+                open_mdns(bob, interfaces=LOOPBACK),
+            ):
+                await wait_for(m_alice, has(bob), seen)
+                await handler.done.wait()
+    finally:
+        mdns_logger.removeHandler(handler)
+        mdns_logger.setLevel(old_level)
+        await trio.to_thread.run_sync(zc.close)
+    assert evil_peer_id not in {p.peer_id for p in seen}
+    assert all(p.name != "evil" for p in seen)
+
+
+async def test_interface_that_is_not_on_this_host_raises_discovery_error() -> None:
+    alice = announcement("alice")
+    with pytest.raises(DiscoveryError, match="mdns") as info:
+        async with open_mdns(alice, interfaces=["198.51.100.77"]):  # TEST-NET-2
+            pass
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(DiscoveryError, match="not an IPv4 address") as info:
+        async with open_mdns(alice, interfaces=["eth0"]):
+            pass
+    assert isinstance(info.value.__cause__, ValueError)

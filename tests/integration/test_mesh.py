@@ -1,0 +1,76 @@
+"""Several real nodes in one trio loop on 127.0.0.1: discovery, node-info, DHT, API."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import peerllm
+from peerllm.node import Node
+
+from .conftest import MakeConfig, healthy_names, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+async def test_chain_of_three_finds_everyone_through_the_dht(make_config: MakeConfig) -> None:
+    async with peerllm.open_node(make_config("alpha")) as a:  # noqa: SIM117 - b needs a.addrs()
+        async with peerllm.open_node(make_config("beta", bootstrap=[a.addrs()[0]])) as b:
+            async with peerllm.open_node(make_config("gamma", bootstrap=[b.addrs()[0]])) as c:
+                nodes: list[Node] = [a, b, c]
+                for n in nodes:
+                    others = {m.name for m in nodes} - {n.name}
+                    await wait_until(lambda n=n, o=others: healthy_names(n.peers()) >= o,
+                                     what=f"{n.name} to see {others}")
+                # C only knew B; A must have come in through the DHT (or inbound).
+                row = next(p for p in c.peers() if p["name"] == "alpha")
+                assert set(row["sources"]) & {"dht", "inbound"}
+                assert row["peer_id"] == a.peer_id
+                assert row["id"] == a.identity.node_id
+                assert row["rtt_ms"] is not None and row["rtt_ms"] >= 0
+                assert any(addr.endswith(f"/p2p/{a.peer_id}") for addr in row["addrs"])
+                # Find-by-name through signed DHT records.
+                found = await c.find_by_name("alpha")
+                assert found is not None and found.peer_id == a.peer_id
+
+
+async def test_api_documents_and_headers(make_config: MakeConfig) -> None:
+    async with peerllm.open_node(make_config("apinode")) as a:
+        assert a.api_url is not None
+        async with httpx.AsyncClient(base_url=a.api_url, trust_env=False) as http:
+            r = await http.get("/v1/node/info")
+            assert r.status_code == 200
+            assert r.headers["x-peerllm-node-id"] == a.identity.node_id
+            assert r.headers["x-peerllm-node-name"] == "apinode"
+            doc = r.json()
+            assert doc["node"]["peer_id"] == a.peer_id
+            assert doc["node"]["name"] == "apinode"
+            assert doc["node"]["uptime_seconds"] >= 0
+            assert doc["resources"]["cpu_cores"] >= 1
+            assert doc["resources"]["ram_total_bytes"] > 0
+            assert isinstance(doc["resources"]["gpus"], list)
+            assert all(addr.endswith(f"/p2p/{a.peer_id}") for addr in doc["network"]["addrs"])
+            assert doc["models"] == []
+            status = await http.get("/v1/node/status")
+            assert status.json()["status"] == "ok"
+            peers = (await http.get("/v1/peers")).json()
+            assert peers["self"]["node"]["peer_id"] == a.peer_id
+            assert peers["peers"] == []
+            missing = await http.get("/v1/nope")
+            assert missing.status_code == 404
+            assert "x-peerllm-node-id" in missing.headers
+            assert "error" in missing.json()
+            bad = await http.get("/v1/peers/lookup")
+            assert bad.status_code == 400
+
+
+async def test_node_info_is_signed_and_refreshed(make_config: MakeConfig) -> None:
+    async with peerllm.open_node(make_config("one")) as a, \
+            peerllm.open_node(make_config("two", bootstrap=[a.addrs()[0]])) as b:
+        await wait_until(lambda: "one" in healthy_names(b.peers()), what="b to see a")
+        first = b.registry.get(a.peer_id)
+        assert first is not None and first.info is not None
+        seq1 = first.info.seq
+        await wait_until(lambda: b.registry.get(a.peer_id).info.seq > seq1,  # type: ignore[union-attr]
+                         what="a periodic node-info refresh")
+        assert first.info.boot_nonce == a.boot_nonce
