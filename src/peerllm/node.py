@@ -231,6 +231,23 @@ class Node:
                                             compatible_version=wni.PROTOCOL_VERSION)
         if entry is not None:
             self.known_peers.remember(peer_id, list(info.addrs), info.name)
+            self._check_name(peer_id, info.name)
+
+    def _check_name(self, peer_id: str, name: str) -> None:
+        """Flag two live keys answering to one friendly name (names are not unique by force)."""
+        if name == self.name:
+            msg = f"uses our name {name!r}"
+            entry = self.registry.get(peer_id)
+            if entry is not None and msg not in entry.conflicts:
+                logger.warning("peer %s also calls itself %r; names should be unique "
+                               "(pick another with --name)", peer_id, name)
+            self.registry.note_name_conflict(peer_id, msg)
+        for other in self.registry.by_name(name):
+            if other.peer_id != peer_id:
+                self.registry.note_name_conflict(peer_id, f"name {name!r} also used by "
+                                                          f"{other.peer_id}")
+                self.registry.note_name_conflict(other.peer_id, f"name {name!r} also used by "
+                                                                f"{peer_id}")
 
     # -- background work -------------------------------------------------------------
 

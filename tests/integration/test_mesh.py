@@ -74,3 +74,23 @@ async def test_node_info_is_signed_and_refreshed(make_config: MakeConfig) -> Non
         await wait_until(lambda: b.registry.get(a.peer_id).info.seq > seq1,  # type: ignore[union-attr]
                          what="a periodic node-info refresh")
         assert first.info.boot_nonce == a.boot_nonce
+
+
+async def test_duplicate_names_are_shown_as_conflicts(make_config: MakeConfig,
+                                                      tmp_path_factory: pytest.TempPathFactory
+                                                      ) -> None:
+    from peerllm.config import config_from_mapping
+
+    async with peerllm.open_node(make_config("twin")) as a:
+        other_dir = tmp_path_factory.mktemp("twin2")
+        cfg = config_from_mapping({
+            "data_dir": str(other_dir), "node": {"name": "twin"},
+            "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": [a.addrs()[0]],
+                    "heartbeat_interval_s": 1.0},
+            "discovery": {"mdns": False}, "api": {"port": 0}, "models": {"serve_default": False}})
+        async with peerllm.open_node(cfg) as b:
+            assert b.peer_id != a.peer_id
+            await wait_until(lambda: any(p["conflicts"] for p in b.peers()),
+                             what="b to flag the name conflict")
+            row = next(p for p in b.peers() if p["peer_id"] == a.peer_id)
+            assert any("our name" in c for c in row["conflicts"])

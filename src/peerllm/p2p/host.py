@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import multiaddr
+import psutil
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
@@ -148,10 +150,29 @@ class P2PHost:
         self.network_key = network_key
         self.events = events
         self._dial_timeout_s = dial_timeout_s
+        self._ips: dict[str, list[str]] | None = None
 
     def addrs(self) -> list[str]:
-        """Full multiaddrs others can dial (with /p2p/<peer-id>)."""
-        return [str(a) for a in self.libp2p.get_addrs()]
+        """Full multiaddrs others can dial (with /p2p/<peer-id>).
+
+        A wildcard listen address (0.0.0.0 / ::) is not dialable, so it is expanded to
+        this machine's interface addresses, non-loopback first.
+        """
+        out: list[str] = []
+        for a in (str(x) for x in self.libp2p.get_addrs()):
+            for wildcard, family in (("/ip4/0.0.0.0/", "ip4"), ("/ip6/::/", "ip6")):
+                if a.startswith(wildcard):
+                    rest = a[len(wildcard):]
+                    out.extend(f"/{family}/{ip}/{rest}" for ip in self._local_ips(family))
+                    break
+            else:
+                out.append(a)
+        return list(dict.fromkeys(out))
+
+    def _local_ips(self, family: str) -> list[str]:
+        if self._ips is None:
+            self._ips = _interface_ips()
+        return self._ips.get(family, [])
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self.libp2p.get_connected_peers()]
@@ -226,6 +247,20 @@ class P2PHost:
                 await self.libp2p.disconnect(ID.from_base58(peer_id))
             except Exception:  # already gone
                 logger.debug("disconnect from %s raised", peer_id, exc_info=True)
+
+
+def _interface_ips() -> dict[str, list[str]]:
+    """IPv4/IPv6 addresses of this machine's interfaces, loopback last."""
+    out: dict[str, list[str]] = {"ip4": [], "ip6": []}
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET:
+                out["ip4"].append(a.address)
+            elif a.family == socket.AF_INET6 and not a.address.startswith("fe80"):
+                out["ip6"].append(a.address.split("%")[0])
+    for fam in out:
+        out[fam].sort(key=lambda ip: ip.startswith("127.") or ip == "::1")
+    return out
 
 
 def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
