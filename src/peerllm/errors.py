@@ -13,7 +13,15 @@
     │   ├── PeerConnectionLost     the connection or stream broke mid-call
     │   └── NetworkKeyMismatch     the peer belongs to another private network
     ├── DiscoveryError         a discovery mechanism could not start
-    └── NodeNotRunning         the CLI could not reach a daemon's HTTP API
+    ├── InferenceRejected      a serving node refused or failed a request (.code, .retryable)
+    ├── NodeNotRunning         the CLI could not reach a daemon's HTTP API
+    └── InferenceError         (abstract) the local engine could not serve a request (.model_id)
+        ├── ModelNotFound          no model with that id is configured here
+        ├── ModelLoadError         the model file is missing, not GGUF, too big, or failed to load
+        ├── ModelBusy              the model's queue is full; retry after .retry_after_s
+        ├── InvalidInferenceRequest  the request cannot run on this model (too long, wrong type)
+        ├── InferenceCancelled     the request was dropped before it could finish (shutdown)
+        └── InferenceTimeout       the request ran past the inference timeout (.timeout_s)
 
 Errors carry their data in fields; callers never branch on message text.
 """
@@ -119,9 +127,76 @@ class DiscoveryError(PeerLLMError):
     """A discovery mechanism (mDNS, DHT) could not be started."""
 
 
+class InferenceRejected(PeerLLMError):
+    """A serving node refused or failed a request; ``code`` is the wire error code.
+
+    ``retryable`` says whether another attempt (later, or on another peer) may succeed;
+    ``peer_id`` is set when a remote peer reported the error.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool,
+                 retry_after_s: float | None = None, peer_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.peer_id = peer_id
+
+
 class NodeNotRunning(PeerLLMError):
     """No daemon answered at the given API URL."""
 
     def __init__(self, url: str, message: str) -> None:
         super().__init__(f"no peerllm node at {url}: {message}")
         self.url = url
+
+
+class InferenceError(PeerLLMError):
+    """The local inference engine could not serve a request. Abstract; ``model_id`` says
+    which model."""
+
+    def __init__(self, model_id: str, message: str) -> None:
+        if type(self) is InferenceError:
+            raise TypeError("InferenceError is abstract")
+        super().__init__(f"model {model_id}: {message}")
+        self.model_id = model_id
+        self.message = message
+
+
+class ModelNotFound(InferenceError):
+    """No model with this id is configured on this node (the caller asked for it)."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(model_id, "no such model on this node")
+
+
+class ModelLoadError(InferenceError):
+    """The model could not be loaded: missing or non-GGUF file, no memory budget left,
+    load timeout, or llama.cpp refused it. Other models keep serving."""
+
+
+class ModelBusy(InferenceError):
+    """The model's queue is full; ``retry_after_s`` estimates when a slot frees up."""
+
+    def __init__(self, model_id: str, retry_after_s: float) -> None:
+        super().__init__(model_id, f"busy, retry after {retry_after_s:.1f}s")
+        self.retry_after_s = retry_after_s
+
+
+class InvalidInferenceRequest(InferenceError):
+    """The request cannot run on this model (prompt longer than the context window,
+    generation on an embedding-only model, ...); the caller must change it."""
+
+
+class InferenceCancelled(InferenceError):
+    """The request was dropped before it finished because the engine is shutting down or
+    the model was unloaded under it."""
+
+
+class InferenceTimeout(InferenceError):
+    """The request ran past the engine's inference timeout (``timeout_s``)."""
+
+    def __init__(self, model_id: str, timeout_s: float) -> None:
+        super().__init__(model_id, f"inference timed out after {timeout_s:g}s")
+        self.timeout_s = timeout_s

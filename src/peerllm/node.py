@@ -20,20 +20,30 @@ import trio
 
 from ._version import __version__
 from .config import NodeConfig
-from .errors import NetworkKeyMismatch, PeerError, ProtocolError
+from .errors import ConfigError, ModelNotFound, NetworkKeyMismatch, PeerError, ProtocolError
 from .identity import Identity, default_data_dir, load_identity
-from .inference.catalog import ModelEntry, build_catalog
+from .inference.catalog import bundled_default, model_from_file
+from .inference.engine import Engine
+from .inference.registry import ModelStatus, open_registry
+from .inference.request import ChatMessage, Done, GenerationRequest, SamplingParams, TokenChunk
 from .inference.resources import GpuProbe, probe_resources
+from .inference.settings import InferenceConfig
+from .inference.specs import ModelSpec, load_models_yaml, spec_from_entry
+from .metrics import Metrics
 from .p2p.dht import Dht, open_dht
 from .p2p.host import ConnectionEvent, P2PHost, open_host
+from .p2p.infer import InferServer
 from .p2p.known_peers import KnownPeers
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState, Source
+from .router import Routed, Router, serve_generator
+from .scheduling.candidates import Candidate
+from .wire import infer as wi
 from .wire import nodeinfo as wni
 
 logger = logging.getLogger(__name__)
 
-FEATURES = ("node-info", "dht-records", "mdns", "network-gate")
+FEATURES = ("node-info", "dht-records", "mdns", "network-gate", "infer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,13 +61,14 @@ class Node:
     """A running PeerLLM node. Create with :func:`open_node`; do not instantiate directly."""
 
     def __init__(self, *, config: NodeConfig, identity: Identity, data_dir: Path, host: P2PHost,
-                 dht: Dht | None, catalog: list[ModelEntry]) -> None:
+                 dht: Dht | None, engine: Engine | None) -> None:
         self.config = config
         self.identity = identity
         self.data_dir = data_dir
         self.host = host
         self.dht = dht
-        self.catalog = catalog
+        self.engine = engine
+        self.metrics = Metrics()
         self.registry = PeerRegistry(host.peer_id, stale_after_s=config.p2p.peer_stale_s,
                                      max_peers=config.p2p.max_peers)
         self.info_client = NodeInfoClient(host, call_timeout_s=config.p2p.call_timeout_s)
@@ -71,6 +82,8 @@ class Node:
         self._gpus = GpuProbe()
         self._connecting: set[str] = set()
         self._wake = trio.Event()
+        self.router = Router(self)
+        self._nursery: trio.Nursery | None = None
 
     # -- what we are -----------------------------------------------------------------
 
@@ -89,6 +102,7 @@ class Node:
         """This node's NodeInfo right now (fresh resources, next seq)."""
         self._seq += 1
         ident = self.identity
+        statuses = self.model_statuses()
         return wni.NodeInfo(
             protocol_version=wni.PROTOCOL_VERSION,
             software_version=__version__,
@@ -102,13 +116,22 @@ class Node:
             issued_at=time.time(),
             seq=self._seq,
             addrs=tuple(self.addrs()),
-            capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID,), features=FEATURES,
+            capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID),
+                                          features=FEATURES,
                                           private_network=self.host.network_key.key is not None),
             resources=probe_resources(self._gpus),
-            models=tuple(wni.ModelInfo(id=m.id, loaded=False, context_size=None,
-                                       size_bytes=m.size_bytes, tags=()) for m in self.catalog),
-            load=wni.Load(active=0, queued=0, capacity=0),
-            performance=wni.Performance(tokens_per_second=None, ttft_ms=None),
+            models=tuple(wni.ModelInfo(id=m.id, loaded=m.state == "loaded",
+                                       context_size=m.context_size,
+                                       size_bytes=m.memory_bytes or None, tags=m.tags)
+                         for m in statuses),
+            load=wni.Load(active=sum(m.active for m in statuses),
+                          queued=sum(m.queued for m in statuses),
+                          capacity=self.capacity() if statuses else 0),
+            performance=wni.Performance(
+                tokens_per_second=max((m.tokens_per_second for m in statuses
+                                       if m.tokens_per_second is not None), default=None),
+                ttft_ms=min((m.ttft_ms for m in statuses if m.ttft_ms is not None),
+                            default=None)),
         )
 
     def info_document(self) -> dict[str, Any]:
@@ -166,6 +189,79 @@ class Node:
         """The registry view: one dict per known peer (the ``peers --json`` rows)."""
         self.registry.refresh_states(now=time.time())
         return self.registry.snapshot()
+
+    def model_statuses(self) -> list[ModelStatus]:
+        return self.engine.registry.list() if self.engine is not None else []
+
+    def model_ids(self) -> list[str]:
+        return [m.id for m in self.model_statuses()]
+
+    def capacity(self) -> int:
+        """How many generations this node runs at once across its models."""
+        if self.engine is None:
+            return 0
+        return self.engine.registry.config.max_concurrent * max(1, len(self.model_ids()))
+
+    # -- inference -------------------------------------------------------------------
+
+    def open_generation(self, req: GenerationRequest, *, session: str | None = None
+                        ) -> Any:
+        """``async with node.open_generation(req) as routed``: place ``req`` on the best
+        node (this one or a peer) and stream its output from ``routed.events()``.
+
+        Raises:
+            NoRoute: no node can serve the model (``reasons`` per candidate).
+            InferenceRejected: a refusal that retrying elsewhere cannot fix.
+        """
+        return self.router.open(req, session=session)
+
+    def mesh_models(self) -> dict[str, list[Candidate]]:
+        """Every model served anywhere in the mesh, with the nodes that serve it."""
+        return self.router.known_models()
+
+    async def embed(self, model: str, inputs: list[str]) -> list[list[float]]:
+        """Embeddings from a local model.
+
+        Raises:
+            ModelNotFound: this node does not serve ``model`` (embeddings are local only).
+        """
+        if self.engine is None or model not in self.model_ids():
+            raise ModelNotFound(model)
+        return await self.engine.embed(model, inputs)
+
+    async def chat(self, model: str, messages: list[dict[str, str]], *,
+                   session: str | None = None, **params: Any) -> AsyncIterator[str]:
+        """Stream a chat answer's text chunks, wherever in the mesh it runs.
+
+        ``params`` are SamplingParams fields (max_tokens, temperature, top_p, stop, seed...).
+        """
+        req = GenerationRequest(
+            model=model, params=SamplingParams(**_sampling(params)),
+            messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages))
+        async for text in self._texts(req, session):
+            yield text
+
+    async def generate(self, model: str, prompt: str, *, session: str | None = None,
+                       **params: Any) -> AsyncIterator[str]:
+        """Stream a plain completion's text chunks, wherever in the mesh it runs."""
+        req = GenerationRequest(model=model, prompt=prompt,
+                                params=SamplingParams(**_sampling(params)))
+        async for text in self._texts(req, session):
+            yield text
+
+    async def _texts(self, req: GenerationRequest, session: str | None) -> AsyncIterator[str]:
+        async with self.open_generation(req, session=session) as routed:
+            r: Routed = routed
+            async for ev in r.events():
+                if isinstance(ev, TokenChunk):
+                    yield ev.text
+                elif isinstance(ev, Done):
+                    return
+
+    def after_remote_request(self, peer_id: str) -> None:
+        """A request on ``peer_id`` finished: refresh its load now, not at the next beat."""
+        if self._nursery is not None and peer_id != self.peer_id:
+            self._nursery.start_soon(self.refresh_peer, peer_id)
 
     # -- finding others --------------------------------------------------------------
 
@@ -353,7 +449,7 @@ class Node:
     async def _publish(self) -> None:
         if self.dht is None:
             return
-        await self.dht.publish(addrs=self.addrs(), models=[m.id for m in self.catalog],
+        await self.dht.publish(addrs=self.addrs(), models=self.model_ids(),
                                ttl_s=self.config.discovery.record_ttl_s)
         claim = await self.dht.find_name(self.name)
         if claim is not None and claim.peer_id != self.peer_id:
@@ -371,7 +467,7 @@ class Node:
         addrs = tuple(self.addrs())
         port = _first_tcp_port(addrs)
         ann = MdnsAnnouncement(peer_id=self.peer_id, name=self.name, port=port, addrs=addrs,
-                               models=tuple(m.id for m in self.catalog))
+                               models=tuple(self.model_ids()))
         try:
             async with open_mdns(ann, interfaces=self.config.discovery.mdns_interfaces) as mdns:
                 task_status.started()
@@ -394,32 +490,82 @@ def _first_tcp_port(addrs: tuple[str, ...]) -> int:
     return 0
 
 
+def _sampling(params: dict[str, Any]) -> dict[str, Any]:
+    if "stop" in params and isinstance(params["stop"], list | str):
+        stop = params["stop"]
+        params = {**params, "stop": (stop,) if isinstance(stop, str) else tuple(stop)}
+    return params
+
+
+def model_specs(cfg: NodeConfig, inference: InferenceConfig) -> list[ModelSpec]:
+    """The models this node serves: the bundled default, --model files, models.yaml.
+
+    A bad --model file is logged and skipped so the others still serve; a bad
+    models.yaml stops the node (ConfigError names the key).
+    """
+    specs: list[ModelSpec] = []
+    if cfg.models.serve_default:
+        try:
+            specs.append(spec_from_entry(bundled_default(),
+                                         context_size=inference.context_size))
+        except ConfigError as exc:
+            logger.error("not serving the default model: %s", exc)
+    for raw in cfg.models.paths:
+        try:
+            entry = model_from_file(Path(raw).expanduser() if inference.models_dir is None
+                                    else inference.models_dir / Path(raw).expanduser())
+        except ConfigError as exc:
+            logger.error("not serving %s: %s", raw, exc.message)
+            continue
+        specs.append(spec_from_entry(entry, context_size=inference.context_size,
+                                     gpu_layers=inference.gpu_layers))
+    if inference.models_config_path is not None:
+        specs.extend(load_models_yaml(inference.models_config_path,
+                                      models_dir=inference.models_dir,
+                                      defaults={"gpu_layers": inference.gpu_layers,
+                                                "context_size": inference.context_size}))
+    unique: dict[str, ModelSpec] = {}
+    for spec in specs:
+        if spec.id in unique:
+            logger.error("model id %s is given twice; serving the first", spec.id)
+            continue
+        unique[spec.id] = spec
+    return list(unique.values())
+
+
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+async def open_node(config: NodeConfig | None = None, *,
+                    inference: InferenceConfig | None = None) -> AsyncIterator[Node]:
     """Run a full PeerLLM node inside the caller's trio program.
 
-    The node is listening, announcing and serving its HTTP API (if ``config.api.port``
-    is not None) when the block is entered; leaving the block shuts it all down.
+    The node is listening, announcing and serving its HTTP API when the block is
+    entered; leaving the block shuts it all down (models are freed).
 
     Raises:
         IdentityError: the key or identity file is corrupt or unreadable.
-        ConfigError: a setting is unusable (e.g. the listen address).
+        ConfigError: a setting is unusable (e.g. a bad models.yaml).
     """
     from .api.server import serve_api
 
     cfg = config or NodeConfig()
+    inf = inference or InferenceConfig()
     data_dir = cfg.data_dir or default_data_dir(dict(os.environ))
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
-    catalog = build_catalog(serve_default=cfg.models.serve_default, paths=cfg.models.paths)
-    async with open_host(identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
-                         network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
-                         max_peers=cfg.p2p.max_peers) as host:
+    specs = model_specs(cfg, inf)
+    async with _maybe(open_registry(specs, config=inf) if specs else None) as registry, \
+            open_host(identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
+                      network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
+                      max_peers=cfg.p2p.max_peers) as host:
+        engine = Engine(registry) if registry is not None else None
         dht_cm = open_dht(host, identity) if cfg.discovery.dht else None
         async with _maybe(dht_cm) as dht, trio.open_nursery() as nursery:
             node = Node(config=cfg, identity=identity, data_dir=data_dir, host=host, dht=dht,
-                        catalog=catalog)
+                        engine=engine)
+            node._nursery = nursery
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node))
+            server = InferServer(self_peer_id=node.peer_id, generate=serve_generator(node))
+            host.set_handler(wi.PROTOCOL_ID, server.handle)
             nursery.start_soon(node._on_connection_events, nursery)
             nursery.start_soon(node._heartbeat, nursery)
             node.api_url = await nursery.start(serve_api, node)

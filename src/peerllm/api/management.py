@@ -1,0 +1,125 @@
+"""Model management routes (load, unload, warm up, status) and ``GET /metrics``.
+
+Management acts on this node's own engine only; for a model that only peers serve,
+the status route lists them, and the others say where the model lives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import ModelNotFound
+from ..inference.registry import ModelStatus
+from ..metrics import ModelSample
+from . import schemas
+from .generation import Handler, endpoint, read_json
+from .openai import error_response, model_object
+from .schemas import ApiError, Json
+
+if TYPE_CHECKING:
+    from ..inference.engine import Engine
+    from ..node import Node
+
+DEFAULT_WARMUP_TOKENS = 16
+
+
+def status_document(st: ModelStatus) -> Json:
+    return {"state": st.state, "type": st.type, "memory_bytes": st.memory_bytes,
+            "active": st.active, "queued": st.queued, "requests": st.requests,
+            "tokens_generated": st.tokens_generated, "tokens_per_second": st.tokens_per_second,
+            "ttft_ms": st.ttft_ms, "load_seconds": st.load_seconds, "error": st.error,
+            "path": None if st.path is None else str(st.path), "quant": st.quant,
+            "chat_format": st.chat_format, "context_size": st.context_size,
+            "tags": list(st.tags)}
+
+
+def _not_here(node: Node, model: str) -> ApiError:
+    names = [c.name or c.peer_id for c in node.mesh_models().get(model, []) if not c.local]
+    if names:
+        return ApiError(404, f"model {model!r} is not served by this node; it is on "
+                             f"{', '.join(names)} (manage it there)",
+                        param="model", code="model_not_local")
+    return ApiError(404, f"model {model!r} is not served by any node in the mesh",
+                    param="model", code="model_not_found")
+
+
+def routes(node: Node) -> list[Route]:
+    def local_engine(model: str) -> Engine:
+        engine = node.engine
+        if engine is None:
+            raise _not_here(node, model)
+        try:
+            engine.registry.spec(model)
+        except ModelNotFound:
+            raise _not_here(node, model) from None
+        return engine
+
+    def warmup_default(engine: Engine) -> int:
+        return engine.registry.config.warmup_tokens or DEFAULT_WARMUP_TOKENS
+
+    def answer(model: str, st: ModelStatus) -> Response:
+        return JSONResponse(model_object(node, model) | {"local": True} | status_document(st))
+
+    async def load(request: Request) -> Response:
+        req = schemas.load_request(await read_json(request))
+        engine = local_engine(req.model)
+        st = await engine.registry.load(req.model)
+        if req.warmup:
+            st = await engine.registry.warmup(req.model, warmup_default(engine))
+        return answer(req.model, st)
+
+    async def unload(request: Request) -> Response:
+        model = str(request.path_params["model_id"])
+        engine = local_engine(model)
+        await engine.registry.unload(model)
+        return answer(model, engine.registry.status(model))
+
+    async def warmup(request: Request) -> Response:
+        model = str(request.path_params["model_id"])
+        engine = local_engine(model)
+        tokens = schemas.warmup_tokens(await read_json(request, optional=True),
+                                       warmup_default(engine))
+        return answer(model, await engine.registry.warmup(model, tokens))
+
+    async def status(request: Request) -> Response:
+        model = str(request.path_params["model_id"])
+        providers = node.mesh_models().get(model)
+        engine = node.engine
+        if engine is not None:
+            try:
+                return answer(model, engine.registry.status(model))
+            except ModelNotFound:
+                pass
+        if not providers:
+            raise _not_here(node, model)
+        return JSONResponse(model_object(node, model) | {"local": False})
+
+    async def metrics(request: Request) -> Response:
+        if node.engine is not None:
+            node.metrics.set_models(
+                ModelSample(model=st.id, load_seconds=st.load_seconds,
+                            memory_bytes=st.memory_bytes if st.state == "loaded" else 0)
+                for st in node.engine.registry.list())
+        states: dict[str, int] = {}
+        for peer in node.peers():
+            state = str(peer.get("state", "unknown"))
+            states[state] = states.get(state, 0) + 1
+        node.metrics.set_peers(states)
+        body, content_type = node.metrics.render()
+        return Response(body, headers={"content-type": content_type})
+
+    def wrap(fn: Handler) -> Handler:
+        return endpoint(fn, error_response)
+
+    return [
+        Route("/v1/models/load", wrap(load), methods=["POST"]),
+        Route("/v1/models/{model_id:path}/warmup", wrap(warmup), methods=["POST"]),
+        Route("/v1/models/{model_id:path}/unload", wrap(unload), methods=["POST"]),
+        Route("/v1/models/{model_id:path}", wrap(unload), methods=["DELETE"]),
+        Route("/v1/models/{model_id:path}", wrap(status), methods=["GET"]),
+        Route("/metrics", wrap(metrics), methods=["GET"]),
+    ]

@@ -1,0 +1,170 @@
+"""OpenAI-compatible routes: chat/completions, completions, embeddings, models (list).
+
+Shapes follow the OpenAI API reference, so the official ``openai`` client works
+unchanged: SSE streams of ``chat.completion.chunk`` / ``text_completion`` objects ending
+in ``data: [DONE]``, and ``{"error": {"message", "type", "param", "code"}}`` errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import struct
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..inference.engine import Done
+from ..router import Routed
+from ..scheduling.candidates import Candidate
+from . import schemas
+from .generation import (
+    SESSION_HEADER,
+    GenerationResponse,
+    Handler,
+    endpoint,
+    read_json,
+    retry_after,
+)
+from .schemas import ApiError, Generation, Json
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+# Our finish reasons -> OpenAI's ("cancelled" only reaches a client on shutdown).
+_FINISH: Final = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+def error_response(err: ApiError) -> Response:
+    kind = "invalid_request_error" if err.status < 500 else "server_error"
+    return JSONResponse({"error": {"message": err.message, "type": kind, "param": err.param,
+                                   "code": err.code}},
+                        status_code=err.status, headers=retry_after(err))
+
+
+def _usage(done: Done) -> Json:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def _sse(obj: Json) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Renderer:
+    """Chat (``chat=True``) or text completions, streamed as SSE or whole."""
+
+    stream_media_type = "text/event-stream"
+
+    def __init__(self, gen: Generation, *, chat: bool) -> None:
+        self.chat = chat
+        self.include_usage = gen.include_usage
+        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _chunk(self, routed: Routed, choice: Json) -> Json:
+        obj: Json = {"id": self.id, "object": self.object + (".chunk" if self.chat else ""),
+                     "created": self.created, "model": routed.model,
+                     "system_fingerprint": None, "choices": [choice]}
+        if self.include_usage:
+            obj["usage"] = None  # only the extra last chunk carries the usage
+        return obj
+
+    def _choice(self, text: str | None, finish: str | None, *, role: bool = False) -> Json:
+        if self.chat:
+            delta: Json = {} if text is None else {"content": text}
+            if role:
+                delta = {"role": "assistant", "content": ""}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    def head(self, routed: Routed) -> bytes:
+        return _sse(self._chunk(routed, self._choice(None, None, role=True))) if self.chat \
+            else b""
+
+    def chunk(self, routed: Routed, text: str) -> bytes:
+        return _sse(self._chunk(routed, self._choice(text, None)))
+
+    def tail(self, routed: Routed, done: Done) -> bytes:
+        out = _sse(self._chunk(routed, self._choice(None, _FINISH[done.finish_reason])))
+        if self.include_usage:
+            last = self._chunk(routed, {})
+            last["choices"] = []
+            last["usage"] = _usage(done)
+            out += _sse(last)
+        return out + b"data: [DONE]\n\n"
+
+    def stream_error(self, err: ApiError) -> bytes:
+        kind = "invalid_request_error" if err.status < 500 else "server_error"
+        return _sse({"error": {"message": err.message, "type": kind, "param": err.param,
+                               "code": err.code}}) + b"data: [DONE]\n\n"
+
+    def whole(self, routed: Routed, text: str, done: Done) -> bytes:
+        finish = _FINISH[done.finish_reason]
+        choice: Json = ({"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None, "finish_reason": finish} if self.chat else
+                        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+        return json.dumps({"id": self.id, "object": self.object, "created": self.created,
+                           "model": routed.model, "system_fingerprint": None,
+                           "choices": [choice], "usage": _usage(done)}).encode()
+
+    def error(self, err: ApiError) -> Response:
+        return error_response(err)
+
+
+def _floats_b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def model_object(node: Node, model: str, candidates: Sequence[Candidate] | None = None
+                 ) -> Json:
+    """An OpenAI model object, plus who serves it under ``peerllm.providers``."""
+    cands = node.mesh_models().get(model, []) if candidates is None else candidates
+    return {"id": model, "object": "model", "created": int(node.started_at),
+            "owned_by": "peerllm", "peerllm": {"providers": [
+                {"peer_id": c.peer_id, "name": c.name, "local": c.local, "loaded": c.loaded}
+                for c in cands]}}
+
+
+def routes(node: Node) -> list[Route]:
+    def session(request: Request) -> str | None:
+        return request.headers.get(SESSION_HEADER)
+
+    async def chat_completions(request: Request) -> Response:
+        gen = schemas.openai_chat(await read_json(request), session_header=session(request))
+        return GenerationResponse(node, gen, _Renderer(gen, chat=True))
+
+    async def completions(request: Request) -> Response:
+        gen = schemas.openai_completion(await read_json(request),
+                                        session_header=session(request))
+        return GenerationResponse(node, gen, _Renderer(gen, chat=False))
+
+    async def embeddings(request: Request) -> Response:
+        req = schemas.openai_embeddings(await read_json(request))
+        vectors = await node.embed(req.model, list(req.inputs))
+        data: list[Json] = [{"object": "embedding", "index": i,
+                             "embedding": _floats_b64(v) if req.base64 else v}
+                            for i, v in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": req.model,
+                             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+    async def list_models(request: Request) -> Response:
+        mesh = node.mesh_models()
+        data = [model_object(node, m, mesh[m]) for m in sorted(mesh)]
+        return JSONResponse({"object": "list", "data": data})
+
+    def wrap(fn: Handler) -> Handler:
+        return endpoint(fn, error_response)
+
+    return [
+        Route("/v1/chat/completions", wrap(chat_completions), methods=["POST"]),
+        Route("/v1/completions", wrap(completions), methods=["POST"]),
+        Route("/v1/embeddings", wrap(embeddings), methods=["POST"]),
+        Route("/v1/models", wrap(list_models), methods=["GET"]),
+    ]

@@ -1,0 +1,206 @@
+"""The local inference engine: stream tokens for a request from a model in the registry.
+
+Generation runs in ``trio.to_thread.run_sync`` (never abandoned) while holding a context
+from the model's CapacityLimiter; the thread pushes text back with
+``trio.from_thread.run(send.send, chunk)`` through a small buffered channel, so a slow
+consumer slows generation down instead of growing a buffer. The thread polls a
+``threading.Event`` (also set when the waiting task is cancelled) between tokens and
+returns early, which frees the model for the next request within one token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from ..errors import InferenceCancelled, InferenceTimeout
+from ._concurrency import reraise_unwrapped, stop_check
+from .backend import GenerationOutcome, ModelInstance
+from .registry import Admission, ModelRegistry
+from .request import ChatMessage as ChatMessage
+from .request import Done as Done
+from .request import GenerationRequest as GenerationRequest
+from .request import SamplingParams as SamplingParams
+from .request import TokenChunk as TokenChunk
+
+__all__ = ["ChatMessage", "Done", "Engine", "GenerationRequest", "GenerationStream",
+           "SamplingParams", "TokenChunk"]
+
+CHANNEL_SIZE: Final = 16  # chunks buffered between the generating thread and the consumer
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: Exception
+
+
+_Item = TokenChunk | Done | _Failure
+
+
+class GenerationStream:
+    """What ``Engine.stream`` yields: async-iterate it for TokenChunk items, then one Done.
+
+    A failure (ModelLoadError, InferenceTimeout, InvalidInferenceRequest, ...) is raised
+    from the iteration, in the consumer's task. ``cancel()`` stops generation at the next
+    token; the stream then ends with ``Done(finish_reason="cancelled")``.
+    """
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[_Item], stop: threading.Event) -> None:
+        self._receive = receive
+        self._stop = stop
+        self._finished = False
+
+    def cancel(self) -> None:
+        """Ask the generation to stop at the next token (thread-safe, idempotent)."""
+        self._stop.set()
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> TokenChunk | Done:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            item = await self._receive.receive()
+        except trio.EndOfChannel:  # the producer was cancelled before it could finish
+            self._finished = True
+            raise StopAsyncIteration from None
+        if isinstance(item, _Failure):
+            self._finished = True
+            raise item.error
+        if isinstance(item, Done):
+            self._finished = True
+        return item
+
+
+class Engine:
+    """Runs generation and embedding requests on the registry's models."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
+    @asynccontextmanager
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[GenerationStream]:
+        """Start generating ``req``; iterate the yielded stream for the output.
+
+        The request is admitted before anything is yielded, so a full queue fails here.
+        Everything later (waiting in the queue, loading the model, generating) happens
+        while the caller iterates, and is bounded by ``inference_timeout_s``.
+
+        Raises:
+            ModelNotFound, ModelBusy, InferenceCancelled: on entry.
+            ModelLoadError, InvalidInferenceRequest, InferenceTimeout: from the iteration.
+
+        Cancellation: leaving the block (normally, by an exception, or by a cancelled
+        scope) stops generation at the next token and returns once the worker thread is
+        done with the model, which is at most one token (or one prompt evaluation) later.
+        """
+        accepted = trio.current_time()
+        admission = self._registry.admit(req.model)
+        send, receive = trio.open_memory_channel[_Item](CHANNEL_SIZE)
+        stop = threading.Event()
+        with admission, receive:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._produce, admission, req, send, stop, accepted)
+                    try:
+                        yield GenerationStream(receive, stop)
+                    finally:
+                        stop.set()
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # _produce never raises, so the group holds the caller's own exception.
+                reraise_unwrapped(group)
+
+    async def complete(self, req: GenerationRequest) -> tuple[str, Done]:
+        """Generate ``req`` to the end; return the whole text and the Done record.
+
+        Raises: as ``stream``.
+        """
+        parts: list[str] = []
+        async with self.stream(req) as stream:
+            async for item in stream:
+                if isinstance(item, Done):
+                    return "".join(parts), item
+                parts.append(item.text)
+        raise InferenceCancelled(req.model, "generation ended without a result")
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
+        """One L2-normalised vector per input (mean-pooled for generative models).
+
+        Raises:
+            ModelNotFound, ModelBusy, ModelLoadError, InferenceTimeout, InferenceCancelled.
+        """
+        if isinstance(inputs, str):
+            raise TypeError("inputs: expected a sequence of strings, not a string")
+        texts = list(inputs)
+        timeout = self._registry.config.inference_timeout_s
+        with self._registry.admit(model) as admission, trio.move_on_after(timeout):
+            async with admission.instance(embedding=True) as instance:
+                return await trio.to_thread.run_sync(instance.embed, texts)
+        raise InferenceTimeout(model, timeout)  # only the deadline gets here
+
+    # -- the producer task -------------------------------------------------------------
+
+    async def _produce(self, admission: Admission, req: GenerationRequest,
+                       send: trio.MemorySendChannel[_Item], stop: threading.Event,
+                       accepted: float) -> None:
+        """Generate into ``send``; never raises (failures are sent as items)."""
+        timeout = self._registry.config.inference_timeout_s
+        first: list[float] = []  # trio time of the first chunk
+
+        async def send_chunk(chunk: TokenChunk) -> None:
+            if not first:
+                first.append(trio.current_time())
+            await send.send(chunk)
+
+        def emit(text: str, n_tokens: int) -> None:  # in the worker thread
+            try:
+                trio.from_thread.run(send_chunk, TokenChunk(text=text, n_tokens=n_tokens))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stop.set()  # the consumer is gone: nobody wants more tokens
+
+        def generate(instance: ModelInstance) -> tuple[int, GenerationOutcome]:
+            prompt = instance.encode(messages=req.messages, prompt=req.prompt,
+                                     resume_text=req.resume_text)
+            outcome = instance.generate(prompt, req.params, emit=emit,
+                                        should_stop=stop_check(stop))
+            return prompt.prompt_tokens, outcome
+
+        item: _Item = _Failure(InferenceCancelled(req.model, "generation did not finish"))
+        with send:
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    async with admission.instance() as instance:
+                        prompt_tokens, outcome = await trio.to_thread.run_sync(generate,
+                                                                               instance)
+                except Exception as exc:  # delivered to the consumer, raised there
+                    item = _Failure(exc)
+                else:
+                    now = trio.current_time()
+                    ttft_ms = (first[0] - accepted) * 1000.0 if first else None
+                    admission.record(completion_tokens=outcome.completion_tokens,
+                                     decode_seconds=outcome.decode_seconds, ttft_ms=ttft_ms,
+                                     total_s=now - accepted)
+                    item = Done(finish_reason=outcome.finish_reason, prompt_tokens=prompt_tokens,
+                                completion_tokens=outcome.completion_tokens, ttft_ms=ttft_ms,
+                                total_ms=(now - accepted) * 1000.0, model=req.model)
+            # The deadline stopped the thread ("cancelled" outcome) or the wait for it.
+            timed_out = scope.cancel_called and (
+                scope.cancelled_caught
+                or (isinstance(item, Done) and item.finish_reason == "cancelled"))
+            if timed_out:
+                item = _Failure(InferenceTimeout(req.model, timeout))
+            try:
+                await send.send(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the consumer left; it no longer cares how this ended

@@ -1,0 +1,314 @@
+"""The request router: places each generation locally or on a peer, with failover.
+
+A request that fails before its first token moves on to the next candidate (with a
+short, jittered backoff, inside the request's deadline). Candidates come from the local
+engine, the peer registry's node-info, and — when nobody known serves the model —
+the DHT's provider records.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from .errors import (
+    InferenceCancelled,
+    InferenceRejected,
+    InferenceTimeout,
+    InvalidInferenceRequest,
+    ModelBusy,
+    ModelLoadError,
+    ModelNotFound,
+    PeerError,
+    PeerLLMError,
+    ProtocolError,
+)
+from .inference.engine import GenerationStream
+from .inference.request import (
+    ChatMessage,
+    Done,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenChunk,
+)
+from .p2p.infer import Finished, Generator, InferClient, Piece
+from .p2p.registry import PeerState
+from .scheduling.candidates import Candidate, rank
+from .wire import infer as wi
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DEADLINE_S = 300.0
+
+
+class NoRoute(PeerLLMError):
+    """No node can serve the request; ``reasons`` says why, per candidate."""
+
+    def __init__(self, model: str, reasons: dict[str, str], *, known: bool) -> None:
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
+        super().__init__(f"model {model!r}: {detail}")
+        self.model = model
+        self.reasons = reasons
+        self.known = known  # False: nobody in the mesh has this model at all
+
+
+@dataclass
+class Routed:
+    """One placed generation: who serves it and its stream of chunks (then Done)."""
+
+    served_by: str
+    served_by_name: str
+    model: str
+    local: bool
+    attempts: list[str] = field(default_factory=list)
+    _events: AsyncIterator[TokenChunk | Done] | None = None
+
+    def events(self) -> AsyncIterator[TokenChunk | Done]:
+        if self._events is None:
+            raise RuntimeError("generation already consumed")
+        ev, self._events = self._events, None
+        return ev
+
+
+def local_error_to_wire(exc: PeerLLMError) -> InferenceRejected:
+    """Map the local engine's errors to protocol error codes for a remote caller."""
+    if isinstance(exc, ModelNotFound):
+        return InferenceRejected("model_not_found", str(exc), retryable=False)
+    if isinstance(exc, ModelBusy):
+        return InferenceRejected("busy", str(exc), retryable=True,
+                                 retry_after_s=exc.retry_after_s)
+    if isinstance(exc, InvalidInferenceRequest):
+        return InferenceRejected("bad_request", str(exc), retryable=False)
+    if isinstance(exc, InferenceTimeout):
+        return InferenceRejected("timeout", str(exc), retryable=True)
+    if isinstance(exc, InferenceCancelled):
+        return InferenceRejected("busy", str(exc), retryable=True)
+    if isinstance(exc, ModelLoadError):
+        # Another replica may well load it: worth retrying elsewhere.
+        return InferenceRejected("internal", str(exc), retryable=True)
+    return InferenceRejected("internal", f"{type(exc).__name__}: {exc}", retryable=True)
+
+
+def to_wire_request(req: GenerationRequest, *, request_id: int, deadline_s: float,
+                    session: str | None) -> wi.InferRequest:
+    p = req.params
+    return wi.InferRequest(
+        request_id=request_id, model=req.model,
+        messages=None if req.messages is None else tuple(
+            wi.ChatTurn(role=m.role, content=m.content) for m in req.messages),
+        prompt=req.prompt,
+        sampling=wi.Sampling(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+                             top_k=p.top_k, repeat_penalty=p.repeat_penalty, stop=p.stop,
+                             seed=p.seed),
+        deadline_ms=max(1, min(int(deadline_s * 1000), wi.MAX_DEADLINE_MS)),
+        resume_text=req.resume_text, session=session)
+
+
+def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
+    s = req.sampling
+    try:
+        params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature,
+                                top_p=s.top_p, top_k=s.top_k, repeat_penalty=s.repeat_penalty,
+                                stop=s.stop, seed=s.seed)
+        return GenerationRequest(
+            model=req.model, prompt=req.prompt, params=params, resume_text=req.resume_text,
+            messages=None if req.messages is None else tuple(
+                ChatMessage(role=m.role, content=m.content) for m in req.messages))
+    except ValueError as exc:
+        raise InferenceRejected("bad_request", str(exc), retryable=False) from exc
+
+
+class Router:
+    def __init__(self, node: Node, *, rng: random.Random | None = None) -> None:
+        self._node = node
+        self._client = InferClient(node.host, accept_timeout_s=max(node.config.p2p.call_timeout_s,
+                                                                    30.0))
+        self._rng = rng or random.Random()
+        self.in_flight: dict[str, int] = {}
+        self.routed: dict[str, int] = {}  # destination peer id -> requests routed (metrics)
+
+    # -- candidates ------------------------------------------------------------------
+
+    def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]:
+        """Everyone who could serve ``model`` now, plus why the others cannot."""
+        node = self._node
+        out: list[Candidate] = []
+        excluded: dict[str, str] = {}
+        engine = node.engine
+        if engine is not None and model in node.model_ids():
+            st = engine.registry.status(model)
+            out.append(Candidate(peer_id=node.peer_id, name=node.name, local=True,
+                                 loaded=st.state == "loaded", active=st.active, queued=st.queued,
+                                 capacity=engine.registry.config.max_concurrent, rtt_ms=0.0,
+                                 in_flight=0, tokens_per_second=st.tokens_per_second))
+        for e in node.registry.entries():
+            info = e.info
+            if info is None or not any(m.id == model for m in info.models):
+                continue
+            label = e.name or e.peer_id
+            if e.state is not PeerState.HEALTHY:
+                excluded[label] = f"{e.state.value}: {e.reason or 'not healthy'}"
+                continue
+            m = next(m for m in info.models if m.id == model)
+            out.append(Candidate(peer_id=e.peer_id, name=e.name, local=False, loaded=m.loaded,
+                                 active=info.load.active, queued=info.load.queued,
+                                 capacity=info.load.capacity, rtt_ms=e.rtt_ms,
+                                 in_flight=self.in_flight.get(e.peer_id, 0),
+                                 tokens_per_second=info.performance.tokens_per_second))
+        return out, excluded
+
+    async def _discover(self, model: str) -> None:
+        """Nobody known serves ``model``: ask the DHT for providers and meet them."""
+        from .p2p.registry import Source
+
+        providers = await self._node.find_providers(model)
+        async with trio.open_nursery() as nursery:
+            for peer_id, addrs in providers[:8]:
+                if peer_id != self._node.peer_id:
+                    nursery.start_soon(self._node.connect_peer, peer_id, addrs, Source.DHT)
+
+    def known_models(self) -> dict[str, list[Candidate]]:
+        models: set[str] = set(self._node.model_ids())
+        for e in self._node.registry.entries():
+            if e.info is not None and e.state is PeerState.HEALTHY:
+                models.update(m.id for m in e.info.models)
+        return {m: self.candidates(m)[0] for m in sorted(models)}
+
+    # -- placing a request -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def open(self, req: GenerationRequest, *, session: str | None = None,
+                   deadline_s: float = DEFAULT_DEADLINE_S) -> AsyncIterator[Routed]:
+        """Place ``req`` and yield its stream.
+
+        Raises:
+            NoRoute: nobody could take the request (reasons per candidate).
+            InferenceRejected: a non-retryable refusal (e.g. bad_request).
+        """
+        started = trio.current_time()
+        cands, excluded = self.candidates(req.model)
+        if not cands:
+            await self._discover(req.model)
+            cands, excluded = self.candidates(req.model)
+        reasons = dict(excluded)
+        ranked = rank(cands)
+        delay = 0.05
+        for i, cand in enumerate(ranked):
+            label = cand.name or cand.peer_id
+            left = deadline_s - (trio.current_time() - started)
+            if left <= 0:
+                reasons[label] = "request deadline passed before this candidate was tried"
+                continue
+            try:
+                async with self._attempt(cand, req, session=session, deadline_s=left) as routed:
+                    routed.attempts = list(reasons)
+                    yield routed
+                    return
+            except (InferenceRejected, PeerError, ProtocolError, ModelBusy, ModelLoadError,
+                    InferenceTimeout, InferenceCancelled) as exc:
+                rejected = exc if isinstance(exc, InferenceRejected) else (
+                    local_error_to_wire(exc) if not isinstance(exc, PeerError | ProtocolError)
+                    else None)
+                if rejected is not None and not rejected.retryable:
+                    raise rejected from exc
+                reasons[label] = str(exc)
+                logger.info("request for %s failed on %s before any token: %s; trying next",
+                            req.model, label, exc)
+                if isinstance(exc, PeerError | ProtocolError):
+                    await self._node.refresh_peer(cand.peer_id)
+            if i + 1 < len(ranked):
+                await trio.sleep(delay * (0.5 + self._rng.random()))
+                delay = min(delay * 2, 1.0)
+        raise NoRoute(req.model, reasons, known=bool(ranked) or bool(excluded))
+
+    @asynccontextmanager
+    async def _attempt(self, cand: Candidate, req: GenerationRequest, *, session: str | None,
+                       deadline_s: float) -> AsyncIterator[Routed]:
+        node = self._node
+        self.routed[cand.peer_id] = self.routed.get(cand.peer_id, 0) + 1
+        if cand.local:
+            assert node.engine is not None  # a local candidate exists only with an engine
+            with trio.move_on_after(deadline_s):
+                async with node.engine.stream(req) as chunks:
+                    yield Routed(served_by=node.peer_id, served_by_name=node.name,
+                                 model=req.model, local=True, _events=_local_events(chunks))
+            return
+        wire_req = to_wire_request(req, request_id=self._client.next_request_id(),
+                                   deadline_s=deadline_s, session=session)
+        self.in_flight[cand.peer_id] = self.in_flight.get(cand.peer_id, 0) + 1
+        try:
+            async with self._client.request(cand.peer_id, wire_req) as remote:
+                yield Routed(served_by=cand.peer_id, served_by_name=cand.name or cand.peer_id,
+                             model=remote.accepted.model, local=False,
+                             _events=_remote_events(remote.events(), req.model))
+        finally:
+            node.after_remote_request(cand.peer_id)
+            self.in_flight[cand.peer_id] -= 1
+            if self.in_flight[cand.peer_id] <= 0:
+                del self.in_flight[cand.peer_id]
+
+
+async def _local_events(chunks: GenerationStream) -> AsyncIterator[TokenChunk | Done]:
+    async for item in chunks:
+        yield item
+        if isinstance(item, Done):
+            return
+
+
+async def _remote_events(events: AsyncIterator[wi.Tokens | wi.Done], model: str
+                         ) -> AsyncIterator[TokenChunk | Done]:
+    async for ev in events:
+        if isinstance(ev, wi.Tokens):
+            if ev.text:
+                yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)
+        else:
+            reason: FinishReason = ("stop" if ev.finish_reason == "stop" else
+                                    "length" if ev.finish_reason == "length" else "cancelled")
+            yield Done(finish_reason=reason, prompt_tokens=ev.prompt_tokens,
+                       completion_tokens=ev.completion_tokens, ttft_ms=ev.ttft_ms,
+                       total_ms=ev.total_ms, model=model)
+
+
+def serve_generator(node: Node) -> Generator:
+    """The InferServer's generator: run a peer's request on the local engine."""
+
+    @asynccontextmanager
+    async def generate(req: wi.InferRequest, peer: str
+                       ) -> AsyncIterator[trio.MemoryReceiveChannel[Piece | Finished]]:
+        engine = node.engine
+        if engine is None or req.model not in node.model_ids():
+            raise InferenceRejected("model_not_found", f"{node.name} does not serve {req.model}",
+                                    retryable=False)
+        gen_req = from_wire_request(req)
+        send, recv = trio.open_memory_channel[Piece | Finished](64)
+        try:
+            async with engine.stream(gen_req) as chunks, trio.open_nursery() as nursery:
+                async def forward() -> None:
+                    async with send:
+                        async for item in chunks:
+                            if isinstance(item, TokenChunk):
+                                await send.send(Piece(item.text, item.n_tokens))
+                            else:
+                                await send.send(Finished(item.finish_reason, item.prompt_tokens,
+                                                         item.completion_tokens, item.ttft_ms,
+                                                         item.total_ms))
+                                return
+
+                nursery.start_soon(forward)
+                yield recv
+                nursery.cancel_scope.cancel()
+        except (ModelNotFound, ModelBusy, InvalidInferenceRequest, InferenceTimeout,
+                InferenceCancelled, ModelLoadError) as exc:
+            raise local_error_to_wire(exc) from exc
+
+    return generate

@@ -1,0 +1,434 @@
+"""Registry and engine behaviour against a fake backend: queues, loads, eviction, cancellation.
+
+The fake runs in real worker threads (as llama.cpp does) but generates instantly-ish, so
+these tests check the trio side — limiters, shared loads, stop events — without a model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from peerllm.errors import (
+    ConfigError,
+    InferenceCancelled,
+    InferenceTimeout,
+    InvalidInferenceRequest,
+    ModelBusy,
+    ModelLoadError,
+    ModelNotFound,
+)
+from peerllm.inference.backend import (
+    Benchmark,
+    Emit,
+    EncodedPrompt,
+    GenerationOutcome,
+    OpenOptions,
+    StopCheck,
+)
+from peerllm.inference.engine import (
+    ChatMessage,
+    Done,
+    Engine,
+    GenerationRequest,
+    SamplingParams,
+    TokenChunk,
+)
+from peerllm.inference.registry import ModelRegistry, open_registry
+from peerllm.inference.settings import InferenceConfig
+from peerllm.inference.specs import ModelSpec
+
+MB = 1024**2
+
+
+class FakeInstance:
+    def __init__(self, backend: FakeBackend, path: Path, options: OpenOptions) -> None:
+        self.backend = backend
+        self.path = path
+        self.options = options
+        self.closed = False
+        self.generated = 0
+
+    @property
+    def context_size(self) -> int:
+        return self.options.context_size
+
+    def encode(self, *, messages: Sequence[ChatMessage] | None, prompt: str | None,
+               resume_text: str) -> EncodedPrompt:
+        text = prompt if prompt is not None else " ".join(m.content for m in messages or ())
+        n = len(text.split()) + 1
+        return EncodedPrompt(tokens=tuple(range(n + len(resume_text.split()))), prompt_tokens=n)
+
+    def generate(self, prompt: EncodedPrompt, params: SamplingParams, *, emit: Emit,
+                 should_stop: StopCheck) -> GenerationOutcome:
+        for i in range(params.max_tokens):
+            while not self.backend.gate.wait(0.005):  # held by the test; still stoppable
+                if should_stop():
+                    return GenerationOutcome(finish_reason="cancelled", completion_tokens=i,
+                                             decode_seconds=0.0)
+            time.sleep(self.backend.token_s)
+            self.generated += 1
+            emit(f"t{i} ", 1)
+            if i + 1 < params.max_tokens and should_stop():
+                return GenerationOutcome(finish_reason="cancelled", completion_tokens=i + 1,
+                                         decode_seconds=0.0)
+        return GenerationOutcome(finish_reason="length", completion_tokens=params.max_tokens,
+                                 decode_seconds=0.01 * params.max_tokens)
+
+    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
+        assert self.options.embedding
+        return [[1.0, float(len(s))] for s in inputs]
+
+    def benchmark(self, n_tokens: int) -> Benchmark:
+        return Benchmark(tokens=n_tokens, seconds=0.1, tokens_per_second=42.0, ttft_s=0.01)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    def __init__(self, *, open_s: float = 0.0, token_s: float = 0.001) -> None:
+        self.open_s = open_s
+        self.token_s = token_s
+        self.hang_paths: set[Path] = set()
+        self.opened: list[FakeInstance] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck) -> FakeInstance:
+        time.sleep(self.open_s)
+        if path in self.hang_paths:
+            while not should_stop():
+                time.sleep(0.001)
+            raise ModelLoadError(options.model_id, "load was stopped")
+        instance = FakeInstance(self, path, options)
+        self.opened.append(instance)
+        return instance
+
+
+def gguf(path: Path, size: int = 1 * MB) -> Path:
+    with path.open("wb") as fh:
+        fh.write(b"GGUF")
+        fh.truncate(size)  # sparse: big sizes cost nothing
+    return path
+
+
+def spec(model_id: str, path: Path, **kw: object) -> ModelSpec:
+    return ModelSpec(id=model_id, path=path, context_size=512, **kw)  # type: ignore[arg-type]
+
+
+CFG = InferenceConfig(warmup_tokens=4, max_queue=1, cache_size_gb=1.0)
+
+
+@asynccontextmanager
+async def engine_for(specs: list[ModelSpec], backend: FakeBackend,
+                     config: InferenceConfig = CFG, **kw: object
+                     ) -> AsyncIterator[tuple[Engine, ModelRegistry]]:
+    async with open_registry(specs, config=config, backend=backend,
+                             total_ram_bytes=16 * 1024 * MB, **kw) as registry:  # type: ignore[arg-type]
+        yield Engine(registry), registry
+
+
+def req(model: str = "a", *, max_tokens: int = 4, **kw: object) -> GenerationRequest:
+    return GenerationRequest(model=model, prompt="one two three",
+                             params=SamplingParams(max_tokens=max_tokens, **kw))  # type: ignore[arg-type]
+
+
+async def test_complete_counts_and_statistics(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        text, done = await engine.complete(req(max_tokens=3))
+        assert text == "t0 t1 t2 "
+        assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 4, 3)
+        assert done.model == "a" and done.ttft_ms is not None and done.total_ms >= done.ttft_ms
+        st = reg.status("a")
+        assert (st.state, st.requests, st.tokens_generated, st.active, st.queued) == (
+            "loaded", 1, 3, 0, 0)
+        assert st.tokens_per_second is not None and st.load_seconds is not None
+        assert st.memory_bytes == reg.reserved_bytes > 0
+
+
+async def test_benchmark_after_load_sets_throughput(tmp_path: Path) -> None:
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], FakeBackend()) as (_, reg):
+        assert reg.status("a").state == "available"
+        assert reg.status("a").tokens_per_second is None
+        st = await reg.load("a")
+        assert (st.state, st.tokens_per_second) == ("loaded", 42.0)
+        assert (await reg.warmup("a", 8)).tokens_per_second == 42.0
+
+
+async def test_concurrent_loads_share_one(tmp_path: Path) -> None:
+    backend = FakeBackend(open_s=0.05)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (_, reg):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(reg.load, "a")
+            await trio.sleep(0.01)
+            assert reg.status("a").state == "loading"
+        assert len(backend.opened) == 1
+
+
+async def test_unknown_model(tmp_path: Path) -> None:
+    async with engine_for([], FakeBackend()) as (engine, reg):
+        with pytest.raises(ModelNotFound):
+            reg.status("nope")
+        with pytest.raises(ModelNotFound):
+            async with engine.stream(req("nope")):
+                pass
+
+
+async def test_unknown_preload_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="preload"):
+        async with engine_for([], FakeBackend(), InferenceConfig(preload=("x",))):
+            pass
+
+
+async def test_preload_starts_in_background(tmp_path: Path) -> None:
+    specs = [spec("a", gguf(tmp_path / "a.gguf"), preload=True),
+             spec("b", gguf(tmp_path / "b.gguf"))]
+    async with engine_for(specs, FakeBackend()) as (_, reg):
+        assert reg.status("a").state == "loading"
+        await reg.load("a")
+        assert [s.state for s in reg.list()] == ["loaded", "available"]
+
+
+async def test_full_queue_raises_busy_at_once(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()  # generation blocks until the test lets it go
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        await reg.load("a")
+        async with engine.stream(req()) as first, engine.stream(req()) as second:
+            while reg.status("a").active == 0:
+                await trio.sleep(0.005)
+            st = reg.status("a")
+            assert (st.active, st.queued) == (1, 1)
+            with pytest.raises(ModelBusy) as info:
+                async with engine.stream(req()):
+                    pass
+            assert info.value.model_id == "a" and info.value.retry_after_s > 0
+            backend.gate.set()
+            for stream in (first, second):
+                items = [i async for i in stream]
+                assert "".join(i.text for i in items if isinstance(i, TokenChunk)) == "t0 t1 t2 t3 "
+                done = items[-1]
+                assert isinstance(done, Done)
+                assert (done.finish_reason, done.completion_tokens) == ("length", 4)
+        assert (reg.status("a").active, reg.status("a").queued) == (0, 0)
+
+
+async def test_leaving_the_stream_stops_generation_at_the_next_token(tmp_path: Path) -> None:
+    backend = FakeBackend(token_s=0.002)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        async with engine.stream(req(max_tokens=100_000)) as stream:
+            chunks = [await stream.__anext__() for _ in range(3)]
+        assert all(isinstance(c, TokenChunk) for c in chunks)
+        instance = backend.opened[0]
+        # The thread is done (the block waited for it) and stopped within a few tokens:
+        # the channel holds at most 16 chunks, plus the one in flight.
+        assert instance.generated < 3 + 16 + 3
+        assert reg.status("a").active == 0
+        _, done = await engine.complete(req(max_tokens=2))
+        assert done.completion_tokens == 2
+
+
+async def test_cancelled_scope_stops_generation(tmp_path: Path) -> None:
+    backend = FakeBackend(token_s=0.002)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        with trio.move_on_after(0.1):
+            await engine.complete(req(max_tokens=100_000))
+        assert reg.status("a").active == 0
+        assert backend.opened[0].generated < 1000
+
+
+async def test_stream_cancel_ends_with_done_cancelled(tmp_path: Path) -> None:
+    backend = FakeBackend(token_s=0.002)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, _):
+        async with engine.stream(req(max_tokens=100_000)) as stream:
+            items = []
+            async for item in stream:
+                items.append(item)
+                if len(items) == 2:
+                    stream.cancel()
+        done = items[-1]
+        assert isinstance(done, Done) and done.finish_reason == "cancelled"
+        assert 2 <= done.completion_tokens < 100
+
+
+async def test_consumer_error_comes_out_unwrapped(tmp_path: Path) -> None:
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], FakeBackend()) as (engine, _):
+        async def fail_inside() -> None:
+            async with engine.stream(req()) as stream:
+                await stream.__anext__()
+                raise KeyError("mine")
+
+        with pytest.raises(KeyError, match="mine"):
+            await fail_inside()
+
+
+async def test_inference_timeout(tmp_path: Path) -> None:
+    backend = FakeBackend(token_s=0.002)
+    config = InferenceConfig(inference_timeout_s=0.1, warmup_tokens=0)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend, config) as (engine, reg):
+        await reg.load("a")
+        with pytest.raises(InferenceTimeout) as info:
+            await engine.complete(req(max_tokens=100_000))
+        assert info.value.timeout_s == 0.1
+        assert reg.status("a").active == 0
+
+
+async def test_load_failures_leave_the_registry_usable(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"<html>not a model</html>")
+    specs = [spec("good", gguf(tmp_path / "g.gguf")), spec("missing", tmp_path / "nope.gguf"),
+             spec("junk", junk), spec("dir", tmp_path)]
+    async with engine_for(specs, FakeBackend()) as (engine, reg):
+        with pytest.raises(ModelLoadError, match="no such file"):
+            await reg.load("missing")
+        with pytest.raises(ModelLoadError, match="not a GGUF file"):
+            await engine.complete(req("junk"))
+        with pytest.raises(ModelLoadError, match="directory"):
+            await reg.load("dir")
+        st = reg.status("junk")
+        assert st.state == "failed" and st.error is not None and "GGUF" in st.error
+        assert reg.reserved_bytes == 0
+        _, done = await engine.complete(req("good"))
+        assert done.completion_tokens == 4
+
+
+async def test_load_timeout(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    slow = gguf(tmp_path / "slow.gguf")
+    backend.hang_paths.add(slow)
+    config = InferenceConfig(load_timeout_s=0.1)
+    async with engine_for([spec("slow", slow), spec("ok", gguf(tmp_path / "ok.gguf"))],
+                          backend, config) as (_, reg):
+        with pytest.raises(ModelLoadError, match="timed out"):
+            await reg.load("slow")
+        assert reg.status("slow").state == "failed"
+        assert (await reg.load("ok")).state == "loaded"
+
+
+async def test_idle_model_evicted_lru(tmp_path: Path) -> None:
+    # Each model needs ~1.2 x 100 MiB + KV; the 0.3 GiB budget holds two, not three.
+    specs = [spec(n, gguf(tmp_path / f"{n}.gguf", 100 * MB)) for n in "abc"]
+    config = InferenceConfig(cache_size_gb=0.3, warmup_tokens=0)
+    backend = FakeBackend()
+    async with engine_for(specs, backend, config) as (engine, reg):
+        await reg.load("a")
+        await reg.load("b")
+        await engine.complete(req("a"))  # a is now the most recently used
+        await reg.load("c")
+        assert [s.state for s in reg.list()] == ["loaded", "available", "loaded"]
+        assert [i.closed for i in backend.opened] == [False, True, False]
+        assert reg.reserved_bytes <= reg.budget_bytes
+
+
+@pytest.mark.parametrize(("policy", "evicted"), [("fifo", "a"), ("lfu", "b")])
+async def test_other_eviction_policies(tmp_path: Path, policy: str, evicted: str) -> None:
+    specs = [spec(n, gguf(tmp_path / f"{n}.gguf", 100 * MB)) for n in "abc"]
+    config = InferenceConfig(cache_size_gb=0.3, warmup_tokens=0, eviction_policy=policy)  # type: ignore[arg-type]
+    async with engine_for(specs, FakeBackend(), config) as (engine, reg):
+        await reg.load("a")
+        await reg.load("b")
+        await engine.complete(req("a"))
+        await reg.load("c")
+        assert reg.status(evicted).state == "available"
+
+
+async def test_busy_model_is_not_evicted(tmp_path: Path) -> None:
+    specs = [spec(n, gguf(tmp_path / f"{n}.gguf", 200 * MB)) for n in "ab"]
+    backend = FakeBackend()
+    backend.gate.clear()
+    config = InferenceConfig(cache_size_gb=0.3, warmup_tokens=0)
+    async with engine_for(specs, backend, config) as (engine, reg):
+        await reg.load("a")
+        async with engine.stream(req("a")):
+            with pytest.raises(ModelLoadError, match="busy"):
+                await reg.load("b")
+            backend.gate.set()
+        assert (await reg.load("b")).state == "loaded"
+        assert reg.status("a").state == "available"
+
+
+async def test_model_bigger_than_the_budget(tmp_path: Path) -> None:
+    huge = spec("huge", gguf(tmp_path / "huge.gguf", 2048 * MB))
+    async with engine_for([huge], FakeBackend(), InferenceConfig(cache_size_gb=1.0)) as (_, reg):
+        with pytest.raises(ModelLoadError, match="budget"):
+            await reg.load("huge")
+
+
+async def test_variant_picked_by_available_memory(tmp_path: Path) -> None:
+    variants = (("Q8_0", gguf(tmp_path / "m.Q8_0.gguf", 300 * MB)),
+                ("Q4_K_M", gguf(tmp_path / "m.Q4_K_M.gguf", 150 * MB)),
+                ("Q2_K", tmp_path / "missing.Q2_K.gguf"))
+    m = ModelSpec(id="m", variants=variants, context_size=512)
+    async with engine_for([m], FakeBackend(), available_ram=lambda: 250 * MB) as (_, reg):
+        st = await reg.load("m")
+        assert (st.quant, st.path) == ("Q4_K_M", tmp_path / "m.Q4_K_M.gguf")
+    async with engine_for([m], FakeBackend(), available_ram=lambda: 64 * 1024 * MB) as (_, reg):
+        assert (await reg.load("m")).quant == "Q8_0"
+    async with engine_for([m], FakeBackend(), available_ram=lambda: 100 * MB) as (_, reg):
+        with pytest.raises(ModelLoadError, match="no variant fits"):
+            await reg.load("m")
+
+
+async def test_unload_frees_and_a_request_reloads(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        await reg.load("a")
+        await reg.unload("a")
+        assert reg.status("a").state == "available" and reg.reserved_bytes == 0
+        assert backend.opened[0].closed
+        await reg.unload("a")  # idempotent
+        await engine.complete(req())
+        assert len(backend.opened) == 2 and reg.status("a").state == "loaded"
+
+
+async def test_unload_waits_for_the_running_request(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        await reg.load("a")
+        async with engine.stream(req()) as stream, trio.open_nursery() as nursery:
+            while reg.status("a").active == 0:
+                await trio.sleep(0.005)
+            nursery.start_soon(reg.unload, "a")
+            await trio.sleep(0.05)
+            assert reg.status("a").state == "available"  # detached at once
+            assert not backend.opened[0].closed  # still generating
+            backend.gate.set()
+            assert isinstance([i async for i in stream][-1], Done)
+        assert backend.opened[0].closed
+
+
+async def test_embeddings(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    specs = [spec("a", gguf(tmp_path / "a.gguf")),
+             spec("e", gguf(tmp_path / "e.gguf"), type="embedding")]
+    async with engine_for(specs, backend) as (engine, reg):
+        assert await engine.embed("a", ["x", "yy"]) == [[1.0, 1.0], [1.0, 2.0]]
+        # A generative model gets a second, embedding context next to its generator.
+        assert [i.options.embedding for i in backend.opened] == [False, True]
+        assert await engine.embed("e", []) == []
+        with pytest.raises(InvalidInferenceRequest, match="embedding model"):
+            await engine.complete(req("e"))
+        with pytest.raises(TypeError):
+            await engine.embed("a", "not a list")
+        assert reg.status("e").type == "embedding"
+
+
+async def test_closed_registry_refuses_requests(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
+        await reg.load("a")
+        await reg.aclose()
+        assert backend.opened[0].closed and reg.reserved_bytes == 0
+        with pytest.raises(InferenceCancelled):
+            async with engine.stream(req()):
+                pass
