@@ -5,6 +5,8 @@ Layers (imports point inward): errors/_types/config <- identity, wire, schedulin
 """
 
 from ._version import __version__ as __version__
+from .client import NodeApiError as NodeApiError
+from .client import NodeClient as NodeClient
 from .config import NodeConfig as NodeConfig
 from .errors import ConfigError as ConfigError
 from .errors import IdentityError as IdentityError
@@ -24,6 +26,8 @@ __all__ = [
     "IdentityError",
     "NetworkKeyMismatch",
     "Node",
+    "NodeApiError",
+    "NodeClient",
     "NodeConfig",
     "PeerConnectionLost",
     "PeerError",

@@ -58,10 +58,12 @@ class Daemon:
     def addr(self) -> str:
         return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
-    def start(self, *extra: str, timeout_s: float = 30.0) -> None:
+    def start(self, *extra: str, timeout_s: float = 60.0, default_model: bool = False) -> None:
         args = ["node", "--data-dir", str(self.data_dir), "--name", self.name,
                 "--listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
-                "--api", f"127.0.0.1:{self.api_port}", "--no-default-model", *extra]
+                "--api", f"127.0.0.1:{self.api_port}", *extra]
+        if not default_model:
+            args.append("--no-default-model")
         self.proc = subprocess.Popen(peerllm_cmd(*args), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=clean_env())
         self.banner = []

@@ -183,10 +183,20 @@ async def test_unknown_model(tmp_path: Path) -> None:
                 pass
 
 
-async def test_unknown_preload_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="preload"):
-        async with engine_for([], FakeBackend(), InferenceConfig(preload=("x",))):
+@pytest.mark.parametrize("config", [InferenceConfig(preload=("x",)),
+                                    InferenceConfig(default_model="x")])
+async def test_unknown_model_in_config_is_a_config_error(config: InferenceConfig) -> None:
+    with pytest.raises(ConfigError, match="unknown model 'x'"):
+        async with engine_for([], FakeBackend(), config):
             pass
+
+
+async def test_default_model(tmp_path: Path) -> None:
+    specs = [spec(n, gguf(tmp_path / f"{n}.gguf")) for n in "ab"]
+    async with engine_for(specs, FakeBackend()) as (_, reg):
+        assert reg.default_model_id == "a"
+    async with engine_for(specs, FakeBackend(), InferenceConfig(default_model="b")) as (_, reg):
+        assert reg.default_model_id == "b"
 
 
 async def test_preload_starts_in_background(tmp_path: Path) -> None:

@@ -168,3 +168,20 @@ def test_bad_env_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         inference_config_from_env({name: value})
     assert info.value.key == name
+
+
+def test_node_specs_merge_catalog_and_yaml(tmp_path: Path) -> None:
+    from peerllm.inference.catalog import ModelEntry
+    from peerllm.inference.specs import node_specs
+
+    bundled = ModelEntry(id="gemma3-270m-q4_k_m", path=None, size_bytes=1, chat_format="gemma",
+                         source="bundled")
+    extra = ModelEntry(id="x", path=tmp_path / "x.gguf", size_bytes=2, chat_format=None,
+                       source="file")
+    f = tmp_path / "models.yaml"
+    f.write_text("available:\n  - {id: gemma3-270m-q4_k_m, bundled: true, preload: true}\n"
+                 "  - {id: y, path: y.gguf}\n")
+    specs = node_specs(catalog=[bundled, extra], models_yaml=f, context_size=4096)
+    assert [(s.id, s.preload, s.context_size) for s in specs] == [
+        ("x", False, 4096), ("gemma3-270m-q4_k_m", True, 4096), ("y", False, 4096)]
+    assert node_specs(catalog=[bundled])[0].bundled

@@ -6,8 +6,10 @@ import click
 
 from .._version import __version__
 from .identity import identity
+from .models import models
 from .node import node
 from .peers import peers
+from .run import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +21,8 @@ def cli() -> None:
 cli.add_command(node)
 cli.add_command(peers)
 cli.add_command(identity)
+cli.add_command(models)
+cli.add_command(run)
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Local inference: model catalogue, resource probe (the llama.cpp engine lands here too)."""
+"""Local inference: the llama.cpp engine, model registry and specs, resource probe."""

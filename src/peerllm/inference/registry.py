@@ -17,9 +17,8 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import psutil
 import trio
@@ -34,104 +33,18 @@ from ..errors import (
 )
 from ._concurrency import reraise_unwrapped, stop_check
 from .backend import Benchmark, ModelBackend, ModelInstance, OpenOptions
-from .catalog import GGUF_MAGIC, assemble_bundled
+from .catalog import assemble_bundled
 from .memory import CacheEntry, choose_variant, estimate_memory_bytes, pick_victims
 from .settings import InferenceConfig
-from .specs import ModelSpec, ModelType
+from .slots import LoadedModel, LoadJob, ModelSlot, check_gguf, ema, gib
+from .slots import ModelState as ModelState
+from .slots import ModelStatus as ModelStatus
+from .specs import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-ModelState = Literal["available", "loading", "loaded", "failed"]
-
-EMA_ALPHA: Final = 0.2  # weight of the newest request in the running averages
 DEFAULT_REQUEST_S: Final = 2.0  # assumed request duration before any was measured
 CLOSE_GRACE_S: Final = 30.0  # how long aclose waits for running requests to finish
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelStatus:
-    """A snapshot of one model, for node-info, the API and ``peerllm models``."""
-
-    id: str
-    state: ModelState
-    type: ModelType
-    memory_bytes: int  # estimate: weights + KV cache per context (reserved while loaded)
-    active: int  # requests generating now
-    queued: int  # requests waiting for a free context (or for the load)
-    requests: int  # requests served since start
-    tokens_generated: int
-    tokens_per_second: float | None  # self-benchmark, then a running average of requests
-    ttft_ms: float | None  # running average of time to first token
-    load_seconds: float | None
-    error: str | None  # why the last load failed
-    path: Path | None  # the file loaded (or last tried); None before the first load
-    quant: str | None  # the variant picked, when the model has several
-    chat_format: str | None
-    context_size: int
-    tags: tuple[str, ...]
-
-
-@dataclass(eq=False)
-class _Loaded:
-    """A loaded model: its llama contexts, idle ones pooled per kind (embedding or not)."""
-
-    path: Path
-    quant: str | None
-    memory_bytes: int
-    loaded_at: float
-    load_seconds: float
-    idle: dict[bool, list[ModelInstance]]
-    created: dict[bool, int]
-    busy: int = 0
-    retired: bool = False  # unloaded or evicted: free once ``busy`` drops to 0
-    drained: trio.Event = field(default_factory=trio.Event)
-    freed: trio.Event = field(default_factory=trio.Event)
-
-    def instances(self) -> list[ModelInstance]:
-        return [inst for pool in self.idle.values() for inst in pool]
-
-
-@dataclass(eq=False)
-class _LoadJob:
-    done: trio.Event = field(default_factory=trio.Event)
-    error: ModelLoadError | None = None
-
-
-@dataclass(eq=False)
-class _Slot:
-    spec: ModelSpec
-    limiter: trio.CapacityLimiter
-    loaded: _Loaded | None = None
-    job: _LoadJob | None = None  # the load in flight
-    error: str | None = None
-    path: Path | None = None
-    quant: str | None = None
-    estimate_bytes: int | None = None
-    load_seconds: float | None = None
-    pending: int = 0  # admitted: queued + active
-    active: int = 0
-    uses: int = 0
-    last_used: float = 0.0
-    tokens_generated: int = 0
-    tokens_per_second: float | None = None
-    ttft_ms: float | None = None
-    request_s: float | None = None
-
-    @property
-    def state(self) -> ModelState:
-        if self.job is not None:
-            return "loading"
-        if self.loaded is not None:
-            return "loaded"
-        return "failed" if self.error is not None else "available"
-
-
-def _ema(old: float | None, new: float) -> float:
-    return new if old is None else old + EMA_ALPHA * (new - old)
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB"
 
 
 class ModelRegistry:
@@ -146,12 +59,12 @@ class ModelRegistry:
             backend = LlamaBackend()
         self._config = config
         self._backend = backend
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, ModelSlot] = {}
         total = total_ram_bytes if total_ram_bytes is not None else psutil.virtual_memory().total
         self._budget = config.cache_size_bytes(total)
         self._available_ram = available_ram or (lambda: int(psutil.virtual_memory().available))
         self._reserved = 0
-        self._retiring: set[_Loaded] = set()
+        self._retiring: set[LoadedModel] = set()
         self._nursery: trio.Nursery | None = None
         self._closed = False
         for spec in specs:
@@ -188,7 +101,7 @@ class ModelRegistry:
         """
         if spec.id in self._slots:
             raise ValueError(f"model {spec.id!r} is already registered")
-        self._slots[spec.id] = _Slot(spec=spec,
+        self._slots[spec.id] = ModelSlot(spec=spec,
                                      limiter=trio.CapacityLimiter(self._config.max_concurrent))
 
     def spec(self, model_id: str) -> ModelSpec:
@@ -202,13 +115,13 @@ class ModelRegistry:
         """Raises ModelNotFound."""
         return self._status(self._slot(model_id))
 
-    def _slot(self, model_id: str) -> _Slot:
+    def _slot(self, model_id: str) -> ModelSlot:
         try:
             return self._slots[model_id]
         except KeyError:
             raise ModelNotFound(model_id) from None
 
-    def _status(self, slot: _Slot) -> ModelStatus:
+    def _status(self, slot: ModelSlot) -> ModelStatus:
         spec = slot.spec
         loaded = slot.loaded
         if loaded is not None:
@@ -244,9 +157,11 @@ class ModelRegistry:
     async def unload(self, model_id: str) -> None:
         """Unload the model and free its memory.
 
-        Requests already generating finish first; queued ones will load it again.
-        Cancellation: the model is unloaded anyway; only the wait for the memory to be
-        freed is cut short.
+        Requests already generating finish first; queued ones will load it again. A load
+        in flight is waited for, then its result unloaded.
+
+        Cancellation: once detached (state "available"), the model is freed whether or
+        not the caller keeps waiting.
         """
         slot = self._slot(model_id)
         while slot.job is not None:  # let a load in flight finish, then unload its result
@@ -309,7 +224,7 @@ class ModelRegistry:
 
     # -- loading -----------------------------------------------------------------------
 
-    async def _ensure_loaded(self, slot: _Slot) -> _Loaded:
+    async def _ensure_loaded(self, slot: ModelSlot) -> LoadedModel:
         while True:
             if self._closed:
                 raise InferenceCancelled(slot.spec.id, "the inference engine is shutting down")
@@ -323,15 +238,15 @@ class ModelRegistry:
                 raise ModelLoadError(slot.spec.id, job.error.message)
             # loaded, or loaded and already evicted again: look again
 
-    def _start_load(self, slot: _Slot) -> _LoadJob:
+    def _start_load(self, slot: ModelSlot) -> LoadJob:
         if self._nursery is None:
             raise RuntimeError("ModelRegistry must be used inside open_registry()")
-        job = _LoadJob()
+        job = LoadJob()
         slot.job = job
         self._nursery.start_soon(self._load_task, slot, job, name=f"load {slot.spec.id}")
         return job
 
-    async def _load_task(self, slot: _Slot, job: _LoadJob) -> None:
+    async def _load_task(self, slot: ModelSlot, job: LoadJob) -> None:
         try:
             result = await self._try_load(slot)
             if isinstance(result, ModelLoadError):
@@ -347,7 +262,7 @@ class ModelRegistry:
             slot.job = None
             job.done.set()
 
-    async def _try_load(self, slot: _Slot) -> _Loaded | ModelLoadError:
+    async def _try_load(self, slot: ModelSlot) -> LoadedModel | ModelLoadError:
         model_id = slot.spec.id
         timeout = self._config.load_timeout_s
         error = ModelLoadError(model_id, "load failed")
@@ -365,7 +280,7 @@ class ModelRegistry:
                                    "(load_timeout_s)")
         return error
 
-    async def _load(self, slot: _Slot) -> _Loaded:
+    async def _load(self, slot: ModelSlot) -> LoadedModel:
         spec = slot.spec
         started = trio.current_time()
         path, quant, size = await self._pick_file(slot)
@@ -384,7 +299,7 @@ class ModelRegistry:
             raise
         # No checkpoint from here on: a cancellation arriving now must not lose `instance`.
         now = trio.current_time()
-        loaded = _Loaded(path=path, quant=quant, memory_bytes=need, loaded_at=now,
+        loaded = LoadedModel(path=path, quant=quant, memory_bytes=need, loaded_at=now,
                          load_seconds=now - started, idle={embedding: [instance]},
                          created={embedding: 1, not embedding: 0})
         slot.load_seconds = loaded.load_seconds
@@ -392,7 +307,7 @@ class ModelRegistry:
         if bench is not None:
             self._record_benchmark(slot, bench)
         logger.info("loaded model %s from %s in %.1fs (~%s)%s", spec.id, path,
-                    loaded.load_seconds, _gib(need),
+                    loaded.load_seconds, gib(need),
                     f", {bench.tokens_per_second:.1f} tokens/s"
                     if bench and bench.tokens_per_second else "")
         return loaded
@@ -416,13 +331,13 @@ class ModelRegistry:
             instance.close()
             raise
 
-    async def _pick_file(self, slot: _Slot) -> tuple[Path, str | None, int]:
+    async def _pick_file(self, slot: ModelSlot) -> tuple[Path, str | None, int]:
         """The file to load: the bundled model, the only candidate, or the best variant
         that fits in memory."""
         spec = slot.spec
         if spec.bundled:
             path = await trio.to_thread.run_sync(assemble_bundled)
-            size = await trio.to_thread.run_sync(_check_gguf, spec.id, path)
+            size = await trio.to_thread.run_sync(check_gguf, spec.id, path)
             return path, "Q4_K_M", size
         candidates = spec.candidates()
         found: builtins.list[tuple[str | None, Path, int]] = []
@@ -430,7 +345,7 @@ class ModelRegistry:
         for quant, path in candidates:
             try:
                 found.append((quant, path,
-                              await trio.to_thread.run_sync(_check_gguf, spec.id, path)))
+                              await trio.to_thread.run_sync(check_gguf, spec.id, path)))
             except ModelLoadError as exc:
                 problems.append(exc.message)
         if not found:
@@ -448,15 +363,15 @@ class ModelRegistry:
             smallest = min(size for _, _, size in found)
             need = estimate_memory_bytes(smallest, spec.context_size,
                                          contexts=self._config.max_concurrent)
-            raise ModelLoadError(spec.id, f"no variant fits: the smallest needs ~{_gib(need)}, "
-                                 f"{_gib(limit)} is available")
+            raise ModelLoadError(spec.id, f"no variant fits: the smallest needs ~{gib(need)}, "
+                                 f"{gib(limit)} is available")
         quant, path, size = found[pick]
         logger.info("model %s: picked variant %s (%s)", spec.id, quant, path)
         return path, quant, size
 
     # -- memory ------------------------------------------------------------------------
 
-    def _idle_entries(self, exclude: _Slot) -> builtins.list[tuple[_Slot, CacheEntry]]:
+    def _idle_entries(self, exclude: ModelSlot) -> builtins.list[tuple[ModelSlot, CacheEntry]]:
         out = []
         for slot in self._slots.values():
             loaded = slot.loaded
@@ -467,25 +382,25 @@ class ModelRegistry:
                                          uses=slot.uses)))
         return out
 
-    def _evictable_bytes(self, exclude: _Slot) -> int:
+    def _evictable_bytes(self, exclude: ModelSlot) -> int:
         return sum(entry.memory_bytes for _, entry in self._idle_entries(exclude))
 
-    def _reserve(self, slot: _Slot, need: int) -> builtins.list[_Loaded]:
+    def _reserve(self, slot: ModelSlot, need: int) -> builtins.list[LoadedModel]:
         """Reserve ``need`` bytes for ``slot``, retiring idle models as the policy says.
 
         Returns the models being freed to make room (wait for their ``freed``).
         """
         model_id = slot.spec.id
         if need > self._budget:
-            raise ModelLoadError(model_id, f"needs ~{_gib(need)}, more than the whole model "
-                                 f"cache budget of {_gib(self._budget)} (cache_size_gb)")
+            raise ModelLoadError(model_id, f"needs ~{gib(need)}, more than the whole model "
+                                 f"cache budget of {gib(self._budget)} (cache_size_gb)")
         short = self._reserved + need - self._budget
         idle = self._idle_entries(slot)
         chosen = pick_victims([entry for _, entry in idle], need_bytes=short,
                               policy=self._config.eviction_policy)
         if chosen is None:
-            raise ModelLoadError(model_id, f"needs ~{_gib(need)} but only "
-                                 f"{_gib(max(0, self._budget - self._reserved))} of the model "
+            raise ModelLoadError(model_id, f"needs ~{gib(need)} but only "
+                                 f"{gib(max(0, self._budget - self._reserved))} of the model "
                                  "cache is free and the other models are busy")
         by_id = {s.spec.id: s for s, _ in idle}
         victims = []
@@ -500,7 +415,7 @@ class ModelRegistry:
         self._reserved += need
         return victims
 
-    def _retire(self, slot: _Slot) -> None:
+    def _retire(self, slot: ModelSlot) -> None:
         """Detach the slot's model now; free it once its last request is done."""
         loaded = slot.loaded
         if loaded is None or self._nursery is None:
@@ -513,8 +428,15 @@ class ModelRegistry:
         self._nursery.start_soon(self._free_when_drained, slot.spec.id, loaded,
                                  name=f"free {slot.spec.id}")
 
-    async def _free_when_drained(self, model_id: str, loaded: _Loaded) -> None:
-        await loaded.drained.wait()
+    async def _free_when_drained(self, model_id: str, loaded: LoadedModel) -> None:
+        # Shielded but bounded: at shutdown this task starts inside an already-cancelled
+        # scope, and an unshielded wait would never free the model (aclose would hang).
+        with trio.move_on_after(CLOSE_GRACE_S, shield=True) as scope:
+            await loaded.drained.wait()
+        if scope.cancelled_caught:
+            logger.error("model %s still busy after %s s; not freeing it", model_id,
+                         CLOSE_GRACE_S)
+            return
         with trio.CancelScope(shield=True):  # a context is freed in milliseconds
             await trio.to_thread.run_sync(_close_all, loaded.instances())
         self._reserved -= loaded.memory_bytes
@@ -524,7 +446,8 @@ class ModelRegistry:
 
     # -- contexts ----------------------------------------------------------------------
 
-    async def _checkout(self, slot: _Slot, loaded: _Loaded, embedding: bool) -> ModelInstance:
+    async def _checkout(self, slot: ModelSlot, loaded: LoadedModel,
+                        embedding: bool) -> ModelInstance:
         pool = loaded.idle.setdefault(embedding, [])
         loaded.busy += 1
         if pool:
@@ -543,23 +466,24 @@ class ModelRegistry:
             raise
         return instance
 
-    def _checkin(self, loaded: _Loaded, instance: ModelInstance | None, embedding: bool) -> None:
+    def _checkin(self, loaded: LoadedModel, instance: ModelInstance | None,
+                 embedding: bool) -> None:
         if instance is not None:
             loaded.idle.setdefault(embedding, []).append(instance)
         loaded.busy -= 1
         if loaded.retired and loaded.busy == 0:
             loaded.drained.set()
 
-    def _record_benchmark(self, slot: _Slot, bench: Benchmark) -> None:
+    def _record_benchmark(self, slot: ModelSlot, bench: Benchmark) -> None:
         if bench.tokens_per_second is not None:
             slot.tokens_per_second = bench.tokens_per_second
-        slot.ttft_ms = _ema(slot.ttft_ms, bench.ttft_s * 1000.0)
+        slot.ttft_ms = ema(slot.ttft_ms, bench.ttft_s * 1000.0)
 
 
 class Admission:
     """One request's place in a model's queue. Release it (``with``) when done."""
 
-    def __init__(self, registry: ModelRegistry, slot: _Slot) -> None:
+    def __init__(self, registry: ModelRegistry, slot: ModelSlot) -> None:
         self._registry = registry
         self.slot = slot
         self._released = False
@@ -610,28 +534,11 @@ class Admission:
         slot = self.slot
         slot.tokens_generated += completion_tokens
         if completion_tokens > 1 and decode_seconds > 0:
-            slot.tokens_per_second = _ema(slot.tokens_per_second,
+            slot.tokens_per_second = ema(slot.tokens_per_second,
                                           (completion_tokens - 1) / decode_seconds)
         if ttft_ms is not None:
-            slot.ttft_ms = _ema(slot.ttft_ms, ttft_ms)
-        slot.request_s = _ema(slot.request_s, total_s)
-
-
-def _check_gguf(model_id: str, path: Path) -> int:
-    """Worker thread: the file's size, after checking it exists and is GGUF."""
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-            size = path.stat().st_size
-    except FileNotFoundError:
-        raise ModelLoadError(model_id, f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelLoadError(model_id, f"{path}: is a directory, not a GGUF file") from None
-    except OSError as exc:
-        raise ModelLoadError(model_id, f"{path}: cannot read: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
-        raise ModelLoadError(model_id, f"{path}: not a GGUF file (starts with {magic!r})")
-    return size
+            slot.ttft_ms = ema(slot.ttft_ms, ttft_ms)
+        slot.request_s = ema(slot.request_s, total_s)
 
 
 def _close_all(instances: Sequence[ModelInstance]) -> None:

@@ -102,6 +102,27 @@ def bundled_spec(*, model_id: str = DEFAULT_MODEL_ID, context_size: int = DEFAUL
                      preload=preload, tags=("bundled",))
 
 
+def node_specs(*, catalog: Sequence[ModelEntry], models_yaml: Path | None = None,
+               models_dir: Path | None = None, context_size: int = DEFAULT_CONTEXT_SIZE,
+               gpu_layers: int = 0) -> list[ModelSpec]:
+    """Every model a node serves: its catalog (bundled default, ``--model`` files), then
+    the models.yaml entries. An entry in models.yaml replaces a catalog model with the
+    same id (the file says more about it: tags, context size, preload...).
+
+    Raises:
+        ConfigError: from ``load_models_yaml``.
+    """
+    specs = {e.id: spec_from_entry(e, context_size=context_size, gpu_layers=gpu_layers)
+             for e in catalog}
+    if models_yaml is not None:
+        for spec in load_models_yaml(models_yaml, models_dir=models_dir,
+                                     defaults={"context_size": context_size,
+                                               "gpu_layers": gpu_layers}):
+            specs.pop(spec.id, None)
+            specs[spec.id] = spec
+    return list(specs.values())
+
+
 # --------------------------------------------------------------------------- models.yaml
 
 _TOP_KEYS: Final = ("defaults", "available")

@@ -1,0 +1,136 @@
+"""Two `peerllm node` processes: B (no model) bootstraps to A (bundled model).
+
+The official openai and ollama clients talk to B; A serves every request.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.cli.conftest import Daemon, clean_env, peerllm_cmd
+
+pytestmark = pytest.mark.slow
+
+MODEL = "gemma3-270m-q4_k_m"
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Daemon]]:
+    from tests.cli.conftest import free_port
+
+    root = tmp_path_factory.mktemp("mesh")
+    a = Daemon("serve-a", root / "a", free_port(), free_port())
+    b = Daemon("front-b", root / "b", free_port(), free_port())
+    try:
+        a.start("--no-mdns", default_model=True)
+        b.start("--no-mdns", "--bootstrap", a.addr)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            models = httpx.get(f"{b.api}/v1/models", trust_env=False).json()["data"]
+            if any(m["id"] == MODEL for m in models):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("B never learned that A serves the model")
+        yield a, b
+        # A node with a loaded model still stops promptly on SIGTERM.
+        assert b.stop() < 5.0
+        assert a.stop() < 5.0
+    finally:
+        for d in (b, a):
+            d.stop()
+
+
+def test_openai_client_through_b_is_served_by_a(mesh: tuple[Daemon, Daemon]) -> None:
+    import openai
+
+    a, b = mesh
+    http = httpx.Client(trust_env=False)
+    client = openai.OpenAI(base_url=f"{b.api}/v1", api_key="unused", http_client=http)
+    listed = [m.id for m in client.models.list()]
+    assert MODEL in listed
+
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+        temperature=0)
+    assert raw.headers["x-peerllm-served-by"] == a.peer_id
+    assert raw.headers["x-peerllm-node-name"] == "front-b"
+    chat = raw.parse()
+    assert chat.choices[0].message.content
+    assert chat.usage is not None
+    assert 0 < chat.usage.completion_tokens <= 8
+
+    pieces = []
+    for chunk in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count: one, two,"}],
+            max_tokens=8, temperature=0, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    assert "".join(pieces)
+
+    comp = client.completions.create(model=MODEL, prompt="The capital of France is",
+                                     max_tokens=8, temperature=0)
+    assert comp.choices[0].text
+    assert comp.usage is not None
+    assert comp.usage.completion_tokens > 0
+    http.close()
+
+
+def test_ollama_client_through_b(mesh: tuple[Daemon, Daemon]) -> None:
+    import ollama
+
+    _, b = mesh
+    client = ollama.Client(host=b.api, trust_env=False)
+    names = [m.model for m in client.list().models]
+    assert MODEL in names
+    answer = client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                         options={"num_predict": 8, "temperature": 0})
+    assert answer.message.content
+    parts = [p.response for p in client.generate(model=MODEL, prompt="Once upon a time",
+                                                 stream=True,
+                                                 options={"num_predict": 8, "temperature": 0})]
+    assert "".join(parts)
+    client.close()
+
+
+def test_cli_run_and_models(mesh: tuple[Daemon, Daemon]) -> None:
+    a, b = mesh
+    env = clean_env()
+    out = subprocess.run(peerllm_cmd("models", "--json", "--api", b.api), capture_output=True,
+                         text=True, env=env, timeout=60, check=True)
+    assert MODEL in out.stdout
+    assert "serve-a" in out.stdout
+    run = subprocess.run(peerllm_cmd("run", MODEL, "The sky is", "--raw", "--max-tokens", "6",
+                                     "--temperature", "0", "--api", b.api),
+                         capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert run.stdout.strip()
+    assert "served by serve-a" in run.stderr
+
+
+def test_errors_are_4xx_and_node_keeps_serving(mesh: tuple[Daemon, Daemon]) -> None:
+    _, b = mesh
+    with httpx.Client(base_url=b.api, trust_env=False) as http:
+        bad = [
+            http.post("/v1/chat/completions", content=b"{not json",
+                      headers={"content-type": "application/json"}),
+            http.post("/v1/chat/completions", json={"model": MODEL, "messages": "hi"}),
+            http.post("/v1/chat/completions", json={"model": "no-such-model",
+                                                    "messages": [{"role": "user",
+                                                                  "content": "x"}]}),
+            http.post("/v1/completions", json={"model": MODEL, "prompt": "x" * 300_000}),
+            http.post("/v1/completions", json={"model": MODEL, "prompt": "x",
+                                               "temperature": "hot"}),
+        ]
+        for r in bad:
+            assert 400 <= r.status_code < 500, (r.status_code, r.text)
+            assert r.json()["error"]["message"]
+        ok = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hello",
+                                                "max_tokens": 4, "temperature": 0})
+        assert ok.status_code == 200
+
+
