@@ -99,7 +99,7 @@ def test_ollama_client_through_b(mesh: tuple[Daemon, Daemon]) -> None:
 
 
 def test_cli_run_and_models(mesh: tuple[Daemon, Daemon]) -> None:
-    a, b = mesh
+    _, b = mesh
     env = clean_env()
     out = subprocess.run(peerllm_cmd("models", "--json", "--api", b.api), capture_output=True,
                          text=True, env=env, timeout=60, check=True)

@@ -10,7 +10,8 @@ from peerllm.wire import nodeinfo as w
 SELF = "12D3KooWself"
 
 
-def info(peer_id: str, *, nonce: bytes = b"\x01" * 16, seq: int = 1, version: int = 1) -> w.NodeInfo:
+def info(peer_id: str, *, nonce: bytes = b"\x01" * 16, seq: int = 1,
+         version: int = 1) -> w.NodeInfo:
     return w.NodeInfo(
         protocol_version=version, software_version="0.1.0", peer_id=peer_id,
         node_id="7b0c1d5e-0000-4000-8000-000000000000", name="peer", location=None, tags=(),
