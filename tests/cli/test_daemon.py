@@ -105,3 +105,27 @@ def test_bad_flag_names_the_problem(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=clean_env(), timeout=60)
     assert proc.returncode != 0
     assert "64 hex characters" in proc.stderr
+
+
+def test_frozen_peer_is_detected_and_recovers(daemon: Callable[[str], Daemon]) -> None:
+    """SIGSTOP keeps the TCP connection open; only the node-info heartbeat notices."""
+    a, b = daemon("watcher"), daemon("sleeper")
+    a.start("--no-mdns")
+    b.start("--no-mdns", "--bootstrap", a.addr)
+    wait_for_names(a, {"sleeper"})
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        state = "healthy"
+        while time.monotonic() < deadline:
+            row = next(p for p in a.peers_json()["peers"] if p["name"] == "sleeper")
+            state = row["state"]
+            if state in ("stale", "unreachable"):
+                assert row["reason"]
+                break
+            time.sleep(0.5)
+        assert state in ("stale", "unreachable"), f"frozen peer still {state}"
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    wait_for_names(a, {"sleeper"}, timeout_s=60)
