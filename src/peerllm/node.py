@@ -258,6 +258,13 @@ class Node:
                 elif isinstance(ev, Done):
                     return
 
+    def suspect_peer(self, peer_id: str) -> None:
+        """A request to ``peer_id`` just failed: stop routing to it now, re-check it soon."""
+        self.registry.failed(peer_id, "a request to it failed", now=time.time(),
+                             max_misses=self.config.p2p.heartbeat_misses)
+        if self._nursery is not None:
+            self._nursery.start_soon(self.refresh_peer, peer_id)
+
     def after_remote_request(self, peer_id: str) -> None:
         """A request on ``peer_id`` finished: refresh its load now, not at the next beat."""
         if self._nursery is not None and peer_id != self.peer_id:

@@ -8,9 +8,11 @@ the DHT's provider records.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -64,20 +66,66 @@ class NoRoute(PeerLLMError):
 
 @dataclass
 class Routed:
-    """One placed generation: who serves it and its stream of chunks (then Done)."""
+    """One placed generation: who serves it and its stream of chunks (then Done).
 
-    served_by: str
-    served_by_name: str
-    model: str
-    local: bool
+    ``served_by`` changes if the stream broke mid-way and resumed on another replica;
+    ``resumed`` counts how often that happened.
+    """
+
+    served_by: str = ""
+    served_by_name: str = ""
+    model: str = ""
+    local: bool = False
+    resumed: int = 0
     attempts: list[str] = field(default_factory=list)
-    _events: AsyncIterator[TokenChunk | Done] | None = None
+    _recv: trio.MemoryReceiveChannel[TokenChunk | Done | PeerLLMError] | None = None
 
     def events(self) -> AsyncIterator[TokenChunk | Done]:
-        if self._events is None:
+        """The chunks, then one Done. A failure after the first chunk that no replica could
+        take over is raised here (NoRoute)."""
+        if self._recv is None:
             raise RuntimeError("generation already consumed")
-        ev, self._events = self._events, None
-        return ev
+        recv, self._recv = self._recv, None
+        return _Events(recv)
+
+
+class _Events:
+    """Iterator over the pump's channel (a class, not an async generator, so a caller
+    that stops early leaves nothing to finalise)."""
+
+    def __init__(self, recv: trio.MemoryReceiveChannel[TokenChunk | Done | PeerLLMError]
+                 ) -> None:
+        self._recv = recv
+        self._done = False
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> TokenChunk | Done:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._recv.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, PeerLLMError):
+            self._done = True
+            raise item
+        if isinstance(item, Done):
+            self._done = True
+        return item
+
+
+@dataclass
+class _Attempt:
+    served_by: str
+    served_by_name: str
+    local: bool
+    events: AsyncGenerator[TokenChunk | Done, None]
+
+
+_ATTEMPT_ERRORS = (InferenceRejected, PeerError, ProtocolError, ModelBusy, ModelLoadError,
+                   InferenceTimeout, InferenceCancelled)
 
 
 def local_error_to_wire(exc: PeerLLMError) -> InferenceRejected:
@@ -189,68 +237,137 @@ class Router:
     @asynccontextmanager
     async def open(self, req: GenerationRequest, *, session: str | None = None,
                    deadline_s: float = DEFAULT_DEADLINE_S) -> AsyncIterator[Routed]:
-        """Place ``req`` and yield its stream.
+        """Place ``req`` and yield its stream once a node accepted it.
+
+        Failures before the first token move on to the next candidate; a stream that
+        breaks after tokens were delivered resumes on another replica from the text
+        already produced, so the caller sees one uninterrupted answer.
 
         Raises:
             NoRoute: nobody could take the request (reasons per candidate).
             InferenceRejected: a non-retryable refusal (e.g. bad_request).
         """
-        started = trio.current_time()
-        cands, excluded = self.candidates(req.model)
-        if not cands:
-            await self._discover(req.model)
-            cands, excluded = self.candidates(req.model)
-        reasons = dict(excluded)
-        ranked = rank(cands)
-        delay = 0.05
-        for i, cand in enumerate(ranked):
-            label = cand.name or cand.peer_id
-            left = deadline_s - (trio.current_time() - started)
-            if left <= 0:
-                reasons[label] = "request deadline passed before this candidate was tried"
-                continue
+        send, recv = trio.open_memory_channel[TokenChunk | Done | PeerLLMError](64)
+        routed = Routed(model=req.model, _recv=recv)
+        placed = trio.Event()
+        failure: list[PeerLLMError] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, req, session, deadline_s, routed, send, placed,
+                               failure)
+            await placed.wait()
+            if failure:
+                raise failure[0]
             try:
-                async with self._attempt(cand, req, session=session, deadline_s=left) as routed:
-                    routed.attempts = list(reasons)
-                    yield routed
+                yield routed
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _pump(self, req: GenerationRequest, session: str | None, deadline_s: float,
+                    routed: Routed, send: trio.MemorySendChannel[TokenChunk | Done | PeerLLMError],
+                    placed: trio.Event, failure: list[PeerLLMError]) -> None:
+        started = trio.current_time()
+        reasons: dict[str, str] = {}
+        tried: set[str] = set()
+        text = ""            # delivered to the caller so far
+        tokens = 0
+        async with send:
+            while True:
+                cands, excluded = self.candidates(req.model)
+                if not cands and not tried:
+                    await self._discover(req.model)
+                    cands, excluded = self.candidates(req.model)
+                for label, why in excluded.items():
+                    reasons.setdefault(label, why)
+                ranked = [c for c in rank(cands) if c.peer_id not in tried]
+                if not ranked:
+                    err = NoRoute(req.model, reasons,
+                                  known=bool(tried) or bool(cands) or bool(excluded))
+                    if placed.is_set():
+                        await send.send(err)
+                    else:
+                        failure.append(err)
+                        placed.set()
                     return
-            except (InferenceRejected, PeerError, ProtocolError, ModelBusy, ModelLoadError,
-                    InferenceTimeout, InferenceCancelled) as exc:
-                rejected = exc if isinstance(exc, InferenceRejected) else (
-                    local_error_to_wire(exc) if not isinstance(exc, PeerError | ProtocolError)
-                    else None)
-                if rejected is not None and not rejected.retryable:
-                    raise rejected from exc
-                reasons[label] = str(exc)
-                logger.info("request for %s failed on %s before any token: %s; trying next",
-                            req.model, label, exc)
-                if isinstance(exc, PeerError | ProtocolError):
-                    await self._node.refresh_peer(cand.peer_id)
-            if i + 1 < len(ranked):
-                await trio.sleep(delay * (0.5 + self._rng.random()))
-                delay = min(delay * 2, 1.0)
-        raise NoRoute(req.model, reasons, known=bool(ranked) or bool(excluded))
+                cand = ranked[0]
+                tried.add(cand.peer_id)
+                label = cand.name or cand.peer_id
+                left = deadline_s - (trio.current_time() - started)
+                if left <= 0:
+                    reasons[label] = "request deadline passed before this candidate was tried"
+                    continue
+                attempt_req = req
+                if tokens:
+                    attempt_req = dataclasses.replace(
+                        req, resume_text=req.resume_text + text,
+                        params=dataclasses.replace(
+                            req.params, max_tokens=max(1, req.params.max_tokens - tokens)))
+                got_here = 0
+                try:
+                    async with self._attempt(cand, attempt_req, session=session,
+                                             deadline_s=left) as attempt:
+                        routed.served_by = attempt.served_by
+                        routed.served_by_name = attempt.served_by_name
+                        routed.local = attempt.local
+                        routed.attempts = list(reasons)
+                        if placed.is_set():
+                            routed.resumed += 1
+                            logger.info("resumed %s on %s after %d tokens", req.model, label,
+                                        tokens)
+                        placed.set()
+                        async with contextlib.aclosing(attempt.events) as events:
+                            async for ev in events:
+                                if isinstance(ev, TokenChunk):
+                                    got_here += ev.n_tokens
+                                    text += ev.text
+                                    tokens += ev.n_tokens
+                                    await send.send(ev)
+                                else:
+                                    # A resumed attempt counts only its own tokens (its
+                                    # prompt_tokens exclude resume_text): report it all.
+                                    await send.send(
+                                        dataclasses.replace(ev, completion_tokens=tokens)
+                                        if routed.resumed else ev)
+                                    return
+                except _ATTEMPT_ERRORS as exc:
+                    rejected = exc if isinstance(exc, InferenceRejected) else (
+                        local_error_to_wire(exc) if not isinstance(exc, PeerError | ProtocolError)
+                        else None)
+                    if rejected is not None and not rejected.retryable:
+                        if placed.is_set():
+                            await send.send(rejected)
+                        else:
+                            failure.append(rejected)
+                            placed.set()
+                        return
+                    reasons[label] = str(exc)
+                    logger.info("request for %s failed on %s after %d tokens: %s; trying next",
+                                req.model, label, got_here, exc)
+                    if isinstance(exc, PeerError | ProtocolError):
+                        self._node.suspect_peer(cand.peer_id)
+                if not tokens:
+                    await trio.sleep(min(0.05 * 2 ** (len(tried) - 1), 1.0)
+                                     * (0.5 + self._rng.random()))
 
     @asynccontextmanager
     async def _attempt(self, cand: Candidate, req: GenerationRequest, *, session: str | None,
-                       deadline_s: float) -> AsyncIterator[Routed]:
+                       deadline_s: float) -> AsyncIterator[_Attempt]:
         node = self._node
         self.routed[cand.peer_id] = self.routed.get(cand.peer_id, 0) + 1
         if cand.local:
             assert node.engine is not None  # a local candidate exists only with an engine
             with trio.move_on_after(deadline_s):
                 async with node.engine.stream(req) as chunks:
-                    yield Routed(served_by=node.peer_id, served_by_name=node.name,
-                                 model=req.model, local=True, _events=_local_events(chunks))
+                    yield _Attempt(served_by=node.peer_id, served_by_name=node.name,
+                                   local=True, events=_local_events(chunks))
             return
         wire_req = to_wire_request(req, request_id=self._client.next_request_id(),
                                    deadline_s=deadline_s, session=session)
         self.in_flight[cand.peer_id] = self.in_flight.get(cand.peer_id, 0) + 1
         try:
             async with self._client.request(cand.peer_id, wire_req) as remote:
-                yield Routed(served_by=cand.peer_id, served_by_name=cand.name or cand.peer_id,
-                             model=remote.accepted.model, local=False,
-                             _events=_remote_events(remote.events(), req.model))
+                yield _Attempt(served_by=cand.peer_id,
+                               served_by_name=cand.name or cand.peer_id, local=False,
+                               events=_remote_events(remote.events(), req.model))
         finally:
             node.after_remote_request(cand.peer_id)
             self.in_flight[cand.peer_id] -= 1
@@ -258,25 +375,26 @@ class Router:
                 del self.in_flight[cand.peer_id]
 
 
-async def _local_events(chunks: GenerationStream) -> AsyncIterator[TokenChunk | Done]:
+async def _local_events(chunks: GenerationStream) -> AsyncGenerator[TokenChunk | Done, None]:
     async for item in chunks:
         yield item
         if isinstance(item, Done):
             return
 
 
-async def _remote_events(events: AsyncIterator[wi.Tokens | wi.Done], model: str
-                         ) -> AsyncIterator[TokenChunk | Done]:
-    async for ev in events:
-        if isinstance(ev, wi.Tokens):
-            if ev.text:
-                yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)
-        else:
-            reason: FinishReason = ("stop" if ev.finish_reason == "stop" else
-                                    "length" if ev.finish_reason == "length" else "cancelled")
-            yield Done(finish_reason=reason, prompt_tokens=ev.prompt_tokens,
-                       completion_tokens=ev.completion_tokens, ttft_ms=ev.ttft_ms,
-                       total_ms=ev.total_ms, model=model)
+async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], model: str
+                         ) -> AsyncGenerator[TokenChunk | Done, None]:
+    async with contextlib.aclosing(events) as evs:
+        async for ev in evs:
+            if isinstance(ev, wi.Tokens):
+                if ev.text:
+                    yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)
+            else:
+                reason: FinishReason = ("stop" if ev.finish_reason == "stop" else
+                                        "length" if ev.finish_reason == "length" else "cancelled")
+                yield Done(finish_reason=reason, prompt_tokens=ev.prompt_tokens,
+                           completion_tokens=ev.completion_tokens, ttft_ms=ev.ttft_ms,
+                           total_ms=ev.total_ms, model=model)
 
 
 def serve_generator(node: Node) -> Generator:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -218,7 +218,7 @@ class RemoteGeneration:
     def tokens_received(self) -> int:
         return self._proto.tokens_received
 
-    async def events(self) -> AsyncIterator[Tokens | Done]:
+    async def events(self) -> AsyncGenerator[Tokens | Done, None]:
         while True:
             ev = await _next(self._stream, self._proto, self.peer)
             if isinstance(ev, Tokens):

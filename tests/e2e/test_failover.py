@@ -1,0 +1,58 @@
+"""Kill -9 the node serving a stream mid-way: the answer continues from another replica."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.cli.conftest import Daemon, daemon  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+
+MODEL = "gemma3-270m-q4_k_m"
+
+
+def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -> None:
+    a1, a2, front = daemon("replica-1"), daemon("replica-2"), daemon("front")
+    a1.start("--no-mdns", default_model=True)
+    a2.start("--no-mdns", "--bootstrap", a1.addr, default_model=True)
+    front.start("--no-mdns", "--bootstrap", a1.addr, "--bootstrap", a2.addr)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        doc = front.peers_json()
+        serving = [p for p in doc["peers"] if p["state"] == "healthy" and MODEL in p["models"]]
+        if len(serving) == 2:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("front never saw both replicas")
+    by_peer = {a1.peer_id: a1, a2.peer_id: a2}
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 120,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    text: list[str] = []
+    usage = None
+    with httpx.Client(base_url=front.api, trust_env=False, timeout=120) as http, \
+            http.stream("POST", "/v1/completions", json=body) as resp:
+        assert resp.status_code == 200
+        victim = by_peer[resp.headers["x-peerllm-served-by"]]
+        killed = False
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            for choice in chunk.get("choices", []):
+                text.append(choice.get("text") or "")
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if not killed and len(text) >= 10:
+                victim.stop(signal.SIGKILL)
+                killed = True
+    assert killed
+    assert usage is not None
+    assert usage["completion_tokens"] >= 100, usage
+    assert len("".join(text)) > 100
