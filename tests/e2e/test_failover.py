@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.cli.conftest import Daemon, daemon  # noqa: F401  (fixture)
+from tests.cli.conftest import Daemon
 
 pytestmark = pytest.mark.slow
 
