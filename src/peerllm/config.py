@@ -178,6 +178,57 @@ class ModelsConfig:
         _set(self, "paths", _str_tuple("models.paths", self.paths))
 
 
+STRATEGIES: Final = ("mcda", "round_robin", "weighted_round_robin", "least_connections",
+                     "latency", "random")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulingSettings:
+    """Section ``scheduling``: how this node chooses where a request runs."""
+
+    strategy: str = "mcda"  # one of STRATEGIES
+    weight_free_memory: float = 0.40  # MCDA weights; normalised to sum 1
+    weight_load: float = 0.30
+    weight_latency: float = 0.20
+    weight_throughput: float = 0.10
+    tie_epsilon: float = 0.05  # scores this close to the best are a near-tie (anti-herding)
+    affinity: bool = True  # requests with one session key prefer the peer that served the last
+    breaker_failure_threshold: int = 3  # consecutive failures that open a peer's breaker
+    breaker_cooldown_s: float = 30.0  # open -> half-open after this long
+    breaker_half_open_successes: int = 2  # half-open -> closed after this many successes
+    breaker_trial_timeout_s: float = 10.0  # a half-open trial with no answer by then failed
+
+    def __post_init__(self) -> None:
+        strategy = _str("scheduling.strategy", self.strategy)
+        if strategy not in STRATEGIES:
+            raise ConfigError("scheduling.strategy",
+                              f"{strategy!r} is not one of " + ", ".join(STRATEGIES))
+        total = 0.0
+        for name in ("weight_free_memory", "weight_load", "weight_latency", "weight_throughput"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+                    or not math.isfinite(value):
+                raise ConfigError(f"scheduling.{name}",
+                                  f"expected a number >= 0, got {value!r}")
+            _set(self, name, float(value))
+            total += float(value)
+        if total <= 0:
+            raise ConfigError("scheduling.weight_free_memory",
+                              "at least one MCDA weight must be > 0")
+        eps = self.tie_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps <= 1:
+            raise ConfigError("scheduling.tie_epsilon", f"expected 0..1, got {eps!r}")
+        _set(self, "tie_epsilon", float(eps))
+        _set(self, "affinity", _bool("scheduling.affinity", self.affinity))
+        _set(self, "breaker_failure_threshold",
+             _int("scheduling.breaker_failure_threshold", self.breaker_failure_threshold, 1))
+        _set(self, "breaker_half_open_successes",
+             _int("scheduling.breaker_half_open_successes", self.breaker_half_open_successes,
+                  1))
+        for name in ("breaker_cooldown_s", "breaker_trial_timeout_s"):
+            _set(self, name, _positive_float(f"scheduling.{name}", getattr(self, name)))
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """Everything a node needs to start. Construct directly, or via ``from_yaml``."""
@@ -189,6 +240,7 @@ class NodeConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
@@ -223,6 +275,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "discovery": DiscoveryConfig,
     "api": ApiConfig,
     "models": ModelsConfig,
+    "scheduling": SchedulingSettings,
 }
 
 
