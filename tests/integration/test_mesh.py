@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import trio
 
 import peerllm
 from peerllm.node import Node
@@ -32,6 +33,20 @@ async def test_chain_of_three_finds_everyone_through_the_dht(make_config: MakeCo
                 # Find-by-name through signed DHT records.
                 found = await c.find_by_name("alpha")
                 assert found is not None and found.peer_id == a.peer_id
+                # And straight from the DHT's signed records, bypassing the registry.
+                assert c.dht is not None
+                await wait_until(lambda: bool(c.dht and c.dht.routing_peers()), what="DHT table")
+                claim = None
+                with trio.move_on_after(20):  # alpha publishes once its table has peers
+                    while claim is None:
+                        claim = await c.dht.find_name("alpha")
+                        await trio.sleep(0.2)
+                assert claim is not None
+                assert claim.peer_id == a.peer_id
+                record = await c.dht.find_node(a.peer_id)
+                assert record is not None
+                assert record.name == "alpha"
+                assert await c.dht.find_name("nobody-has-this-name") is None
 
 
 async def test_api_documents_and_headers(make_config: MakeConfig) -> None:
