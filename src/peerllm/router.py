@@ -128,6 +128,10 @@ _ATTEMPT_ERRORS = (InferenceRejected, PeerError, ProtocolError, ModelBusy, Model
                    InferenceTimeout, InferenceCancelled)
 
 
+_ENGINE_ERRORS = (ModelNotFound, ModelBusy, InvalidInferenceRequest, InferenceTimeout,
+                  InferenceCancelled, ModelLoadError)
+
+
 def local_error_to_wire(exc: PeerLLMError) -> InferenceRejected:
     """Map the local engine's errors to protocol error codes for a remote caller."""
     if isinstance(exc, ModelNotFound):
@@ -265,88 +269,105 @@ class Router:
     async def _pump(self, req: GenerationRequest, session: str | None, deadline_s: float,
                     routed: Routed, send: trio.MemorySendChannel[TokenChunk | Done | PeerLLMError],
                     placed: trio.Event, failure: list[PeerLLMError]) -> None:
+        """Run the attempts; every error reaches the caller as a value, never as a crash
+        of this task (which would surface as an ExceptionGroup from ``open``)."""
+        async with send:
+            try:
+                await self._attempts(req, session, deadline_s, routed, send, placed, failure)
+            except PeerLLMError as exc:
+                if isinstance(exc, InvalidInferenceRequest):
+                    exc = InferenceRejected("bad_request", exc.message, retryable=False)
+                if placed.is_set():
+                    await send.send(exc)
+                else:
+                    failure.append(exc)
+                    placed.set()
+
+    async def _attempts(self, req: GenerationRequest, session: str | None, deadline_s: float,
+                        routed: Routed,
+                        send: trio.MemorySendChannel[TokenChunk | Done | PeerLLMError],
+                        placed: trio.Event, failure: list[PeerLLMError]) -> None:
         started = trio.current_time()
         reasons: dict[str, str] = {}
         tried: set[str] = set()
         text = ""            # delivered to the caller so far
         tokens = 0
-        async with send:
-            while True:
+        while True:
+            cands, excluded = self.candidates(req.model)
+            if not cands and not tried:
+                await self._discover(req.model)
                 cands, excluded = self.candidates(req.model)
-                if not cands and not tried:
-                    await self._discover(req.model)
-                    cands, excluded = self.candidates(req.model)
-                for label, why in excluded.items():
-                    reasons.setdefault(label, why)
-                ranked = [c for c in rank(cands) if c.peer_id not in tried]
-                if not ranked:
-                    err = NoRoute(req.model, reasons,
-                                  known=bool(tried) or bool(cands) or bool(excluded))
+            for label, why in excluded.items():
+                reasons.setdefault(label, why)
+            ranked = [c for c in rank(cands) if c.peer_id not in tried]
+            if not ranked:
+                err = NoRoute(req.model, reasons,
+                              known=bool(tried) or bool(cands) or bool(excluded))
+                if placed.is_set():
+                    await send.send(err)
+                else:
+                    failure.append(err)
+                    placed.set()
+                return
+            cand = ranked[0]
+            tried.add(cand.peer_id)
+            label = cand.name or cand.peer_id
+            left = deadline_s - (trio.current_time() - started)
+            if left <= 0:
+                reasons[label] = "request deadline passed before this candidate was tried"
+                continue
+            attempt_req = req
+            if tokens:
+                attempt_req = dataclasses.replace(
+                    req, resume_text=req.resume_text + text,
+                    params=dataclasses.replace(
+                        req.params, max_tokens=max(1, req.params.max_tokens - tokens)))
+            got_here = 0
+            try:
+                async with self._attempt(cand, attempt_req, session=session,
+                                         deadline_s=left) as attempt:
+                    routed.served_by = attempt.served_by
+                    routed.served_by_name = attempt.served_by_name
+                    routed.local = attempt.local
+                    routed.attempts = list(reasons)
                     if placed.is_set():
-                        await send.send(err)
+                        routed.resumed += 1
+                        logger.info("resumed %s on %s after %d tokens", req.model, label,
+                                    tokens)
+                    placed.set()
+                    async with contextlib.aclosing(attempt.events) as events:
+                        async for ev in events:
+                            if isinstance(ev, TokenChunk):
+                                got_here += ev.n_tokens
+                                text += ev.text
+                                tokens += ev.n_tokens
+                                await send.send(ev)
+                            else:
+                                # A resumed attempt counts only its own tokens (its
+                                # prompt_tokens exclude resume_text): report it all.
+                                await send.send(
+                                    dataclasses.replace(ev, completion_tokens=tokens)
+                                    if routed.resumed else ev)
+                                return
+            except _ATTEMPT_ERRORS as exc:
+                rejected = exc if isinstance(exc, InferenceRejected) else (
+                    local_error_to_wire(exc) if not isinstance(exc, PeerError | ProtocolError)
+                    else None)
+                if rejected is not None and not rejected.retryable:
+                    if placed.is_set():
+                        await send.send(rejected)
                     else:
-                        failure.append(err)
+                        failure.append(rejected)
                         placed.set()
                     return
-                cand = ranked[0]
-                tried.add(cand.peer_id)
-                label = cand.name or cand.peer_id
-                left = deadline_s - (trio.current_time() - started)
-                if left <= 0:
-                    reasons[label] = "request deadline passed before this candidate was tried"
-                    continue
-                attempt_req = req
-                if tokens:
-                    attempt_req = dataclasses.replace(
-                        req, resume_text=req.resume_text + text,
-                        params=dataclasses.replace(
-                            req.params, max_tokens=max(1, req.params.max_tokens - tokens)))
-                got_here = 0
-                try:
-                    async with self._attempt(cand, attempt_req, session=session,
-                                             deadline_s=left) as attempt:
-                        routed.served_by = attempt.served_by
-                        routed.served_by_name = attempt.served_by_name
-                        routed.local = attempt.local
-                        routed.attempts = list(reasons)
-                        if placed.is_set():
-                            routed.resumed += 1
-                            logger.info("resumed %s on %s after %d tokens", req.model, label,
-                                        tokens)
-                        placed.set()
-                        async with contextlib.aclosing(attempt.events) as events:
-                            async for ev in events:
-                                if isinstance(ev, TokenChunk):
-                                    got_here += ev.n_tokens
-                                    text += ev.text
-                                    tokens += ev.n_tokens
-                                    await send.send(ev)
-                                else:
-                                    # A resumed attempt counts only its own tokens (its
-                                    # prompt_tokens exclude resume_text): report it all.
-                                    await send.send(
-                                        dataclasses.replace(ev, completion_tokens=tokens)
-                                        if routed.resumed else ev)
-                                    return
-                except _ATTEMPT_ERRORS as exc:
-                    rejected = exc if isinstance(exc, InferenceRejected) else (
-                        local_error_to_wire(exc) if not isinstance(exc, PeerError | ProtocolError)
-                        else None)
-                    if rejected is not None and not rejected.retryable:
-                        if placed.is_set():
-                            await send.send(rejected)
-                        else:
-                            failure.append(rejected)
-                            placed.set()
-                        return
-                    reasons[label] = str(exc)
-                    logger.info("request for %s failed on %s after %d tokens: %s; trying next",
-                                req.model, label, got_here, exc)
-                    if isinstance(exc, PeerError | ProtocolError):
-                        self._node.suspect_peer(cand.peer_id)
-                if not tokens:
-                    await trio.sleep(min(0.05 * 2 ** (len(tried) - 1), 1.0)
-                                     * (0.5 + self._rng.random()))
+                reasons[label] = str(exc)
+                logger.info("request for %s failed on %s after %d tokens: %s; trying next",
+                            req.model, label, got_here, exc)
+                if isinstance(exc, PeerError | ProtocolError):
+                    self._node.suspect_peer(cand.peer_id)
+            if not tokens:
+                await trio.sleep(min(0.05 * 2 ** (len(tried) - 1), 1.0)
+                                 * (0.5 + self._rng.random()))
 
     @asynccontextmanager
     async def _attempt(self, cand: Candidate, req: GenerationRequest, *, session: str | None,
@@ -413,20 +434,22 @@ def serve_generator(node: Node) -> Generator:
             async with engine.stream(gen_req) as chunks, trio.open_nursery() as nursery:
                 async def forward() -> None:
                     async with send:
-                        async for item in chunks:
-                            if isinstance(item, TokenChunk):
-                                await send.send(Piece(item.text, item.n_tokens))
-                            else:
-                                await send.send(Finished(item.finish_reason, item.prompt_tokens,
-                                                         item.completion_tokens, item.ttft_ms,
-                                                         item.total_ms))
-                                return
+                        try:
+                            async for item in chunks:
+                                if isinstance(item, TokenChunk):
+                                    await send.send(Piece(item.text, item.n_tokens))
+                                else:
+                                    await send.send(Finished(
+                                        item.finish_reason, item.prompt_tokens,
+                                        item.completion_tokens, item.ttft_ms, item.total_ms))
+                                    return
+                        except _ENGINE_ERRORS as exc:
+                            raise local_error_to_wire(exc) from exc
 
                 nursery.start_soon(forward)
                 yield recv
                 nursery.cancel_scope.cancel()
-        except (ModelNotFound, ModelBusy, InvalidInferenceRequest, InferenceTimeout,
-                InferenceCancelled, ModelLoadError) as exc:
+        except _ENGINE_ERRORS as exc:
             raise local_error_to_wire(exc) from exc
 
     return generate

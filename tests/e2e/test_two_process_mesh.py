@@ -113,7 +113,11 @@ def test_cli_run_and_models(mesh: tuple[Daemon, Daemon]) -> None:
 
 
 def test_errors_are_4xx_and_node_keeps_serving(mesh: tuple[Daemon, Daemon]) -> None:
-    _, b = mesh
+    a, b = mesh
+    with httpx.Client(base_url=a.api, trust_env=False) as http:
+        local = http.post("/v1/completions", json={"model": MODEL, "prompt": "word " * 4000,
+                                                   "max_tokens": 4})
+        assert local.status_code == 400, local.text
     with httpx.Client(base_url=b.api, trust_env=False) as http:
         bad = [
             http.post("/v1/chat/completions", content=b"{not json",
@@ -129,6 +133,11 @@ def test_errors_are_4xx_and_node_keeps_serving(mesh: tuple[Daemon, Daemon]) -> N
         for r in bad:
             assert 400 <= r.status_code < 500, (r.status_code, r.text)
             assert r.json()["error"]["message"]
+        # Longer than the model's context window: refused by the serving node (A), and
+        # the refusal comes back through B as a 400, not a 5xx.
+        too_long = http.post("/v1/completions", json={"model": MODEL, "prompt": "word " * 4000,
+                                                      "max_tokens": 4})
+        assert too_long.status_code == 400, too_long.text
         ok = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hello",
                                                 "max_tokens": 4, "temperature": 0})
         assert ok.status_code == 200

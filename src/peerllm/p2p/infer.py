@@ -64,6 +64,17 @@ Generator = Callable[[InferRequest, str],
 Raises InferenceRejected to reject (its code/retryable go back in the error frame)."""
 
 
+def _leaves(group: BaseExceptionGroup[InferenceRejected], kind: type[InferenceRejected]
+            ) -> list[InferenceRejected]:
+    out: list[InferenceRejected] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc, kind))
+        elif isinstance(exc, kind):
+            out.append(exc)
+    return out
+
+
 class _Limits:
     def __init__(self, per_peer: int) -> None:
         self.per_peer = per_peer
@@ -135,6 +146,7 @@ class InferServer:
     async def _serve(self, stream: INetStream, proto: ServerStream, req: InferRequest,
                      peer: str) -> None:
         rid = req.request_id
+        rejected: list[InferenceRejected] = []
         with trio.move_on_after(req.deadline_ms / 1000) as deadline:
             try:
                 async with self._generate(req, peer) as pieces, trio.open_nursery() as nursery:
@@ -144,7 +156,12 @@ class InferServer:
                                        nursery.cancel_scope)
                     await self._pump(stream, proto, pieces, rid, peer)
                     nursery.cancel_scope.cancel()
-            except InferenceRejected as exc:
+            except* InferenceRejected as group:
+                # Raised on entry or by the generator's task; nurseries wrap it in groups.
+                rejected.extend(_leaves(group, InferenceRejected))
+        if rejected:
+            exc = rejected[0]
+            with trio.move_on_after(1):
                 await _send(stream, proto.send(Error(
                     request_id=rid, code=exc.code, message=exc.message, retryable=exc.retryable,
                     retry_after_ms=None if exc.retry_after_s is None
