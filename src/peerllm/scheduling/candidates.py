@@ -24,6 +24,12 @@ class Candidate:
     in_flight: int = 0
     """Requests this node has sent to that peer and not yet finished."""
     tokens_per_second: float | None = None
+    free_memory_bytes: int | None = None
+    """Free VRAM when the peer has GPUs, else free RAM."""
+    degraded: bool = False
+    """Resource-constrained (low free memory or a queue longer than its capacity)."""
+    half_open: bool = False
+    """Its circuit breaker is half-open: it only gets limited trial traffic."""
 
 
 def load_ratio(c: Candidate) -> float:

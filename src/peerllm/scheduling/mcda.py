@@ -1,0 +1,164 @@
+"""MCDA scoring and the selection strategies (mcda and the baselines), pure.
+
+Score = health multiplier × Σ weight_i × criterion_i, every criterion min-max normalised
+to [0, 1] over the candidate set (1 = best). Criteria: free memory (more is better),
+load (1 − busy ratio incl. our own in-flight requests), latency (lower RTT is better),
+measured tokens/s (higher is better; unknown = neutral 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .candidates import Candidate, load_ratio
+
+CRITERIA = ("free_memory", "load", "latency", "throughput")
+DEGRADED_MULTIPLIER = 0.5
+HALF_OPEN_MULTIPLIER = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Weights:
+    free_memory: float = 0.40
+    load: float = 0.30
+    latency: float = 0.20
+    throughput: float = 0.10
+
+    def __post_init__(self) -> None:
+        values = [getattr(self, c) for c in CRITERIA]
+        if any(v < 0 or not math.isfinite(v) for v in values) or sum(values) <= 0:
+            raise ValueError("weights must be finite, >= 0, and not all 0")
+
+    def normalised(self) -> dict[str, float]:
+        total = sum(getattr(self, c) for c in CRITERIA)
+        return {c: getattr(self, c) / total for c in CRITERIA}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scored:
+    candidate: Candidate
+    total: float
+    multiplier: float
+    values: dict[str, float]  # normalised criterion values in [0, 1]
+    contributions: dict[str, float]  # weight × value (before the multiplier)
+
+
+def _minmax(raw: Sequence[float | None], *, higher_is_better: bool) -> list[float]:
+    known = [v for v in raw if v is not None]
+    if not known:
+        return [0.5] * len(raw)
+    lo, hi = min(known), max(known)
+    out = []
+    for v in raw:
+        if v is None:
+            out.append(0.5)
+        elif hi == lo:
+            out.append(1.0)
+        else:
+            x = (v - lo) / (hi - lo)
+            out.append(x if higher_is_better else 1.0 - x)
+    return out
+
+
+def score(cands: Sequence[Candidate], weights: Weights) -> list[Scored]:
+    """Score every candidate; best first, exact ties broken by peer ID."""
+    w = weights.normalised()
+    columns = {
+        "free_memory": _minmax([c.free_memory_bytes for c in cands], higher_is_better=True),
+        "load": [1.0 - min(1.0, load_ratio(c)) for c in cands],
+        "latency": _minmax([c.rtt_ms for c in cands], higher_is_better=False),
+        "throughput": _minmax([c.tokens_per_second for c in cands], higher_is_better=True),
+    }
+    out = []
+    for i, c in enumerate(cands):
+        values = {k: columns[k][i] for k in CRITERIA}
+        contributions = {k: w[k] * values[k] for k in CRITERIA}
+        multiplier = 1.0
+        if c.degraded:
+            multiplier *= DEGRADED_MULTIPLIER
+        if c.half_open:
+            multiplier *= HALF_OPEN_MULTIPLIER
+        out.append(Scored(candidate=c, total=multiplier * sum(contributions.values()),
+                          multiplier=multiplier, values=values, contributions=contributions))
+    out.sort(key=lambda s: (-s.total, s.candidate.peer_id))
+    return out
+
+
+def choose_mcda(scored: Sequence[Scored], rng: random.Random, *, tie_epsilon: float,
+                temperature: float = 0.02) -> list[Scored]:
+    """Anti-herding: the first pick is drawn among the near-tied best (softmax over their
+    scores) so independent nodes with the same stale view spread their load; the rest
+    follow in score order for failover."""
+    if not scored:
+        return []
+    best = scored[0].total
+    tied = [s for s in scored if best - s.total <= tie_epsilon]
+    weights = [math.exp((s.total - best) / temperature) for s in tied]
+    pick = rng.choices(range(len(tied)), weights=weights)[0]
+    first = tied[pick]
+    return [first, *[s for s in scored if s is not first]]
+
+
+# -- baselines (return a full ranked list for failover) ------------------------------
+
+def round_robin(cands: Sequence[Candidate], counter: int) -> list[Candidate]:
+    ordered = sorted(cands, key=lambda c: c.peer_id)
+    if not ordered:
+        return []
+    k = counter % len(ordered)
+    return ordered[k:] + ordered[:k]
+
+
+def weighted_round_robin(cands: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
+    """Pick ∝ capacity × measured tokens/s (unknown speed counts as 1)."""
+    pool = sorted(cands, key=lambda c: c.peer_id)
+    out: list[Candidate] = []
+    while pool:
+        w = [max(c.capacity, 1) * (c.tokens_per_second or 1.0) for c in pool]
+        out.append(pool.pop(rng.choices(range(len(pool)), weights=w)[0]))
+    return out
+
+
+def least_connections(cands: Sequence[Candidate]) -> list[Candidate]:
+    return sorted(cands, key=lambda c: (c.active + c.queued + c.in_flight, c.peer_id))
+
+
+def latency(cands: Sequence[Candidate]) -> list[Candidate]:
+    return sorted(cands, key=lambda c: (c.rtt_ms if c.rtt_ms is not None else 1e9, c.peer_id))
+
+
+def random_order(cands: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
+    out = list(cands)
+    rng.shuffle(out)
+    return out
+
+
+def apply_affinity(ranked: Sequence[Candidate], preferred: str | None) -> list[Candidate]:
+    """Move the peer that served the session's last turn to the front while it is fully
+    healthy (not degraded, not on trial)."""
+    for i, c in enumerate(ranked):
+        if c.peer_id == preferred and not c.degraded and not c.half_open:
+            return [c, *ranked[:i], *ranked[i + 1:]]
+    return list(ranked)
+
+
+def rank_by(strategy: str, cands: Sequence[Candidate], *, weights: Weights,
+            rng: random.Random, counter: int, tie_epsilon: float
+            ) -> tuple[list[Candidate], list[Scored]]:
+    """Ranked candidates for ``strategy`` plus their MCDA scores (for explain)."""
+    scored = score(cands, weights)
+    chooser: dict[str, Callable[[], list[Candidate]]] = {
+        "mcda": lambda: [s.candidate for s in choose_mcda(scored, rng,
+                                                          tie_epsilon=tie_epsilon)],
+        "round_robin": lambda: round_robin(cands, counter),
+        "weighted_round_robin": lambda: weighted_round_robin(cands, rng),
+        "least_connections": lambda: least_connections(cands),
+        "latency": lambda: latency(cands),
+        "random": lambda: random_order(cands, rng),
+    }
+    if strategy not in chooser:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return chooser[strategy](), scored
