@@ -179,20 +179,20 @@ class ProcessGroup:
             c.term_sent_at = now()
             _signal_group(c.proc, signal.SIGTERM)
         deadline = now() + grace_s
-        for c in live:
-            try:
-                c.proc.wait(max(0.0, deadline - now()))
-            except subprocess.TimeoutExpired:
-                c.killed = True
-                _signal_group(c.proc, signal.SIGKILL)
-        for c in live:
+        waiting = list(live)
+        while waiting and now() < deadline:  # poll, so each exit time is its own
+            time.sleep(0.02)
+            for c in list(waiting):
+                if c.proc.poll() is not None:
+                    c.exited_at = now()
+                    waiting.remove(c)
+        for c in waiting:
+            c.killed = True
+            _signal_group(c.proc, signal.SIGKILL)
+        for c in waiting:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 c.proc.wait(5.0)
-            if c.exited_at is None:
-                c.exited_at = now()
-        # Anything else in the children's sessions (there should be nothing) goes too.
-        for c in children:
-            _signal_group(c.proc, signal.SIGKILL)
+            c.exited_at = now()
 
     def stop_all(self, grace_s: float = TERM_GRACE_S) -> None:
         self.stop(self.children, grace_s)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_RESULTS_DIR,
+    TERM_GRACE_S,
     Child,
     ProcessGroup,
     clean_env,
@@ -460,8 +461,12 @@ def run_once(args: argparse.Namespace, run_index: int, tmp_root: Path, model: st
         finally:
             t_stop = now()
             group.stop_all()
+            times = [c.exited_at - c.term_sent_at for c in group.children
+                     if c.exited_at is not None and c.term_sent_at is not None
+                     and c.term_sent_at >= t_stop]
             result["shutdown"] = {
                 "total_s": rnd(now() - t_stop),
+                "per_process_summary_s": _rounded(summarize(times)),
                 "per_process_s": {c.name: rnd(c.exited_at - c.term_sent_at)
                                   for c in group.children
                                   if c.exited_at is not None and c.term_sent_at is not None},
@@ -562,6 +567,15 @@ def _run_steps(args: argparse.Namespace, group: ProcessGroup, client: httpx.Clie
     print(f"   idle again: RSS max {fmt(result['idle_end']['rss_mb_max'], ' MB', 1)}, "
           f"CPU median {fmt(result['idle_end']['idle_cpu_percent_median'], ' %', 1)}",
           flush=True)
+
+    # 8. SIGTERM to one node alone (the new one) in the idle mesh: how long to exit?
+    if new.child is not None:
+        group.stop([new.child])
+        c = new.child
+        result["single_shutdown"] = {
+            "name": new.name, "exit_code": c.proc.returncode, "sigkilled": c.killed,
+            "seconds": rnd(c.exited_at - c.term_sent_at
+                           if c.exited_at is not None and c.term_sent_at is not None else None)}
 
 
 # =========================================================================== probe process
@@ -764,6 +778,17 @@ async def _probe(cfg: dict[str, Any], out: dict[str, Any]) -> None:
         log.info("find_providers first %.1f ms (%d providers), cold p50 %s ms", first_ms,
                  len(found), out["find_providers"]["cold_summary_ms"]["p50"])
 
+        # What one routing-table refresh costs (node.py runs one every second for a
+        # node's first 30 s, then every 30 s): wall time and this process's CPU time.
+        refresh_wall: list[float] = []
+        refresh_cpu: list[float] = []
+        for _ in range(3):
+            t0, c0 = time.perf_counter(), time.process_time()
+            await dht.refresh()
+            refresh_wall.append(_ms(t0))
+            refresh_cpu.append(round((time.process_time() - c0) * 1000, 3))
+        out["dht_refresh"] = {"wall_ms": refresh_wall, "cpu_ms": refresh_cpu}
+
         out["rpc"] = await _rpc_bench(node, cfg["rpc_peer"], int(cfg["rpc_requests"]))
         out["rpc"]["at_s"] = round(time.perf_counter() - t_open, 1)
         log.info("rpc p50 %s ms (fresh %s ms)", out["rpc"]["summary_ms"]["p50"],
@@ -775,9 +800,12 @@ async def _probe(cfg: dict[str, Any], out: dict[str, Any]) -> None:
 
 def _get(d: Any, *path: str) -> Any:
     for key in path:
-        if not isinstance(d, dict) or key not in d:
+        if isinstance(d, list) and key.isdigit() and int(key) < len(d):
+            d = d[int(key)]
+        elif isinstance(d, dict) and key in d:
+            d = d[key]
+        else:
             return None
-        d = d[key]
     return d
 
 
@@ -843,7 +871,16 @@ INFO_METRICS: list[tuple[str, str, int, tuple[str, ...]]] = [
     ("idle CPU per node at the end (all ≥ 30 s old), median", " %", 1,
      ("idle_end", "idle_cpu_percent_median")),
     ("probe routing-table size", "", 0, ("probe", "routing_table_size")),
-    ("shutdown (SIGTERM all -> all exited)", " s", 2, ("shutdown", "total_s")),
+    ("one DHT routing-table refresh: wall (first of 3)", " ms", 0,
+     ("probe", "dht_refresh", "wall_ms", "0")),
+    ("one DHT routing-table refresh: CPU (first of 3)", " ms", 0,
+     ("probe", "dht_refresh", "cpu_ms", "0")),
+    ("shutdown of one node in the idle mesh (SIGTERM -> exit)", " s", 2,
+     ("single_shutdown", "seconds")),
+    ("shutdown, all at once: SIGTERM -> exit, median", " s", 2,
+     ("shutdown", "per_process_summary_s", "p50")),
+    ("shutdown, all at once: slowest (5 s = SIGKILLed)", " s", 2,
+     ("shutdown", "per_process_summary_s", "max")),
 ]
 
 
@@ -896,6 +933,10 @@ def print_summary(summary: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         if _get(r, "mesh", "timed_out"):
             print(f"run {r['run']}: mesh did not form within {MESH_TIMEOUT_S:.0f} s; missing "
                   f"{ {k: len(v) for k, v in r['mesh']['missing'].items()} }")
+        killed = _get(r, "shutdown", "sigkilled")
+        if killed:
+            print(f"run {r['run']}: {len(killed)} process(es) ignored SIGTERM for "
+                  f"{TERM_GRACE_S:g} s and were SIGKILLed: {', '.join(killed)}")
         scan = r.get("log_scan") or {}
         if scan.get("total"):
             print(f"run {r['run']}: {scan['total']} warning/error log lines; most common:")

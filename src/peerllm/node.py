@@ -188,7 +188,13 @@ class Node:
     def peers(self) -> list[dict[str, Any]]:
         """The registry view: one dict per known peer (the ``peers --json`` rows)."""
         self.registry.refresh_states(now=time.time())
-        return self.registry.snapshot()
+        rows = self.registry.snapshot()
+        for row in rows:
+            row["breaker"] = self.router.breaker_state(row["peer_id"])
+        return rows
+
+    def local_resources(self) -> wni.Resources:
+        return probe_resources(self._gpus)
 
     def model_statuses(self) -> list[ModelStatus]:
         return self.engine.registry.list() if self.engine is not None else []

@@ -42,8 +42,21 @@ from .inference.request import (
 )
 from .p2p.infer import Finished, Generator, InferClient, Piece
 from .p2p.registry import PeerState
-from .scheduling.candidates import Candidate, rank
+from .scheduling.breaker import (
+    Breaker,
+    BreakerConfig,
+    BreakerState,
+    allows,
+    describe,
+    on_attempt,
+    on_failure,
+    on_success,
+    state_at,
+)
+from .scheduling.candidates import Candidate
+from .scheduling.mcda import Scored, Weights, apply_affinity, rank_by
 from .wire import infer as wi
+from .wire.nodeinfo import Resources
 
 if TYPE_CHECKING:
     from .node import Node
@@ -51,6 +64,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 300.0
+MAX_SESSIONS = 4096
+
+
+def _free_memory(res: Resources) -> int:
+    """Free VRAM when the node has GPUs, else free RAM."""
+    return sum(g.vram_free_bytes for g in res.gpus) if res.gpus else res.ram_free_bytes
+
+
+def _degraded(res: Resources, queued: int, capacity: int) -> bool:
+    """Resource-constrained: under 10 % memory free, or a queue longer than its capacity."""
+    total = sum(g.vram_total_bytes for g in res.gpus) if res.gpus else res.ram_total_bytes
+    return (total > 0 and _free_memory(res) < 0.10 * total) or queued > max(capacity, 1)
 
 
 class NoRoute(PeerLLMError):
@@ -74,6 +99,7 @@ class Routed:
 
     served_by: str = ""
     served_by_name: str = ""
+    score: float | None = None  # the serving node's MCDA score when it was chosen
     model: str = ""
     local: bool = False
     resumed: int = 0
@@ -186,6 +212,16 @@ class Router:
         self._client = InferClient(node.host, accept_timeout_s=max(node.config.p2p.call_timeout_s,
                                                                     30.0))
         self._rng = rng or random.Random()
+        st = node.config.scheduling
+        self.weights = Weights(free_memory=st.weight_free_memory, load=st.weight_load,
+                               latency=st.weight_latency, throughput=st.weight_throughput)
+        self.breaker_cfg = BreakerConfig(failure_threshold=st.breaker_failure_threshold,
+                                         cooldown_s=st.breaker_cooldown_s,
+                                         half_open_successes=st.breaker_half_open_successes,
+                                         trial_timeout_s=st.breaker_trial_timeout_s)
+        self.breakers: dict[str, Breaker] = {}
+        self.affinity: dict[str, str] = {}  # session key -> peer that served its last turn
+        self._counter = 0
         self.in_flight: dict[str, int] = {}
         self.routed: dict[str, int] = {}  # destination peer id -> requests routed (metrics)
 
@@ -197,12 +233,17 @@ class Router:
         out: list[Candidate] = []
         excluded: dict[str, str] = {}
         engine = node.engine
+        now = trio.current_time()
         if engine is not None and model in node.model_ids():
             st = engine.registry.status(model)
+            res = node.local_resources()
+            cap = engine.registry.config.max_concurrent
             out.append(Candidate(peer_id=node.peer_id, name=node.name, local=True,
                                  loaded=st.state == "loaded", active=st.active, queued=st.queued,
-                                 capacity=engine.registry.config.max_concurrent, rtt_ms=0.0,
-                                 in_flight=0, tokens_per_second=st.tokens_per_second))
+                                 capacity=cap, rtt_ms=0.0, in_flight=0,
+                                 tokens_per_second=st.tokens_per_second,
+                                 free_memory_bytes=_free_memory(res),
+                                 degraded=_degraded(res, st.queued, cap)))
         for e in node.registry.entries():
             info = e.info
             if info is None or not any(m.id == model for m in info.models):
@@ -211,13 +252,80 @@ class Router:
             if e.state is not PeerState.HEALTHY:
                 excluded[label] = f"{e.state.value}: {e.reason or 'not healthy'}"
                 continue
+            breaker = self.breakers.get(e.peer_id, Breaker())
+            if not allows(breaker, now, self.breaker_cfg):
+                excluded[label] = f"circuit breaker {describe(breaker, now, self.breaker_cfg)}"
+                continue
             m = next(m for m in info.models if m.id == model)
             out.append(Candidate(peer_id=e.peer_id, name=e.name, local=False, loaded=m.loaded,
                                  active=info.load.active, queued=info.load.queued,
                                  capacity=info.load.capacity, rtt_ms=e.rtt_ms,
                                  in_flight=self.in_flight.get(e.peer_id, 0),
-                                 tokens_per_second=info.performance.tokens_per_second))
+                                 tokens_per_second=info.performance.tokens_per_second,
+                                 free_memory_bytes=_free_memory(info.resources),
+                                 degraded=_degraded(info.resources, info.load.queued,
+                                                    info.load.capacity),
+                                 half_open=state_at(breaker, now, self.breaker_cfg)
+                                 is BreakerState.HALF_OPEN))
         return out, excluded
+
+    def ranked(self, model: str, cands: list[Candidate], session: str | None
+               ) -> tuple[list[Candidate], list[Scored]]:
+        """The configured strategy's order (plus MCDA scores for explain and headers)."""
+        st = self._node.config.scheduling
+        self._counter += 1
+        order, scored = rank_by(st.strategy, cands, weights=self.weights, rng=self._rng,
+                                counter=self._counter, tie_epsilon=st.tie_epsilon)
+        if st.affinity and session is not None:
+            order = apply_affinity(order, self.affinity.get(session))
+        return order, scored
+
+    def explain(self, model: str) -> dict[str, object]:
+        """Why each node would (or would not) get a request for ``model`` right now."""
+        cands, excluded = self.candidates(model)
+        order, scored = self.ranked(model, cands, None)
+        by_peer = {s.candidate.peer_id: s for s in scored}
+        now = trio.current_time()
+        return {
+            "model": model,
+            "strategy": self._node.config.scheduling.strategy,
+            "weights": self.weights.normalised(),
+            "candidates": [{
+                "rank": i + 1, "peer_id": c.peer_id, "name": c.name, "local": c.local,
+                "score": round(by_peer[c.peer_id].total, 4),
+                "multiplier": by_peer[c.peer_id].multiplier,
+                "criteria": {k: {"value": round(by_peer[c.peer_id].values[k], 4),
+                                 "contribution": round(by_peer[c.peer_id].contributions[k], 4)}
+                             for k in by_peer[c.peer_id].values},
+                "health": ("half_open" if c.half_open else "degraded" if c.degraded
+                           else "healthy"),
+                "breaker": describe(self.breakers.get(c.peer_id, Breaker()), now,
+                                    self.breaker_cfg),
+            } for i, c in enumerate(order)],
+            "excluded": [{"name": k, "reason": v} for k, v in excluded.items()],
+        }
+
+    def breaker_state(self, peer_id: str) -> str:
+        now = trio.current_time()
+        return describe(self.breakers.get(peer_id, Breaker()), now, self.breaker_cfg)
+
+    def _record(self, peer_id: str, ok: bool) -> None:
+        if peer_id == self._node.peer_id:
+            return
+        now = trio.current_time()
+        b = self.breakers.get(peer_id, Breaker())
+        b = on_success(b, now, self.breaker_cfg) if ok else on_failure(b, now, self.breaker_cfg)
+        if b.state is BreakerState.OPEN and self.breakers.get(peer_id, Breaker()).state \
+                is not BreakerState.OPEN:
+            logger.warning("circuit breaker for %s opened: %s", peer_id,
+                           describe(b, now, self.breaker_cfg))
+        self.breakers[peer_id] = b
+
+    def _remember_affinity(self, session: str, peer_id: str) -> None:
+        self.affinity.pop(session, None)
+        self.affinity[session] = peer_id
+        while len(self.affinity) > MAX_SESSIONS:  # oldest first (dicts keep insertion order)
+            del self.affinity[next(iter(self.affinity))]
 
     async def _discover(self, model: str) -> None:
         """Nobody known serves ``model``: ask the DHT for providers and meet them."""
@@ -299,7 +407,8 @@ class Router:
                 cands, excluded = self.candidates(req.model)
             for label, why in excluded.items():
                 reasons.setdefault(label, why)
-            ranked = [c for c in rank(cands) if c.peer_id not in tried]
+            order, scored = self.ranked(req.model, cands, session)
+            ranked = [c for c in order if c.peer_id not in tried]
             if not ranked:
                 err = NoRoute(req.model, reasons,
                               known=bool(tried) or bool(cands) or bool(excluded))
@@ -323,6 +432,12 @@ class Router:
                     params=dataclasses.replace(
                         req.params, max_tokens=max(1, req.params.max_tokens - tokens)))
             got_here = 0
+            if not cand.local:
+                self.breakers[cand.peer_id] = on_attempt(
+                    self.breakers.get(cand.peer_id, Breaker()), trio.current_time(),
+                    self.breaker_cfg)
+            routed.score = next((sc.total for sc in scored
+                                 if sc.candidate.peer_id == cand.peer_id), None)
             try:
                 async with self._attempt(cand, attempt_req, session=session,
                                          deadline_s=left) as attempt:
@@ -345,6 +460,9 @@ class Router:
                             else:
                                 # A resumed attempt counts only its own tokens (its
                                 # prompt_tokens exclude resume_text): report it all.
+                                self._record(cand.peer_id, ok=True)
+                                if session is not None:
+                                    self._remember_affinity(session, cand.peer_id)
                                 await send.send(
                                     dataclasses.replace(ev, completion_tokens=tokens)
                                     if routed.resumed else ev)
@@ -360,6 +478,7 @@ class Router:
                         failure.append(rejected)
                         placed.set()
                     return
+                self._record(cand.peer_id, ok=False)
                 reasons[label] = str(exc)
                 logger.info("request for %s failed on %s after %d tokens: %s; trying next",
                             req.model, label, got_here, exc)

@@ -143,3 +143,27 @@ def test_errors_are_4xx_and_node_keeps_serving(mesh: tuple[Daemon, Daemon]) -> N
         assert ok.status_code == 200
 
 
+
+
+def test_route_is_explained(mesh: tuple[Daemon, Daemon]) -> None:
+    a, b = mesh
+    doc = httpx.get(f"{b.api}/v1/route", params={"model": MODEL}, trust_env=False).json()
+    assert doc["strategy"] == "mcda"
+    assert abs(sum(doc["weights"].values()) - 1.0) < 1e-9
+    (cand,) = doc["candidates"]
+    assert cand["peer_id"] == a.peer_id
+    assert set(cand["criteria"]) == {"free_memory", "load", "latency", "throughput"}
+    parts = sum(c["contribution"] for c in cand["criteria"].values())
+    assert abs(parts * cand["multiplier"] - cand["score"]) < 1e-3
+    assert cand["breaker"].startswith("closed")
+    missing = httpx.get(f"{b.api}/v1/route", params={"model": "nope"}, trust_env=False).json()
+    assert missing["candidates"] == []
+    out = subprocess.run(peerllm_cmd("route", MODEL, "--api", b.api), capture_output=True,
+                         text=True, env=clean_env(), timeout=60, check=True)
+    assert "serve-a" in out.stdout
+    r = httpx.post(f"{b.api}/v1/completions", json={"model": MODEL, "prompt": "Hi",
+                                                    "max_tokens": 2}, trust_env=False,
+                   timeout=60)
+    assert float(r.headers["x-peerllm-score"]) > 0
+    row = next(p for p in b.peers_json()["peers"] if p["peer_id"] == a.peer_id)
+    assert row["breaker"].startswith("closed")

@@ -55,6 +55,12 @@ def build_app(node: Node) -> ASGIApp:
     async def peers(request: Request) -> Response:
         return JSONResponse({"self": node.info_document(), "peers": node.peers()})
 
+    async def route(request: Request) -> Response:
+        model = request.query_params.get("model")
+        if not model:
+            return _error(400, "the query parameter 'model' is required")
+        return JSONResponse(node.router.explain(model))
+
     async def lookup(request: Request) -> Response:
         name = request.query_params.get("name")
         model = request.query_params.get("model")
@@ -84,6 +90,7 @@ def build_app(node: Node) -> ASGIApp:
         Route("/v1/node/status", node_status, methods=["GET"]),
         Route("/v1/peers", peers, methods=["GET"]),
         Route("/v1/peers/lookup", lookup, methods=["GET"]),
+        Route("/v1/route", route, methods=["GET"]),
         *openai.routes(node),
         *management.routes(node),
         *ollama.routes(node),

@@ -120,8 +120,11 @@ async def read_json(request: Request, *, optional: bool = False) -> Json:
 
 
 def served_by_headers(routed: Routed) -> list[tuple[bytes, bytes]]:
-    return [(b"x-peerllm-served-by", routed.served_by.encode("ascii", "replace")),
-            (b"x-peerllm-served-by-name", routed.served_by_name.encode("ascii", "replace"))]
+    headers = [(b"x-peerllm-served-by", routed.served_by.encode("ascii", "replace")),
+               (b"x-peerllm-served-by-name", routed.served_by_name.encode("ascii", "replace"))]
+    if routed.score is not None:
+        headers.append((b"x-peerllm-score", f"{routed.score:.4f}".encode()))
+    return headers
 
 
 class Renderer(Protocol):

@@ -9,6 +9,7 @@ from .identity import identity
 from .models import models
 from .node import node
 from .peers import peers
+from .route import route
 from .run import run
 
 
@@ -23,6 +24,7 @@ cli.add_command(peers)
 cli.add_command(identity)
 cli.add_command(models)
 cli.add_command(run)
+cli.add_command(route)
 
 
 def main() -> None:

@@ -61,3 +61,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def api_url_option() -> Callable[[_F], _F]:
     return click.option("--api", "api_url", envvar="PEERLLM_API", default=DEFAULT_API_URL,
                         show_default=True, help="Base URL of a running node's HTTP API.")
+
+
+def console() -> Any:
+    """A rich Console; when piped, wide enough that tables are not wrapped into columns."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import PeerLLMError
 from .client import NodeClient
-from .common import api_url_option
+from .common import api_url_option, console
 
 
 @click.command()
@@ -40,4 +39,4 @@ def models(api_url: str, as_json: bool) -> None:
             f"{p.get('name') or p['peer_id'][-8:]}{' (local)' if p.get('local') else ''}"
             f"{'' if p.get('loaded') else ' [not loaded]'}" for p in r["providers"])
         table.add_row(r["id"], served or "-")
-    Console().print(table)
+    console().print(table)

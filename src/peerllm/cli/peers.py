@@ -7,13 +7,12 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from ..errors import PeerLLMError
 from .client import NodeClient
-from .common import api_url_option
+from .common import api_url_option, console
 
 
 def _gib(n: int | None) -> str:
@@ -31,7 +30,7 @@ def render_table(doc: dict[str, Any], now: float) -> Table:
     me = doc["self"]["node"]
     table = Table(title=f"peers seen by {me['name']} ({me['peer_id'][-8:]})", expand=False)
     for col in ("name", "peer", "address", "models", "free vram/ram", "load", "rtt",
-                "state", "sources", "last seen"):
+                "state", "breaker", "sources", "last seen"):
         table.add_column(col)
     for p in doc["peers"]:
         res = p.get("resources") or {}
@@ -49,6 +48,7 @@ def render_table(doc: dict[str, Any], now: float) -> Table:
             "-" if not load else f"{load['active']}+{load['queued']}/{load['capacity']}",
             "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f}ms",
             state,
+            p.get("breaker") or "-",
             ",".join(p.get("sources") or []),
             _ago(p.get("last_seen"), now),
         )
@@ -75,11 +75,11 @@ def peers(api_url: str, as_json: bool, watch: bool, interval: float) -> None:
         if as_json:
             click.echo(json.dumps(doc, indent=2))
             return
-        console = Console()
+        term = console()
         if not watch:
-            console.print(render_table(doc, time.time()))
+            term.print(render_table(doc, time.time()))
             return
-        with Live(render_table(doc, time.time()), console=console, auto_refresh=False) as live:
+        with Live(render_table(doc, time.time()), console=term, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 doc = client.get("/v1/peers")

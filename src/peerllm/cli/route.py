@@ -1,0 +1,52 @@
+"""`peerllm route MODEL`: where a request for MODEL would run, and why."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from ..errors import PeerLLMError
+from .client import NodeClient
+from .common import api_url_option, console
+
+
+@click.command()
+@api_url_option()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def route(api_url: str, model: str, as_json: bool) -> None:
+    """Explain the routing decision for MODEL: ranked candidates with each criterion's
+    normalised value and weighted contribution, and every excluded peer with its reason."""
+    client = NodeClient(api_url)
+    try:
+        doc = client.get("/v1/route", model=model)
+    except PeerLLMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        client.close()
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in doc["weights"].items())
+    table = Table(title=f"route for {model} — strategy {doc['strategy']} ({weights})")
+    for col in ("#", "node", "score", "free mem", "load", "latency", "tok/s", "×", "health",
+                "breaker"):
+        table.add_column(col)
+    for c in doc["candidates"]:
+        crit = c["criteria"]
+
+        def cell(k: str, crit: dict[str, dict[str, float]] = crit) -> str:
+            return f"{crit[k]['value']:.2f} → {crit[k]['contribution']:.3f}"
+
+        table.add_row(str(c["rank"]), (c["name"] or c["peer_id"][-8:])
+                      + (" (local)" if c["local"] else ""), f"{c['score']:.3f}",
+                      cell("free_memory"), cell("load"), cell("latency"), cell("throughput"),
+                      f"{c['multiplier']:g}", c["health"], c["breaker"])
+    out = console()
+    out.print(table)
+    for ex in doc["excluded"]:
+        out.print(f"excluded {ex['name']}: {ex['reason']}")
+    if not doc["candidates"] and not doc["excluded"]:
+        out.print(f"no node in the mesh serves {model}")
