@@ -36,6 +36,7 @@ def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     text: list[str] = []
     usage = None
+    provenance = None
     with httpx.Client(base_url=front.api, trust_env=False, timeout=120) as http, \
             http.stream("POST", "/v1/completions", json=body) as resp:
         assert resp.status_code == 200
@@ -49,6 +50,8 @@ def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -
                 text.append(choice.get("text") or "")
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            if chunk.get("peerllm"):
+                provenance = chunk["peerllm"]
             if not killed and len(text) >= 10:
                 victim.stop(signal.SIGKILL)
                 killed = True
@@ -56,3 +59,6 @@ def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -
     assert usage is not None
     assert usage["completion_tokens"] >= 100, usage
     assert len("".join(text)) > 100
+    assert provenance is not None
+    assert provenance["resumed"] >= 1
+    assert provenance["served_by"] != victim.peer_id

@@ -52,6 +52,12 @@ def _usage(done: Done) -> Json:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
+def _provenance(routed: Routed) -> Json:
+    """Who finally served the answer, and whether it was resumed on another replica."""
+    return {"served_by": routed.served_by, "served_by_name": routed.served_by_name,
+            "resumed": routed.resumed, "score": routed.score}
+
+
 def _sse(obj: Json) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -92,7 +98,9 @@ class _Renderer:
         return _sse(self._chunk(routed, self._choice(text, None)))
 
     def tail(self, routed: Routed, done: Done) -> bytes:
-        out = _sse(self._chunk(routed, self._choice(None, _FINISH[done.finish_reason])))
+        final = self._chunk(routed, self._choice(None, _FINISH[done.finish_reason]))
+        final["peerllm"] = _provenance(routed)
+        out = _sse(final)
         if self.include_usage:
             last = self._chunk(routed, {})
             last["choices"] = []
@@ -112,7 +120,8 @@ class _Renderer:
                         {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
         return json.dumps({"id": self.id, "object": self.object, "created": self.created,
                            "model": routed.model, "system_fingerprint": None,
-                           "choices": [choice], "usage": _usage(done)}).encode()
+                           "choices": [choice], "usage": _usage(done),
+                           "peerllm": _provenance(routed)}).encode()
 
     def error(self, err: ApiError) -> Response:
         return error_response(err)
