@@ -448,8 +448,10 @@ class Node:
             await dht.refresh()
             for peer_id in dht.routing_peers():
                 entry = self.registry.get(peer_id)
+                # Unreachable and refused peers are redialled by the heartbeat, with backoff.
                 if entry is None or (entry.state is not PeerState.HEALTHY and not entry.connected
-                                     and entry.state is not PeerState.REFUSED):
+                                     and entry.state not in (PeerState.REFUSED,
+                                                             PeerState.UNREACHABLE)):
                     nursery.start_soon(self.connect_peer, peer_id, [], Source.DHT)
                 elif Source.DHT not in entry.sources:
                     entry.sources.add(Source.DHT)

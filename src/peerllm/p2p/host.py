@@ -210,6 +210,12 @@ class P2PHost:
             return
         self.add_addrs(peer_id, addrs, ttl_s=120)
         pid = ID.from_base58(peer_id)
+        # py-libp2p refuses to redial a peer whose last dial failed for a while (its
+        # "negative cache"); a restarted peer would stay unreachable. Our callers pace
+        # their own redials with backoff, so every call here really dials.
+        unblock = getattr(self.libp2p.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(pid)
         info = PeerInfo(pid, [])
         with trio.move_on_after(self._dial_timeout_s) as scope:
             try:
