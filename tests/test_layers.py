@@ -23,6 +23,11 @@ OUTER_OF = {
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
     """(top-level external modules, peerllm-internal top-level names) imported by a file."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    # Imports under `if TYPE_CHECKING:` are for annotations only and never run.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) \
+                and node.test.id == "TYPE_CHECKING":
+            node.body = []
     external: set[str] = set()
     internal: set[str] = set()
     pkg_parts = path.relative_to(SRC).parts[:-1]

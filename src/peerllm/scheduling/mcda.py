@@ -9,11 +9,14 @@ measured tokens/s (higher is better; unknown = neutral 0.5).
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .candidates import Candidate, load_ratio
+
+if TYPE_CHECKING:  # the caller passes a seeded random.Random in; we never use global state
+    import random
 
 CRITERIA = ("free_memory", "load", "latency", "throughput")
 DEGRADED_MULTIPLIER = 0.5
