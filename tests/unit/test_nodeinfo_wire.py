@@ -6,9 +6,6 @@ import dataclasses
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,32 +13,7 @@ from peerllm.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peerllm.wire import nodeinfo as ni
 from peerllm.wire.framing import NEED_DATA, FrameDecoder, encode_frame, pack, unpack_map
 
-# ---------------------------------------------------------------- crypto test doubles
-
-
-def peer_id_of(pk: bytes) -> str:
-    return "peer-" + pk.hex()[:16]
-
-
-def verify(pk: bytes, msg: bytes, sig: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(pk).verify(sig, msg)
-    except InvalidSignature:
-        return False
-    return True
-
-
-class Signer:
-    def __init__(self, seed: int) -> None:
-        self.key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
-        self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.peer_id = peer_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self.key.sign(data)
-
-
-ALICE, MALLORY = Signer(1), Signer(2)
+from .signing import ALICE, MALLORY, peer_id_of, verify
 
 
 def sample_info(peer_id: str = ALICE.peer_id, **changes: Any) -> ni.NodeInfo:

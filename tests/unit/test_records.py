@@ -7,9 +7,6 @@ import hashlib
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,33 +14,12 @@ from peerllm.errors import ErrorCode, LocalProtocolError, RecordError
 from peerllm.wire import records as rec
 from peerllm.wire.framing import pack, unpack_map
 
+from .signing import ALICE, MALLORY, Signer, peer_id_of, verify
+
 NOW = 1_700_000_000.0
 TTL = 3600.0
 
 
-def peer_id_of(pk: bytes) -> str:
-    return "peer-" + pk.hex()[:16]
-
-
-def verify(pk: bytes, msg: bytes, sig: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(pk).verify(sig, msg)
-    except InvalidSignature:
-        return False
-    return True
-
-
-class Signer:
-    def __init__(self, seed: int) -> None:
-        self.key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
-        self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.peer_id = peer_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self.key.sign(data)
-
-
-ALICE, MALLORY = Signer(1), Signer(2)
 
 
 def node_body(signer: Signer = ALICE) -> rec.NodeRecord:
