@@ -11,7 +11,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ class Node:
     # -- inference -------------------------------------------------------------------
 
     def open_generation(self, req: GenerationRequest, *, session: str | None = None
-                        ) -> Any:
+                        ) -> AbstractAsyncContextManager[Routed]:
         """``async with node.open_generation(req) as routed``: place ``req`` on the best
         node (this one or a peer) and stream its output from ``routed.events()``.
 
@@ -257,8 +257,7 @@ class Node:
 
     async def _texts(self, req: GenerationRequest, session: str | None) -> AsyncIterator[str]:
         async with self.open_generation(req, session=session) as routed:
-            r: Routed = routed
-            async for ev in r.events():
+            async for ev in routed.events():
                 if isinstance(ev, TokenChunk):
                     yield ev.text
                 elif isinstance(ev, Done):
