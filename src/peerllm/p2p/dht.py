@@ -212,7 +212,12 @@ class Dht:
             except Exception:
                 logger.debug("DHT find_providers %s failed", model, exc_info=True)
                 return []
-            return [(str(i.peer_id), [str(a) for a in i.addrs]) for i in infos]
+            # py-libp2p returns every peer's answer without de-duplicating them.
+            merged: dict[str, list[str]] = {}
+            for i in infos:
+                addrs = merged.setdefault(str(i.peer_id), [])
+                addrs.extend(a for a in map(str, i.addrs) if a not in addrs)
+            return list(merged.items())
         return []
 
 
