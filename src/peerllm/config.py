@@ -78,7 +78,6 @@ class P2PConfig:
     call_timeout_s: float = 5.0
     heartbeat_interval_s: float = 5.0
     heartbeat_misses: int = 2  # missed heartbeats before a peer counts as down
-    info_refresh_s: float = 10.0  # how often peers' node-info is refreshed
     peer_stale_s: float = 30.0  # unheard-from peers are dropped after this
     max_peers: int = 200
 
@@ -105,7 +104,7 @@ class P2PConfig:
                 )
             _set(self, "network_key", key.strip().lower())
         for name in ("dial_timeout_s", "call_timeout_s", "heartbeat_interval_s",
-                     "info_refresh_s", "peer_stale_s"):
+                     "peer_stale_s"):
             _set(self, name, _positive_float(f"p2p.{name}", getattr(self, name)))
         _set(self, "heartbeat_misses", _int("p2p.heartbeat_misses", self.heartbeat_misses, 1))
         _set(self, "max_peers", _int("p2p.max_peers", self.max_peers, 1))

@@ -20,15 +20,15 @@ import trio
 
 from ._version import __version__
 from .config import NodeConfig
-from .errors import ConfigError, ModelNotFound, NetworkKeyMismatch, PeerError, ProtocolError
+from .errors import ModelNotFound, NetworkKeyMismatch, PeerError, ProtocolError
 from .identity import Identity, default_data_dir, load_identity
-from .inference.catalog import bundled_default, model_from_file
+from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, Done, GenerationRequest, SamplingParams, TokenChunk
 from .inference.resources import GpuProbe, probe_resources
 from .inference.settings import InferenceConfig
-from .inference.specs import ModelSpec, load_models_yaml, spec_from_entry
+from .inference.specs import ModelSpec, node_specs
 from .metrics import Metrics
 from .p2p.dht import Dht, open_dht
 from .p2p.host import ConnectionEvent, P2PHost, open_host
@@ -512,39 +512,16 @@ def _sampling(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_specs(cfg: NodeConfig, inference: InferenceConfig) -> list[ModelSpec]:
-    """The models this node serves: the bundled default, --model files, models.yaml.
+    """The models this node serves: the bundled default, --model files or ids, models.yaml.
 
-    A bad --model file is logged and skipped so the others still serve; a bad
+    A bad --model entry is logged and skipped so the others still serve; a bad
     models.yaml stops the node (ConfigError names the key).
     """
-    specs: list[ModelSpec] = []
-    if cfg.models.serve_default:
-        try:
-            specs.append(spec_from_entry(bundled_default(),
-                                         context_size=inference.context_size))
-        except ConfigError as exc:
-            logger.error("not serving the default model: %s", exc)
-    for raw in cfg.models.paths:
-        try:
-            entry = model_from_file(Path(raw).expanduser() if inference.models_dir is None
-                                    else inference.models_dir / Path(raw).expanduser())
-        except ConfigError as exc:
-            logger.error("not serving %s: %s", raw, exc.message)
-            continue
-        specs.append(spec_from_entry(entry, context_size=inference.context_size,
-                                     gpu_layers=inference.gpu_layers))
-    if inference.models_config_path is not None:
-        specs.extend(load_models_yaml(inference.models_config_path,
-                                      models_dir=inference.models_dir,
-                                      defaults={"gpu_layers": inference.gpu_layers,
-                                                "context_size": inference.context_size}))
-    unique: dict[str, ModelSpec] = {}
-    for spec in specs:
-        if spec.id in unique:
-            logger.error("model id %s is given twice; serving the first", spec.id)
-            continue
-        unique[spec.id] = spec
-    return list(unique.values())
+    catalog = build_catalog(serve_default=cfg.models.serve_default, paths=cfg.models.paths,
+                            models_dir=inference.models_dir)
+    return node_specs(catalog=catalog, models_yaml=inference.models_config_path,
+                      models_dir=inference.models_dir, context_size=inference.context_size,
+                      gpu_layers=inference.gpu_layers)
 
 
 @asynccontextmanager

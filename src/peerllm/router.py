@@ -81,12 +81,14 @@ def _degraded(res: Resources, queued: int, capacity: int) -> bool:
 class NoRoute(PeerLLMError):
     """No node can serve the request; ``reasons`` says why, per candidate."""
 
-    def __init__(self, model: str, reasons: dict[str, str], *, known: bool) -> None:
+    def __init__(self, model: str, reasons: dict[str, str], *, known: bool,
+                 retry_after_s: float | None = None) -> None:
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
         super().__init__(f"model {model!r}: {detail}")
         self.model = model
         self.reasons = reasons
         self.known = known  # False: nobody in the mesh has this model at all
+        self.retry_after_s = retry_after_s  # soonest a busy candidate expects a free slot
 
 
 @dataclass
@@ -400,6 +402,7 @@ class Router:
         tried: set[str] = set()
         text = ""            # delivered to the caller so far
         tokens = 0
+        busy_hints: list[float] = []
         while True:
             cands, excluded = self.candidates(req.model)
             if not cands and not tried:
@@ -411,7 +414,8 @@ class Router:
             ranked = [c for c in order if c.peer_id not in tried]
             if not ranked:
                 err = NoRoute(req.model, reasons,
-                              known=bool(tried) or bool(cands) or bool(excluded))
+                              known=bool(tried) or bool(cands) or bool(excluded),
+                              retry_after_s=min(busy_hints, default=None))
                 if placed.is_set():
                     await send.send(err)
                 else:
@@ -479,6 +483,9 @@ class Router:
                         placed.set()
                     return
                 self._record(cand.peer_id, ok=False)
+                hint = getattr(exc, "retry_after_s", None)
+                if isinstance(hint, int | float):
+                    busy_hints.append(float(hint))
                 reasons[label] = str(exc)
                 logger.info("request for %s failed on %s after %d tokens: %s; trying next",
                             req.model, label, got_here, exc)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
 
 import peerllm
 from peerllm.config import NodeConfig, config_from_mapping
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
+from tests.integration.conftest import wait_until as wait_until
 
 MODEL = DEFAULT_MODEL_ID
 
@@ -39,10 +39,3 @@ def api_url(node: peerllm.Node) -> str:
     return node.api_url
 
 
-async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 10.0,
-                     what: str = "condition") -> None:
-    with trio.move_on_after(timeout_s):
-        while not pred():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -227,7 +227,7 @@ def test_types_are_checked_strictly(data: dict[str, Any], key: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["dial_timeout_s", "call_timeout_s", "heartbeat_interval_s", "info_refresh_s", "peer_stale_s"],
+    ["dial_timeout_s", "call_timeout_s", "heartbeat_interval_s", "peer_stale_s"],
 )
 @pytest.mark.parametrize("value", [0, -1.5, math.nan, math.inf, "5", True, None])
 def test_durations_must_be_positive_finite_numbers(name: str, value: Any) -> None:

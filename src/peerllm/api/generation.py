@@ -57,7 +57,7 @@ def api_error(exc: PeerLLMError) -> ApiError:
                             param="model", code="model_not_found")
         reasons = "; ".join(f"{k}: {v}" for k, v in exc.reasons.items()) or "no node is ready"
         return ApiError(503, f"no node can serve {model!r} right now ({reasons})",
-                        code="no_route", retry_after_s=1.0)
+                        code="no_route", retry_after_s=exc.retry_after_s or 1.0)
     if isinstance(exc, InferenceRejected):
         status = _REJECTED_STATUS.get(exc.code, 503 if exc.retryable else 502)
         retry = exc.retry_after_s if exc.retry_after_s is not None else 1.0

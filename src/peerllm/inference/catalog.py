@@ -76,7 +76,30 @@ def model_from_file(path: Path) -> ModelEntry:
                       source="file")
 
 
-def build_catalog(*, serve_default: bool, paths: tuple[str, ...]) -> list[ModelEntry]:
+def resolve_model(arg: str, *, models_dir: Path | None = None) -> ModelEntry:
+    """What ``--model PATH_OR_ID`` names: a GGUF file (relative paths also tried under
+    ``models_dir``), the bundled default's id, or ``<models_dir>/<id>.gguf``.
+
+    Raises:
+        ConfigError: neither a readable GGUF file nor a known model id.
+    """
+    path = Path(arg).expanduser()
+    tries = [path]
+    if models_dir is not None and not path.is_absolute():
+        tries += [models_dir / path, models_dir / f"{arg}.gguf"]
+    for candidate in tries:
+        if candidate.is_file():
+            return model_from_file(candidate)
+    if arg == DEFAULT_MODEL_ID:
+        return bundled_default()
+    if path.suffix.lower() == ".gguf" or "/" in arg:
+        return model_from_file(path)  # raises with the OS's reason (missing, unreadable)
+    raise ConfigError("models.paths", f"{arg}: no such GGUF file and not a known model id "
+                      f"(known: {DEFAULT_MODEL_ID}; others go in models.yaml or MODELS_DIR)")
+
+
+def build_catalog(*, serve_default: bool, paths: tuple[str, ...],
+                  models_dir: Path | None = None) -> list[ModelEntry]:
     """Every model we can serve; a bad entry is logged and skipped so the rest still serve."""
     out: list[ModelEntry] = []
     if serve_default:
@@ -86,12 +109,13 @@ def build_catalog(*, serve_default: bool, paths: tuple[str, ...]) -> list[ModelE
             logger.error("not serving the default model: %s", exc)
     for p in paths:
         try:
-            entry = model_from_file(Path(p).expanduser())
+            entry = resolve_model(p, models_dir=models_dir)
         except ConfigError as exc:
             logger.error("not serving %s: %s", p, exc.message)
             continue
         if any(e.id == entry.id for e in out):
-            logger.error("not serving %s: model id %s is already taken", p, entry.id)
+            if entry.source != "bundled":
+                logger.error("not serving %s: model id %s is already taken", p, entry.id)
             continue
         out.append(entry)
     return out

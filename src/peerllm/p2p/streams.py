@@ -52,7 +52,6 @@ class FramedStream:
             if frame is CLOSED:
                 return None
             if frame is not NEED_DATA:
-                assert isinstance(frame, dict)  # narrowing for mypy; the decoder only returns dicts
                 return frame
             try:
                 data = await self.raw.read(MAX_READ)

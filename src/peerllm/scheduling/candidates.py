@@ -1,11 +1,10 @@
-"""Ranking the nodes that could serve a request (first version; MCDA replaces `rank`).
+"""What the scheduler knows about one node that could serve a request.
 
 Pure: every input is data, nothing here reads a clock or touches the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -35,18 +34,3 @@ class Candidate:
 def load_ratio(c: Candidate) -> float:
     """Busy-ness in [0, ∞): (active + queued + our own in-flight) over capacity."""
     return (c.active + c.queued + c.in_flight) / max(c.capacity, 1)
-
-
-def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Best first: this node when it can serve without queueing, then the least loaded,
-    then models already in memory, then the nearest; ties by peer ID (deterministic).
-
-    The one seam the scheduler plugs into: callers only ever take the ranked list.
-    """
-    def key(c: Candidate) -> tuple[int, float, int, float, str]:
-        # A local idle engine beats any network hop; a local queue does not.
-        local_bonus = 0 if (c.local and load_ratio(c) < 1.0) else 1
-        return (local_bonus, round(load_ratio(c), 2), 0 if c.loaded else 1,
-                c.rtt_ms if c.rtt_ms is not None else 1e9, c.peer_id)
-
-    return sorted(candidates, key=key)
