@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ from .errors import (
     ModelBusy,
     ModelLoadError,
     ModelNotFound,
+    PeerConnectionLost,
     PeerError,
     PeerLLMError,
+    PeerUnavailable,
     ProtocolError,
 )
 from .inference.engine import GenerationStream
@@ -46,14 +49,15 @@ from .scheduling.breaker import (
     Breaker,
     BreakerConfig,
     BreakerState,
-    allows,
     describe,
     on_attempt,
     on_failure,
+    on_restart,
     on_success,
-    state_at,
+    trip,
 )
 from .scheduling.candidates import Candidate
+from .scheduling.filter import NodeView, OfferedModel, Policy, filter_candidates
 from .scheduling.mcda import Scored, Weights, apply_affinity, rank_by
 from .wire import infer as wi
 from .wire.nodeinfo import Resources
@@ -72,10 +76,8 @@ def _free_memory(res: Resources) -> int:
     return sum(g.vram_free_bytes for g in res.gpus) if res.gpus else res.ram_free_bytes
 
 
-def _degraded(res: Resources, queued: int, capacity: int) -> bool:
-    """Resource-constrained: under 10 % memory free, or a queue longer than its capacity."""
-    total = sum(g.vram_total_bytes for g in res.gpus) if res.gpus else res.ram_total_bytes
-    return (total > 0 and _free_memory(res) < 0.10 * total) or queued > max(capacity, 1)
+def _total_memory(res: Resources) -> int:
+    return sum(g.vram_total_bytes for g in res.gpus) if res.gpus else res.ram_total_bytes
 
 
 class NoRoute(PeerLLMError):
@@ -222,6 +224,12 @@ class Router:
                                          half_open_successes=st.breaker_half_open_successes,
                                          trial_timeout_s=st.breaker_trial_timeout_s)
         self.breakers: dict[str, Breaker] = {}
+        # Peers whose breaker was tripped because they died -> the boot nonce they had;
+        # a different nonce later means a new process, which gets trial traffic at once.
+        self._tripped_boot: dict[str, bytes] = {}
+        p2p = node.config.p2p
+        self.policy = Policy(protocol=wi.PROTOCOL_ID, breaker=self.breaker_cfg,
+                             max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1))
         self.affinity: dict[str, str] = {}  # session key -> peer that served its last turn
         self._counter = 0
         self.in_flight: dict[str, int] = {}
@@ -229,47 +237,55 @@ class Router:
 
     # -- candidates ------------------------------------------------------------------
 
-    def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]:
-        """Everyone who could serve ``model`` now, plus why the others cannot."""
+    def views(self) -> list[NodeView]:
+        """This node and every known peer, as the scheduler sees them now."""
         node = self._node
-        out: list[Candidate] = []
-        excluded: dict[str, str] = {}
-        engine = node.engine
         now = trio.current_time()
-        if engine is not None and model in node.model_ids():
-            st = engine.registry.status(model)
+        wall = time.time()
+        out: list[NodeView] = []
+        engine = node.engine
+        if engine is not None:
             res = node.local_resources()
-            cap = engine.registry.config.max_concurrent
-            out.append(Candidate(peer_id=node.peer_id, name=node.name, local=True,
-                                 loaded=st.state == "loaded", active=st.active, queued=st.queued,
-                                 capacity=cap, rtt_ms=0.0, in_flight=0,
-                                 tokens_per_second=st.tokens_per_second,
-                                 free_memory_bytes=_free_memory(res),
-                                 degraded=_degraded(res, st.queued, cap)))
+            statuses = node.model_statuses()
+            out.append(NodeView(
+                peer_id=node.peer_id, name=node.name, local=True,
+                models=tuple(OfferedModel(id=m.id, loaded=m.state == "loaded",
+                                          size_bytes=m.memory_bytes or None)
+                             for m in statuses),
+                free_memory_bytes=_free_memory(res), total_memory_bytes=_total_memory(res),
+                active=sum(m.active for m in statuses), queued=sum(m.queued for m in statuses),
+                capacity=node.capacity(),
+                tokens_per_second=max((m.tokens_per_second for m in statuses
+                                       if m.tokens_per_second is not None), default=None)))
         for e in node.registry.entries():
             info = e.info
-            if info is None or not any(m.id == model for m in info.models):
-                continue
-            label = e.name or e.peer_id
-            if e.state is not PeerState.HEALTHY:
-                excluded[label] = f"{e.state.value}: {e.reason or 'not healthy'}"
+            if info is None:
                 continue
             breaker = self.breakers.get(e.peer_id, Breaker())
-            if not allows(breaker, now, self.breaker_cfg):
-                excluded[label] = f"circuit breaker {describe(breaker, now, self.breaker_cfg)}"
-                continue
-            m = next(m for m in info.models if m.id == model)
-            out.append(Candidate(peer_id=e.peer_id, name=e.name, local=False, loaded=m.loaded,
-                                 active=info.load.active, queued=info.load.queued,
-                                 capacity=info.load.capacity, rtt_ms=e.rtt_ms,
-                                 in_flight=self.in_flight.get(e.peer_id, 0),
-                                 tokens_per_second=info.performance.tokens_per_second,
-                                 free_memory_bytes=_free_memory(info.resources),
-                                 degraded=_degraded(info.resources, info.load.queued,
-                                                    info.load.capacity),
-                                 half_open=state_at(breaker, now, self.breaker_cfg)
-                                 is BreakerState.HALF_OPEN))
-        return out, excluded
+            tripped = self._tripped_boot.get(e.peer_id)
+            if tripped is not None and tripped != info.boot_nonce:
+                breaker = self.breakers[e.peer_id] = on_restart(breaker, now, self.breaker_cfg)
+                del self._tripped_boot[e.peer_id]
+            out.append(NodeView(
+                peer_id=e.peer_id, name=e.name,
+                healthy=e.state is PeerState.HEALTHY,
+                state_reason=f"{e.state.value}: {e.reason or 'not healthy'}",
+                info_age_s=None if e.info_received_at is None
+                else max(0.0, wall - e.info_received_at),
+                protocols=frozenset(info.capabilities.protocols),
+                models=tuple(OfferedModel(id=m.id, loaded=m.loaded, size_bytes=m.size_bytes)
+                             for m in info.models),
+                free_memory_bytes=_free_memory(info.resources),
+                total_memory_bytes=_total_memory(info.resources),
+                active=info.load.active, queued=info.load.queued, capacity=info.load.capacity,
+                rtt_ms=e.rtt_ms, tokens_per_second=info.performance.tokens_per_second,
+                in_flight=self.in_flight.get(e.peer_id, 0), breaker=breaker))
+        return out
+
+    def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]:
+        """Everyone who could serve ``model`` now, plus why the others cannot."""
+        filtered = filter_candidates(self.views(), model, trio.current_time(), self.policy)
+        return filtered.candidates, filtered.reasons()
 
     def ranked(self, model: str, cands: list[Candidate], session: str | None
                ) -> tuple[list[Candidate], list[Scored]]:
@@ -311,17 +327,34 @@ class Router:
         now = trio.current_time()
         return describe(self.breakers.get(peer_id, Breaker()), now, self.breaker_cfg)
 
-    def _record(self, peer_id: str, ok: bool) -> None:
+    def _record(self, peer_id: str, ok: bool, *, down: bool = False) -> None:
+        """Feed a request's outcome to the peer's breaker; ``down``: the peer is certainly
+        gone (dial refused, connection dropped), which opens it at once."""
         if peer_id == self._node.peer_id:
             return
         now = trio.current_time()
         b = self.breakers.get(peer_id, Breaker())
-        b = on_success(b, now, self.breaker_cfg) if ok else on_failure(b, now, self.breaker_cfg)
+        if down:
+            b = trip(b, now)
+            entry = self._node.registry.get(peer_id)
+            if entry is not None and entry.info is not None:
+                self._tripped_boot[peer_id] = entry.info.boot_nonce
+        elif ok:
+            b = on_success(b, now, self.breaker_cfg)
+        else:
+            b = on_failure(b, now, self.breaker_cfg)
         if b.state is BreakerState.OPEN and self.breakers.get(peer_id, Breaker()).state \
                 is not BreakerState.OPEN:
             logger.warning("circuit breaker for %s opened: %s", peer_id,
                            describe(b, now, self.breaker_cfg))
         self.breakers[peer_id] = b
+
+    def _peer_down(self, exc: Exception) -> bool:
+        """A failure that proves the peer is gone, not just one request gone wrong."""
+        if isinstance(exc, PeerUnavailable):
+            return True
+        return isinstance(exc, PeerConnectionLost) and not self._node.host.is_connected(
+            exc.peer_id)
 
     def _remember_affinity(self, session: str, peer_id: str) -> None:
         self.affinity.pop(session, None)
@@ -482,7 +515,7 @@ class Router:
                         failure.append(rejected)
                         placed.set()
                     return
-                self._record(cand.peer_id, ok=False)
+                self._record(cand.peer_id, ok=False, down=self._peer_down(exc))
                 hint = getattr(exc, "retry_after_s", None)
                 if isinstance(hint, int | float):
                     busy_hints.append(float(hint))

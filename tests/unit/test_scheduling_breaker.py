@@ -88,3 +88,14 @@ def test_never_allows_while_open_before_cooldown(events: list[tuple[str, float]]
             assert b.opened_at is not None
             assert allows(b, now, CFG) == (now - b.opened_at >= CFG.cooldown_s)
         assert b.consecutive_failures >= 0
+
+
+def test_trip_opens_at_once_from_any_state() -> None:
+    from peerllm.scheduling.breaker import trip
+    cfg = BreakerConfig()
+    half = on_attempt(trip(Breaker(), 0.0), cfg.cooldown_s, cfg)
+    for b in (Breaker(), on_failure(Breaker(), 1.0, cfg), half):
+        t = trip(b, 50.0)
+        assert state_at(t, 50.0, cfg) is BreakerState.OPEN and t.opened_at == 50.0
+        assert not allows(t, 50.0 + cfg.cooldown_s - 0.001, cfg)
+        assert allows(t, 50.0 + cfg.cooldown_s, cfg)

@@ -4,6 +4,7 @@ closed --(failure_threshold consecutive failures)--> open
 open --(cooldown_s passed; a trial is attempted)--> half_open
 half_open --(half_open_successes successes)--> closed
 half_open --(a failure, or a trial unanswered for trial_timeout_s)--> open (fresh cooldown)
+any --(trip: the peer is certainly down, e.g. its connection is gone)--> open
 """
 
 from __future__ import annotations
@@ -103,6 +104,21 @@ def on_failure(b: Breaker, now: float, cfg: BreakerConfig) -> Breaker:
     if failures >= cfg.failure_threshold:
         return Breaker(state=BreakerState.OPEN, consecutive_failures=failures, opened_at=now)
     return replace(b, consecutive_failures=failures)
+
+
+def trip(b: Breaker, now: float) -> Breaker:
+    """Open at once, without waiting for the threshold: the peer is certainly down (its
+    connection dropped or a dial was refused), so every request sent there would fail."""
+    return Breaker(state=BreakerState.OPEN, consecutive_failures=b.consecutive_failures + 1,
+                   opened_at=now)
+
+
+def on_restart(b: Breaker, now: float, cfg: BreakerConfig) -> Breaker:
+    """The peer came back as a new process: an open breaker goes half-open now (trial
+    traffic decides), since what opened it was the old process dying."""
+    if b.state is BreakerState.OPEN:
+        return replace(b, opened_at=now - cfg.cooldown_s)
+    return b
 
 
 def expire_trials(b: Breaker, now: float, cfg: BreakerConfig) -> Breaker:
