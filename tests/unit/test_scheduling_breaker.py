@@ -16,6 +16,7 @@ from peerllm.scheduling.breaker import (
     on_failure,
     on_success,
     state_at,
+    trip,
 )
 
 CFG = BreakerConfig()
@@ -91,7 +92,6 @@ def test_never_allows_while_open_before_cooldown(events: list[tuple[str, float]]
 
 
 def test_trip_opens_at_once_from_any_state() -> None:
-    from peerllm.scheduling.breaker import trip
     cfg = BreakerConfig()
     half = on_attempt(trip(Breaker(), 0.0), cfg.cooldown_s, cfg)
     for b in (Breaker(), on_failure(Breaker(), 1.0, cfg), half):
