@@ -34,6 +34,7 @@ from .errors import (
     PeerUnavailable,
     ProtocolError,
 )
+from .inference._concurrency import reraise_unwrapped
 from .inference.engine import GenerationStream
 from .inference.request import (
     ChatMessage,
@@ -398,16 +399,22 @@ class Router:
         routed = Routed(model=req.model, _recv=recv)
         placed = trio.Event()
         failure: list[PeerLLMError] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, req, session, deadline_s, routed, send, placed,
-                               failure)
-            await placed.wait()
-            if failure:
-                raise failure[0]
-            try:
-                yield routed
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, req, session, deadline_s, routed, send, placed,
+                                   failure)
+                await placed.wait()
+                if not failure:
+                    try:
+                        yield routed
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # _pump never raises: the group holds the caller's own exception (or one
+            # raised by routed.events()); give it back as itself, not wrapped.
+            reraise_unwrapped(group)
+        if failure:  # raised here, outside the nursery, so it is not wrapped either
+            raise failure[0]
 
     async def _pump(self, req: GenerationRequest, session: str | None, deadline_s: float,
                     routed: Routed, send: trio.MemorySendChannel[TokenChunk | Done | PeerLLMError],
@@ -490,6 +497,11 @@ class Router:
                     async with contextlib.aclosing(attempt.events) as events:
                         async for ev in events:
                             if isinstance(ev, TokenChunk):
+                                if not got_here:
+                                    # The first token is the peer's answer: a half-open
+                                    # trial has succeeded (a long generation must not
+                                    # look like an unanswered trial).
+                                    self._record(cand.peer_id, ok=True)
                                 got_here += ev.n_tokens
                                 text += ev.text
                                 tokens += ev.n_tokens
@@ -497,7 +509,8 @@ class Router:
                             else:
                                 # A resumed attempt counts only its own tokens (its
                                 # prompt_tokens exclude resume_text): report it all.
-                                self._record(cand.peer_id, ok=True)
+                                if not got_here:
+                                    self._record(cand.peer_id, ok=True)
                                 if session is not None:
                                     self._remember_affinity(session, cand.peer_id)
                                 await send.send(

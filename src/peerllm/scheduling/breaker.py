@@ -46,7 +46,9 @@ class Breaker:
 
 
 def state_at(b: Breaker, now: float, cfg: BreakerConfig) -> BreakerState:
-    """The state to show and schedule by: an open breaker past its cooldown is half-open."""
+    """The state to show and schedule by: an open breaker past its cooldown is half-open,
+    a half-open one whose trial went unanswered too long is open."""
+    b = expire_trials(b, now, cfg)
     if b.state is BreakerState.OPEN and b.opened_at is not None \
             and now - b.opened_at >= cfg.cooldown_s:
         return BreakerState.HALF_OPEN
@@ -123,14 +125,16 @@ def on_restart(b: Breaker, now: float, cfg: BreakerConfig) -> Breaker:
 
 def expire_trials(b: Breaker, now: float, cfg: BreakerConfig) -> Breaker:
     """A half-open trial unanswered for trial_timeout_s is a failure: reopen."""
-    if b.state is BreakerState.HALF_OPEN and any(now - t >= cfg.trial_timeout_s
-                                                 for t in b.trials):
-        return Breaker(state=BreakerState.OPEN, consecutive_failures=b.consecutive_failures + 1,
-                       opened_at=now)
+    if b.state is BreakerState.HALF_OPEN and b.trials:
+        expired_at = min(b.trials) + cfg.trial_timeout_s
+        if now >= expired_at:  # the cooldown runs from when the trial timed out
+            return Breaker(state=BreakerState.OPEN,
+                           consecutive_failures=b.consecutive_failures + 1, opened_at=expired_at)
     return b
 
 
 def describe(b: Breaker, now: float, cfg: BreakerConfig) -> str:
+    b = expire_trials(b, now, cfg)
     st = state_at(b, now, cfg)
     if st is BreakerState.CLOSED:
         return "closed" if not b.consecutive_failures else \
