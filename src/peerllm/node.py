@@ -124,9 +124,7 @@ class Node:
                                        context_size=m.context_size,
                                        size_bytes=m.memory_bytes or None, tags=m.tags)
                          for m in statuses),
-            load=wni.Load(active=sum(m.active for m in statuses),
-                          queued=sum(m.queued for m in statuses),
-                          capacity=self.capacity() if statuses else 0),
+            load=self.load(statuses),
             performance=wni.Performance(
                 tokens_per_second=max((m.tokens_per_second for m in statuses
                                        if m.tokens_per_second is not None), default=None),
@@ -201,6 +199,13 @@ class Node:
 
     def model_ids(self) -> list[str]:
         return [m.id for m in self.model_statuses()]
+
+    def load(self, statuses: list[ModelStatus] | None = None) -> wni.Load:
+        """Generations running and queued here, and how many can run at once."""
+        statuses = self.model_statuses() if statuses is None else statuses
+        return wni.Load(active=sum(m.active for m in statuses),
+                        queued=sum(m.queued for m in statuses),
+                        capacity=self.capacity() if statuses else 0)
 
     def capacity(self) -> int:
         """How many generations this node runs at once across its models."""
@@ -494,6 +499,10 @@ class Node:
             task_status.started()
 
 
+def _load_hint(load: wni.Load) -> wi.LoadHint:
+    return wi.LoadHint(active=load.active, queued=load.queued, capacity=load.capacity)
+
+
 def _first_tcp_port(addrs: tuple[str, ...]) -> int:
     for a in addrs:
         parts = a.split("/")
@@ -555,7 +564,8 @@ async def open_node(config: NodeConfig | None = None, *,
                         engine=engine)
             node._nursery = nursery
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node))
-            server = InferServer(self_peer_id=node.peer_id, generate=serve_generator(node))
+            server = InferServer(self_peer_id=node.peer_id, generate=serve_generator(node),
+                                 load=lambda: _load_hint(node.load()))
             host.set_handler(wi.PROTOCOL_ID, server.handle)
             nursery.start_soon(node._on_connection_events, nursery)
             nursery.start_soon(node._heartbeat, nursery)

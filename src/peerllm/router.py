@@ -61,6 +61,7 @@ from .scheduling.candidates import Candidate
 from .scheduling.filter import NodeView, OfferedModel, Policy, filter_candidates
 from .scheduling.mcda import Scored, Weights, apply_affinity, rank_by
 from .wire import infer as wi
+from .wire import nodeinfo as wni
 from .wire.nodeinfo import Resources
 
 if TYPE_CHECKING:
@@ -234,6 +235,8 @@ class Router:
         self.affinity: dict[str, str] = {}  # session key -> peer that served its last turn
         self._counter = 0
         self.in_flight: dict[str, int] = {}
+        # peer -> (its load from its last `accepted`, wall time): fresher than node-info.
+        self.load_hints: dict[str, tuple[wi.LoadHint, float]] = {}
         self.routed: dict[str, int] = {}  # destination peer id -> requests routed (metrics)
 
     # -- candidates ------------------------------------------------------------------
@@ -267,6 +270,13 @@ class Router:
             if tripped is not None and tripped != info.boot_nonce:
                 breaker = self.breakers[e.peer_id] = on_restart(breaker, now, self.breaker_cfg)
                 del self._tripped_boot[e.peer_id]
+            load: wi.LoadHint | wni.Load = info.load
+            hint = self.load_hints.get(e.peer_id)
+            if hint is not None:
+                if e.info_received_at is None or hint[1] > e.info_received_at:
+                    load = hint[0]
+                else:
+                    del self.load_hints[e.peer_id]  # node-info is newer
             out.append(NodeView(
                 peer_id=e.peer_id, name=e.name,
                 healthy=e.state is PeerState.HEALTHY,
@@ -278,7 +288,7 @@ class Router:
                              for m in info.models),
                 free_memory_bytes=_free_memory(info.resources),
                 total_memory_bytes=_total_memory(info.resources),
-                active=info.load.active, queued=info.load.queued, capacity=info.load.capacity,
+                active=load.active, queued=load.queued, capacity=load.capacity,
                 rtt_ms=e.rtt_ms, tokens_per_second=info.performance.tokens_per_second,
                 in_flight=self.in_flight.get(e.peer_id, 0), breaker=breaker))
         return out
@@ -316,6 +326,10 @@ class Router:
                 "criteria": {k: {"value": round(by_peer[c.peer_id].values[k], 4),
                                  "contribution": round(by_peer[c.peer_id].contributions[k], 4)}
                              for k in by_peer[c.peer_id].values},
+                "load": {"active": c.active, "queued": c.queued, "capacity": c.capacity,
+                         "in_flight": c.in_flight,
+                         "from": "local" if c.local else
+                         "accepted" if c.peer_id in self.load_hints else "node-info"},
                 "health": ("half_open" if c.half_open else "degraded" if c.degraded
                            else "healthy"),
                 "breaker": describe(self.breakers.get(c.peer_id, Breaker()), now,
@@ -558,6 +572,8 @@ class Router:
         self.in_flight[cand.peer_id] = self.in_flight.get(cand.peer_id, 0) + 1
         try:
             async with self._client.request(cand.peer_id, wire_req) as remote:
+                if remote.accepted.load is not None:
+                    self.load_hints[cand.peer_id] = (remote.accepted.load, time.time())
                 yield _Attempt(served_by=cand.peer_id,
                                served_by_name=cand.name or cand.peer_id, local=False,
                                events=_remote_events(remote.events(), req.model))

@@ -165,5 +165,19 @@ def test_route_is_explained(mesh: tuple[Daemon, Daemon]) -> None:
                                                     "max_tokens": 2}, trust_env=False,
                    timeout=60)
     assert float(r.headers["x-peerllm-score"]) > 0
+    # While a request runs on A, B schedules with A's load (from A's `accepted` or a
+    # node-info refresh since) and its own in-flight count.
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 256, "stream": True}
+    with httpx.stream("POST", f"{b.api}/v1/completions", json=body, trust_env=False,
+                      timeout=60) as resp:
+        # Once A has produced text the request is certainly in flight.
+        lines = resp.iter_lines()  # kept: dropping it would close the response
+        next(line for line in lines if '"text":"' in line and '"text":""' not in line)
+        (busy,) = httpx.get(f"{b.api}/v1/route", params={"model": MODEL},
+                            trust_env=False).json()["candidates"]
+        assert sum(1 for line in lines if line.startswith("data: ")) > 1  # not cut short
+    assert busy["load"]["from"] in ("accepted", "node-info")
+    load = busy["load"]
+    assert load["active"] + load["queued"] >= 1 and load["in_flight"] == 1, load
     row = next(p for p in b.peers_json()["peers"] if p["peer_id"] == a.peer_id)
     assert row["breaker"].startswith("closed")

@@ -142,7 +142,10 @@ requests = st.one_of(
 )
 messages = st.one_of(
     requests,
-    st.builds(inf.Accepted, request_id=_ids, served_by=_short, model=_short),
+    st.builds(inf.Accepted, request_id=_ids, served_by=_short, model=_short,
+              load=st.none() | st.builds(inf.LoadHint, active=st.integers(0, 10**6),
+                                         queued=st.integers(0, 10**6),
+                                         capacity=st.integers(0, 10**6))),
     st.builds(inf.Tokens, request_id=_ids, text=st.text(max_size=60), n_tokens=st.integers(1, 50)),
     st.builds(
         inf.Done,
@@ -319,6 +322,10 @@ def test_frame_cap_applies_to_prompts_within_the_char_limit() -> None:
         (DONE, {"ttft_ms": -1.0}, "ttft_ms"),
         (DONE, {"total_ms": None}, "total_ms: expected float, got nil"),
         (ACCEPTED, {"served_by": ""}, "served_by"),
+        (ACCEPTED, {"load": [1, 2, 3]}, "load: expected map, got list"),
+        (ACCEPTED, {"load": {"active": 1, "queued": 0}}, "load.capacity: missing"),
+        (ACCEPTED, {"load": {"active": -1, "queued": 0, "capacity": 1}}, "load.active"),
+        (ACCEPTED, {"load": {"active": 10**6 + 1, "queued": 0, "capacity": 1}}, "load.active"),
         (inf.Cancel(request_id=1), {"id": 0}, "id"),
         (
             inf.Error(request_id=1, code="busy", message="", retryable=True),
@@ -712,3 +719,13 @@ def test_coalesced_frames_preserve_text_and_counts(
     server = streaming_pair()[1]
     for frame in out:
         server.send(frame)  # every coalesced frame is sendable
+
+
+def test_accepted_load_is_optional_for_older_servers() -> None:
+    m = map_of(ACCEPTED)
+    assert "load" not in m
+    assert inf.message_from_map(m) == ACCEPTED
+    hinted = inf.Accepted(request_id=7, served_by="p", model="m",
+                          load=inf.LoadHint(active=2, queued=1, capacity=2))
+    assert map_of(hinted)["load"] == {"active": 2, "queued": 1, "capacity": 2}
+    assert inf.message_from_map(map_of(hinted)) == hinted

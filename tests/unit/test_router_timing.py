@@ -49,6 +49,7 @@ def info(peer_id: str, nonce: bytes = b"\x01" * 16) -> w.NodeInfo:
 class Remote:
     steps: list[Step]
     request_id: int
+    accepted: wi.Accepted
 
     async def events(self) -> AsyncGenerator[wi.Tokens | wi.Done, None]:
         n = 0
@@ -73,6 +74,7 @@ class ScriptedClient:
     """Stands in for InferClient: what each peer answers, in order of the requests."""
 
     scripts: dict[str, list[list[Step]]]
+    load: wi.LoadHint | None = None  # what every `accepted` reports
     calls: list[tuple[str, float, str]] = field(default_factory=list)  # peer, time, resume
 
     def next_request_id(self) -> int:
@@ -90,7 +92,8 @@ class ScriptedClient:
                 raise head
             await trio.sleep(head)
             steps = steps[1:]
-        yield Remote(list(steps), req.request_id)
+        yield Remote(list(steps), req.request_id, wi.Accepted(
+            request_id=req.request_id, served_by=peer_id, model=req.model, load=self.load))
 
 
 class FakeHost:
@@ -292,3 +295,16 @@ async def test_a_non_retryable_refusal_is_not_retried(autojump_clock: trio.abc.C
         await run(router)
     assert len(client.calls) == 1
     assert state(router, "a") == "closed" and state(router, "b") == "closed"
+
+
+async def test_the_load_in_accepted_is_used_until_newer_node_info_arrives(
+        autojump_clock: trio.abc.Clock) -> None:
+    router, node, client = make_router({"a": [ok()]})
+    client.load = wi.LoadHint(active=2, queued=5, capacity=2)
+    await run(router)
+    (c,), _ = router.candidates(MODEL)
+    assert (c.active, c.queued, c.capacity, c.degraded) == (2, 5, 2, True)
+    assert router.explain(MODEL)["candidates"][0]["load"]["from"] == "accepted"  # type: ignore[index]
+    node.restart("a", b"\x01" * 16)  # a node-info refresh after the request
+    (c,), _ = router.candidates(MODEL)
+    assert (c.active, c.queued) == (0, 0) and "a" not in router.load_hints

@@ -27,6 +27,7 @@ from ..wire.infer import (
     Done,
     Error,
     InferRequest,
+    LoadHint,
     ServerStream,
     TokenCoalescer,
     Tokens,
@@ -101,9 +102,11 @@ class InferServer:
     """Serves infer streams with ``generate``; one instance per node."""
 
     def __init__(self, *, self_peer_id: str, generate: Generator,
-                 max_streams_per_peer: int = 8) -> None:
+                 max_streams_per_peer: int = 8,
+                 load: Callable[[], LoadHint] | None = None) -> None:
         self._self = self_peer_id
         self._generate = generate
+        self._load = load
         self._limits = _Limits(max_streams_per_peer)
 
     async def handle(self, stream: INetStream) -> None:
@@ -150,8 +153,9 @@ class InferServer:
         with trio.move_on_after(req.deadline_ms / 1000) as deadline:
             try:
                 async with self._generate(req, peer) as pieces, trio.open_nursery() as nursery:
+                    load = self._load() if self._load is not None else None
                     await _send(stream, proto.send(Accepted(request_id=rid, served_by=self._self,
-                                                            model=req.model)), peer)
+                                                            model=req.model, load=load)), peer)
                     nursery.start_soon(self._watch_cancel, stream, proto, peer,
                                        nursery.cancel_scope)
                     await self._pump(stream, proto, pieces, rid, peer)

@@ -48,6 +48,7 @@ MAX_DEADLINE_MS: Final = 3_600_000
 MAX_ID_LEN: Final = 256
 """model, served_by and session."""
 MAX_ERROR_MESSAGE_CHARS: Final = 1024
+MAX_LOAD_COUNT: Final = 1_000_000  # accepted.load counts (active, queued, capacity)
 MAX_CODE_LEN: Final = 64
 MAX_TOP_K: Final = 1000
 MAX_TEMPERATURE: Final = 5.0
@@ -126,12 +127,23 @@ class InferRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoadHint:
+    """The server's load when it admitted a request (this request included)."""
+
+    active: int
+    queued: int
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Accepted:
     request_id: int
     served_by: str
     """Peer ID of the serving node."""
     model: str
     """The model actually serving the request (may name a variant of the requested one)."""
+    load: LoadHint | None = None
+    """Optional: lets the client's scheduler see this load before the next node-info."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +227,9 @@ def message_to_map(msg: Message) -> dict[str, Any]:
         )
     elif isinstance(msg, Accepted):
         m.update(t="accepted", id=msg.request_id, served_by=msg.served_by, model=msg.model)
+        if msg.load is not None:
+            m["load"] = {"active": msg.load.active, "queued": msg.load.queued,
+                         "capacity": msg.load.capacity}
     elif isinstance(msg, Tokens):
         m.update(t="tokens", id=msg.request_id, text=msg.text, n_tokens=msg.n_tokens)
     elif isinstance(msg, Done):
@@ -356,10 +371,17 @@ def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
 
 
 def _accepted(r: MapReader, m: dict[str, Any]) -> Accepted:
+    load = None
+    if m.get("load") is not None:  # optional; absent from older servers
+        lr = r.get_map("load")
+        load = LoadHint(active=lr.get_int("active", hi=MAX_LOAD_COUNT),
+                        queued=lr.get_int("queued", hi=MAX_LOAD_COUNT),
+                        capacity=lr.get_int("capacity", hi=MAX_LOAD_COUNT))
     return Accepted(
         request_id=r.get_int("id", lo=1),
         served_by=r.get_str("served_by", max_len=MAX_ID_LEN, min_len=1),
         model=r.get_str("model", max_len=MAX_ID_LEN, min_len=1),
+        load=load,
     )
 
 
