@@ -3,10 +3,12 @@
 A heterogeneous cluster (default 20 nodes: mixed speed, slots, memory and RTT) receives
 Poisson arrivals from several independent client nodes. Each client ranks candidates with
 peerllm.scheduling (MCDA or a baseline strategy, circuit breakers) from its own view of the
-cluster, refreshed periodically (so views are stale, as in the real mesh), plus its own
-in-flight counts. Failures are injected: nodes die, one slows down, one flaps. An oracle that
-knows true queues and speeds is the yardstick. Requests on a node that dies resume elsewhere
-(as the router does), so "failed" counts requests that found no node within their deadline.
+cluster: node-info refreshed periodically (so views are stale, as in the real mesh), the
+load a node reports when it accepts a request and a refresh after each request (as the
+router does), plus its own in-flight counts. Failures are injected: nodes die, one slows
+down, one flaps. An oracle that knows true queues and speeds is the yardstick. Requests on
+a node that dies resume elsewhere (as the router does), so "failed" counts requests that
+found no node within their deadline.
 
     python scripts/bench/scheduling.py            # JSON + PNG in scripts/bench/results/,
                                                   # table in docs/scheduling.md
@@ -32,6 +34,14 @@ from peerllm.scheduling.mcda import Weights, rank_by
 DEADLINE_S = 60.0  # a request not answered by then counts as failed
 STRATEGIES = ("mcda", "round_robin", "weighted_round_robin", "least_connections", "latency",
               "random", "oracle")
+
+# Ablations, shown below the strategies: MCDA without the load in `accepted` (views only
+# from node-info), and MCDA with the load criterion weighted up.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mcda, no accepted-load": ("mcda", {"piggyback": False}),
+    "mcda, weights .1/.7/.1/.1": ("mcda", {"weights": Weights(free_memory=0.1, load=0.7,
+                                                               latency=0.1, throughput=0.1)}),
+}
 
 
 @dataclass
@@ -76,7 +86,8 @@ def build_cluster(n: int, rng: random.Random) -> dict[str, Node]:
 
 
 def simulate(strategy: str, *, seed: int, n_nodes: int, n_clients: int, duration: float,
-             load: float, refresh_s: float) -> dict[str, Any]:
+             load: float, refresh_s: float, piggyback: bool = True,
+             weights: Weights | None = None) -> dict[str, Any]:
     rng = random.Random(seed)
     nodes = build_cluster(n_nodes, random.Random(seed))
     ids = sorted(nodes)
@@ -97,7 +108,7 @@ def simulate(strategy: str, *, seed: int, n_nodes: int, n_clients: int, duration
     breakers: list[dict[str, Breaker]] = [{} for _ in range(n_clients)]
     counters = [0] * n_clients
     bcfg = BreakerConfig()
-    weights = Weights()
+    weights = weights or Weights()
     # Failure script: two nodes die at 40% of the run, one slows 5x at 55%, one flaps.
     victims = rng.sample(ids, 4)
     push(duration * 0.40, "die", victims[0])
@@ -117,6 +128,9 @@ def simulate(strategy: str, *, seed: int, n_nodes: int, n_clients: int, duration
         tok = max(16, int(rng.gauss(mean_tokens, 60)))
         reqs[rid] = Req(rid, rng.randrange(n_clients), tok, t, tok)
         push(t, "arrive", rid)
+
+    def observe(nd: Node) -> tuple[int, int, float, bool]:
+        return (nd.running, len(nd.queue), nd.speed / nd.slow_factor, True)
 
     def start_next(nd: Node, now: float) -> None:
         while nd.alive and nd.running < nd.slots and nd.queue:
@@ -178,6 +192,8 @@ def simulate(strategy: str, *, seed: int, n_nodes: int, n_clients: int, duration
             return
         nd.queue.append(r.rid)
         start_next(nd, now)
+        if piggyback:  # the node's `accepted` frame carries its load (protocols/inference.md)
+            views[c][nid] = observe(nd)
 
     while events:
         now, _, kind, data = heapq.heappop(events)
@@ -203,6 +219,8 @@ def simulate(strategy: str, *, seed: int, n_nodes: int, n_clients: int, duration
             inflight[r.client][nid] -= 1
             breakers[r.client][nid] = on_success(breakers[r.client].get(nid, Breaker()), now,
                                                  bcfg)
+            if piggyback:  # the router refreshes a peer's node-info after each request
+                views[r.client][nid] = observe(nd)
             if now - r.arrived > DEADLINE_S:
                 r.failed = True  # finished, but after the client's deadline
             else:
@@ -210,8 +228,7 @@ def simulate(strategy: str, *, seed: int, n_nodes: int, n_clients: int, duration
             start_next(nd, now)
         elif kind == "refresh":
             c = data
-            views[c] = {nid: (nd.running, len(nd.queue), nd.speed / nd.slow_factor, True)
-                        for nid, nd in nodes.items() if nd.alive}
+            views[c] = {nid: observe(nd) for nid, nd in nodes.items() if nd.alive}
             if now < duration + 120:  # the tail drains within the 60 s request deadline
                 push(now + refresh_s, "refresh", c)
         elif kind in ("die", "revive", "slow"):
@@ -263,23 +280,25 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--duration", type=float, default=300.0, help="simulated seconds")
     ap.add_argument("--load", type=float, default=0.7, help="offered load / cluster capacity")
-    ap.add_argument("--refresh", type=float, default=2.0, help="view refresh period (s)")
+    ap.add_argument("--refresh", type=float, default=5.0,
+                    help="node-info refresh period (s); 5 s is the node's heartbeat")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--docs", type=Path, default=Path(__file__).parents[2] / "docs")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in (*STRATEGIES, *VARIANTS)}
     for seed in range(args.seeds):
-        for s in STRATEGIES:
-            rows[s].append(simulate(s, seed=seed, n_nodes=args.nodes, n_clients=args.clients,
-                                    duration=args.duration, load=args.load,
-                                    refresh_s=args.refresh))
+        for s in rows:
+            strategy, extra = VARIANTS.get(s, (s, {}))
+            rows[s].append(simulate(strategy, seed=seed, n_nodes=args.nodes,
+                                    n_clients=args.clients, duration=args.duration,
+                                    load=args.load, refresh_s=args.refresh, **extra))
     def med(s: str, k: str) -> float:
         return statistics.median(r[k] for r in rows[s] if r[k] is not None)
 
     summary = {s: {k: med(s, k) for k in ("p50_s", "p95_s", "throughput_rps", "failed",
-                                          "max_node_share", "util_cv")} for s in STRATEGIES}
+                                          "max_node_share", "util_cv")} for s in rows}
     rr, orc, mc = summary["round_robin"], summary["oracle"], summary["mcda"]
     targets = {"mcda_p95_vs_round_robin": mc["p95_s"] / rr["p95_s"],
                "mcda_p95_vs_oracle": mc["p95_s"] / orc["p95_s"]}
@@ -291,7 +310,7 @@ def main() -> int:
                                     indent=2))
     header = "| strategy | p50 s | p95 s | throughput req/s | failed | max node share | util CV |"
     lines = [header, "|---|---|---|---|---|---|---|"]
-    for s in STRATEGIES:
+    for s in rows:
         m = summary[s]
         lines.append(f"| {s} | {m['p50_s']:.2f} | {m['p95_s']:.2f} | "
                      f"{m['throughput_rps']:.2f} | {m['failed']:.0f} | "
@@ -331,9 +350,12 @@ def main() -> int:
         "# Scheduling simulation\n\n"
         "Generated by `python scripts/bench/scheduling.py` (medians over "
         f"{args.seeds} seeds; {args.nodes} heterogeneous nodes, {args.clients} independent "
-        f"clients with views refreshed every {args.refresh} s, offered load {args.load} of "
-        f"capacity, {args.duration:.0f} simulated seconds; two nodes die, one slows 5x, one "
-        "flaps). The oracle knows true queues and speeds.\n\n" + table + "\n\n"
+        f"clients whose node-info views refresh every {args.refresh} s, plus the load each "
+        "node reports in `accepted` and a refresh after each request, as the router does; "
+        f"offered load {args.load} of capacity, {args.duration:.0f} simulated seconds; two "
+        "nodes die, one slows 5x, one flaps). The oracle knows true queues and speeds. "
+        "MCDA uses the default weights (free memory .4, load .3, latency .2, throughput .1) "
+        "unless the row says otherwise.\n\n" + table + "\n\n"
         + "\n".join(f"- {v}" for v in verdicts) + "\n")
     print(table)
     for v in verdicts:

@@ -262,7 +262,7 @@ async def test_a_dead_peer_trips_its_breaker_at_once_and_a_restart_reopens_it(
     router.breakers.clear()
     # Make "a" the first choice, then kill it before its first token.
     router.weights = type(router.weights)(free_memory=0, load=0, latency=1, throughput=0)
-    node.registry.get("a").rtt_ms = 0.1  # type: ignore[union-attr]
+    node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
     text, _ = await run(router)
     assert text == "ab"
     assert state(router, "a") == "open"       # one failure was enough: its connection is gone
@@ -279,7 +279,7 @@ async def test_a_stream_that_breaks_mid_way_resumes_elsewhere_without_a_backoff(
     broken: list[Step] = [0.1, "x", "y", 0.5, PeerConnectionLost("a", "reset")]
     router, node, client = make_router({"a": [broken], "b": [[0.2, "z", "done"]]})
     router.weights = type(router.weights)(free_memory=0, load=0, latency=1, throughput=0)
-    node.registry.get("a").rtt_ms = 0.1  # type: ignore[union-attr]
+    node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
     node.host.down.add("a")
     text, done = await run(router)
     assert text == "xyz" and done.completion_tokens == 3
