@@ -196,6 +196,8 @@ class SchedulingSettings:
     breaker_cooldown_s: float = 30.0  # open -> half-open after this long
     breaker_half_open_successes: int = 2  # half-open -> closed after this many successes
     breaker_trial_timeout_s: float = 10.0  # a half-open trial with no answer by then failed
+    first_token_timeout_s: float = 60.0  # accepted but no token by then: try elsewhere
+    stall_timeout_s: float = 15.0  # a remote stream silent this long mid-way: resume elsewhere
 
     def __post_init__(self) -> None:
         strategy = _str("scheduling.strategy", self.strategy)
@@ -224,7 +226,8 @@ class SchedulingSettings:
         _set(self, "breaker_half_open_successes",
              _int("scheduling.breaker_half_open_successes", self.breaker_half_open_successes,
                   1))
-        for name in ("breaker_cooldown_s", "breaker_trial_timeout_s"):
+        for name in ("breaker_cooldown_s", "breaker_trial_timeout_s", "first_token_timeout_s",
+                     "stall_timeout_s"):
             _set(self, name, _positive_float(f"scheduling.{name}", getattr(self, name)))
 
 

@@ -108,7 +108,8 @@ class PeerUnavailable(PeerError):
 
 
 class PeerTimeout(PeerError):
-    """A dial or call ran past its deadline; ``phase`` is "dial", "open" or "call"."""
+    """A dial or call ran past its deadline; ``phase`` is "dial", "open", "call", or for an
+    inference stream "first_token" or "stall" (the peer went silent)."""
 
     def __init__(self, peer_id: str, message: str, *, phase: str) -> None:
         super().__init__(peer_id, message)

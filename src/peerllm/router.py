@@ -31,6 +31,7 @@ from .errors import (
     PeerConnectionLost,
     PeerError,
     PeerLLMError,
+    PeerTimeout,
     PeerUnavailable,
     ProtocolError,
 )
@@ -218,7 +219,7 @@ class Router:
         self._client = InferClient(node.host, accept_timeout_s=max(node.config.p2p.call_timeout_s,
                                                                     30.0))
         self._rng = rng or random.Random()
-        st = node.config.scheduling
+        st = self._settings = node.config.scheduling
         self.weights = Weights(free_memory=st.weight_free_memory, load=st.weight_load,
                                latency=st.weight_latency, throughput=st.weight_throughput)
         self.breaker_cfg = BreakerConfig(failure_threshold=st.breaker_failure_threshold,
@@ -265,11 +266,7 @@ class Router:
             info = e.info
             if info is None:
                 continue
-            breaker = self.breakers.get(e.peer_id, Breaker())
-            tripped = self._tripped_boot.get(e.peer_id)
-            if tripped is not None and tripped != info.boot_nonce:
-                breaker = self.breakers[e.peer_id] = on_restart(breaker, now, self.breaker_cfg)
-                del self._tripped_boot[e.peer_id]
+            breaker = self._breaker(e.peer_id, now)
             load: wi.LoadHint | wni.Load = info.load
             hint = self.load_hints.get(e.peer_id)
             if hint is not None:
@@ -338,9 +335,20 @@ class Router:
             "excluded": [{"name": k, "reason": v} for k, v in excluded.items()],
         }
 
+    def _breaker(self, peer_id: str, now: float) -> Breaker:
+        """The peer's breaker; one tripped when the peer died goes half-open as soon as
+        node-info shows a new process (another boot nonce) behind that peer ID."""
+        breaker = self.breakers.get(peer_id, Breaker())
+        tripped = self._tripped_boot.get(peer_id)
+        entry = self._node.registry.get(peer_id) if tripped is not None else None
+        if entry is not None and entry.info is not None and entry.info.boot_nonce != tripped:
+            breaker = self.breakers[peer_id] = on_restart(breaker, now, self.breaker_cfg)
+            del self._tripped_boot[peer_id]
+        return breaker
+
     def breaker_state(self, peer_id: str) -> str:
         now = trio.current_time()
-        return describe(self.breakers.get(peer_id, Breaker()), now, self.breaker_cfg)
+        return describe(self._breaker(peer_id, now), now, self.breaker_cfg)
 
     def _record(self, peer_id: str, ok: bool, *, down: bool = False) -> None:
         """Feed a request's outcome to the peer's breaker; ``down``: the peer is certainly
@@ -576,7 +584,10 @@ class Router:
                     self.load_hints[cand.peer_id] = (remote.accepted.load, time.time())
                 yield _Attempt(served_by=cand.peer_id,
                                served_by_name=cand.name or cand.peer_id, local=False,
-                               events=_remote_events(remote.events(), req.model))
+                               events=_remote_events(
+                                   remote.events(), req.model, cand.peer_id,
+                                   first_token_s=self._settings.first_token_timeout_s,
+                                   stall_s=self._settings.stall_timeout_s))
         finally:
             node.after_remote_request(cand.peer_id)
             self.in_flight[cand.peer_id] -= 1
@@ -591,10 +602,24 @@ async def _local_events(chunks: GenerationStream) -> AsyncGenerator[TokenChunk |
             return
 
 
-async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], model: str
+async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], model: str,
+                         peer: str, *, first_token_s: float, stall_s: float
                          ) -> AsyncGenerator[TokenChunk | Done, None]:
+    """The peer's frames as chunks; a peer silent for ``first_token_s`` before its first
+    frame, or ``stall_s`` after it, has failed the request (PeerTimeout): a frozen peer
+    keeps its TCP connection open, so only silence tells."""
     async with contextlib.aclosing(events) as evs:
-        async for ev in evs:
+        first = True
+        while True:
+            limit = first_token_s if first else stall_s
+            with trio.move_on_after(limit) as waited:
+                ev = await anext(evs, None)
+            if waited.cancelled_caught:
+                raise PeerTimeout(peer, f"no {'first token' if first else 'token'} within "
+                                  f"{limit:g} s", phase="first_token" if first else "stall")
+            if ev is None:
+                return
+            first = False
             if isinstance(ev, wi.Tokens):
                 if ev.text:
                     yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)

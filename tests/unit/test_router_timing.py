@@ -215,7 +215,7 @@ async def test_an_unanswered_trial_reopens_the_breaker_after_the_trial_timeout(
 async def test_a_long_trial_that_streams_is_not_an_unanswered_one(
         autojump_clock: trio.abc.Clock) -> None:
     cfg = NodeConfig().scheduling
-    slow = [0.1, "a", 30.0, "b", "done"]     # first token at once, then a long generation
+    slow = [0.1, "a", 12.0, "b", "done"]  # first token at once, then longer than the trial timeout
     router, _, _ = make_router({"a": [[timeout("a")]] * 3 + [slow]})
     for _ in range(3):
         with pytest.raises(NoRoute):
@@ -269,7 +269,7 @@ async def test_a_dead_peer_trips_its_breaker_at_once_and_a_restart_reopens_it(
     assert node.suspected == ["a"]
     node.host.down.clear()
     node.restart("a", b"\x02" * 16)          # a new process behind the same peer ID
-    assert state(router, "a") == "open"      # not until the router looks at it again
+    assert state(router, "a") == "half-open"
     cands, _ = router.candidates(MODEL)
     assert {c.peer_id: c.half_open for c in cands} == {"a": True, "b": False}
 
@@ -308,3 +308,28 @@ async def test_the_load_in_accepted_is_used_until_newer_node_info_arrives(
     node.restart("a", b"\x01" * 16)  # a node-info refresh after the request
     (c,), _ = router.candidates(MODEL)
     assert (c.active, c.queued) == (0, 0) and "a" not in router.load_hints
+
+
+async def test_a_frozen_peer_mid_stream_is_resumed_elsewhere_after_the_stall_timeout(
+        autojump_clock: trio.abc.Clock) -> None:
+    stall = NodeConfig().scheduling.stall_timeout_s
+    router, node, client = make_router({"a": [[0.1, "x", "y", "hang"]],
+                                        "b": [[0.2, "z", "done"]]})
+    node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
+    text, done = await run(router)
+    assert text == "xyz" and done.completion_tokens == 3
+    (_, ta, _), (pb, tb, rb) = client.calls
+    assert (pb, rb) == ("b", "xy")
+    assert tb - ta == pytest.approx(0.1 + stall)
+    assert "closed (1 recent" in router.breaker_state("a")  # a failure, not proof of death
+
+
+async def test_a_peer_that_accepts_but_never_answers_fails_over_after_the_first_token_timeout(
+        autojump_clock: trio.abc.Clock) -> None:
+    first = NodeConfig().scheduling.first_token_timeout_s
+    router, node, client = make_router({"a": [["hang"]], "b": [ok()]})
+    node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
+    start = trio.current_time()
+    text, _ = await run(router)
+    assert text == "ab" and [p for p, _, _ in client.calls] == ["a", "b"]
+    assert first <= trio.current_time() - start <= first + 1.0
