@@ -20,7 +20,14 @@ import trio
 
 from ._version import __version__
 from .config import NodeConfig
-from .errors import ModelNotFound, NetworkKeyMismatch, PeerError, ProtocolError
+from .errors import (
+    ModelNotFound,
+    NetworkKeyMismatch,
+    PeerConnectionLost,
+    PeerError,
+    PeerUnavailable,
+    ProtocolError,
+)
 from .identity import Identity, default_data_dir, load_identity
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
@@ -331,6 +338,11 @@ class Node:
         try:
             info, rtt_ms = await self.info_client.fetch(peer_id)
         except (PeerError, ProtocolError) as exc:
+            if isinstance(exc, PeerUnavailable | PeerConnectionLost) \
+                    and not self.host.is_connected(peer_id):
+                # Refused, or its connection dropped: it is gone (or cut off) until it
+                # answers again.
+                self.router.peer_down(peer_id)
             reason = exc.message if isinstance(exc, PeerError) else f"bad node-info: {exc}"
             entry = self.registry.failed(peer_id, reason, now=time.time(),
                                          refused=isinstance(exc, NetworkKeyMismatch),

@@ -56,6 +56,7 @@ from .scheduling.breaker import (
     on_failure,
     on_restart,
     on_success,
+    state_at,
     trip,
 )
 from .scheduling.candidates import Candidate
@@ -227,9 +228,9 @@ class Router:
                                          half_open_successes=st.breaker_half_open_successes,
                                          trial_timeout_s=st.breaker_trial_timeout_s)
         self.breakers: dict[str, Breaker] = {}
-        # Peers whose breaker was tripped because they died -> the boot nonce they had;
-        # a different nonce later means a new process, which gets trial traffic at once.
-        self._tripped_boot: dict[str, bytes] = {}
+        # Peers whose breaker was tripped because they died -> when (wall clock); node-info
+        # received after that means it is back (restarted or reconnected): trial traffic.
+        self._tripped_at: dict[str, float] = {}
         p2p = node.config.p2p
         self.policy = Policy(protocol=wi.PROTOCOL_ID, breaker=self.breaker_cfg,
                              max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1))
@@ -336,19 +337,24 @@ class Router:
         }
 
     def _breaker(self, peer_id: str, now: float) -> Breaker:
-        """The peer's breaker; one tripped when the peer died goes half-open as soon as
-        node-info shows a new process (another boot nonce) behind that peer ID."""
+        """The peer's breaker; one tripped when the peer died goes half-open as soon as the
+        peer answers node-info again (restarted, or reconnected after a network cut)."""
         breaker = self.breakers.get(peer_id, Breaker())
-        tripped = self._tripped_boot.get(peer_id)
+        tripped = self._tripped_at.get(peer_id)
         entry = self._node.registry.get(peer_id) if tripped is not None else None
-        if entry is not None and entry.info is not None and entry.info.boot_nonce != tripped:
+        if tripped is not None and entry is not None and entry.info_received_at is not None \
+                and entry.info_received_at > tripped:
             breaker = self.breakers[peer_id] = on_restart(breaker, now, self.breaker_cfg)
-            del self._tripped_boot[peer_id]
+            del self._tripped_at[peer_id]
         return breaker
 
     def breaker_state(self, peer_id: str) -> str:
         now = trio.current_time()
         return describe(self._breaker(peer_id, now), now, self.breaker_cfg)
+
+    def peer_down(self, peer_id: str) -> None:
+        """The peer is certainly gone (e.g. a dial to it was refused): open its breaker."""
+        self._record(peer_id, ok=False, down=True)
 
     def _record(self, peer_id: str, ok: bool, *, down: bool = False) -> None:
         """Feed a request's outcome to the peer's breaker; ``down``: the peer is certainly
@@ -358,10 +364,11 @@ class Router:
         now = trio.current_time()
         b = self.breakers.get(peer_id, Breaker())
         if down:
+            if b.state is BreakerState.OPEN and state_at(b, now, self.breaker_cfg) \
+                    is BreakerState.OPEN:
+                return  # already open: keep its cooldown running, do not restart it
             b = trip(b, now)
-            entry = self._node.registry.get(peer_id)
-            if entry is not None and entry.info is not None:
-                self._tripped_boot[peer_id] = entry.info.boot_nonce
+            self._tripped_at[peer_id] = time.time()
         elif ok:
             b = on_success(b, now, self.breaker_cfg)
         else:
