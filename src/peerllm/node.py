@@ -43,8 +43,9 @@ from .p2p.infer import InferServer
 from .p2p.known_peers import KnownPeers
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState, Source
-from .router import Routed, Router, serve_generator
+from .router import Routed, Router
 from .scheduling.candidates import Candidate
+from .serving import serve_generator
 from .wire import infer as wi
 from .wire import nodeinfo as wni
 

@@ -1,0 +1,117 @@
+"""Serving peers' infer requests on the local engine, and mapping generation requests and
+engine errors to and from the /peerllm/infer wire messages (both directions of the mesh).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from .errors import (
+    InferenceCancelled,
+    InferenceRejected,
+    InferenceTimeout,
+    InvalidInferenceRequest,
+    ModelBusy,
+    ModelLoadError,
+    ModelNotFound,
+    PeerLLMError,
+)
+from .inference.request import ChatMessage, GenerationRequest, SamplingParams, TokenChunk
+from .p2p.infer import Finished, Generator, Piece
+from .wire import infer as wi
+
+if TYPE_CHECKING:
+    from .node import Node
+
+_ENGINE_ERRORS = (ModelNotFound, ModelBusy, InvalidInferenceRequest, InferenceTimeout,
+                  InferenceCancelled, ModelLoadError)
+
+
+def local_error_to_wire(exc: PeerLLMError) -> InferenceRejected:
+    """Map the local engine's errors to protocol error codes for a remote caller."""
+    if isinstance(exc, ModelNotFound):
+        return InferenceRejected("model_not_found", str(exc), retryable=False)
+    if isinstance(exc, ModelBusy):
+        return InferenceRejected("busy", str(exc), retryable=True,
+                                 retry_after_s=exc.retry_after_s)
+    if isinstance(exc, InvalidInferenceRequest):
+        return InferenceRejected("bad_request", str(exc), retryable=False)
+    if isinstance(exc, InferenceTimeout):
+        return InferenceRejected("timeout", str(exc), retryable=True)
+    if isinstance(exc, InferenceCancelled):
+        return InferenceRejected("busy", str(exc), retryable=True)
+    if isinstance(exc, ModelLoadError):
+        # Another replica may well load it: worth retrying elsewhere.
+        return InferenceRejected("internal", str(exc), retryable=True)
+    return InferenceRejected("internal", f"{type(exc).__name__}: {exc}", retryable=True)
+
+
+def to_wire_request(req: GenerationRequest, *, request_id: int, deadline_s: float,
+                    session: str | None) -> wi.InferRequest:
+    p = req.params
+    return wi.InferRequest(
+        request_id=request_id, model=req.model,
+        messages=None if req.messages is None else tuple(
+            wi.ChatTurn(role=m.role, content=m.content) for m in req.messages),
+        prompt=req.prompt,
+        sampling=wi.Sampling(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+                             top_k=p.top_k, repeat_penalty=p.repeat_penalty, stop=p.stop,
+                             seed=p.seed),
+        deadline_ms=max(1, min(int(deadline_s * 1000), wi.MAX_DEADLINE_MS)),
+        resume_text=req.resume_text, session=session)
+
+
+def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
+    s = req.sampling
+    try:
+        params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature,
+                                top_p=s.top_p, top_k=s.top_k, repeat_penalty=s.repeat_penalty,
+                                stop=s.stop, seed=s.seed)
+        return GenerationRequest(
+            model=req.model, prompt=req.prompt, params=params, resume_text=req.resume_text,
+            messages=None if req.messages is None else tuple(
+                ChatMessage(role=m.role, content=m.content) for m in req.messages))
+    except ValueError as exc:
+        raise InferenceRejected("bad_request", str(exc), retryable=False) from exc
+
+
+
+def serve_generator(node: Node) -> Generator:
+    """The InferServer's generator: run a peer's request on the local engine."""
+
+    @asynccontextmanager
+    async def generate(req: wi.InferRequest, peer: str
+                       ) -> AsyncIterator[trio.MemoryReceiveChannel[Piece | Finished]]:
+        engine = node.engine
+        if engine is None or req.model not in node.model_ids():
+            raise InferenceRejected("model_not_found", f"{node.name} does not serve {req.model}",
+                                    retryable=False)
+        gen_req = from_wire_request(req)
+        send, recv = trio.open_memory_channel[Piece | Finished](64)
+        try:
+            async with engine.stream(gen_req) as chunks, trio.open_nursery() as nursery:
+                async def forward() -> None:
+                    async with send:
+                        try:
+                            async for item in chunks:
+                                if isinstance(item, TokenChunk):
+                                    await send.send(Piece(item.text, item.n_tokens))
+                                else:
+                                    await send.send(Finished(
+                                        item.finish_reason, item.prompt_tokens,
+                                        item.completion_tokens, item.ttft_ms, item.total_ms))
+                                    return
+                        except _ENGINE_ERRORS as exc:
+                            raise local_error_to_wire(exc) from exc
+
+                nursery.start_soon(forward)
+                yield recv
+                nursery.cancel_scope.cancel()
+        except _ENGINE_ERRORS as exc:
+            raise local_error_to_wire(exc) from exc
+
+    return generate
