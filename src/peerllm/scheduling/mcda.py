@@ -3,7 +3,9 @@
 Score = health multiplier × Σ weight_i × criterion_i, every criterion normalised to
 [0, 1] (1 = best):
 
-- free memory: as a fraction of the most any candidate has;
+- free memory: free / (free + MEMORY_SCALE_BYTES): headroom matters most when it is
+  scarce (8 GiB free scores 0.5, 24 GiB 0.75), so 48 GiB against 20 GiB barely counts
+  while 2 GiB against 8 GiB does;
 - load: (active + queued + our own in-flight + this request) over capacity, in units of
   each node's measured speed, i.e. how long its backlog takes to drain; the shortest
   drain scores 1, one twice as long 0.5. A fast node with a queue can beat a slow idle
@@ -15,7 +17,7 @@ Score = health multiplier × Σ weight_i × criterion_i, every criterion normali
 Unknown values score a neutral 0.5 (unknown speed counts as the candidates' median in
 the load criterion). The scheduling simulation (scripts/bench/scheduling.py) compares
 these choices with the oracle; min-max normalisation and a saturating busy-ratio put
-MCDA's p95 at 2× the oracle's there.
+MCDA's p95 at 2× the oracle's there, a free-memory fraction of the best at 1.2×.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # the caller passes a seeded random.Random in; we never use g
 CRITERIA = ("free_memory", "load", "latency", "throughput")
 DEGRADED_MULTIPLIER = 0.5
 RTT_SCALE_MS = 100.0
+MEMORY_SCALE_BYTES = 8 * 2**30
 HALF_OPEN_MULTIPLIER = 0.5
 
 
@@ -90,7 +93,10 @@ def score(cands: Sequence[Candidate], weights: Weights) -> list[Scored]:
     """Score every candidate; best first, exact ties broken by peer ID."""
     w = weights.normalised()
     columns = {
-        "free_memory": _fraction_of_best([c.free_memory_bytes for c in cands]),
+        "free_memory": [0.5 if c.free_memory_bytes is None else
+                        max(0, c.free_memory_bytes) / (max(0, c.free_memory_bytes)
+                                                       + MEMORY_SCALE_BYTES)
+                        for c in cands],
         "load": _drain_time_score(cands),
         "latency": [0.5 if c.rtt_ms is None
                     else RTT_SCALE_MS / (RTT_SCALE_MS + max(0.0, c.rtt_ms)) for c in cands],
