@@ -324,8 +324,12 @@ class Router:
             b = on_failure(b, now, self.breaker_cfg)
         if b.state is BreakerState.OPEN and self.breakers.get(peer_id, Breaker()).state \
                 is not BreakerState.OPEN:
-            logger.warning("circuit breaker for %s opened: %s", peer_id,
-                           describe(b, now, self.breaker_cfg))
+            entry = self._node.registry.get(peer_id)
+            who = f"{entry.name} ({peer_id})" if entry is not None and entry.name else peer_id
+            why = ("its connection is gone" if down else
+                   f"{b.consecutive_failures} consecutive failed requests")
+            logger.warning("circuit breaker for %s opened: %s; next trial in %.0f s", who, why,
+                           self.breaker_cfg.cooldown_s)
         self.breakers[peer_id] = b
 
     def _peer_down(self, exc: Exception) -> bool:

@@ -64,6 +64,32 @@ def route_libp2p_logging() -> None:
     for noisy in ("libp2p.kad_dht", "libp2p.host.basic_host", "libp2p.identity",
                   "libp2p.network.swarm", "libp2p.transport", "libp2p.network.auto_connector"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    for name in _ROUTINE_ERRORS:
+        logger_ = logging.getLogger(name)
+        if not any(isinstance(f, _Routine) for f in logger_.filters):
+            logger_.addFilter(_Routine(_ROUTINE_ERRORS[name]))
+
+
+# Messages py-libp2p logs at ERROR for routine events: a peer that left (we log that
+# ourselves, naming the peer, as "cannot reach ..."), or a DHT bookkeeping miss.
+_ROUTINE_ERRORS = {
+    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
+    "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
+}
+
+
+class _Routine(logging.Filter):
+    """Lower the listed routine ERROR records to DEBUG (dropped unless debugging)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self._prefixes):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
 
 
 def safe_handler(protocol: str, fn: StreamHandler, *, timeout_s: float | None) -> StreamHandler:
