@@ -197,7 +197,7 @@ class SchedulingSettings:
     breaker_half_open_successes: int = 2  # half-open -> closed after this many successes
     breaker_trial_timeout_s: float = 10.0  # a half-open trial with no answer by then failed
     first_token_timeout_s: float = 60.0  # accepted but no token by then: try elsewhere
-    stall_timeout_s: float = 15.0  # a remote stream silent this long mid-way: resume elsewhere
+    stall_timeout_s: float = 15.0  # cap on a remote stream's silence mid-way (router.stall_limit)
 
     def __post_init__(self) -> None:
         strategy = _str("scheduling.strategy", self.strategy)

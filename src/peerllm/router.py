@@ -562,16 +562,31 @@ async def _local_events(chunks: GenerationStream) -> AsyncGenerator[TokenChunk |
             return
 
 
+STALL_FLOOR_S = 2.0
+STALL_GAP_FACTOR = 20.0
+
+
+def stall_limit(gap_s: float | None, cap_s: float) -> float:
+    """How long a stream may stay silent mid-way: 20× its usual gap between frames, at
+    least 2 s (a healthy node never pauses that long between tokens), at most ``cap_s``
+    (the configured stall_timeout_s, which also applies before a gap is known)."""
+    if gap_s is None:
+        return cap_s
+    return min(cap_s, max(STALL_FLOOR_S, STALL_GAP_FACTOR * gap_s))
+
+
 async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], model: str,
                          peer: str, *, first_token_s: float, stall_s: float
                          ) -> AsyncGenerator[TokenChunk | Done, None]:
     """The peer's frames as chunks; a peer silent for ``first_token_s`` before its first
-    frame, or ``stall_s`` after it, has failed the request (PeerTimeout): a frozen peer
-    keeps its TCP connection open, so only silence tells."""
+    frame, or for ``stall_limit`` after it, has failed the request (PeerTimeout): a frozen
+    peer keeps its TCP connection open, so only silence tells."""
     async with contextlib.aclosing(events) as evs:
         first = True
+        gap: float | None = None  # smoothed time between frames
+        last = 0.0
         while True:
-            limit = first_token_s if first else stall_s
+            limit = first_token_s if first else stall_limit(gap, stall_s)
             with trio.move_on_after(limit) as waited:
                 ev = await anext(evs, None)
             if waited.cancelled_caught:
@@ -579,7 +594,10 @@ async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], mode
                                   f"{limit:g} s", phase="first_token" if first else "stall")
             if ev is None:
                 return
-            first = False
+            now = trio.current_time()
+            if not first:
+                gap = now - last if gap is None else 0.8 * gap + 0.2 * (now - last)
+            first, last = False, now
             if isinstance(ev, wi.Tokens):
                 if ev.text:
                     yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)

@@ -21,7 +21,7 @@ from peerllm.config import NodeConfig
 from peerllm.errors import InferenceRejected, PeerConnectionLost, PeerTimeout
 from peerllm.inference.request import Done, GenerationRequest, SamplingParams, TokenChunk
 from peerllm.p2p.registry import PeerRegistry, Source
-from peerllm.router import NoRoute, Router
+from peerllm.router import STALL_FLOOR_S, NoRoute, Router, stall_limit
 from peerllm.wire import infer as wi
 from peerllm.wire import nodeinfo as w
 
@@ -310,18 +310,32 @@ async def test_the_load_in_accepted_is_used_until_newer_node_info_arrives(
     assert (c.active, c.queued) == (0, 0) and "a" not in router.load_hints
 
 
-async def test_a_frozen_peer_mid_stream_is_resumed_elsewhere_after_the_stall_timeout(
-        autojump_clock: trio.abc.Clock) -> None:
-    stall = NodeConfig().scheduling.stall_timeout_s
-    router, node, client = make_router({"a": [[0.1, "x", "y", "hang"]],
+@pytest.mark.parametrize(("per_token_s", "expected_wait_s"), [
+    (0.05, STALL_FLOOR_S),       # a fast stream: silent for 2 s is frozen
+    (0.2, 20 * 0.2),             # 20x its usual gap
+    (1.0, NodeConfig().scheduling.stall_timeout_s),  # capped by stall_timeout_s
+])
+async def test_a_frozen_peer_mid_stream_is_resumed_elsewhere_after_a_stall(
+        autojump_clock: trio.abc.Clock, per_token_s: float, expected_wait_s: float) -> None:
+    tokens: list[Step] = [0.1, "x"]
+    for t in "ybcd":
+        tokens += [per_token_s, t]
+    router, node, client = make_router({"a": [[*tokens, "hang"]],
                                         "b": [[0.2, "z", "done"]]})
     node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
     text, done = await run(router)
-    assert text == "xyz" and done.completion_tokens == 3
+    assert text == "xybcdz" and done.completion_tokens == 6
     (_, ta, _), (pb, tb, rb) = client.calls
-    assert (pb, rb) == ("b", "xy")
-    assert tb - ta == pytest.approx(0.1 + stall)
+    assert (pb, rb) == ("b", "xybcd")
+    assert tb - ta == pytest.approx(0.1 + 4 * per_token_s + expected_wait_s)
     assert "closed (1 recent" in router.breaker_state("a")  # a failure, not proof of death
+
+
+def test_stall_limit() -> None:
+    assert stall_limit(None, 15.0) == 15.0
+    assert stall_limit(0.001, 15.0) == STALL_FLOOR_S
+    assert stall_limit(0.5, 15.0) == 10.0
+    assert stall_limit(5.0, 15.0) == 15.0
 
 
 async def test_a_peer_that_accepts_but_never_answers_fails_over_after_the_first_token_timeout(
