@@ -9,6 +9,7 @@ node's circuit breaker is open and until the front no longer lists it as healthy
 restarted (same identity and ports) before the next round.
 
     python scripts/bench/failover.py --kills 20
+    python scripts/bench/failover.py --kills 5 --signal stop   # freeze instead of kill
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def breakers(front: str) -> dict[str, str]:
 
 
 def one_round(front: str, max_tokens: int, kill_after: int, procs: dict[str, Child],
-              rng: random.Random) -> dict[str, Any]:
+              rng: random.Random, sig: signal.Signals) -> dict[str, Any]:
     body = {"model": MODEL, "prompt": f"Story {rng.random():.6f}: once upon a time",
             "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -138,7 +139,7 @@ def one_round(front: str, max_tokens: int, kill_after: int, procs: dict[str, Chi
                 usage = chunk.get("usage") or usage
                 provenance = chunk.get("peerllm") or provenance
                 if killed_at is None and chunks >= kill_after and victim in procs:
-                    procs[victim].proc.send_signal(signal.SIGKILL)
+                    procs[victim].proc.send_signal(sig)
                     killed_at = time.perf_counter()
                     watch = Watch(front, victim, killed_at)
                     watch.start()
@@ -158,11 +159,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--signal", choices=("kill", "stop"), default="kill",
+                    help="kill: SIGKILL (the process dies, its kernel closes the connection);"
+                         "\nstop: SIGSTOP (the process freezes, its connection stays open)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    sig = signal.SIGKILL if args.signal == "kill" else signal.SIGSTOP
     slug = timestamp_slug()
     logs = args.out / f"failover-{slug}-logs"
     rounds: list[dict[str, Any]] = []
@@ -186,10 +191,13 @@ def main() -> int:
             raise SystemExit(f"front never saw both replicas; see {logs}")
         for r in range(args.kills):
             procs = {ids[n]: c for n, c in children.items()}
-            res = one_round(front, args.max_tokens, rng.randint(2, 40), procs, rng)
+            res = one_round(front, args.max_tokens, rng.randint(2, 40), procs, rng, sig)
             res.pop("killed_at", None)
             if res["killed"]:
                 name = next(n for n in children if ids[n] == res["victim"])
+                if sig is signal.SIGSTOP:  # free its ports: a frozen process still holds them
+                    children[name].proc.kill()
+                    children[name].proc.wait(10)
                 p2p, api = specs[name]
                 children[name] = start_replica(group, logs, name, p2p, api)
                 # Back in rotation: healthy again and its breaker no longer open (a new
@@ -213,9 +221,10 @@ def main() -> int:
     summary = {"rounds": len(rounds), "kills": sum(r["killed"] for r in rounds),
                "failed_requests": len(failed), "kill_to_next_token_s": summarize(k2t),
                "kill_to_breaker_open_s": summarize(k2b), "kill_to_unhealthy_s": summarize(k2u)}
-    out = write_results(args.out, "failover", {"args": vars(args) | {"out": str(args.out)},
-                                                "machine": machine_info(), "rounds": rounds,
-                                                "summary": summary}, slug)
+    name = "failover" if args.signal == "kill" else f"failover-{args.signal}"
+    out = write_results(args.out, name, {"args": vars(args) | {"out": str(args.out)},
+                                         "machine": machine_info(), "rounds": rounds,
+                                         "summary": summary}, slug)
     p50 = summary["kill_to_next_token_s"].get("p50")
     print(f"kills: {summary['kills']}, failed requests: {len(failed)} "
           f"({'PASS' if not failed else 'MISS'}: target 0)")
