@@ -32,7 +32,7 @@ def route(api_url: str, model: str, as_json: bool) -> None:
     weights = ", ".join(f"{k} {v:.2f}" for k, v in doc["weights"].items())
     table = Table(title=f"route for {model} — strategy {doc['strategy']} ({weights})")
     for col in ("#", "node", "score", "free mem", "load", "latency", "tok/s", "×", "health",
-                "breaker"):
+                "breaker", "running+queued/slots"):
         table.add_column(col)
     for c in doc["candidates"]:
         crit = c["criteria"]
@@ -43,10 +43,17 @@ def route(api_url: str, model: str, as_json: bool) -> None:
         table.add_row(str(c["rank"]), (c["name"] or c["peer_id"][-8:])
                       + (" (local)" if c["local"] else ""), f"{c['score']:.3f}",
                       cell("free_memory"), cell("load"), cell("latency"), cell("throughput"),
-                      f"{c['multiplier']:g}", c["health"], c["breaker"])
+                      f"{c['multiplier']:g}", c["health"], c["breaker"], _load(c["load"]))
     out = console()
     out.print(table)
     for ex in doc["excluded"]:
         out.print(f"excluded {ex['name']}: {ex['reason']}")
     if not doc["candidates"] and not doc["excluded"]:
         out.print(f"no node in the mesh serves {model}")
+
+
+def _load(load: dict[str, object]) -> str:
+    """e.g. "1+2/2, 1 ours (accepted)": where the numbers came from matters when they are
+    seconds old."""
+    ours = f", {load['in_flight']} ours" if load.get("in_flight") else ""
+    return f"{load['active']}+{load['queued']}/{load['capacity']}{ours} ({load['from']})"
