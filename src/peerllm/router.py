@@ -238,7 +238,16 @@ class Router:
                 active=load.active, queued=load.queued, capacity=load.capacity,
                 rtt_ms=e.rtt_ms, tokens_per_second=info.performance.tokens_per_second,
                 in_flight=self.in_flight.get(e.peer_id, 0), breaker=breaker))
+        self._forget_departed()
         return out
+
+    def _forget_departed(self) -> None:
+        """Drop per-peer state of peers the registry has let go of (bounded memory under
+        churn); peers with requests in flight stay until those end."""
+        known = {e.peer_id for e in self._node.registry.entries()} | set(self.in_flight)
+        for table in (self.breakers, self._tripped_at, self.load_hints):
+            for peer_id in [p for p in table if p not in known]:
+                del table[peer_id]
 
     def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]:
         """Everyone who could serve ``model`` now, plus why the others cannot."""
@@ -328,8 +337,10 @@ class Router:
             who = f"{entry.name} ({peer_id})" if entry is not None and entry.name else peer_id
             why = ("its connection is gone" if down else
                    f"{b.consecutive_failures} consecutive failed requests")
-            logger.warning("circuit breaker for %s opened: %s; next trial in %.0f s", who, why,
-                           self.breaker_cfg.cooldown_s)
+            # A peer leaving is routine (INFO); requests failing on a live one is not.
+            logger.log(logging.INFO if down else logging.WARNING,
+                       "circuit breaker for %s opened: %s; next trial in %.0f s", who, why,
+                       self.breaker_cfg.cooldown_s)
         self.breakers[peer_id] = b
 
     def _peer_down(self, exc: Exception) -> bool:

@@ -347,3 +347,17 @@ async def test_a_peer_that_accepts_but_never_answers_fails_over_after_the_first_
     text, _ = await run(router)
     assert text == "ab" and [p for p, _, _ in client.calls] == ["a", "b"]
     assert first <= trio.current_time() - start <= first + 1.0
+
+
+async def test_state_of_peers_the_registry_dropped_is_forgotten(
+        autojump_clock: trio.abc.Clock) -> None:
+    import time
+    router, node, _ = make_router({"a": [[timeout("a")]], "b": [ok()]})
+    router.peer_down("a")
+    assert state(router, "a") == "open"
+    node.registry.failed("a", "gone", now=time.time(), refused=True)
+    node.registry.max_peers = 2
+    node.registry.saw("c", Source.MDNS, now=time.time())  # full: the dead "a" is evicted
+    assert node.registry.get("a") is None
+    router.candidates(MODEL)
+    assert "a" not in router.breakers and state(router, "a") == "closed"
