@@ -56,6 +56,7 @@ from .scheduling.breaker import (
     on_failure,
     on_restart,
     on_success,
+    release_trial,
     state_at,
     trip,
 )
@@ -177,9 +178,10 @@ class Router:
                                          half_open_successes=st.breaker_half_open_successes,
                                          trial_timeout_s=st.breaker_trial_timeout_s)
         self.breakers: dict[str, Breaker] = {}
-        # Peers whose breaker was tripped because they died -> when (wall clock); node-info
-        # received after that means it is back (restarted or reconnected): trial traffic.
-        self._tripped_at: dict[str, float] = {}
+        # Peers whose breaker was tripped because they died -> the boot nonce they had
+        # then; node-info with another nonce is a new process: trial traffic at once. (A
+        # reconnect of the same process waits out the cooldown: a flaky link stays out.)
+        self._tripped: dict[str, bytes | None] = {}
         p2p = node.config.p2p
         self.policy = Policy(protocol=wi.PROTOCOL_ID, breaker=self.breaker_cfg,
                              max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1))
@@ -220,7 +222,7 @@ class Router:
             load: wi.LoadHint | wni.Load = info.load
             hint = self.load_hints.get(e.peer_id)
             if hint is not None:
-                if e.info_received_at is None or hint[1] > e.info_received_at:
+                if e.info_received_at is None or hint[1] >= e.info_received_at:
                     load = hint[0]
                 else:
                     del self.load_hints[e.peer_id]  # node-info is newer
@@ -245,7 +247,7 @@ class Router:
         """Drop per-peer state of peers the registry has let go of (bounded memory under
         churn); peers with requests in flight stay until those end."""
         known = {e.peer_id for e in self._node.registry.entries()} | set(self.in_flight)
-        for table in (self.breakers, self._tripped_at, self.load_hints):
+        for table in (self.breakers, self._tripped, self.load_hints):
             for peer_id in [p for p in table if p not in known]:
                 del table[peer_id]
 
@@ -295,20 +297,25 @@ class Router:
         }
 
     def _breaker(self, peer_id: str, now: float) -> Breaker:
-        """The peer's breaker; one tripped when the peer died goes half-open as soon as the
-        peer answers node-info again (restarted, or reconnected after a network cut)."""
+        """The peer's breaker; one tripped when the peer died goes half-open as soon as
+        node-info shows a new process (another boot nonce) behind that peer ID."""
         breaker = self.breakers.get(peer_id, Breaker())
-        tripped = self._tripped_at.get(peer_id)
-        entry = self._node.registry.get(peer_id) if tripped is not None else None
-        if tripped is not None and entry is not None and entry.info_received_at is not None \
-                and entry.info_received_at > tripped:
-            breaker = self.breakers[peer_id] = on_restart(breaker, now, self.breaker_cfg)
-            del self._tripped_at[peer_id]
+        if peer_id in self._tripped:
+            entry = self._node.registry.get(peer_id)
+            if entry is not None and entry.info is not None \
+                    and entry.info.boot_nonce != self._tripped[peer_id]:
+                breaker = self.breakers[peer_id] = on_restart(breaker, now, self.breaker_cfg)
+                del self._tripped[peer_id]
         return breaker
 
     def breaker_state(self, peer_id: str) -> str:
         now = trio.current_time()
         return describe(self._breaker(peer_id, now), now, self.breaker_cfg)
+
+    def _release_trial(self, peer_id: str, started: float) -> None:
+        b = self.breakers.get(peer_id)
+        if b is not None:
+            self.breakers[peer_id] = release_trial(b, started)
 
     def peer_down(self, peer_id: str) -> None:
         """The peer is certainly gone (e.g. a dial to it was refused): open its breaker."""
@@ -326,7 +333,8 @@ class Router:
                     is BreakerState.OPEN:
                 return  # already open: keep its cooldown running, do not restart it
             b = trip(b, now)
-            self._tripped_at[peer_id] = time.time()
+            entry = self._node.registry.get(peer_id)
+            self._tripped[peer_id] = entry.info.boot_nonce if entry and entry.info else None
         elif ok:
             b = on_success(b, now, self.breaker_cfg)
         else:
@@ -345,10 +353,8 @@ class Router:
 
     def _peer_down(self, exc: Exception) -> bool:
         """A failure that proves the peer is gone, not just one request gone wrong."""
-        if isinstance(exc, PeerUnavailable):
-            return True
-        return isinstance(exc, PeerConnectionLost) and not self._node.host.is_connected(
-            exc.peer_id)
+        return isinstance(exc, PeerUnavailable | PeerConnectionLost) \
+            and not self._node.host.is_connected(exc.peer_id)
 
     def _remember_affinity(self, session: str, peer_id: str) -> None:
         self.affinity.pop(session, None)
@@ -469,15 +475,19 @@ class Router:
                     params=dataclasses.replace(
                         req.params, max_tokens=max(1, req.params.max_tokens - tokens)))
             got_here = 0
+            attempted_at = trio.current_time()
             if not cand.local:
                 self.breakers[cand.peer_id] = on_attempt(
-                    self.breakers.get(cand.peer_id, Breaker()), trio.current_time(),
+                    self.breakers.get(cand.peer_id, Breaker()), attempted_at,
                     self.breaker_cfg)
             routed.score = next((sc.total for sc in scored
                                  if sc.candidate.peer_id == cand.peer_id), None)
             try:
                 async with self._attempt(cand, attempt_req, session=session,
                                          deadline_s=left) as attempt:
+                    # Accepted: the peer answered, so a half-open trial is not "unanswered"
+                    # however long the generation takes; its outcome still counts below.
+                    self._release_trial(cand.peer_id, attempted_at)
                     routed.served_by = attempt.served_by
                     routed.served_by_name = attempt.served_by_name
                     routed.local = attempt.local
@@ -490,11 +500,6 @@ class Router:
                     async with contextlib.aclosing(attempt.events) as events:
                         async for ev in events:
                             if isinstance(ev, TokenChunk):
-                                if not got_here:
-                                    # The first token is the peer's answer: a half-open
-                                    # trial has succeeded (a long generation must not
-                                    # look like an unanswered trial).
-                                    self._record(cand.peer_id, ok=True)
                                 got_here += ev.n_tokens
                                 text += ev.text
                                 tokens += ev.n_tokens
@@ -502,19 +507,22 @@ class Router:
                             else:
                                 # A resumed attempt counts only its own tokens (its
                                 # prompt_tokens exclude resume_text): report it all.
-                                if not got_here:
-                                    self._record(cand.peer_id, ok=True)
+                                self._record(cand.peer_id, ok=True)
                                 if session is not None:
                                     self._remember_affinity(session, cand.peer_id)
                                 await send.send(
                                     dataclasses.replace(ev, completion_tokens=tokens)
                                     if routed.resumed else ev)
                                 return
+            except trio.Cancelled:
+                self._release_trial(cand.peer_id, attempted_at)  # not the peer's doing
+                raise
             except _ATTEMPT_ERRORS as exc:
                 rejected = exc if isinstance(exc, InferenceRejected) else (
                     local_error_to_wire(exc) if not isinstance(exc, PeerError | ProtocolError)
                     else None)
                 if rejected is not None and not rejected.retryable:
+                    self._release_trial(cand.peer_id, attempted_at)  # it did answer
                     if placed.is_set():
                         await send.send(rejected)
                     else:
@@ -557,7 +565,9 @@ class Router:
                                served_by_name=cand.name or cand.peer_id, local=False,
                                events=_remote_events(
                                    remote.events(), req.model, cand.peer_id,
-                                   first_token_s=self._settings.first_token_timeout_s,
+                                   first_token_s=first_token_limit(
+                                       self._settings.first_token_timeout_s,
+                                       remote.accepted.load, loaded=cand.loaded),
                                    stall_s=self._settings.stall_timeout_s))
         finally:
             node.after_remote_request(cand.peer_id)
@@ -571,6 +581,17 @@ async def _local_events(chunks: GenerationStream) -> AsyncGenerator[TokenChunk |
         yield item
         if isinstance(item, Done):
             return
+
+
+MODEL_LOAD_ALLOWANCE_S = 120.0  # the engine's default model-load timeout
+
+
+def first_token_limit(base_s: float, load: wi.LoadHint | None, *, loaded: bool) -> float:
+    """How long a peer that accepted a request may take to its first token: ``base_s``
+    for the request itself and for each one queued there when it was accepted, plus a
+    model load if the model was not in memory. A busy peer is slow, not broken."""
+    queued = load.queued if load is not None else 0
+    return base_s * (1 + queued) + (0.0 if loaded else MODEL_LOAD_ALLOWANCE_S)
 
 
 STALL_FLOOR_S = 2.0

@@ -21,7 +21,14 @@ from peerllm.config import NodeConfig
 from peerllm.errors import InferenceRejected, PeerConnectionLost, PeerTimeout
 from peerllm.inference.request import Done, GenerationRequest, SamplingParams, TokenChunk
 from peerllm.p2p.registry import PeerRegistry, Source
-from peerllm.router import STALL_FLOOR_S, NoRoute, Router, stall_limit
+from peerllm.router import (
+    MODEL_LOAD_ALLOWANCE_S,
+    STALL_FLOOR_S,
+    NoRoute,
+    Router,
+    first_token_limit,
+    stall_limit,
+)
 from peerllm.wire import infer as wi
 from peerllm.wire import nodeinfo as w
 
@@ -197,7 +204,7 @@ async def test_breaker_opens_after_three_failures_and_tries_again_after_the_cool
 async def test_an_unanswered_trial_reopens_the_breaker_after_the_trial_timeout(
         autojump_clock: trio.abc.Clock) -> None:
     cfg = NodeConfig().scheduling
-    router, _, _ = make_router({"a": [[timeout("a")]] * 3 + [["hang"]]})
+    router, _, _ = make_router({"a": [[timeout("a")]] * 3 + [[600.0, "x", "done"]]})
     for _ in range(3):
         with pytest.raises(NoRoute):
             await run(router)
@@ -205,7 +212,7 @@ async def test_an_unanswered_trial_reopens_the_breaker_after_the_trial_timeout(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run, router)
         await trio.sleep(1.0)
-        # The trial holds the only slot: nobody else may use "a" meanwhile.
+        # The trial (not yet accepted) holds the only slot: nobody else may use "a".
         assert "a" in router.candidates(MODEL)[1]
         await trio.sleep(cfg.breaker_trial_timeout_s - 1.0)
         assert state(router, "a") == "open"
@@ -361,3 +368,50 @@ async def test_state_of_peers_the_registry_dropped_is_forgotten(
     assert node.registry.get("a") is None
     router.candidates(MODEL)
     assert "a" not in router.breakers and state(router, "a") == "closed"
+
+
+async def test_a_peer_that_always_breaks_after_its_first_token_opens_its_breaker(
+        autojump_clock: trio.abc.Clock) -> None:
+    flaky: list[Step] = [0.1, "x", 0.05, "y", 10.0, timeout("a")]
+    router, node, _ = make_router({"a": [flaky], "b": [[0.1, "z", "done"]]})
+    node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
+    for _ in range(3):
+        # "a" ranks first while its breaker is closed; each answer is still whole.
+        assert (await run(router))[0].endswith("z")
+    assert state(router, "a") == "open"
+
+
+async def test_a_trial_is_released_when_the_caller_goes_away_or_the_peer_refuses(
+        autojump_clock: trio.abc.Clock) -> None:
+    cfg = NodeConfig().scheduling
+    bad = InferenceRejected("bad_request", "prompt too long", retryable=False)
+    router, _, _ = make_router({"a": [[timeout("a")]] * 3 + [[5.0, "x", "done"], [bad], ok()]})
+    for _ in range(3):
+        with pytest.raises(NoRoute):
+            await run(router)
+    await trio.sleep(cfg.breaker_cooldown_s)
+    with trio.move_on_after(1.0):  # the caller gives up before "a" accepts
+        await run(router)
+    assert router.breakers["a"].trials == () and state(router, "a") == "half-open"
+    with pytest.raises(InferenceRejected):  # "a" answered: a refusal, not a dead trial
+        await run(router)
+    assert router.breakers["a"].trials == () and state(router, "a") == "half-open"
+    await trio.sleep(cfg.breaker_trial_timeout_s + 1)
+    assert state(router, "a") == "half-open"  # nothing left to time out
+
+
+async def test_a_reconnect_of_the_same_process_waits_out_the_cooldown(
+        autojump_clock: trio.abc.Clock) -> None:
+    router, node, _ = make_router({"a": [ok()]})
+    router.peer_down("a")
+    node.restart("a", b"\x01" * 16)  # node-info again, same boot nonce: same process
+    assert state(router, "a") == "open"
+    await trio.sleep(NodeConfig().scheduling.breaker_cooldown_s)
+    assert state(router, "a") == "half-open"
+
+
+def test_first_token_limit_allows_for_the_queue_and_a_model_load() -> None:
+    busy = wi.LoadHint(active=1, queued=2, capacity=1)
+    assert first_token_limit(60.0, None, loaded=True) == 60.0
+    assert first_token_limit(60.0, busy, loaded=True) == 180.0
+    assert first_token_limit(60.0, busy, loaded=False) == 180.0 + MODEL_LOAD_ALLOWANCE_S

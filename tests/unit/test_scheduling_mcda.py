@@ -55,6 +55,24 @@ def test_contributions_sum_to_total_and_scores_are_bounded(cands: list[Candidate
         assert abs(sum(s.contributions.values()) * s.multiplier - s.total) < 1e-9
 
 
+hostile_st = st.builds(
+    lambda i, mem, cap, act, rtt, tps: cand(f"p{i}", free_memory_bytes=mem, capacity=cap,
+                                            active=act, queued=act, in_flight=act, rtt_ms=rtt,
+                                            tokens_per_second=tps),
+    st.integers(0, 10_000), st.none() | st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1),
+    st.integers(0, 2**63 - 1), st.none() | st.floats(0, 1.7e308),
+    st.none() | st.floats(0, 1.7e308))
+
+
+@given(st.lists(hostile_st, min_size=1, max_size=6, unique_by=lambda c: c.peer_id))
+def test_any_numbers_a_peer_reports_score_within_bounds(cands: list[Candidate]) -> None:
+    # Node-info fields are only checked to be finite and >= 0: a lying peer must not be
+    # able to crash the scheduler (e.g. a drain time that underflows to 0).
+    for s in score(cands, Weights()):
+        assert 0.0 <= s.total <= 1.0 + 1e-9
+        assert all(0.0 <= v <= 1.0 + 1e-9 for v in s.values.values())
+
+
 def test_strictly_better_peer_ranks_first() -> None:
     good = cand("good", free_memory_bytes=16 << 30, rtt_ms=1.0, tokens_per_second=60.0)
     bad = cand("bad", free_memory_bytes=2 << 30, rtt_ms=20.0, tokens_per_second=10.0,

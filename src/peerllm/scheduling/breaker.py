@@ -115,6 +115,16 @@ def trip(b: Breaker, now: float) -> Breaker:
                    opened_at=now)
 
 
+def release_trial(b: Breaker, started: float) -> Breaker:
+    """The trial started at ``started`` got its answer (or its caller went away): free its
+    slot without counting it; its outcome, if any, comes through on_success/on_failure."""
+    if b.state is BreakerState.HALF_OPEN and started in b.trials:
+        trials = list(b.trials)
+        trials.remove(started)
+        return replace(b, trials=tuple(trials))
+    return b
+
+
 def on_restart(b: Breaker, now: float, cfg: BreakerConfig) -> Breaker:
     """The peer came back as a new process: an open breaker goes half-open now (trial
     traffic decides), since what opened it was the old process dying."""

@@ -65,7 +65,17 @@ class Scored:
     contributions: dict[str, float]  # weight × value (before the multiplier)
 
 
+# Peers report these numbers; beyond them a report is a lie or a bug, not a faster node.
+MAX_TOKENS_PER_SECOND = 1e6
+MAX_CAPACITY = 10_000
+
+
+def _clamp(v: float, lo: float, hi: float) -> float:
+    return min(max(v, lo), hi)
+
+
 def _fraction_of_best(raw: Sequence[float | int | None]) -> list[float]:
+    raw = [None if v is None else _clamp(v, 0.0, MAX_TOKENS_PER_SECOND) for v in raw]
     best = max((v for v in raw if v is not None), default=None)
     if best is None:
         return [0.5] * len(raw)
@@ -76,15 +86,16 @@ def _fraction_of_best(raw: Sequence[float | int | None]) -> list[float]:
 
 def _drain_time_score(cands: Sequence[Candidate]) -> list[float]:
     """Shortest backlog drain time over each one's (1 = the least backed-up node)."""
-    speeds = sorted(c.tokens_per_second for c in cands
+    speeds = sorted(_clamp(c.tokens_per_second, 1e-3, MAX_TOKENS_PER_SECOND) for c in cands
                     if c.tokens_per_second is not None and c.tokens_per_second > 0)
     typical = speeds[len(speeds) // 2] if speeds else 1.0
     drain = []
     for c in cands:
-        speed = c.tokens_per_second if c.tokens_per_second and c.tokens_per_second > 0 \
-            else typical
-        # load_ratio plus this request's own share of a slot.
-        drain.append((load_ratio(c) + 1.0 / max(c.capacity, 1)) / speed)
+        speed = _clamp(c.tokens_per_second, 1e-3, MAX_TOKENS_PER_SECOND) \
+            if c.tokens_per_second and c.tokens_per_second > 0 else typical
+        capacity = _clamp(c.capacity, 1, MAX_CAPACITY)
+        # load_ratio plus this request's own share of a slot; always > 0 after clamping.
+        drain.append((load_ratio(c) + 1.0 / capacity) / speed)
     best = min(drain, default=1.0)
     return [best / d for d in drain]
 
