@@ -63,6 +63,15 @@ def get(url: str) -> Any:
         return None
 
 
+def loaded_info(api: int) -> Any:
+    """The replica's node-info once its model is loaded (--preload loads in the
+    background: a round resuming on a replica still loading would measure the load)."""
+    info = get(f"http://127.0.0.1:{api}/v1/node/info")
+    if not info or not any(m["id"] == MODEL and m["loaded"] for m in info["models"]):
+        return None
+    return info
+
+
 def healthy_replicas(front: str) -> set[str]:
     doc = get(front + "/v1/peers")
     if not doc:
@@ -178,8 +187,7 @@ def main() -> int:
                     for name, (p2p, api) in specs.items()}
         ids: dict[str, str] = {}
         for name, (_, api) in specs.items():
-            info = wait_until(lambda a=api: get(f"http://127.0.0.1:{a}/v1/node/info"),
-                              timeout_s=120)
+            info = wait_until(lambda a=api: loaded_info(a), timeout_s=120)
             if not info:
                 raise SystemExit(f"{name} did not start; see {logs}")
             ids[name] = info["node"]["peer_id"]
@@ -200,6 +208,8 @@ def main() -> int:
                     children[name].proc.wait(10)
                 p2p, api = specs[name]
                 children[name] = start_replica(group, logs, name, p2p, api)
+                if not wait_until(lambda a=api: loaded_info(a), timeout_s=120):
+                    raise SystemExit(f"{name} did not load its model again; see {logs}")
                 # Back in rotation: healthy again and its breaker no longer open (a new
                 # process behind a tripped breaker goes half-open at once).
                 if not wait_until(lambda: (len(healthy_replicas(front)) == 2

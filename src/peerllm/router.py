@@ -178,9 +178,9 @@ class Router:
                                          half_open_successes=st.breaker_half_open_successes,
                                          trial_timeout_s=st.breaker_trial_timeout_s)
         self.breakers: dict[str, Breaker] = {}
-        # Peers whose breaker was tripped because they died -> the boot nonce they had
-        # then; node-info with another nonce is a new process: trial traffic at once. (A
-        # reconnect of the same process waits out the cooldown: a flaky link stays out.)
+        # Peers whose breaker opened -> the boot nonce of the process that failed; node-info
+        # with another nonce is a new process: trial traffic at once. (A reconnect of the
+        # same process waits out the cooldown: a flaky link stays out.)
         self._tripped: dict[str, bytes | None] = {}
         p2p = node.config.p2p
         self.policy = Policy(protocol=wi.PROTOCOL_ID, breaker=self.breaker_cfg,
@@ -328,17 +328,17 @@ class Router:
             return
         now = trio.current_time()
         b = self.breakers.get(peer_id, Breaker())
-        if down:
-            if b.state is BreakerState.OPEN and state_at(b, now, self.breaker_cfg) \
-                    is BreakerState.OPEN:
-                return  # already open: keep its cooldown running, do not restart it
+        if down and state_at(b, now, self.breaker_cfg) is not BreakerState.OPEN:
             b = trip(b, now)
-            entry = self._node.registry.get(peer_id)
-            self._tripped[peer_id] = entry.info.boot_nonce if entry and entry.info else None
         elif ok:
             b = on_success(b, now, self.breaker_cfg)
-        else:
+        elif not down:  # (already open and down: keep its cooldown running)
             b = on_failure(b, now, self.breaker_cfg)
+        if b.state is BreakerState.OPEN:
+            # Remember which process failed: a new one behind this peer ID (another boot
+            # nonce) gets trial traffic at once instead of waiting out the cooldown.
+            entry = self._node.registry.get(peer_id)
+            self._tripped[peer_id] = entry.info.boot_nonce if entry and entry.info else None
         if b.state is BreakerState.OPEN and self.breakers.get(peer_id, Breaker()).state \
                 is not BreakerState.OPEN:
             entry = self._node.registry.get(peer_id)
@@ -351,10 +351,12 @@ class Router:
                        self.breaker_cfg.cooldown_s)
         self.breakers[peer_id] = b
 
-    def _peer_down(self, exc: Exception) -> bool:
-        """A failure that proves the peer is gone, not just one request gone wrong."""
-        return isinstance(exc, PeerUnavailable | PeerConnectionLost) \
-            and not self._node.host.is_connected(exc.peer_id)
+    def _peer_down(self, peer_id: str, exc: Exception) -> bool:
+        """A failure that proves the peer is gone, not just one request gone wrong: the
+        stream or dial failed (a killed peer's stream just ends before `done`) and there
+        is no connection to it any more."""
+        return isinstance(exc, PeerUnavailable | PeerConnectionLost | ProtocolError) \
+            and not self._node.host.is_connected(peer_id)
 
     def _remember_affinity(self, session: str, peer_id: str) -> None:
         self.affinity.pop(session, None)
@@ -529,7 +531,8 @@ class Router:
                         failure.append(rejected)
                         placed.set()
                     return
-                self._record(cand.peer_id, ok=False, down=self._peer_down(exc))
+                self._record(cand.peer_id, ok=False,
+                             down=self._peer_down(cand.peer_id, exc))
                 hint = getattr(exc, "retry_after_s", None)
                 if isinstance(hint, int | float):
                     busy_hints.append(float(hint))
