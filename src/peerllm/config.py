@@ -196,8 +196,8 @@ class SchedulingSettings:
     breaker_cooldown_s: float = 30.0  # open -> half-open after this long
     breaker_half_open_successes: int = 2  # half-open -> closed after this many successes
     breaker_trial_timeout_s: float = 10.0  # a half-open trial with no answer by then failed
-    first_token_timeout_s: float = 60.0  # per queued request ahead (router.first_token_limit)
-    stall_timeout_s: float = 15.0  # cap on a remote stream's silence mid-way (router.stall_limit)
+    first_token_timeout_s: float = 60.0  # per queued request ahead (scheduling.timeouts)
+    stall_timeout_s: float = 15.0  # cap on a remote stream's silence mid-way (scheduling.timeouts)
 
     def __post_init__(self) -> None:
         strategy = _str("scheduling.strategy", self.strategy)

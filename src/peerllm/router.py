@@ -63,6 +63,7 @@ from .scheduling.breaker import (
 from .scheduling.candidates import Candidate
 from .scheduling.filter import NodeView, OfferedModel, Policy, filter_candidates
 from .scheduling.mcda import Scored, Weights, apply_affinity, rank_by
+from .scheduling.timeouts import first_token_limit, smoothed_gap, stall_limit
 from .serving import local_error_to_wire, to_wire_request
 from .wire import infer as wi
 from .wire import nodeinfo as wni
@@ -327,21 +328,17 @@ class Router:
         if peer_id == self._node.peer_id:
             return
         now = trio.current_time()
-        b = self.breakers.get(peer_id, Breaker())
-        if down and state_at(b, now, self.breaker_cfg) is not BreakerState.OPEN:
-            b = trip(b, now)
-        elif ok:
-            b = on_success(b, now, self.breaker_cfg)
-        elif not down:  # (already open and down: keep its cooldown running)
-            b = on_failure(b, now, self.breaker_cfg)
-        if b.state is BreakerState.OPEN:
+        before = self.breakers.get(peer_id, Breaker())
+        was_open = state_at(before, now, self.breaker_cfg) is BreakerState.OPEN
+        if down:  # (already open: keep its cooldown running)
+            b = before if was_open else trip(before, now)
+        else:
+            b = (on_success if ok else on_failure)(before, now, self.breaker_cfg)
+        if not was_open and state_at(b, now, self.breaker_cfg) is BreakerState.OPEN:
             # Remember which process failed: a new one behind this peer ID (another boot
             # nonce) gets trial traffic at once instead of waiting out the cooldown.
             entry = self._node.registry.get(peer_id)
             self._tripped[peer_id] = entry.info.boot_nonce if entry and entry.info else None
-        if b.state is BreakerState.OPEN and self.breakers.get(peer_id, Breaker()).state \
-                is not BreakerState.OPEN:
-            entry = self._node.registry.get(peer_id)
             who = f"{entry.name} ({peer_id})" if entry is not None and entry.name else peer_id
             why = ("its connection is gone" if down else
                    f"{b.consecutive_failures} consecutive failed requests")
@@ -562,15 +559,17 @@ class Router:
         self.in_flight[cand.peer_id] = self.in_flight.get(cand.peer_id, 0) + 1
         try:
             async with self._client.request(cand.peer_id, wire_req) as remote:
+                queued_there = 0
                 if remote.accepted.load is not None:
                     self.load_hints[cand.peer_id] = (remote.accepted.load, time.time())
+                    queued_there = remote.accepted.load.queued
                 yield _Attempt(served_by=cand.peer_id,
                                served_by_name=cand.name or cand.peer_id, local=False,
                                events=_remote_events(
                                    remote.events(), req.model, cand.peer_id,
                                    first_token_s=first_token_limit(
                                        self._settings.first_token_timeout_s,
-                                       remote.accepted.load, loaded=cand.loaded),
+                                       queued_there, loaded=cand.loaded),
                                    stall_s=self._settings.stall_timeout_s))
         finally:
             node.after_remote_request(cand.peer_id)
@@ -584,30 +583,6 @@ async def _local_events(chunks: GenerationStream) -> AsyncGenerator[TokenChunk |
         yield item
         if isinstance(item, Done):
             return
-
-
-MODEL_LOAD_ALLOWANCE_S = 120.0  # the engine's default model-load timeout
-
-
-def first_token_limit(base_s: float, load: wi.LoadHint | None, *, loaded: bool) -> float:
-    """How long a peer that accepted a request may take to its first token: ``base_s``
-    for the request itself and for each one queued there when it was accepted, plus a
-    model load if the model was not in memory. A busy peer is slow, not broken."""
-    queued = load.queued if load is not None else 0
-    return base_s * (1 + queued) + (0.0 if loaded else MODEL_LOAD_ALLOWANCE_S)
-
-
-STALL_FLOOR_S = 2.0
-STALL_GAP_FACTOR = 20.0
-
-
-def stall_limit(gap_s: float | None, cap_s: float) -> float:
-    """How long a stream may stay silent mid-way: 20× its usual gap between frames, at
-    least 2 s (a healthy node never pauses that long between tokens), at most ``cap_s``
-    (the configured stall_timeout_s, which also applies before a gap is known)."""
-    if gap_s is None:
-        return cap_s
-    return min(cap_s, max(STALL_FLOOR_S, STALL_GAP_FACTOR * gap_s))
 
 
 async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], model: str,
@@ -631,7 +606,7 @@ async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], mode
                 return
             now = trio.current_time()
             if not first:
-                gap = now - last if gap is None else 0.8 * gap + 0.2 * (now - last)
+                gap = smoothed_gap(gap, now - last)
             first, last = False, now
             if isinstance(ev, wi.Tokens):
                 if ev.text:

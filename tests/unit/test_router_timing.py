@@ -21,11 +21,10 @@ from peerllm.config import NodeConfig
 from peerllm.errors import InferenceRejected, PeerConnectionLost, PeerTimeout
 from peerllm.inference.request import Done, GenerationRequest, SamplingParams, TokenChunk
 from peerllm.p2p.registry import PeerRegistry, Source
-from peerllm.router import (
+from peerllm.router import NoRoute, Router
+from peerllm.scheduling.timeouts import (
     MODEL_LOAD_ALLOWANCE_S,
     STALL_FLOOR_S,
-    NoRoute,
-    Router,
     first_token_limit,
     stall_limit,
 )
@@ -411,7 +410,6 @@ async def test_a_reconnect_of_the_same_process_waits_out_the_cooldown(
 
 
 def test_first_token_limit_allows_for_the_queue_and_a_model_load() -> None:
-    busy = wi.LoadHint(active=1, queued=2, capacity=1)
-    assert first_token_limit(60.0, None, loaded=True) == 60.0
-    assert first_token_limit(60.0, busy, loaded=True) == 180.0
-    assert first_token_limit(60.0, busy, loaded=False) == 180.0 + MODEL_LOAD_ALLOWANCE_S
+    assert first_token_limit(60.0, 0, loaded=True) == 60.0
+    assert first_token_limit(60.0, 2, loaded=True) == 180.0
+    assert first_token_limit(60.0, 2, loaded=False) == 180.0 + MODEL_LOAD_ALLOWANCE_S
