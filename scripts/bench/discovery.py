@@ -607,14 +607,14 @@ def _ms(t0: float) -> float:
 
 async def _rpc_bench(node: Any, peer: str, requests: int) -> dict[str, Any]:
     """``requests`` sequential node-info calls on one open stream (the opening call excluded)."""
-    await node.info_client.fetch(peer)  # opens (or reuses) the stream; not counted
+    await node.membership.info_client.fetch(peer)  # opens (or reuses) the stream; not counted
     wall: list[float] = []
     rtt: list[float] = []
     errors = 0
     for _ in range(requests):
         t0 = time.perf_counter()
         try:
-            _info, rtt_ms = await node.info_client.fetch(peer)
+            _info, rtt_ms = await node.membership.info_client.fetch(peer)
         except Exception:
             errors += 1
             continue
@@ -651,7 +651,7 @@ async def _probe(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     t_open = time.perf_counter()
     async with open_node(node_cfg) as node:
         out["open_ms"] = _ms(t_open)
-        dht = node.dht
+        dht = node.membership.dht
         assert dht is not None
         kad = dht.kad
 

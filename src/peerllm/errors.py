@@ -201,3 +201,16 @@ class InferenceTimeout(InferenceError):
     def __init__(self, model_id: str, timeout_s: float) -> None:
         super().__init__(model_id, f"inference timed out after {timeout_s:g}s")
         self.timeout_s = timeout_s
+
+
+class NoRoute(PeerLLMError):
+    """No node can serve the request; ``reasons`` says why, per candidate."""
+
+    def __init__(self, model: str, reasons: dict[str, str], *, known: bool,
+                 retry_after_s: float | None = None) -> None:
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
+        super().__init__(f"model {model!r}: {detail}")
+        self.model = model
+        self.reasons = reasons
+        self.known = known  # False: nobody in the mesh has this model at all
+        self.retry_after_s = retry_after_s  # soonest a busy candidate expects a free slot

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import peerllm
+from peerllm.api import open_api
 from peerllm.config import NodeConfig, config_from_mapping
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
 from tests.integration.conftest import wait_until as wait_until
@@ -29,8 +30,7 @@ def api_config(tmp_path: Path, name: str = "api") -> NodeConfig:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[peerllm.Node]:
-    async with peerllm.open_node(api_config(tmp_path)) as n:
-        assert n.api_url is not None
+    async with peerllm.open_node(api_config(tmp_path)) as n, open_api(n):
         yield n
 
 

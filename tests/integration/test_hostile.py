@@ -73,7 +73,7 @@ async def test_bad_frames_on_node_info(make_config: MakeConfig) -> None:
                 except Exception:  # reset by the target: exactly what we expect
                     pass
         # The target is still up, and still answers this very peer correctly.
-        await attacker.info_client.drop(target.peer_id)
-        info, _ = await attacker.info_client.fetch(target.peer_id)
+        await attacker.membership.info_client.drop(target.peer_id)
+        info, _ = await attacker.membership.info_client.fetch(target.peer_id)
         assert info.name == "target"
         assert info.peer_id == target.peer_id

@@ -7,6 +7,7 @@ import pytest
 import trio
 
 import peerllm
+from peerllm.api import open_api
 from peerllm.node import Node
 
 from .conftest import MakeConfig, healthy_names, wait_until
@@ -50,33 +51,32 @@ async def test_chain_of_three_finds_everyone_through_the_dht(make_config: MakeCo
 
 
 async def test_api_documents_and_headers(make_config: MakeConfig) -> None:
-    async with peerllm.open_node(make_config("apinode")) as a:
-        assert a.api_url is not None
-        async with httpx.AsyncClient(base_url=a.api_url, trust_env=False) as http:
-            r = await http.get("/v1/node/info")
-            assert r.status_code == 200
-            assert r.headers["x-peerllm-node-id"] == a.identity.node_id
-            assert r.headers["x-peerllm-node-name"] == "apinode"
-            doc = r.json()
-            assert doc["node"]["peer_id"] == a.peer_id
-            assert doc["node"]["name"] == "apinode"
-            assert doc["node"]["uptime_seconds"] >= 0
-            assert doc["resources"]["cpu_cores"] >= 1
-            assert doc["resources"]["ram_total_bytes"] > 0
-            assert isinstance(doc["resources"]["gpus"], list)
-            assert all(addr.endswith(f"/p2p/{a.peer_id}") for addr in doc["network"]["addrs"])
-            assert doc["models"] == []
-            status = await http.get("/v1/node/status")
-            assert status.json()["status"] == "ok"
-            peers = (await http.get("/v1/peers")).json()
-            assert peers["self"]["node"]["peer_id"] == a.peer_id
-            assert peers["peers"] == []
-            missing = await http.get("/v1/nope")
-            assert missing.status_code == 404
-            assert "x-peerllm-node-id" in missing.headers
-            assert "error" in missing.json()
-            bad = await http.get("/v1/peers/lookup")
-            assert bad.status_code == 400
+    async with peerllm.open_node(make_config("apinode")) as a, open_api(a) as url, \
+            httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        r = await http.get("/v1/node/info")
+        assert r.status_code == 200
+        assert r.headers["x-peerllm-node-id"] == a.identity.node_id
+        assert r.headers["x-peerllm-node-name"] == "apinode"
+        doc = r.json()
+        assert doc["node"]["peer_id"] == a.peer_id
+        assert doc["node"]["name"] == "apinode"
+        assert doc["node"]["uptime_seconds"] >= 0
+        assert doc["resources"]["cpu_cores"] >= 1
+        assert doc["resources"]["ram_total_bytes"] > 0
+        assert isinstance(doc["resources"]["gpus"], list)
+        assert all(addr.endswith(f"/p2p/{a.peer_id}") for addr in doc["network"]["addrs"])
+        assert doc["models"] == []
+        status = await http.get("/v1/node/status")
+        assert status.json()["status"] == "ok"
+        peers = (await http.get("/v1/peers")).json()
+        assert peers["self"]["node"]["peer_id"] == a.peer_id
+        assert peers["peers"] == []
+        missing = await http.get("/v1/nope")
+        assert missing.status_code == 404
+        assert "x-peerllm-node-id" in missing.headers
+        assert "error" in missing.json()
+        bad = await http.get("/v1/peers/lookup")
+        assert bad.status_code == 400
 
 
 async def test_node_info_is_signed_and_refreshed(make_config: MakeConfig) -> None:
@@ -88,7 +88,7 @@ async def test_node_info_is_signed_and_refreshed(make_config: MakeConfig) -> Non
         seq1 = first.info.seq
         await wait_until(lambda: b.registry.get(a.peer_id).info.seq > seq1,  # type: ignore[union-attr]
                          what="a periodic node-info refresh")
-        assert first.info.boot_nonce == a.boot_nonce
+        assert first.info.boot_nonce == a.local.boot_nonce
 
 
 async def test_duplicate_names_are_shown_as_conflicts(make_config: MakeConfig,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from peerllm.mesh.documents import peer_row
 from peerllm.p2p.registry import PeerRegistry, PeerState, Source
 from peerllm.wire import nodeinfo as w
 
@@ -46,7 +47,7 @@ def test_info_makes_healthy_then_stale_then_unreachable() -> None:
     assert e is not None
     assert e.state is PeerState.HEALTHY
     assert e.reason is None
-    row = e.to_json()
+    row = peer_row(e, breaker="closed")
     assert row["models"] == ["m"]
     assert row["state"] == "healthy"
     r.refresh_states(now=50)

@@ -18,10 +18,20 @@ import pytest
 import trio
 
 from peerllm.config import NodeConfig
-from peerllm.errors import InferenceRejected, PeerConnectionLost, PeerTimeout
+from peerllm.errors import (
+    InferenceRejected,
+    LocalProtocolError,
+    NoRoute,
+    PeerConnectionLost,
+    PeerTimeout,
+    PeerUnavailable,
+)
 from peerllm.inference.request import Done, GenerationRequest, SamplingParams, TokenChunk
+from peerllm.mesh.breakers import BreakerBook
+from peerllm.mesh.explain import explain
+from peerllm.mesh.router import Router, breaker_config
 from peerllm.p2p.registry import PeerRegistry, Source
-from peerllm.router import NoRoute, Router
+from peerllm.scheduling.filter import Policy
 from peerllm.scheduling.timeouts import (
     MODEL_LOAD_ALLOWANCE_S,
     STALL_FLOOR_S,
@@ -105,13 +115,17 @@ class ScriptedClient:
 class FakeHost:
     def __init__(self) -> None:
         self.down: set[str] = set()
+        self.disconnected: list[str] = []
 
     def is_connected(self, peer_id: str) -> bool:
         return peer_id not in self.down
 
+    async def disconnect(self, peer_id: str) -> None:
+        self.disconnected.append(peer_id)
+
 
 class FakeNode:
-    """The parts of Node the router reads: config, registry, host; no engine."""
+    """The router's ports in one place: self view (no engine), registry, links, hooks."""
 
     def __init__(self, peers: list[str]) -> None:
         self.config = NodeConfig()
@@ -130,8 +144,14 @@ class FakeNode:
         self.registry.info_received(peer_id, info(peer_id, nonce), rtt_ms=1.0, now=time.time(),
                                     compatible_version=w.PROTOCOL_VERSION)
 
-    def model_ids(self) -> list[str]:
+    def model_statuses(self) -> list[Any]:
         return []
+
+    def resources(self) -> w.Resources:
+        return w.Resources(cpu_cores=2, ram_total_bytes=1, ram_free_bytes=1, gpus=())
+
+    def capacity(self) -> int:
+        return 0
 
     def suspect_peer(self, peer_id: str) -> None:
         self.suspected.append(peer_id)
@@ -139,16 +159,24 @@ class FakeNode:
     def after_remote_request(self, peer_id: str) -> None:
         pass
 
-    async def find_providers(self, model: str) -> list[tuple[str, list[str]]]:
-        return []
+    async def discover(self, model: str) -> None:
+        pass
 
 
 def make_router(scripts: dict[str, list[list[Step]]], *, seed: int = 1
                 ) -> tuple[Router, FakeNode, ScriptedClient]:
     node = FakeNode(list(scripts))
-    router = Router(cast(Any, node), rng=random.Random(seed))
     client = ScriptedClient(scripts)
-    router._client = cast(Any, client)
+    cfg = node.config
+    breakers = BreakerBook(breaker_config(cfg.scheduling), node.registry, self_peer_id="self",
+                           clock=trio.current_time)
+    p2p = cfg.p2p
+    router = Router(local=cast(Any, node), registry=node.registry, breakers=breakers,
+                    transport=cast(Any, client), links=node.host, hooks=node,
+                    settings=cfg.scheduling, rng=random.Random(seed),
+                    policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
+                                  max_info_age_s=p2p.heartbeat_interval_s
+                                  * (p2p.heartbeat_misses + 1)))
     return router, node, client
 
 
@@ -175,7 +203,7 @@ def ok() -> list[Step]:
 
 
 def state(router: Router, peer: str) -> str:
-    return router.breaker_state(peer).split(":")[0].split(" ")[0]
+    return router.breakers.describe(peer).split(":")[0].split(" ")[0]
 
 
 async def test_breaker_opens_after_three_failures_and_tries_again_after_the_cooldown(
@@ -261,11 +289,12 @@ async def test_failover_stays_inside_the_request_deadline(
 
 async def test_a_dead_peer_trips_its_breaker_at_once_and_a_restart_reopens_it(
         autojump_clock: trio.abc.Clock) -> None:
-    router, node, _ = make_router({"a": [[PeerConnectionLost("a", "reset")], ok()],
+    # Its stream breaks before it accepts, and the one redial is refused: it is dead.
+    router, node, _ = make_router({"a": [[PeerConnectionLost("a", "reset")],
+                                         [PeerUnavailable("a", "refused")], ok()],
                                    "b": [ok()]})
-    router._rng = random.Random(0)
+    router.rng = random.Random(0)
     node.host.down.add("a")
-    router.breakers.clear()
     # Make "a" the first choice, then kill it before its first token.
     router.weights = type(router.weights)(free_memory=0, load=0, latency=1, throughput=0)
     node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]
@@ -310,10 +339,10 @@ async def test_the_load_in_accepted_is_used_until_newer_node_info_arrives(
     await run(router)
     (c,), _ = router.candidates(MODEL)
     assert (c.active, c.queued, c.capacity, c.degraded) == (2, 5, 2, True)
-    assert router.explain(MODEL)["candidates"][0]["load"]["from"] == "accepted"  # type: ignore[index]
+    assert explain(router, MODEL)["candidates"][0]["load"]["from"] == "accepted"  # type: ignore[index]
     node.restart("a", b"\x01" * 16)  # a node-info refresh after the request
     (c,), _ = router.candidates(MODEL)
-    assert (c.active, c.queued) == (0, 0) and "a" not in router.load_hints
+    assert (c.active, c.queued) == (0, 0) and "a" not in router.loads.hints
 
 
 @pytest.mark.parametrize(("per_token_s", "expected_wait_s"), [
@@ -334,7 +363,7 @@ async def test_a_frozen_peer_mid_stream_is_resumed_elsewhere_after_a_stall(
     (_, ta, _), (pb, tb, rb) = client.calls
     assert (pb, rb) == ("b", "xybcd")
     assert tb - ta == pytest.approx(0.1 + 4 * per_token_s + expected_wait_s)
-    assert "closed (1 recent" in router.breaker_state("a")  # a failure, not proof of death
+    assert "closed (1 recent" in router.breakers.describe("a")  # a failure, not proof of death
 
 
 def test_stall_limit() -> None:
@@ -359,7 +388,7 @@ async def test_state_of_peers_the_registry_dropped_is_forgotten(
         autojump_clock: trio.abc.Clock) -> None:
     import time
     router, node, _ = make_router({"a": [[timeout("a")]], "b": [ok()]})
-    router.peer_down("a")
+    router.breakers.peer_down("a")
     assert state(router, "a") == "open"
     node.registry.failed("a", "gone", now=time.time(), refused=True)
     node.registry.max_peers = 2
@@ -391,10 +420,10 @@ async def test_a_trial_is_released_when_the_caller_goes_away_or_the_peer_refuses
     await trio.sleep(cfg.breaker_cooldown_s)
     with trio.move_on_after(1.0):  # the caller gives up before "a" accepts
         await run(router)
-    assert router.breakers["a"].trials == () and state(router, "a") == "half-open"
+    assert router.breakers.get("a").trials == () and state(router, "a") == "half-open"
     with pytest.raises(InferenceRejected):  # "a" answered: a refusal, not a dead trial
         await run(router)
-    assert router.breakers["a"].trials == () and state(router, "a") == "half-open"
+    assert router.breakers.get("a").trials == () and state(router, "a") == "half-open"
     await trio.sleep(cfg.breaker_trial_timeout_s + 1)
     assert state(router, "a") == "half-open"  # nothing left to time out
 
@@ -402,7 +431,7 @@ async def test_a_trial_is_released_when_the_caller_goes_away_or_the_peer_refuses
 async def test_a_reconnect_of_the_same_process_waits_out_the_cooldown(
         autojump_clock: trio.abc.Clock) -> None:
     router, node, _ = make_router({"a": [ok()]})
-    router.peer_down("a")
+    router.breakers.peer_down("a")
     node.restart("a", b"\x01" * 16)  # node-info again, same boot nonce: same process
     assert state(router, "a") == "open"
     await trio.sleep(NodeConfig().scheduling.breaker_cooldown_s)
@@ -413,3 +442,52 @@ def test_first_token_limit_allows_for_the_queue_and_a_model_load() -> None:
     assert first_token_limit(60.0, 0, loaded=True) == 60.0
     assert first_token_limit(60.0, 2, loaded=True) == 180.0
     assert first_token_limit(60.0, 2, loaded=False) == 180.0 + MODEL_LOAD_ALLOWANCE_S
+
+
+async def test_a_busy_peer_is_not_a_broken_peer(autojump_clock: trio.abc.Clock) -> None:
+    busy = InferenceRejected("too_many_streams", "at most 8", retryable=True, retry_after_s=0.2)
+    router, node, client = make_router({"a": [[busy]] * 6 + [ok()], "b": [ok()]})
+    node.registry.get("b").rtt_ms = 500.0  # type: ignore[union-attr]  # "a" ranks first
+    for _ in range(6):
+        text, _ = await run(router)
+        assert text == "ab"
+        await trio.sleep(0.3)  # past its Retry-After: "a" is a candidate again
+    assert [p for p, _, _ in client.calls].count("a") == 6
+    assert state(router, "a") == "closed" and node.suspected == []
+
+
+async def test_a_busy_peer_is_left_alone_until_its_retry_after(
+        autojump_clock: trio.abc.Clock) -> None:
+    busy = InferenceRejected("busy", "queue full", retryable=True, retry_after_s=5.0)
+    router, _, client = make_router({"a": [[busy]]})
+    with pytest.raises(NoRoute) as err:
+        await run(router)
+    assert err.value.retry_after_s == 5.0
+    with pytest.raises(NoRoute) as again:
+        await run(router)
+    assert len(client.calls) == 1  # not asked again before its Retry-After
+    assert "busy" in again.value.reasons["a"]
+    await trio.sleep(5.0)
+    assert router.candidates(MODEL)[0] and state(router, "a") == "closed"
+
+
+async def test_our_own_encoder_refusing_the_request_does_not_blame_the_peer(
+        autojump_clock: trio.abc.Clock) -> None:
+    refused = LocalProtocolError("messages: at most 256 turns")
+    router, node, _ = make_router({"a": [[refused]] * 5})
+    for _ in range(5):
+        with pytest.raises(InferenceRejected) as err:
+            await run(router)
+        assert err.value.code == "bad_request" and not err.value.retryable
+        assert "256" in err.value.message
+    assert state(router, "a") == "closed" and node.suspected == []
+
+
+async def test_a_stale_connection_is_redialled_and_the_same_peer_retried(
+        autojump_clock: trio.abc.Clock) -> None:
+    stale = PeerConnectionLost("a", "write failed: StreamReset")
+    router, node, client = make_router({"a": [[stale], ok()]})
+    text, _ = await run(router)  # "a" is the only replica: no request is lost
+    assert text == "ab"
+    assert node.host.disconnected == ["a"] and [p for p, _, _ in client.calls] == ["a", "a"]
+    assert state(router, "a") == "closed"

@@ -59,7 +59,7 @@ def build_app(node: Node) -> ASGIApp:
         model = request.query_params.get("model")
         if not model:
             return _error(400, "the query parameter 'model' is required")
-        return JSONResponse(node.router.explain(model))
+        return JSONResponse(node.explain(model))
 
     async def lookup(request: Request) -> Response:
         name = request.query_params.get("name")

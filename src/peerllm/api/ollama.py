@@ -23,7 +23,7 @@ from .._version import __version__
 from ..errors import ModelNotFound
 from ..inference.engine import Done, SamplingParams
 from ..inference.specs import quant_from_filename
-from ..router import Routed
+from ..mesh.routed import Routed
 from . import schemas
 from .generation import (
     SESSION_HEADER,

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..inference.engine import Done
-from ..router import Routed
+from ..mesh.routed import Routed
 from ..scheduling.candidates import Candidate
 from . import schemas
 from .generation import (

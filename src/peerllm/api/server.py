@@ -1,8 +1,14 @@
-"""Serve the API with hypercorn's trio worker inside the node's own trio loop."""
+"""Serve a node's HTTP API with hypercorn's trio worker, next to the node in one trio loop.
+
+``open_api(node)`` is how the daemon and library users run it: the API is bound and
+``node.api_url`` set when the block is entered, and stops when it is left.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -38,3 +44,15 @@ async def serve_api(node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK
         url = binds[0] if binds else f"http://{bind_host}:{node.config.api.port}"
         logger.info("HTTP API on %s", url)
         task_status.started(url)
+
+
+@asynccontextmanager
+async def open_api(node: Node) -> AsyncIterator[str]:
+    """Serve ``node``'s API (``node.config.api``) inside the block; yields its base URL."""
+    async with trio.open_nursery() as nursery:
+        node.api_url = await nursery.start(serve_api, node)
+        try:
+            yield node.api_url
+        finally:
+            node.api_url = None
+            nursery.cancel_scope.cancel()

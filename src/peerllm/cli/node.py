@@ -95,6 +95,7 @@ def _flags_layer(o: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_daemon(cfg: NodeConfig, inference: InferenceConfig | None = None) -> None:
+    from ..api import open_api
     from ..node import open_node
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -108,7 +109,7 @@ async def run_daemon(cfg: NodeConfig, inference: InferenceConfig | None = None) 
                     return
 
             nursery.start_soon(wait_for_signal)
-            async with open_node(cfg, inference=inference) as n:
+            async with open_node(cfg, inference=inference) as n, open_api(n):
                 _print_banner(n)
                 await trio.sleep_forever()
 

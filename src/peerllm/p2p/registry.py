@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from ..wire.nodeinfo import NodeInfo
 
@@ -55,43 +54,6 @@ class PeerEntry:
     @property
     def name(self) -> str | None:
         return self.info.name if self.info else None
-
-    def to_json(self) -> dict[str, Any]:
-        info = self.info
-        return {
-            "peer_id": self.peer_id,
-            "name": info.name if info else None,
-            "id": info.node_id if info else None,
-            "addrs": list(info.addrs) if info and info.addrs else list(self.addrs),
-            "models": [m.id for m in info.models] if info else [],
-            "state": self.state.value,
-            "sources": sorted(s.value for s in self.sources),
-            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
-            "last_seen": self.last_seen,
-            "reason": self.reason,
-            "connected": self.connected,
-            "location": info.location if info else None,
-            "tags": list(info.tags) if info else [],
-            "version": info.software_version if info else None,
-            "resources": _resources_json(info),
-            "load": ({"active": info.load.active, "queued": info.load.queued,
-                      "capacity": info.load.capacity} if info else None),
-            "conflicts": list(self.conflicts),
-        }
-
-
-def _resources_json(info: NodeInfo | None) -> dict[str, Any] | None:
-    if info is None:
-        return None
-    r = info.resources
-    return {
-        "cpu_cores": r.cpu_cores,
-        "ram_total_bytes": r.ram_total_bytes,
-        "ram_free_bytes": r.ram_free_bytes,
-        "gpus": [{"index": g.index, "name": g.name, "vram_total_bytes": g.vram_total_bytes,
-                  "vram_free_bytes": g.vram_free_bytes} for g in r.gpus],
-        "vram_free_bytes": sum(g.vram_free_bytes for g in r.gpus),
-    }
 
 
 # A second boot nonce for the same peer ID within this window means two live
@@ -216,7 +178,3 @@ class PeerRegistry:
 
     def by_name(self, name: str) -> list[PeerEntry]:
         return [e for e in self._peers.values() if e.info is not None and e.info.name == name]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [e.to_json() for e in sorted(self._peers.values(),
-                                            key=lambda e: (e.name or "~", e.peer_id))]

@@ -47,6 +47,8 @@ class NodeView:
     tokens_per_second: float | None = None
     in_flight: int = 0
     breaker: Breaker = field(default_factory=Breaker)
+    busy_for_s: float = 0.0
+    """How much longer it asked us to wait (Retry-After of its last "busy" refusal)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,6 +121,8 @@ def exclusion_reason(view: NodeView, model: OfferedModel, now: float, policy: Po
         return f"does not speak {policy.protocol}"
     if not allows(view.breaker, now, policy.breaker):
         return f"circuit breaker {describe(view.breaker, now, policy.breaker)}"
+    if view.busy_for_s > 0:
+        return f"busy: asked us to retry in {view.busy_for_s:.1f} s"
     return memory_shortfall(view, model)
 
 

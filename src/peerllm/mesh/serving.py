@@ -1,16 +1,16 @@
-"""Serving peers' infer requests on the local engine, and mapping generation requests and
-engine errors to and from the /peerllm/infer wire messages (both directions of the mesh).
+"""Both directions of /peerllm/infer on our side: serving peers' requests on the local
+engine, and mapping generation requests, events and engine errors to and from the wire.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import (
+from ..errors import (
     InferenceCancelled,
     InferenceRejected,
     InferenceTimeout,
@@ -20,12 +20,17 @@ from .errors import (
     ModelNotFound,
     PeerLLMError,
 )
-from .inference.request import ChatMessage, GenerationRequest, SamplingParams, TokenChunk
-from .p2p.infer import Finished, Generator, Piece
-from .wire import infer as wi
-
-if TYPE_CHECKING:
-    from .node import Node
+from ..inference.request import (
+    ChatMessage,
+    Done,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenChunk,
+)
+from ..p2p.infer import Finished, Generator, Piece, RemoteGeneration
+from ..wire import infer as wi
+from .ports import SelfView
 
 _ENGINE_ERRORS = (ModelNotFound, ModelBusy, InvalidInferenceRequest, InferenceTimeout,
                   InferenceCancelled, ModelLoadError)
@@ -79,16 +84,36 @@ def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
         raise InferenceRejected("bad_request", str(exc), retryable=False) from exc
 
 
+async def remote_events(remote: RemoteGeneration, model: str
+                        ) -> AsyncGenerator[TokenChunk | Done, None]:
+    """A remote stream's frames as the engine's events."""
+    async with contextlib.aclosing(remote.events()) as frames:
+        async for ev in frames:
+            if isinstance(ev, wi.Tokens):
+                if ev.text:
+                    yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)
+            else:
+                reason: FinishReason = ("stop" if ev.finish_reason == "stop" else
+                                        "length" if ev.finish_reason == "length"
+                                        else "cancelled")
+                yield Done(finish_reason=reason, prompt_tokens=ev.prompt_tokens,
+                           completion_tokens=ev.completion_tokens, ttft_ms=ev.ttft_ms,
+                           total_ms=ev.total_ms, model=model)
 
-def serve_generator(node: Node) -> Generator:
-    """The InferServer's generator: run a peer's request on the local engine."""
+
+def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generator:
+    """The InferServer's generator: run a peer's request on the local engine.
+
+    ``served`` lists the model ids this node serves right now.
+    """
 
     @asynccontextmanager
     async def generate(req: wi.InferRequest, peer: str
                        ) -> AsyncIterator[trio.MemoryReceiveChannel[Piece | Finished]]:
-        engine = node.engine
-        if engine is None or req.model not in node.model_ids():
-            raise InferenceRejected("model_not_found", f"{node.name} does not serve {req.model}",
+        engine = local.engine
+        if engine is None or req.model not in served():
+            raise InferenceRejected("model_not_found",
+                                    f"{local.name} does not serve {req.model}",
                                     retryable=False)
         gen_req = from_wire_request(req)
         send, recv = trio.open_memory_channel[Piece | Finished](64)

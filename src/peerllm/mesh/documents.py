@@ -1,0 +1,83 @@
+"""The JSON documents that describe a node: ``/v1/node/info``, ``peers --json`` rows.
+
+A NodeInfo is turned into JSON here and nowhere else; the API and the CLI read these
+shapes (README "Running a mesh").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..p2p.registry import PeerEntry
+from ..wire import nodeinfo as wni
+
+Json = dict[str, Any]
+
+
+def resources_doc(r: wni.Resources) -> Json:
+    return {
+        "cpu_cores": r.cpu_cores,
+        "ram_total_bytes": r.ram_total_bytes,
+        "ram_free_bytes": r.ram_free_bytes,
+        "gpus": [{"index": g.index, "name": g.name, "vram_total_bytes": g.vram_total_bytes,
+                  "vram_free_bytes": g.vram_free_bytes} for g in r.gpus],
+        "vram_free_bytes": sum(g.vram_free_bytes for g in r.gpus),
+    }
+
+
+def load_doc(load: wni.Load) -> Json:
+    return {"active": load.active, "queued": load.queued, "capacity": load.capacity}
+
+
+def info_document(info: wni.NodeInfo, *, uptime_s: float, network: Json) -> Json:
+    """The ``GET /v1/node/info`` document (also ``self`` in ``peers --json``)."""
+    return {
+        "node": {
+            "id": info.node_id,
+            "peer_id": info.peer_id,
+            "name": info.name,
+            "version": info.software_version,
+            "uptime_seconds": round(uptime_s, 3),
+            "location": info.location,
+            "tags": list(info.tags),
+            "boot_nonce": info.boot_nonce.hex(),
+        },
+        "capabilities": {
+            "protocols": list(info.capabilities.protocols),
+            "features": list(info.capabilities.features),
+            "private_network": info.capabilities.private_network,
+            "protocol_version": info.protocol_version,
+        },
+        "resources": resources_doc(info.resources),
+        "network": {"addrs": list(info.addrs), **network},
+        "models": [{"id": m.id, "loaded": m.loaded, "size_bytes": m.size_bytes,
+                    "context_size": m.context_size, "tags": list(m.tags)} for m in info.models],
+        "load": load_doc(info.load),
+        "performance": {"tokens_per_second": info.performance.tokens_per_second,
+                        "ttft_ms": info.performance.ttft_ms},
+    }
+
+
+def peer_row(e: PeerEntry, *, breaker: str) -> Json:
+    """One row of ``GET /v1/peers`` / ``peerllm peers --json``."""
+    info = e.info
+    return {
+        "peer_id": e.peer_id,
+        "name": info.name if info else None,
+        "id": info.node_id if info else None,
+        "addrs": list(info.addrs) if info and info.addrs else list(e.addrs),
+        "models": [m.id for m in info.models] if info else [],
+        "state": e.state.value,
+        "sources": sorted(s.value for s in e.sources),
+        "rtt_ms": None if e.rtt_ms is None else round(e.rtt_ms, 3),
+        "last_seen": e.last_seen,
+        "reason": e.reason,
+        "connected": e.connected,
+        "location": info.location if info else None,
+        "tags": list(info.tags) if info else [],
+        "version": info.software_version if info else None,
+        "resources": resources_doc(info.resources) if info else None,
+        "load": load_doc(info.load) if info else None,
+        "conflicts": list(e.conflicts),
+        "breaker": breaker,
+    }

@@ -1,0 +1,337 @@
+"""One request's attempts: try candidates in rank order, fail over, resume mid-stream.
+
+A failure before the first token moves on to the next candidate (short, jittered
+backoff, inside the request's deadline); a stream that breaks or goes silent after
+tokens were delivered resumes on another replica from the text so far. Who broke it
+decides what happens next:
+
+* our own encoder refusing the request (LocalProtocolError) is our fault: the caller
+  gets a 400 naming the limit; the peer is not blamed;
+* a peer that says "busy" / "too many streams" is healthy: the request moves on, the
+  peer is left alone until its Retry-After, and its breaker is untouched;
+* a stale connection (a restarted peer) is dropped and the same peer redialled once;
+* anything else the peer did counts against its breaker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import trio
+
+from ..config import SchedulingSettings
+from ..errors import (
+    InferenceCancelled,
+    InferenceRejected,
+    InferenceTimeout,
+    LocalProtocolError,
+    ModelBusy,
+    ModelLoadError,
+    NoRoute,
+    PeerConnectionLost,
+    PeerError,
+    PeerLLMError,
+    PeerTimeout,
+    PeerUnavailable,
+    ProtocolError,
+)
+from ..inference.request import Done, GenerationRequest, TokenChunk
+from ..scheduling.candidates import Candidate
+from ..scheduling.mcda import Scored
+from ..scheduling.timeouts import first_token_limit, smoothed_gap, stall_limit
+from .breakers import BreakerBook
+from .ports import InferTransport, Links, PeerHooks, SelfView
+from .routed import Event, Item, Routed
+from .serving import local_error_to_wire, remote_events, to_wire_request
+from .views import PeerLoads
+
+logger = logging.getLogger(__name__)
+
+_ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, ModelBusy,
+                          ModelLoadError, InferenceTimeout, InferenceCancelled)
+BUSY_CODES: Final = frozenset({"busy", "too_many_streams"})
+DEFAULT_BUSY_BACKOFF_S: Final = 1.0
+
+
+@dataclass
+class _Attempt:
+    served_by: str
+    served_by_name: str
+    local: bool
+    events: AsyncGenerator[Event, None]
+
+
+class Placer(Protocol):
+    """What a placement uses of its router (mesh.router.Router)."""
+
+    local: SelfView
+    breakers: BreakerBook
+    loads: PeerLoads
+    transport: InferTransport
+    links: Links
+    hooks: PeerHooks
+    settings: SchedulingSettings
+    rng: random.Random
+
+    def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]: ...
+
+    def ranked(self, cands: list[Candidate], session: str | None
+               ) -> tuple[list[Candidate], list[Scored]]: ...
+
+    def remember_affinity(self, session: str, peer_id: str) -> None: ...
+
+
+class Placement:
+    """The attempts of one request; reports every outcome on ``send`` or ``failure``."""
+
+    def __init__(self, router: Placer, req: GenerationRequest, *, session: str | None,
+                 deadline_s: float, routed: Routed,
+                 send: trio.MemorySendChannel[Item]) -> None:
+        self.r = router
+        self.req = req
+        self.session = session
+        self.deadline_s = deadline_s
+        self.routed = routed
+        self.send = send
+        self.placed = trio.Event()
+        self.failure: PeerLLMError | None = None
+        self._reasons: dict[str, str] = {}
+        self._tried: set[str] = set()
+        self._redialled: set[str] = set()
+        self._busy_hints: list[float] = []
+        self._text = ""  # delivered to the caller so far
+        self._tokens = 0
+
+    async def fail(self, exc: PeerLLMError) -> None:
+        """End the request with ``exc``: raised from ``open`` or from ``events()``."""
+        if self.placed.is_set():
+            await self.send.send(exc)
+        else:
+            self.failure = exc
+            self.placed.set()
+
+    async def run(self) -> None:
+        started = trio.current_time()
+        model = self.req.model
+        while True:
+            cands, excluded = self.r.candidates(model)
+            if not cands and not self._tried:
+                await self.r.hooks.discover(model)
+                cands, excluded = self.r.candidates(model)
+            for label, why in excluded.items():
+                self._reasons.setdefault(label, why)
+            order, scored = self.r.ranked(cands, self.session)
+            ranked = [c for c in order if c.peer_id not in self._tried]
+            if not ranked:
+                await self.fail(NoRoute(
+                    model, self._reasons,
+                    known=bool(self._tried) or bool(cands) or bool(excluded),
+                    retry_after_s=min(self._busy_hints, default=None)))
+                return
+            cand = ranked[0]
+            self._tried.add(cand.peer_id)
+            left = self.deadline_s - (trio.current_time() - started)
+            if left <= 0:
+                self._reasons[cand.name or cand.peer_id] = \
+                    "request deadline passed before this candidate was tried"
+                continue
+            self.routed.score = next((sc.total for sc in scored
+                                      if sc.candidate.peer_id == cand.peer_id), None)
+            outcome = await self._try(cand, left)
+            if outcome == "done":
+                return
+            if outcome == "retry_same":
+                self._tried.discard(cand.peer_id)
+            elif not self._tokens:
+                await trio.sleep(min(0.05 * 2 ** (len(self._tried) - 1), 1.0)
+                                 * (0.5 + self.r.rng.random()))
+
+    def _attempt_request(self) -> GenerationRequest:
+        if not self._tokens:
+            return self.req
+        p = self.req.params
+        return dataclasses.replace(
+            self.req, resume_text=self.req.resume_text + self._text,
+            params=dataclasses.replace(p, max_tokens=max(1, p.max_tokens - self._tokens)))
+
+    async def _try(self, cand: Candidate, left_s: float) -> str:
+        """One attempt on ``cand``: "done", "next" (try another) or "retry_same"."""
+        r, label = self.r, cand.name or cand.peer_id
+        got_here = 0
+        accepted = False
+        attempted_at = trio.current_time()
+        if not cand.local:
+            r.breakers.attempt(cand.peer_id, attempted_at)
+        try:
+            async with self._attempt(cand, self._attempt_request(), left_s) as attempt:
+                # Accepted: the peer answered, so a half-open trial is not "unanswered"
+                # however long the generation takes; its outcome still counts below.
+                accepted = True
+                r.breakers.release_trial(cand.peer_id, attempted_at)
+                self._accepted(attempt, label)
+                async with contextlib.aclosing(attempt.events) as events:
+                    async for ev in events:
+                        if isinstance(ev, TokenChunk):
+                            got_here += ev.n_tokens
+                            self._text += ev.text
+                            self._tokens += ev.n_tokens
+                            await self.send.send(ev)
+                        else:
+                            await self._finished(cand, ev)
+                            return "done"
+        except trio.Cancelled:
+            r.breakers.release_trial(cand.peer_id, attempted_at)  # not the peer's doing
+            raise
+        except LocalProtocolError as exc:
+            # Our encoder refused our own request: no peer can take it, none is to blame.
+            r.breakers.release_trial(cand.peer_id, attempted_at)
+            await self.fail(InferenceRejected("bad_request", str(exc), retryable=False))
+            return "done"
+        except _ATTEMPT_ERRORS as exc:
+            return await self._failed(cand, exc, attempted_at=attempted_at,
+                                      accepted=accepted, got_here=got_here)
+        # The stream ended without Done (a local generation hit the deadline).
+        return "next"
+
+    def _accepted(self, attempt: _Attempt, label: str) -> None:
+        routed = self.routed
+        routed.served_by = attempt.served_by
+        routed.served_by_name = attempt.served_by_name
+        routed.local = attempt.local
+        routed.attempts = list(self._reasons)
+        if self.placed.is_set():
+            routed.resumed += 1
+            logger.info("resumed %s on %s after %d tokens", self.req.model, label,
+                        self._tokens)
+        self.placed.set()
+
+    async def _finished(self, cand: Candidate, done: Done) -> None:
+        self.r.breakers.record(cand.peer_id, ok=True)
+        if self.session is not None:
+            self.r.remember_affinity(self.session, cand.peer_id)
+        # A resumed attempt counts only its own tokens (its prompt_tokens exclude
+        # resume_text): report it all.
+        await self.send.send(dataclasses.replace(done, completion_tokens=self._tokens)
+                             if self.routed.resumed else done)
+
+    async def _failed(self, cand: Candidate, exc: Exception, *, attempted_at: float,
+                      accepted: bool, got_here: int) -> str:
+        r, label, peer = self.r, cand.name or cand.peer_id, cand.peer_id
+        rejected = exc if isinstance(exc, InferenceRejected) else (
+            local_error_to_wire(exc) if isinstance(exc, PeerLLMError)
+            and not isinstance(exc, PeerError | ProtocolError) else None)
+        if rejected is not None and not rejected.retryable:
+            r.breakers.release_trial(peer, attempted_at)  # it did answer
+            await self.fail(rejected)
+            return "done"
+        self._reasons[label] = str(exc)
+        hint = getattr(exc, "retry_after_s", None)
+        if rejected is not None and rejected.code in BUSY_CODES:
+            # Busy is not broken: leave its breaker alone and it alone until Retry-After.
+            r.breakers.release_trial(peer, attempted_at)
+            wait = float(hint) if isinstance(hint, int | float) else DEFAULT_BUSY_BACKOFF_S
+            self._busy_hints.append(wait)
+            r.loads.busy_until[peer] = trio.current_time() + wait
+            logger.info("%s is busy (%s); trying the next candidate", label, rejected.code)
+            return "next"
+        if isinstance(hint, int | float):
+            self._busy_hints.append(float(hint))
+        if not accepted and not cand.local and peer not in self._redialled \
+                and isinstance(exc, PeerConnectionLost):
+            # Often a stale connection to a peer that restarted: drop it and dial again
+            # once before blaming the peer.
+            self._redialled.add(peer)
+            r.breakers.release_trial(peer, attempted_at)
+            await r.links.disconnect(peer)
+            logger.info("connection to %s failed before it accepted (%s); redialling", label,
+                        exc)
+            return "retry_same"
+        r.breakers.record(peer, ok=False, down=self._peer_down(peer, exc))
+        logger.info("request for %s failed on %s after %d tokens: %s; trying next",
+                    self.req.model, label, got_here, exc)
+        if isinstance(exc, PeerError | ProtocolError):
+            r.hooks.suspect_peer(peer)
+        return "next"
+
+    def _peer_down(self, peer_id: str, exc: Exception) -> bool:
+        """A failure that proves the peer is gone, not just one request gone wrong: the
+        stream or dial failed (a killed peer's stream just ends before `done`) and there
+        is no connection to it any more."""
+        return isinstance(exc, PeerUnavailable | PeerConnectionLost | ProtocolError) \
+            and not self.r.links.is_connected(peer_id)
+
+    @asynccontextmanager
+    async def _attempt(self, cand: Candidate, req: GenerationRequest, deadline_s: float
+                       ) -> AsyncIterator[_Attempt]:
+        r = self.r
+        engine = r.local.engine
+        if cand.local:
+            if engine is None:  # a local candidate exists only with an engine
+                raise RuntimeError("local candidate without an engine")
+            r.loads.routed[cand.peer_id] = r.loads.routed.get(cand.peer_id, 0) + 1
+            with trio.move_on_after(deadline_s):
+                async with engine.stream(req) as chunks:
+                    yield _Attempt(served_by=r.local.peer_id, served_by_name=r.local.name,
+                                   local=True, events=_local_events(chunks))
+            return
+        wire_req = to_wire_request(req, request_id=r.transport.next_request_id(),
+                                   deadline_s=deadline_s, session=self.session)
+        r.loads.started(cand.peer_id)
+        try:
+            async with r.transport.request(cand.peer_id, wire_req) as remote:
+                queued_there = 0
+                if remote.accepted.load is not None:
+                    r.loads.hints[cand.peer_id] = (remote.accepted.load, time.time())
+                    queued_there = remote.accepted.load.queued
+                yield _Attempt(
+                    served_by=cand.peer_id, served_by_name=cand.name or cand.peer_id,
+                    local=False,
+                    events=_silence_limited(
+                        remote_events(remote, req.model), cand.peer_id,
+                        first_token_s=first_token_limit(r.settings.first_token_timeout_s,
+                                                        queued_there, loaded=cand.loaded),
+                        stall_s=r.settings.stall_timeout_s))
+        finally:
+            r.hooks.after_remote_request(cand.peer_id)
+            r.loads.finished(cand.peer_id)
+
+
+async def _local_events(chunks: AsyncIterator[Event]) -> AsyncGenerator[Event, None]:
+    async for item in chunks:
+        yield item
+        if isinstance(item, Done):
+            return
+
+
+async def _silence_limited(events: AsyncGenerator[Event, None], peer: str, *,
+                           first_token_s: float, stall_s: float
+                           ) -> AsyncGenerator[Event, None]:
+    """The peer's events; a peer silent for ``first_token_s`` before its first frame, or
+    for ``stall_limit`` after it, has failed the request (PeerTimeout): a frozen peer
+    keeps its TCP connection open, so only silence tells."""
+    async with contextlib.aclosing(events) as evs:
+        first = True
+        gap: float | None = None  # smoothed time between frames
+        last = 0.0
+        while True:
+            limit = first_token_s if first else stall_limit(gap, stall_s)
+            with trio.move_on_after(limit) as waited:
+                ev = await anext(evs, None)
+            if waited.cancelled_caught:
+                raise PeerTimeout(peer, f"no {'first token' if first else 'token'} within "
+                                  f"{limit:g} s", phase="first_token" if first else "stall")
+            if ev is None:
+                return
+            now = trio.current_time()
+            if not first:
+                gap = smoothed_gap(gap, now - last)
+            first, last = False, now
+            yield ev

@@ -1,0 +1,342 @@
+"""Who is in the mesh: bootstrap, heartbeat, DHT maintenance, mDNS, redial, node-info.
+
+``Membership.run`` owns one nursery with every membership loop; the router reaches it
+only through the PeerHooks port (suspect a peer, refresh it after a request, discover a
+model's providers). Every delay comes from the pure policy in scheduling.membership.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..config import DiscoveryConfig, P2PConfig
+from ..errors import (
+    DiscoveryError,
+    NetworkKeyMismatch,
+    PeerConnectionLost,
+    PeerError,
+    PeerUnavailable,
+    ProtocolError,
+)
+from ..p2p.dht import Dht
+from ..p2p.host import ConnectionEvent, P2PHost
+from ..p2p.known_peers import KnownPeers
+from ..p2p.mdns import MdnsAnnouncement, open_mdns
+from ..p2p.nodeinfo import NodeInfoClient
+from ..p2p.registry import PeerRegistry, PeerState, Source
+from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
+from ..wire import nodeinfo as wni
+from .local import LocalNode
+
+logger = logging.getLogger(__name__)
+
+MAX_PROVIDERS_DIALLED = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class NameLookup:
+    """Where a friendly name points, as found in the registry or the DHT."""
+
+    name: str
+    peer_id: str
+    node_id: str
+    addrs: tuple[str, ...]
+    models: tuple[str, ...]
+
+
+class Membership:
+    """Keeps the peer registry true: finds peers, fetches their node-info, drops the dead."""
+
+    def __init__(self, *, local: LocalNode, host: P2PHost, dht: Dht | None,
+                 registry: PeerRegistry, info_client: NodeInfoClient, known_peers: KnownPeers,
+                 p2p: P2PConfig, discovery: DiscoveryConfig,
+                 on_peer_down: Callable[[str], None]) -> None:
+        self.local = local
+        self.host = host
+        self.dht = dht
+        self.registry = registry
+        self.info_client = info_client
+        self.known_peers = known_peers
+        self._p2p = p2p
+        self._discovery = discovery
+        self._on_peer_down = on_peer_down
+        self._connecting: set[str] = set()
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._started = 0.0
+
+    # -- the loops ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run every membership loop until cancelled; started once mDNS is announcing."""
+        self._started = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._on_connection_events, nursery)
+                nursery.start_soon(self._heartbeat, nursery)
+                if self._discovery.mdns:
+                    await nursery.start(self._mdns)
+                for peer_id, addrs in self.known_peers.load():
+                    nursery.start_soon(self.connect_peer, peer_id, addrs, Source.CACHE)
+                for addr in self._p2p.bootstrap:
+                    nursery.start_soon(self._bootstrap, addr)
+                nursery.start_soon(self._dht_maintenance, nursery)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self.known_peers.save_if_dirty()
+            with trio.move_on_after(1, shield=True):
+                await self.info_client.aclose()
+
+    async def _on_connection_events(self, nursery: trio.Nursery) -> None:
+        async for ev in self.host.events:
+            self._on_connection_event(ev, nursery)
+
+    def _on_connection_event(self, ev: ConnectionEvent, nursery: trio.Nursery) -> None:
+        now = time.time()
+        if ev.kind == "disconnected":
+            self.registry.set_connected(ev.peer_id, False, now=now)
+            return
+        if ev.inbound:
+            self.registry.saw(ev.peer_id, Source.INBOUND, now=now)
+        self.registry.set_connected(ev.peer_id, True, now=now)
+        if ev.peer_id not in self._connecting:
+            nursery.start_soon(self._welcome, ev.peer_id)
+
+    async def _welcome(self, peer_id: str) -> None:
+        if self.dht is not None:
+            await self.dht.add_peer(peer_id)
+        entry = self.registry.get(peer_id)
+        if entry is not None and entry.info is None:
+            await self.refresh_peer(peer_id)
+
+    async def _bootstrap(self, addr: str) -> None:
+        delay = next_bootstrap_delay(None)
+        while True:
+            try:
+                peer_id = await self.host.connect_addr(addr)
+            except NetworkKeyMismatch as exc:
+                logger.error("bootstrap peer %s is in another network: %s", addr, exc.message)
+                self.registry.saw(exc.peer_id, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
+                self.registry.failed(exc.peer_id, "network key differs", now=time.time(),
+                                     refused=True)
+                return
+            except PeerError as exc:
+                logger.info("bootstrap %s not reachable yet: %s", addr, exc.message)
+            except ValueError as exc:  # unparsable multiaddr slipped past config validation
+                logger.error("bad bootstrap address %s: %s", addr, exc)
+                return
+            else:
+                await self.connect_peer(peer_id, [addr], Source.BOOTSTRAP)
+                self._wake.set()
+                e = self.registry.get(peer_id)
+                if e is not None and e.state is PeerState.HEALTHY:
+                    delay = next_bootstrap_delay(None)
+                # Keep watching: a bootstrap peer that drops is redialled.
+                while self.host.is_connected(peer_id):
+                    await trio.sleep(self._p2p.heartbeat_interval_s)
+            await trio.sleep(delay)
+            delay = next_bootstrap_delay(delay)
+
+    async def _heartbeat(self, nursery: trio.Nursery) -> None:
+        interval = self._p2p.heartbeat_interval_s
+        while True:
+            await trio.sleep(interval)
+            now = time.time()
+            for entry in self.registry.entries():
+                if entry.peer_id in self._connecting:
+                    continue
+                if entry.connected or entry.state in (PeerState.HEALTHY, PeerState.STALE):
+                    nursery.start_soon(self.refresh_peer, entry.peer_id)
+                elif entry.state is PeerState.UNREACHABLE and entry.addrs and redial_due(
+                        interval_s=interval, failures=entry.consecutive_failures,
+                        since_last_s=now - (entry.last_seen or entry.first_seen)):
+                    nursery.start_soon(self.connect_peer, entry.peer_id, entry.addrs,
+                                       next(iter(entry.sources), Source.CACHE))
+            self.registry.refresh_states(now=now)
+            self.known_peers.save_if_dirty()
+
+    async def _dht_maintenance(self, nursery: trio.Nursery) -> None:
+        dht = self.dht
+        if dht is None:
+            return
+        last_publish = -1e9
+        while True:
+            if trio.current_time() - last_publish >= self._discovery.dht_republish_s \
+                    and dht.routing_peers():
+                last_publish = trio.current_time()
+                nursery.start_soon(self._publish)
+            await dht.refresh()
+            for peer_id in dht.routing_peers():
+                entry = self.registry.get(peer_id)
+                # Unreachable and refused peers are redialled by the heartbeat, with backoff.
+                if entry is None or (entry.state is not PeerState.HEALTHY and not entry.connected
+                                     and entry.state not in (PeerState.REFUSED,
+                                                             PeerState.UNREACHABLE)):
+                    nursery.start_soon(self.connect_peer, peer_id, [], Source.DHT)
+                elif Source.DHT not in entry.sources:
+                    entry.sources.add(Source.DHT)
+            with trio.move_on_after(dht_poll_period(
+                    uptime_s=trio.current_time() - self._started)):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _publish(self) -> None:
+        if self.dht is None:
+            return
+        name = self.local.name
+        await self.dht.publish(addrs=self.local.addrs(), models=self.local.model_ids(),
+                               ttl_s=self._discovery.record_ttl_s)
+        claim = await self.dht.find_name(name)
+        if claim is not None and claim.peer_id != self.local.peer_id:
+            logger.warning("name %r is also claimed in the DHT by %s (node %s); "
+                           "choose another --name to avoid confusion",
+                           name, claim.peer_id, claim.node_id)
+            self.registry.saw(claim.peer_id, Source.DHT, now=time.time())
+            self.registry.note_name_conflict(claim.peer_id, f"also claims our name {name!r}")
+
+    async def _mdns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        addrs = tuple(self.local.addrs())
+        ann = MdnsAnnouncement(peer_id=self.local.peer_id, name=self.local.name,
+                               port=_first_tcp_port(addrs), addrs=addrs,
+                               models=tuple(self.local.model_ids()))
+        try:
+            async with open_mdns(ann, interfaces=self._discovery.mdns_interfaces) as mdns:
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    async for peer in mdns.discovered():
+                        nursery.start_soon(self.connect_peer, peer.peer_id, list(peer.addrs),
+                                           Source.MDNS)
+        except DiscoveryError as exc:
+            logger.error("mDNS discovery is off: %s", exc)
+            task_status.started()
+
+    # -- one peer ----------------------------------------------------------------------
+
+    async def connect_peer(self, peer_id: str, addrs: list[str], source: Source) -> bool:
+        """Note ``peer_id`` from ``source``, connect and fetch its node-info. True if healthy."""
+        entry = self.registry.saw(peer_id, source, now=time.time(), addrs=addrs)
+        if entry is None or peer_id in self._connecting:
+            return entry is not None and entry.state is PeerState.HEALTHY
+        self._connecting.add(peer_id)
+        try:
+            await self.host.connect(peer_id, entry.addrs)
+            if self.dht is not None:
+                await self.dht.add_peer(peer_id)
+            await self.refresh_peer(peer_id)
+        except NetworkKeyMismatch as exc:
+            logger.warning("peer %s is in another network: %s", peer_id, exc.message)
+            self.registry.failed(peer_id, "network key differs", now=time.time(), refused=True)
+        except PeerError as exc:
+            logger.info("cannot reach %s (%s): %s", peer_id, source.value, exc.message)
+            self.registry.failed(peer_id, exc.message, now=time.time(),
+                                 max_misses=self._p2p.heartbeat_misses)
+        finally:
+            self._connecting.discard(peer_id)
+        e = self.registry.get(peer_id)
+        return e is not None and e.state is PeerState.HEALTHY
+
+    async def refresh_peer(self, peer_id: str) -> None:
+        """Ask one peer for its node-info now and record the outcome."""
+        try:
+            info, rtt_ms = await self.info_client.fetch(peer_id)
+        except (PeerError, ProtocolError) as exc:
+            if isinstance(exc, PeerUnavailable | PeerConnectionLost) \
+                    and not self.host.is_connected(peer_id):
+                # Refused, or its connection dropped: it is gone (or cut off) until it
+                # answers again.
+                self._on_peer_down(peer_id)
+            reason = exc.message if isinstance(exc, PeerError) else f"bad node-info: {exc}"
+            entry = self.registry.failed(peer_id, reason, now=time.time(),
+                                         refused=isinstance(exc, NetworkKeyMismatch),
+                                         max_misses=self._p2p.heartbeat_misses)
+            if entry is not None and entry.state is PeerState.UNREACHABLE:
+                # Yamux never notices a frozen peer; drop the connection so a redial
+                # starts clean when it comes back.
+                await self.host.disconnect(peer_id)
+            return
+        entry = self.registry.info_received(peer_id, info, rtt_ms=rtt_ms, now=time.time(),
+                                            compatible_version=wni.PROTOCOL_VERSION)
+        if entry is not None:
+            self.known_peers.remember(peer_id, list(info.addrs), info.name)
+            self._check_name(peer_id, info.name)
+
+    def _check_name(self, peer_id: str, name: str) -> None:
+        """Flag two live keys answering to one friendly name (names are not unique by force)."""
+        if name == self.local.name:
+            msg = f"uses our name {name!r}"
+            entry = self.registry.get(peer_id)
+            if entry is not None and msg not in entry.conflicts:
+                logger.warning("peer %s also calls itself %r; names should be unique "
+                               "(pick another with --name)", peer_id, name)
+            self.registry.note_name_conflict(peer_id, msg)
+        for other in self.registry.by_name(name):
+            if other.peer_id != peer_id:
+                self.registry.note_name_conflict(peer_id, f"name {name!r} also used by "
+                                                          f"{other.peer_id}")
+                self.registry.note_name_conflict(other.peer_id, f"name {name!r} also used by "
+                                                                f"{peer_id}")
+
+    # -- PeerHooks (for the router) -----------------------------------------------------
+
+    def suspect_peer(self, peer_id: str) -> None:
+        """A request to ``peer_id`` just failed: stop routing to it now, re-check it soon."""
+        self.registry.failed(peer_id, "a request to it failed", now=time.time(),
+                             max_misses=self._p2p.heartbeat_misses)
+        if self._nursery is not None:
+            self._nursery.start_soon(self.refresh_peer, peer_id)
+
+    def after_remote_request(self, peer_id: str) -> None:
+        """A request on ``peer_id`` finished: refresh its load now, not at the next beat."""
+        if self._nursery is not None and peer_id != self.local.peer_id:
+            self._nursery.start_soon(self.refresh_peer, peer_id)
+
+    async def discover(self, model: str) -> None:
+        """Nobody known serves ``model``: ask the DHT for providers and meet them."""
+        providers = await self.find_providers(model)
+        async with trio.open_nursery() as nursery:
+            for peer_id, addrs in providers[:MAX_PROVIDERS_DIALLED]:
+                if peer_id != self.local.peer_id:
+                    nursery.start_soon(self.connect_peer, peer_id, addrs, Source.DHT)
+
+    # -- lookups -----------------------------------------------------------------------
+
+    async def find_providers(self, model: str) -> list[tuple[str, list[str]]]:
+        if self.dht is None:
+            return []
+        return await self.dht.find_providers(model)
+
+    async def find_by_name(self, name: str) -> NameLookup | None:
+        """Resolve a friendly name through the registry, then the DHT's signed records."""
+        for e in self.registry.by_name(name):
+            if e.info is not None and e.state is PeerState.HEALTHY:
+                return NameLookup(name=name, peer_id=e.peer_id, node_id=e.info.node_id,
+                                  addrs=e.info.addrs, models=tuple(m.id for m in e.info.models))
+        if self.dht is None:
+            return None
+        claim = await self.dht.find_name(name)
+        if claim is None:
+            return None
+        record = await self.dht.find_node(claim.peer_id)
+        return NameLookup(name=name, peer_id=claim.peer_id, node_id=claim.node_id,
+                          addrs=record.addrs if record else (),
+                          models=record.models if record else ())
+
+
+def _first_tcp_port(addrs: tuple[str, ...]) -> int:
+    for a in addrs:
+        parts = a.split("/")
+        if "tcp" in parts:
+            i = parts.index("tcp")
+            if i + 1 < len(parts) and parts[i + 1].isdigit():
+                return int(parts[i + 1])
+    return 0

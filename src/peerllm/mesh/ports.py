@@ -1,0 +1,77 @@
+"""The small typed ports the mesh depends on; the real adapters are p2p/ and inference/.
+
+Each port names only what its user calls, so tests pass small fakes and the mesh never
+reaches into a god object.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from ..inference.engine import GenerationStream
+from ..inference.registry import ModelStatus
+from ..inference.request import GenerationRequest
+from ..p2p.infer import RemoteGeneration
+from ..wire import infer as wi
+from ..wire import nodeinfo as wni
+
+
+class Links(Protocol):
+    """Which peers we hold a live connection to."""
+
+    def is_connected(self, peer_id: str) -> bool: ...
+
+    async def disconnect(self, peer_id: str) -> None: ...
+
+
+class InferTransport(Protocol):
+    """Sends one infer request to a peer and streams its answer (p2p.infer.InferClient)."""
+
+    def next_request_id(self) -> int: ...
+
+    def request(self, peer_id: str, req: wi.InferRequest
+                ) -> AbstractAsyncContextManager[RemoteGeneration]: ...
+
+
+class LocalEngine(Protocol):
+    """This node's own inference engine (inference.engine.Engine)."""
+
+    def stream(self, req: GenerationRequest) -> AbstractAsyncContextManager[GenerationStream]: ...
+
+
+class SelfView(Protocol):
+    """What the mesh needs to know about this node (mesh.local.LocalNode)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def engine(self) -> LocalEngine | None: ...
+
+    def model_statuses(self) -> list[ModelStatus]: ...
+
+    def resources(self) -> wni.Resources: ...
+
+    def capacity(self) -> int: ...
+
+
+class PeerHooks(Protocol):
+    """What the router tells membership after a request (mesh.membership.Membership)."""
+
+    def suspect_peer(self, peer_id: str) -> None: ...
+
+    def after_remote_request(self, peer_id: str) -> None: ...
+
+    async def discover(self, model: str) -> None: ...
+
+
+class ProviderLookup(Protocol):
+    """Finding the peers that serve a model in the DHT (p2p.dht.Dht)."""
+
+    async def find_providers(self, model: str, count: int = 20
+                             ) -> list[tuple[str, list[str]]]: ...
+

@@ -1,0 +1,104 @@
+"""How the router sees every node right now: NodeViews from our engine, the peer
+registry, each peer's breaker, and the load peers reported in ``accepted``.
+
+``PeerLoads`` is the router's own per-peer bookkeeping (in-flight counts, fresh load
+hints, "busy, retry after" deadlines); ``build_views`` joins it with the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..p2p.registry import PeerRegistry, PeerState
+from ..scheduling.filter import NodeView, OfferedModel
+from ..wire import infer as wi
+from ..wire import nodeinfo as wni
+from .breakers import BreakerBook
+from .ports import SelfView
+
+
+def free_memory(res: wni.Resources) -> int:
+    """Free VRAM when the node has GPUs, else free RAM."""
+    return sum(g.vram_free_bytes for g in res.gpus) if res.gpus else res.ram_free_bytes
+
+
+def total_memory(res: wni.Resources) -> int:
+    return sum(g.vram_total_bytes for g in res.gpus) if res.gpus else res.ram_total_bytes
+
+
+@dataclass
+class PeerLoads:
+    """What our own requests taught us about each peer's load."""
+
+    in_flight: dict[str, int] = field(default_factory=dict)
+    # peer -> (its load from its last `accepted`, wall time): fresher than node-info.
+    hints: dict[str, tuple[wi.LoadHint, float]] = field(default_factory=dict)
+    # peer -> trio time before which it asked not to be sent more (Retry-After).
+    busy_until: dict[str, float] = field(default_factory=dict)
+    routed: dict[str, int] = field(default_factory=dict)  # destination -> requests (metrics)
+
+    def started(self, peer_id: str) -> None:
+        self.in_flight[peer_id] = self.in_flight.get(peer_id, 0) + 1
+        self.routed[peer_id] = self.routed.get(peer_id, 0) + 1
+
+    def finished(self, peer_id: str) -> None:
+        left = self.in_flight.get(peer_id, 1) - 1
+        if left <= 0:
+            self.in_flight.pop(peer_id, None)
+        else:
+            self.in_flight[peer_id] = left
+
+    def forget_except(self, keep: set[str]) -> None:
+        for table in (self.hints, self.busy_until):
+            for peer_id in [p for p in table if p not in keep]:
+                del table[peer_id]
+
+
+def local_view(local: SelfView) -> NodeView:
+    res = local.resources()
+    statuses = local.model_statuses()
+    return NodeView(
+        peer_id=local.peer_id, name=local.name, local=True,
+        models=tuple(OfferedModel(id=m.id, loaded=m.state == "loaded",
+                                  size_bytes=m.memory_bytes or None) for m in statuses),
+        free_memory_bytes=free_memory(res), total_memory_bytes=total_memory(res),
+        active=sum(m.active for m in statuses), queued=sum(m.queued for m in statuses),
+        capacity=local.capacity(),
+        tokens_per_second=max((m.tokens_per_second for m in statuses
+                               if m.tokens_per_second is not None), default=None))
+
+
+def build_views(local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
+                loads: PeerLoads, *, now: float, wall: float) -> list[NodeView]:
+    """This node (if it has an engine) and every peer with node-info, as of ``now``."""
+    out: list[NodeView] = [local_view(local)] if local.engine is not None else []
+    for e in registry.entries():
+        info = e.info
+        if info is None:
+            continue
+        load: wi.LoadHint | wni.Load = info.load
+        hint = loads.hints.get(e.peer_id)
+        if hint is not None:
+            if e.info_received_at is None or hint[1] >= e.info_received_at:
+                load = hint[0]
+            else:
+                del loads.hints[e.peer_id]  # node-info is newer
+        out.append(NodeView(
+            peer_id=e.peer_id, name=e.name,
+            healthy=e.state is PeerState.HEALTHY,
+            state_reason=f"{e.state.value}: {e.reason or 'not healthy'}",
+            info_age_s=None if e.info_received_at is None
+            else max(0.0, wall - e.info_received_at),
+            protocols=frozenset(info.capabilities.protocols),
+            models=tuple(OfferedModel(id=m.id, loaded=m.loaded, size_bytes=m.size_bytes)
+                         for m in info.models),
+            free_memory_bytes=free_memory(info.resources),
+            total_memory_bytes=total_memory(info.resources),
+            active=load.active, queued=load.queued, capacity=load.capacity,
+            rtt_ms=e.rtt_ms, tokens_per_second=info.performance.tokens_per_second,
+            in_flight=loads.in_flight.get(e.peer_id, 0), breaker=breakers.get(e.peer_id, now),
+            busy_for_s=max(0.0, loads.busy_until.get(e.peer_id, now) - now)))
+    known = {e.peer_id for e in registry.entries()} | set(loads.in_flight)
+    breakers.forget_except(known)
+    loads.forget_except(known)
+    return out
