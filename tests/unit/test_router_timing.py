@@ -456,19 +456,29 @@ async def test_a_busy_peer_is_not_a_broken_peer(autojump_clock: trio.abc.Clock) 
     assert state(router, "a") == "closed" and node.suspected == []
 
 
-async def test_a_busy_peer_is_left_alone_until_its_retry_after(
+async def test_a_busy_peer_is_asked_again_after_its_retry_after(
+        autojump_clock: trio.abc.Clock) -> None:
+    busy = InferenceRejected("busy", "queue full", retryable=True, retry_after_s=5.0)
+    router, _, client = make_router({"a": [[busy], [busy], ok()]})
+    start = trio.current_time()
+    text, _ = await run(router)  # the only replica: the request waits, it is not lost
+    assert text == "ab"
+    times = [t - start for _, t, _ in client.calls]
+    assert len(times) == 3 and times[1] - times[0] >= 5.0 and times[2] - times[1] >= 5.0
+    assert state(router, "a") == "closed"
+
+
+async def test_busy_waiting_stops_at_the_deadline_with_a_retry_after(
         autojump_clock: trio.abc.Clock) -> None:
     busy = InferenceRejected("busy", "queue full", retryable=True, retry_after_s=5.0)
     router, _, client = make_router({"a": [[busy]]})
     with pytest.raises(NoRoute) as err:
-        await run(router)
-    assert err.value.retry_after_s == 5.0
-    with pytest.raises(NoRoute) as again:
-        await run(router)
-    assert len(client.calls) == 1  # not asked again before its Retry-After
-    assert "busy" in again.value.reasons["a"]
-    await trio.sleep(5.0)
-    assert router.candidates(MODEL)[0] and state(router, "a") == "closed"
+        await run(router, deadline_s=8.0)
+    assert err.value.retry_after_s == 5.0 and len(client.calls) == 2
+    assert "busy" in err.value.reasons["a"]
+    with pytest.raises(NoRoute) as again:  # still inside its Retry-After: not asked at all
+        await run(router, deadline_s=1.0)
+    assert len(client.calls) == 2 and "busy" in again.value.reasons["a"]
 
 
 async def test_our_own_encoder_refusing_the_request_does_not_blame_the_peer(

@@ -59,6 +59,8 @@ _ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, ModelBusy
                           ModelLoadError, InferenceTimeout, InferenceCancelled)
 BUSY_CODES: Final = frozenset({"busy", "too_many_streams"})
 DEFAULT_BUSY_BACKOFF_S: Final = 1.0
+MAX_BUSY_WAIT_S: Final = 30.0  # how long one request may wait in all for busy peers
+MIN_BUSY_WAIT_S: Final = 0.05
 
 
 @dataclass
@@ -107,6 +109,8 @@ class Placement:
         self._tried: set[str] = set()
         self._redialled: set[str] = set()
         self._busy_hints: list[float] = []
+        self._busy_peers: set[str] = set()
+        self._busy_waited = 0.0
         self._text = ""  # delivered to the caller so far
         self._tokens = 0
 
@@ -130,6 +134,8 @@ class Placement:
                 self._reasons.setdefault(label, why)
             order, scored = self.r.ranked(cands, self.session)
             ranked = [c for c in order if c.peer_id not in self._tried]
+            if not ranked and await self._wait_for_busy(started):
+                continue
             if not ranked:
                 await self.fail(NoRoute(
                     model, self._reasons,
@@ -154,6 +160,22 @@ class Placement:
                 await trio.sleep(min(0.05 * 2 ** (len(self._tried) - 1), 1.0)
                                  * (0.5 + self.r.rng.random()))
 
+    async def _wait_for_busy(self, started: float) -> bool:
+        """Everyone left said "busy": wait out the soonest Retry-After and ask them again,
+        while the request's deadline and the busy-wait budget allow. True if we waited."""
+        if not self._busy_peers:
+            return False
+        now = trio.current_time()
+        until = self.r.loads.busy_until
+        wait = max(MIN_BUSY_WAIT_S, min(until.get(p, now) - now for p in self._busy_peers))
+        left = self.deadline_s - (now - started)
+        if wait >= left or self._busy_waited + wait > MAX_BUSY_WAIT_S:
+            return False
+        await trio.sleep(wait)
+        self._busy_waited += wait
+        self._tried -= self._busy_peers
+        return True
+
     def _attempt_request(self) -> GenerationRequest:
         if not self._tokens:
             return self.req
@@ -168,6 +190,7 @@ class Placement:
         got_here = 0
         accepted = False
         attempted_at = trio.current_time()
+        self._busy_peers.discard(cand.peer_id)  # busy again? _failed puts it back
         if not cand.local:
             r.breakers.attempt(cand.peer_id, attempted_at)
         try:
@@ -239,6 +262,7 @@ class Placement:
             r.breakers.release_trial(peer, attempted_at)
             wait = float(hint) if isinstance(hint, int | float) else DEFAULT_BUSY_BACKOFF_S
             self._busy_hints.append(wait)
+            self._busy_peers.add(peer)
             r.loads.busy_until[peer] = trio.current_time() + wait
             logger.info("%s is busy (%s); trying the next candidate", label, rejected.code)
             return "next"
