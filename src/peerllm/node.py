@@ -7,7 +7,6 @@ cancels it all.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +33,6 @@ from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, Done, GenerationRequest, SamplingParams, TokenChunk
 from .inference.resources import GpuProbe, probe_resources
-from .inference.settings import InferenceConfig
 from .inference.specs import ModelSpec, node_specs
 from .metrics import Metrics
 from .p2p.dht import Dht, open_dht
@@ -533,12 +531,13 @@ def _sampling(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def model_specs(cfg: NodeConfig, inference: InferenceConfig) -> list[ModelSpec]:
+def model_specs(cfg: NodeConfig) -> list[ModelSpec]:
     """The models this node serves: the bundled default, --model files or ids, models.yaml.
 
     A bad --model entry is logged and skipped so the others still serve; a bad
     models.yaml stops the node (ConfigError names the key).
     """
+    inference = cfg.inference
     catalog = build_catalog(serve_default=cfg.models.serve_default, paths=cfg.models.paths,
                             models_dir=inference.models_dir)
     return node_specs(catalog=catalog, models_yaml=inference.models_config_path,
@@ -547,12 +546,15 @@ def model_specs(cfg: NodeConfig, inference: InferenceConfig) -> list[ModelSpec]:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None, *,
-                    inference: InferenceConfig | None = None) -> AsyncIterator[Node]:
+async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     """Run a full PeerLLM node inside the caller's trio program.
 
     The node is listening, announcing and serving its HTTP API when the block is
-    entered; leaving the block shuts it all down (models are freed).
+    entered; leaving the block shuts it all down (models are freed). The environment
+    is not read: with ``config.data_dir`` None the data dir is the platform default
+    (``peerllm.identity.default_data_dir()``); pass
+    ``data_dir=default_data_dir(os.environ)``, or build the config with
+    ``peerllm.config.load_config(environ=os.environ)``, to honour the variables.
 
     Raises:
         IdentityError: the key or identity file is corrupt or unreadable.
@@ -561,12 +563,11 @@ async def open_node(config: NodeConfig | None = None, *,
     from .api.server import serve_api
 
     cfg = config or NodeConfig()
-    inf = inference or InferenceConfig()
-    data_dir = cfg.data_dir or default_data_dir(dict(os.environ))
+    data_dir = cfg.data_dir or default_data_dir()
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
-    specs = model_specs(cfg, inf)
-    async with _maybe(open_registry(specs, config=inf) if specs else None) as registry, \
+    specs = model_specs(cfg)
+    async with _maybe(open_registry(specs, config=cfg.inference) if specs else None) as registry, \
             open_host(identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
                       network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
                       max_peers=cfg.p2p.max_peers) as host:
