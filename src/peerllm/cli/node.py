@@ -46,7 +46,7 @@ SHUTDOWN_GRACE_S = 4.0
               help="Model id to load at start (repeatable) [env MODEL_PRELOAD].")
 @click.option("--default-model", help="Model for requests that name none [env MODEL_DEFAULT].")
 @click.option("--cache-size-gb", type=float,
-              help="Memory budget for loaded models, GiB (default 75%% of RAM) "
+              help="Memory budget for loaded models, GiB (default 75% of RAM) "
                    "[env MODEL_CACHE_SIZE_GB].")
 @click.option("--max-concurrent", type=int,
               help="Generations at once per model (default 1) [env MODEL_MAX_CONCURRENT].")
