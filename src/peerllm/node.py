@@ -7,7 +7,6 @@ The HTTP API is not started here: the daemon (cli/node.py) serves it next to the
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -23,7 +22,6 @@ from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, Done, GenerationRequest, SamplingParams, TokenChunk
-from .inference.settings import InferenceConfig
 from .inference.specs import ModelSpec, node_specs
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, peer_row
@@ -205,12 +203,13 @@ def _sampling(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def model_specs(cfg: NodeConfig, inference: InferenceConfig) -> list[ModelSpec]:
+def model_specs(cfg: NodeConfig) -> list[ModelSpec]:
     """The models this node serves: the bundled default, --model files or ids, models.yaml.
 
     A bad --model entry is logged and skipped so the others still serve; a bad
     models.yaml stops the node (ConfigError names the key).
     """
+    inference = cfg.inference
     catalog = build_catalog(serve_default=cfg.models.serve_default, paths=cfg.models.paths,
                             models_dir=inference.models_dir)
     return node_specs(catalog=catalog, models_yaml=inference.models_config_path,
@@ -219,26 +218,28 @@ def model_specs(cfg: NodeConfig, inference: InferenceConfig) -> list[ModelSpec]:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None, *,
-                    inference: InferenceConfig | None = None) -> AsyncIterator[Node]:
+async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     """Run a full PeerLLM node inside the caller's trio program.
 
     The node is listening and announcing when the block is entered; leaving the block
     shuts it all down (models are freed). Serve its HTTP API with
-    ``peerllm.api.serve_api`` if you want one.
+    ``peerllm.api.open_api(node)`` if you want one. The environment is not read: with
+    ``config.data_dir`` None the data dir is the platform default
+    (``peerllm.identity.default_data_dir()``); pass ``data_dir=default_data_dir(os.environ)``,
+    or build the config with ``peerllm.config.load_config(environ=os.environ)``, to honour
+    the variables.
 
     Raises:
         IdentityError: the key or identity file is corrupt or unreadable.
         ConfigError: a setting is unusable (e.g. a bad models.yaml).
     """
     cfg = config or NodeConfig()
-    inf = inference or InferenceConfig()
-    data_dir = cfg.data_dir or default_data_dir(dict(os.environ))
+    data_dir = cfg.data_dir or default_data_dir()
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
-    specs = model_specs(cfg, inf)
+    specs = model_specs(cfg)
     async with AsyncExitStack() as stack:
-        registry = await stack.enter_async_context(open_registry(specs, config=inf)) \
+        registry = await stack.enter_async_context(open_registry(specs, config=cfg.inference)) \
             if specs else None
         host = await stack.enter_async_context(open_host(
             identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,

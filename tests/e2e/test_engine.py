@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from peerllm.config import InferenceConfig
 from peerllm.errors import InferenceTimeout, ModelBusy, ModelLoadError
 from peerllm.inference.backend import (
     Benchmark,
@@ -36,7 +37,6 @@ from peerllm.inference.engine import (
 )
 from peerllm.inference.llama import LlamaBackend, LlamaInstance
 from peerllm.inference.registry import ModelRegistry, open_registry
-from peerllm.inference.settings import InferenceConfig
 from peerllm.inference.specs import ModelSpec, bundled_spec
 
 pytestmark = pytest.mark.slow

@@ -1,28 +1,21 @@
-"""Config: defaults, strict validation, unknown keys, YAML loading, env parsing and layering."""
+"""Config sections: defaults, strict validation of every value, unknown keys, API addresses."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from peerllm.config import (
-    ALL_KEYS,
-    ENV_VARS,
     ApiConfig,
     DiscoveryConfig,
     NodeConfig,
     NodeIdentityConfig,
     P2PConfig,
-    config_from_env,
     config_from_mapping,
-    load_yaml_config,
-    merge_layers,
     parse_api_address,
 )
 from peerllm.errors import ConfigError
@@ -290,201 +283,3 @@ def test_parse_api_address_rejects(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_api_address(text)
     assert info.value.key == "api"
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def test_env_maps_every_variable() -> None:
-    env = {
-        "PEERLLM_DATA_DIR": "/data",
-        "PEERLLM_NODE_NAME": "box",
-        "NODE_ID": "6f9619ff-8b86-d011-b42d-00c04fc964ff",
-        "NODE_LOCATION": "rack-2",
-        "NODE_TAGS": " gpu, ,fast,",
-        "PEERLLM_LISTEN": "/ip4/0.0.0.0/tcp/1, /ip4/0.0.0.0/tcp/2",
-        "PEERLLM_BOOTSTRAP": f"/ip4/192.0.2.1/tcp/7470/p2p/{PEER}",
-        "PEERLLM_NETWORK_KEY": KEY,
-        "PEERLLM_MDNS": "off",
-        "PEERLLM_API": "0.0.0.0:9000",
-        "PEERLLM_LOG_LEVEL": "debug",
-        "HOME": "/ignored",
-    }
-    layer = config_from_env(env)
-    assert layer == {
-        "data_dir": "/data",
-        "log_level": "debug",
-        "node": {"name": "box", "id": "6f9619ff-8b86-d011-b42d-00c04fc964ff",
-                 "location": "rack-2", "tags": ["gpu", "fast"]},
-        "p2p": {"listen": ["/ip4/0.0.0.0/tcp/1", "/ip4/0.0.0.0/tcp/2"],
-                "bootstrap": [f"/ip4/192.0.2.1/tcp/7470/p2p/{PEER}"], "network_key": KEY},
-        "discovery": {"mdns": False},
-        "api": {"host": "0.0.0.0", "port": 9000},
-    }
-    config_from_mapping(layer)  # and it validates
-    assert set(ENV_VARS) == {k for k in env if k != "HOME"} | {"NODE_NAME"}
-
-
-def test_env_ignores_unrelated_and_blank_variables() -> None:
-    assert config_from_env({"PATH": "/bin", "NODE_NAME": "  ", "PEERLLM_MDNS": ""}) == {}
-
-
-@pytest.mark.parametrize(
-    ("env", "name"),
-    [
-        ({"NODE_NAME": "alias"}, "alias"),
-        ({"PEERLLM_NODE_NAME": "main"}, "main"),
-        ({"NODE_NAME": "alias", "PEERLLM_NODE_NAME": "main"}, "main"),
-        ({"PEERLLM_NODE_NAME": "main", "NODE_NAME": "alias"}, "main"),
-        ({"PEERLLM_NODE_NAME": " ", "NODE_NAME": "alias"}, "alias"),
-    ],
-)
-def test_node_name_alias_precedence(env: dict[str, str], name: str) -> None:
-    assert config_from_env(env)["node"]["name"] == name
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("1", True), ("true", True), ("YES", True), ("on", True),
-     ("0", False), ("False", False), ("no", False), ("off", False)],
-)
-def test_env_mdns_values(value: str, expected: bool) -> None:
-    assert config_from_env({"PEERLLM_MDNS": value}) == {"discovery": {"mdns": expected}}
-
-
-@pytest.mark.parametrize(("name", "value"), [("PEERLLM_MDNS", "maybe"), ("PEERLLM_API", "nope")])
-def test_env_parse_errors_name_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        config_from_env({name: value})
-    assert info.value.key == name
-
-
-# --------------------------------------------------------------------------- layering
-
-
-def test_merge_layers_later_wins_deeply() -> None:
-    file: dict[str, Any] = {
-        "log_level": "warning",
-        "p2p": {"max_peers": 5, "listen": ["/ip4/0.0.0.0/tcp/1"]},
-        "api": {"port": 1},
-    }
-    env = {"p2p": {"max_peers": 6}, "api": {"host": "0.0.0.0"}}
-    flags = {"p2p": {"listen": ["/ip4/0.0.0.0/tcp/3"]}, "log_level": "error"}
-    before = repr((file, env, flags))
-    merged = merge_layers(file, env, flags)
-    assert merged == {"log_level": "error",
-                      "p2p": {"max_peers": 6, "listen": ["/ip4/0.0.0.0/tcp/3"]},
-                      "api": {"port": 1, "host": "0.0.0.0"}}
-    assert repr((file, env, flags)) == before  # inputs untouched
-    merged["p2p"]["max_peers"] = 0
-    assert file["p2p"]["max_peers"] == 5
-
-
-def test_flags_beat_env_beat_file_beat_defaults(tmp_path: Path) -> None:
-    path = tmp_path / "node.yaml"
-    path.write_text("log_level: warning\nnode:\n  name: from-file\n  location: file-loc\n"
-                    "api:\n  port: 8000\n")
-    env = config_from_env({"PEERLLM_NODE_NAME": "from-env", "NODE_LOCATION": "env-loc"})
-    flags = {"node": {"name": "from-flag"}}
-    cfg = config_from_mapping(merge_layers(load_yaml_config(path), env, flags))
-    assert cfg.node.name == "from-flag"
-    assert cfg.node.location == "env-loc"
-    assert cfg.log_level == "warning"
-    assert cfg.api.port == 8000
-    assert cfg.api.host == "127.0.0.1"
-
-
-# --------------------------------------------------------------------------- YAML files
-
-
-def test_empty_yaml_file_is_an_empty_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("# only a comment\n")
-    assert load_yaml_config(path) == {}
-
-
-def test_missing_yaml_file(tmp_path: Path) -> None:
-    path = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="does not exist") as info:
-        load_yaml_config(path)
-    assert info.value.key == "config"
-    assert str(path) in info.value.message
-
-
-def test_invalid_yaml_reports_line_and_column(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("p2p:\n  listen: [a, b\napi: {\n")
-    with pytest.raises(ConfigError) as info:
-        load_yaml_config(path)
-    assert info.value.key == "config"
-    assert str(path) in info.value.message
-    assert "line 3, column" in info.value.message
-
-
-def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("p2p:\n  max_peers: 1\np2p:\n  max_peers: 2\n")
-    with pytest.raises(ConfigError, match="line 3, column 1: found duplicate key 'p2p'"):
-        load_yaml_config(path)
-
-
-def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("base: &b {port: 1, host: h}\napi:\n  <<: *b\n  port: 2\n")
-    assert load_yaml_config(path)["api"] == {"port": 2, "host": "h"}
-
-
-@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
-def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match="top level") as info:
-        load_yaml_config(path)
-    assert info.value.key == "config"
-
-
-def test_directory_instead_of_yaml_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_yaml_config(tmp_path)
-
-
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads anything")
-def test_unreadable_yaml_file(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("{}\n")
-    path.chmod(0)
-    try:
-        with pytest.raises(ConfigError, match="permission denied"):
-            load_yaml_config(path)
-    finally:
-        path.chmod(0o600)
-
-
-def test_from_yaml_rejects_unknown_keys_naming_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("p2p:\n  lisen: []\n")
-    with pytest.raises(ConfigError) as info:
-        NodeConfig.from_yaml(path)
-    assert info.value.key == "p2p.lisen"
-    assert str(path) in info.value.message
-
-
-# --------------------------------------------------------------------------- example file
-
-
-def test_example_file_is_the_defaults() -> None:
-    assert NodeConfig.from_yaml(EXAMPLE) == NodeConfig()
-
-
-def test_example_file_documents_every_key() -> None:
-    doc = yaml.safe_load(EXAMPLE.read_text())
-    keys = {
-        f"{top}.{sub}" if isinstance(value, dict) else top
-        for top, value in doc.items()
-        for sub in (value if isinstance(value, dict) else [None])
-    }
-    assert keys == set(ALL_KEYS)
-    text = EXAMPLE.read_text()
-    for name in ENV_VARS:
-        assert name in text
-    assert "flags > environment variables > this file" in text

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from peerllm.config import InferenceConfig
 from peerllm.errors import (
     ConfigError,
     InferenceCancelled,
@@ -41,7 +42,6 @@ from peerllm.inference.engine import (
     TokenChunk,
 )
 from peerllm.inference.registry import ModelRegistry, open_registry
-from peerllm.inference.settings import InferenceConfig
 from peerllm.inference.specs import ModelSpec
 
 MB = 1024**2

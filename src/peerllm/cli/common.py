@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -10,41 +11,29 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import (
-    NodeConfig,
-    config_from_env,
-    config_from_mapping,
-    load_yaml_config,
-    merge_layers,
-)
+from ..config import NodeConfig, load_config
 from ..errors import PeerLLMError
-from ..inference.settings import InferenceConfig, inference_config_from_env
+from ..identity import default_data_dir
 
 DEFAULT_API_URL = "http://127.0.0.1:7471"
 
 
 def build_config(config_path: Path | None, flags: Mapping[str, Any]) -> NodeConfig:
-    """Layer the config file, PEERLLM_* / NODE_* env vars and command-line flags."""
+    """Layer the config file, the environment (``config.ENV_VARS``) and command-line flags.
+
+    The CLI is where the process environment is read; the returned config always has a
+    ``data_dir`` (see ``data_dir_of``), so the library below never needs the environment.
+    """
     try:
-        file_layer = load_yaml_config(config_path) if config_path is not None else {}
-        env_layer = config_from_env(os.environ)
-        return config_from_mapping(merge_layers(file_layer, env_layer, flags))
+        cfg = load_config(config_path, environ=os.environ, flags=flags)
     except PeerLLMError as exc:
         raise click.ClickException(str(exc)) from exc
+    return dataclasses.replace(cfg, data_dir=data_dir_of(cfg))
 
 
-def build_inference_config(*, models_config: Path | None = None,
-                           preload: tuple[str, ...] = ()) -> InferenceConfig:
-    """Engine settings from the MODEL_* / MODELS_* env vars, then flags."""
-    try:
-        fields = inference_config_from_env(os.environ)
-        if models_config is not None:
-            fields["models_config_path"] = models_config
-        if preload:
-            fields["preload"] = tuple(preload)
-        return InferenceConfig(**fields)
-    except PeerLLMError as exc:
-        raise click.ClickException(str(exc)) from exc
+def data_dir_of(cfg: NodeConfig) -> Path:
+    """The configured data dir, else the platform's ($XDG_DATA_HOME, %LOCALAPPDATA%)."""
+    return cfg.data_dir if cfg.data_dir is not None else default_data_dir(os.environ)
 
 
 def setup_logging(level: str) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
 from ..errors import PeerLLMError
-from ..identity import default_data_dir, load_identity
-from .common import build_config
+from ..identity import load_identity
+from .common import build_config, data_dir_of
 
 
 @click.command()
@@ -21,7 +20,7 @@ def identity(config_path: Path | None, data_dir: Path | None, as_json: bool) -> 
     """Show the peer ID, node UUID and name of the node in the data dir."""
     flags = {"data_dir": str(data_dir)} if data_dir else {}
     cfg = build_config(config_path, flags)
-    root = cfg.data_dir or default_data_dir(dict(os.environ))
+    root = data_dir_of(cfg)
     try:
         ident = load_identity(root, name=cfg.node.name, node_id=cfg.node.id,
                               location=cfg.node.location, tags=cfg.node.tags)

@@ -10,10 +10,9 @@ from typing import Any
 import click
 import trio
 
-from ..config import NodeConfig, parse_api_address
+from ..config import NodeConfig, parse_api_address, put_dotted
 from ..errors import ConfigError, PeerLLMError
-from ..inference.settings import InferenceConfig
-from .common import build_config, build_inference_config, setup_logging
+from .common import build_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -39,62 +38,82 @@ SHUTDOWN_GRACE_S = 4.0
 @click.option("--dht/--no-dht", default=None, help="Kademlia DHT (default on).")
 @click.option("--model", "models", multiple=True, help="GGUF model file to serve (repeatable).")
 @click.option("--no-default-model", is_flag=True, help="Do not serve the bundled default model.")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where model ids and relative model paths resolve [env MODELS_DIR].")
 @click.option("--models-config", type=click.Path(path_type=Path, dir_okay=False),
               help="models.yaml listing the models to serve [env MODELS_CONFIG_PATH].")
-@click.option("--preload", "preload", multiple=True, help="Model id to load at start (repeatable).")
+@click.option("--preload", multiple=True,
+              help="Model id to load at start (repeatable) [env MODEL_PRELOAD].")
+@click.option("--default-model", help="Model for requests that name none [env MODEL_DEFAULT].")
+@click.option("--cache-size-gb", type=float,
+              help="Memory budget for loaded models, GiB (default 75% of RAM) "
+                   "[env MODEL_CACHE_SIZE_GB].")
+@click.option("--max-concurrent", type=int,
+              help="Generations at once per model (default 1) [env MODEL_MAX_CONCURRENT].")
+@click.option("--max-queue", type=int,
+              help="Requests waiting per model (default 8) [env MODEL_MAX_QUEUE].")
+@click.option("--threads", type=int, help="llama.cpp threads [env MODEL_THREADS].")
+@click.option("--context-size", type=int,
+              help="Context size for models that do not say (default 2048) "
+                   "[env MODEL_CONTEXT_SIZE].")
+@click.option("--gpu-layers", type=int,
+              help="GPU layers for models that do not say; -1 = all (default 0) "
+                   "[env MODEL_GPU_LAYERS].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def node(config_path: Path | None, **opts: Any) -> None:
-    """Run a PeerLLM node: join the mesh and serve the local HTTP API."""
-    models_config, preload = opts.pop("models_config"), opts.pop("preload")
-    flags = _flags_layer(opts)
-    cfg = build_config(config_path, flags)
-    inference = build_inference_config(models_config=models_config, preload=preload)
+    """Run a PeerLLM node: join the mesh and serve the local HTTP API.
+
+    Every setting is in the YAML file (--config); the options here and the environment
+    variables override it. See configs/node.example.yaml.
+    """
+    cfg = build_config(config_path, flags_layer(opts))
     setup_logging(cfg.log_level)
     try:
-        trio.run(run_daemon, cfg, inference)
+        trio.run(run_daemon, cfg)
     except PeerLLMError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     except OSError as exc:
         raise click.ClickException(f"cannot start the node: {exc}") from exc
 
 
-def _flags_layer(o: dict[str, Any]) -> dict[str, Any]:
+def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line (the parsed params of ``node``, less
+    ``config_path``) as the top settings layer, shaped like the YAML file."""
     flags: dict[str, Any] = {}
-
-    def put(path: str, value: Any) -> None:
-        section, _, key = path.rpartition(".")
-        target = flags.setdefault(section, {}) if section else flags
-        target[key] = value
-
-    if o["data_dir"] is not None:
-        put("data_dir", str(o["data_dir"]))
-    for opt, path in (("name", "node.name"), ("location", "node.location"),
-                      ("network_key", "p2p.network_key"), ("log_level", "log_level")):
+    for opt, path in (("data_dir", "data_dir"), ("models_dir", "inference.models_dir"),
+                      ("models_config", "inference.models_config_path")):
         if o[opt] is not None:
-            put(path, o[opt])
+            put_dotted(flags, path, str(o[opt]))
+    for opt, path in (("name", "node.name"), ("location", "node.location"),
+                      ("network_key", "p2p.network_key"), ("log_level", "log_level"),
+                      ("default_model", "inference.default_model"),
+                      ("cache_size_gb", "inference.cache_size_gb"),
+                      ("max_concurrent", "inference.max_concurrent"),
+                      ("max_queue", "inference.max_queue"), ("threads", "inference.n_threads"),
+                      ("context_size", "inference.context_size"),
+                      ("gpu_layers", "inference.gpu_layers"), ("mdns", "discovery.mdns"),
+                      ("dht", "discovery.dht")):
+        if o[opt] is not None:
+            put_dotted(flags, path, o[opt])
     for opt, path in (("tags", "node.tags"), ("listen", "p2p.listen"),
                       ("announce", "p2p.announce"), ("bootstrap", "p2p.bootstrap"),
                       ("mdns_interfaces", "discovery.mdns_interfaces"),
-                      ("models", "models.paths")):
+                      ("models", "models.paths"), ("preload", "inference.preload")):
         if o[opt]:
-            put(path, list(o[opt]))
-    if o["mdns"] is not None:
-        put("discovery.mdns", o["mdns"])
-    if o["dht"] is not None:
-        put("discovery.dht", o["dht"])
+            put_dotted(flags, path, list(o[opt]))
     if o["no_default_model"]:
-        put("models.serve_default", False)
+        put_dotted(flags, "models.serve_default", False)
     if o["api_addr"] is not None:
         try:
             host, port = parse_api_address(o["api_addr"])
         except ConfigError as exc:
             raise click.BadParameter(exc.message, param_hint="--api") from exc
-        put("api.host", host)
-        put("api.port", port)
+        put_dotted(flags, "api.host", host)
+        put_dotted(flags, "api.port", port)
     return flags
 
 
-async def run_daemon(cfg: NodeConfig, inference: InferenceConfig | None = None) -> None:
+async def run_daemon(cfg: NodeConfig) -> None:
     from ..api import open_api
     from ..node import open_node
 
@@ -109,7 +128,7 @@ async def run_daemon(cfg: NodeConfig, inference: InferenceConfig | None = None) 
                     return
 
             nursery.start_soon(wait_for_signal)
-            async with open_node(cfg, inference=inference) as n, open_api(n):
+            async with open_node(cfg) as n, open_api(n):
                 _print_banner(n)
                 await trio.sleep_forever()
 

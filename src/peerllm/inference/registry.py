@@ -23,6 +23,7 @@ from typing import Final
 import psutil
 import trio
 
+from ..config import InferenceConfig
 from ..errors import (
     ConfigError,
     InferenceCancelled,
@@ -35,7 +36,6 @@ from ._concurrency import reraise_unwrapped, stop_check
 from .backend import Benchmark, ModelBackend, ModelInstance, OpenOptions
 from .catalog import assemble_bundled
 from .memory import CacheEntry, choose_variant, estimate_memory_bytes, pick_victims
-from .settings import InferenceConfig
 from .slots import LoadedModel, LoadJob, ModelSlot, check_gguf, ema, gib
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus

@@ -1,15 +1,13 @@
-"""models.yaml parsing, InferenceConfig validation and its environment variables."""
+"""models.yaml parsing and the node's model specs (the config section: test_config_inference)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from peerllm.errors import ConfigError
-from peerllm.inference.settings import InferenceConfig, inference_config_from_env
 from peerllm.inference.specs import ModelSpec, load_models_yaml, parse_models_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "models.example.yaml"
@@ -105,69 +103,6 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"typo\.yaml") as info:
         load_models_yaml(typo)
     assert info.value.key == "available[0].colour"
-
-
-# --------------------------------------------------------------------------- config
-
-
-def test_config_defaults() -> None:
-    cfg = InferenceConfig()
-    assert (cfg.max_concurrent, cfg.max_queue, cfg.eviction_policy) == (1, 8, "lru")
-    assert (cfg.load_timeout_s, cfg.inference_timeout_s, cfg.warmup_tokens) == (120.0, 300.0, 16)
-    assert cfg.use_extra_bufts is False
-    assert cfg.cache_size_bytes(8 * 1024**3) == 6 * 1024**3
-    assert InferenceConfig(cache_size_gb=1.5).cache_size_bytes(1) == int(1.5 * 1024**3)
-
-
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_concurrent", 0), ("max_queue", -1), ("eviction_policy", "mru"),
-    ("load_timeout_s", 0), ("inference_timeout_s", -1.0), ("warmup_tokens", -1),
-    ("n_threads", 0), ("cache_size_gb", 0), ("use_extra_bufts", "no"), ("gpu_layers", -2),
-    ("context_size", 8), ("preload", "a,b"), ("default_model", ""), ("max_queue", 1.5),
-])
-def test_bad_config_value(field: str, value: Any) -> None:
-    with pytest.raises(ConfigError) as info:
-        InferenceConfig(**{field: value})
-    assert info.value.key == f"inference.{field}"
-
-
-def test_config_coerces_paths_and_lists() -> None:
-    cfg = InferenceConfig(models_dir="~/models", preload=["a", " b "])  # type: ignore[arg-type]
-    assert cfg.models_dir == Path("~/models").expanduser()
-    assert cfg.preload == ("a", "b")
-
-
-def test_env_vars() -> None:
-    env = {
-        "MODELS_DIR": "/srv/models", "MODEL_PRELOAD": "a, b,,", "MODEL_DEFAULT": "a",
-        "MODEL_CACHE_SIZE_GB": "12.5", "MODEL_MAX_CONCURRENT": "2",
-        "MODEL_EVICTION_POLICY": "LFU", "MODEL_LOAD_TIMEOUT_SECONDS": "30",
-        "MODEL_INFERENCE_TIMEOUT_SECONDS": "60.5", "MODEL_WARMUP_TOKENS": "0",
-        "MODELS_CONFIG_PATH": "/etc/peerllm/models.yaml", "MODEL_USE_EXTRA_BUFTS": "true",
-        "MODEL_MAX_QUEUE": "", "UNRELATED": "x",
-    }
-    out = inference_config_from_env(env)
-    assert out == {
-        "models_dir": Path("/srv/models"), "preload": ("a", "b"), "default_model": "a",
-        "cache_size_gb": 12.5, "max_concurrent": 2, "eviction_policy": "lfu",
-        "load_timeout_s": 30.0, "inference_timeout_s": 60.5, "warmup_tokens": 0,
-        "models_config_path": Path("/etc/peerllm/models.yaml"), "use_extra_bufts": True,
-    }
-    assert InferenceConfig(**out).max_concurrent == 2
-    assert inference_config_from_env({}) == {}
-
-
-@pytest.mark.parametrize(("name", "value"), [
-    ("MODEL_CACHE_SIZE_GB", "lots"), ("MODEL_CACHE_SIZE_GB", "-1"), ("MODEL_CACHE_SIZE_GB", "nan"),
-    ("MODEL_MAX_CONCURRENT", "0"), ("MODEL_MAX_CONCURRENT", "1.5"),
-    ("MODEL_EVICTION_POLICY", "random"), ("MODEL_LOAD_TIMEOUT_SECONDS", "0"),
-    ("MODEL_INFERENCE_TIMEOUT_SECONDS", "soon"), ("MODEL_WARMUP_TOKENS", "-3"),
-    ("MODEL_USE_EXTRA_BUFTS", "maybe"),
-])
-def test_bad_env_value_names_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        inference_config_from_env({name: value})
-    assert info.value.key == name
 
 
 def test_node_specs_merge_catalog_and_yaml(tmp_path: Path) -> None:

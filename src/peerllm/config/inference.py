@@ -1,0 +1,87 @@
+"""Section ``inference`` of NodeConfig: how the local engine loads and runs models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal, get_args
+
+from .validate import (
+    boolean,
+    choice,
+    integer,
+    opt_path,
+    opt_str,
+    positive_float,
+    set_field,
+    str_tuple,
+)
+
+EvictionPolicy = Literal["lru", "lfu", "fifo"]
+EVICTION_POLICIES: Final[tuple[str, ...]] = get_args(EvictionPolicy)
+
+# Share of total RAM the model cache may use when cache_size_gb is not set.
+DEFAULT_CACHE_FRACTION: Final = 0.75
+GIB: Final = 1024**3
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceConfig:
+    """Section ``inference``: how the local engine loads and runs models.
+
+    Validated on construction, like every section.
+
+    Raises:
+        ConfigError: a value has the wrong type or is out of range; ``key`` is
+            ``inference.<field>``.
+    """
+
+    models_dir: Path | None = None  # relative model paths (models.yaml, --model) resolve here
+    models_config_path: Path | None = None  # a models.yaml file (see configs/models.example.yaml)
+    preload: tuple[str, ...] = ()  # model ids loaded at start, in the background
+    default_model: str | None = None  # served when a request names no model; None = first model
+    cache_size_gb: float | None = None  # memory budget for loaded models; None = 75% of RAM
+    max_concurrent: int = 1  # generations running at once per model (one llama context each)
+    max_queue: int = 8  # requests waiting per model before ModelBusy
+    eviction_policy: EvictionPolicy = "lru"  # which idle model to unload when the budget is full
+    load_timeout_s: float = 120.0
+    inference_timeout_s: float = 300.0  # per request: queueing, loading and generation
+    warmup_tokens: int = 16  # self-benchmark after each load; 0 = skip
+    n_threads: int | None = None  # llama.cpp threads; None = half the cores (llama default)
+    # llama.cpp "extra buffer types" (weight repacking, incl. AMX). Off by default: with it
+    # on, generation segfaults in ggml_backend_amx_mul_mat on some Xeon CPUs.
+    use_extra_bufts: bool = False
+    gpu_layers: int = 0  # default for models that do not say; -1 = all layers
+    context_size: int = 2048  # default for models that do not say
+
+    def __post_init__(self) -> None:
+        for name in ("models_dir", "models_config_path"):
+            set_field(self, name, opt_path(f"inference.{name}", getattr(self, name)))
+        set_field(self, "preload", str_tuple("inference.preload", self.preload))
+        set_field(self, "default_model", opt_str("inference.default_model", self.default_model))
+        if self.cache_size_gb is not None:
+            set_field(self, "cache_size_gb", positive_float(
+                "inference.cache_size_gb", self.cache_size_gb, what="a number of GiB"))
+        set_field(self, "max_concurrent", integer("inference.max_concurrent",
+                                                  self.max_concurrent, 1))
+        set_field(self, "max_queue", integer("inference.max_queue", self.max_queue, 0))
+        set_field(self, "eviction_policy", choice("inference.eviction_policy",
+                                                  self.eviction_policy, EVICTION_POLICIES,
+                                                  fold_case=True))
+        for name in ("load_timeout_s", "inference_timeout_s"):
+            set_field(self, name, positive_float(f"inference.{name}", getattr(self, name)))
+        set_field(self, "warmup_tokens", integer("inference.warmup_tokens",
+                                                 self.warmup_tokens, 0))
+        if self.n_threads is not None:
+            set_field(self, "n_threads", integer("inference.n_threads", self.n_threads, 1))
+        set_field(self, "use_extra_bufts", boolean("inference.use_extra_bufts",
+                                                   self.use_extra_bufts))
+        set_field(self, "gpu_layers", integer("inference.gpu_layers", self.gpu_layers, -1))
+        set_field(self, "context_size", integer("inference.context_size",
+                                                self.context_size, 16))
+
+    def cache_size_bytes(self, total_ram_bytes: int) -> int:
+        """The memory budget for loaded models on a machine with this much RAM."""
+        if self.cache_size_gb is not None:
+            return int(self.cache_size_gb * GIB)
+        return int(total_ram_bytes * DEFAULT_CACHE_FRACTION)

@@ -1,0 +1,213 @@
+"""The frozen, validated sections of NodeConfig (``node``, ``p2p``, ``discovery``, ``api``...).
+
+Each section checks and normalises its own fields in ``__post_init__`` with the checks
+of ``validate``, so a section built directly is as valid as one loaded from YAML.
+The ``inference`` section lives in ``config.inference``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+from ..errors import ConfigError
+from .validate import (
+    DEFAULT_P2P_PORT,
+    QUOTE_HINT,
+    boolean,
+    choice,
+    fraction,
+    integer,
+    multiaddrs,
+    opt_str,
+    positive_float,
+    set_field,
+    str_tuple,
+    string,
+)
+
+DEFAULT_API_HOST: Final = "127.0.0.1"
+DEFAULT_API_PORT: Final = 7471
+# Peers reject DHT records that live longer than this (wire/records.py MAX_RECORD_TTL_S).
+MAX_RECORD_TTL_S: Final = 24 * 3600.0
+STRATEGIES: Final = ("mcda", "round_robin", "weighted_round_robin", "least_connections",
+                     "latency", "random")
+
+_HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeIdentityConfig:
+    """Section ``node``: how this node presents itself. The name is checked by identity/."""
+
+    name: str | None = None  # friendly DNS-label name; None = generate once, then keep
+    id: str | None = None  # node UUID; None = keep the stored one (uuid4 on first start)
+    location: str | None = None  # free text, e.g. "rack-2"
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        set_field(self, "name", opt_str("node.name", self.name))
+        if self.id is not None:
+            text = string("node.id", self.id).strip()
+            try:
+                set_field(self, "id", str(uuid.UUID(text)))
+            except ValueError:
+                raise ConfigError("node.id", f"{text!r} is not a UUID") from None
+        set_field(self, "location", opt_str("node.location", self.location))
+        set_field(self, "tags", str_tuple("node.tags", self.tags))
+
+
+@dataclass(frozen=True, kw_only=True)
+class P2PConfig:
+    """Section ``p2p``: the libp2p host, its peers and its timers."""
+
+    listen: tuple[str, ...] = (f"/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}",)  # TCP multiaddrs
+    announce: tuple[str, ...] = ()  # addresses to advertise instead of the listen ones
+    bootstrap: tuple[str, ...] = ()  # full multiaddrs ending in /p2p/<peer-id>
+    network_key: str | None = None  # private-network key, 64 hex chars; None = public
+    dial_timeout_s: float = 5.0
+    call_timeout_s: float = 5.0
+    heartbeat_interval_s: float = 5.0
+    heartbeat_misses: int = 2  # missed heartbeats before a peer counts as down
+    peer_stale_s: float = 30.0  # unheard-from peers are dropped after this
+    max_peers: int = 200
+
+    def __post_init__(self) -> None:
+        listen = multiaddrs("p2p.listen", self.listen, need_tcp=True)
+        if not listen:
+            raise ConfigError("p2p.listen", "at least one listen address is needed")
+        set_field(self, "listen", listen)
+        set_field(self, "announce", multiaddrs("p2p.announce", self.announce, need_tcp=True))
+        set_field(self, "bootstrap",
+                  multiaddrs("p2p.bootstrap", self.bootstrap, need_peer_id=True))
+        if self.network_key is not None:
+            key = self.network_key
+            if not isinstance(key, str):
+                raise ConfigError(
+                    "p2p.network_key",
+                    f"must be a string of 64 hex characters, got {type(key).__name__}"
+                    + QUOTE_HINT,
+                )
+            if not _HEX64.fullmatch(key.strip()):
+                raise ConfigError(
+                    "p2p.network_key",
+                    f"must be exactly 64 hex characters (0-9, a-f), got {len(key.strip())} "
+                    "characters; generate one with: openssl rand -hex 32",
+                )
+            set_field(self, "network_key", key.strip().lower())
+        for name in ("dial_timeout_s", "call_timeout_s", "heartbeat_interval_s",
+                     "peer_stale_s"):
+            set_field(self, name, positive_float(f"p2p.{name}", getattr(self, name)))
+        set_field(self, "heartbeat_misses",
+                  integer("p2p.heartbeat_misses", self.heartbeat_misses, 1))
+        set_field(self, "max_peers", integer("p2p.max_peers", self.max_peers, 1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscoveryConfig:
+    """Section ``discovery``: how peers are found (besides ``p2p.bootstrap``)."""
+
+    mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()  # IP addresses to announce on; () = all interfaces
+    dht: bool = True
+    dht_republish_s: float = 300.0
+    record_ttl_s: float = 3600.0  # lifetime of our signed DHT records
+    known_peers_max: int = 64  # size of the persisted last-known-peers cache
+
+    def __post_init__(self) -> None:
+        set_field(self, "mdns", boolean("discovery.mdns", self.mdns))
+        interfaces = str_tuple("discovery.mdns_interfaces", self.mdns_interfaces)
+        for address in interfaces:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(
+                    "discovery.mdns_interfaces", f"{address!r} is not an IP address"
+                ) from None
+        set_field(self, "mdns_interfaces", interfaces)
+        set_field(self, "dht", boolean("discovery.dht", self.dht))
+        for name in ("dht_republish_s", "record_ttl_s"):
+            set_field(self, name, positive_float(f"discovery.{name}", getattr(self, name)))
+        set_field(self, "known_peers_max",
+                  integer("discovery.known_peers_max", self.known_peers_max, 1))
+        if self.record_ttl_s > MAX_RECORD_TTL_S:
+            raise ConfigError("discovery.record_ttl_s",
+                              f"must be at most {MAX_RECORD_TTL_S:.0f} (peers reject longer)")
+        if self.dht_republish_s >= self.record_ttl_s:
+            raise ConfigError(
+                "discovery.dht_republish_s",
+                f"must be less than discovery.record_ttl_s ({self.record_ttl_s:g}), or "
+                "records expire before they are republished",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """Section ``api``: the local HTTP API (OpenAI/Ollama-style endpoints)."""
+
+    host: str = DEFAULT_API_HOST  # interface to bind; loopback unless told otherwise
+    port: int = DEFAULT_API_PORT  # 0 = any free port
+
+    def __post_init__(self) -> None:
+        host = string("api.host", self.host)
+        if host.startswith("[") and host.endswith("]"):  # "[::1]" -> "::1"
+            host = host[1:-1]
+        if not host or any(c.isspace() or c in "/[]" for c in host):
+            raise ConfigError("api.host", f"{self.host!r} is not a host name or IP address")
+        set_field(self, "host", host)
+        set_field(self, "port", integer("api.port", self.port, 0, 65535))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelsConfig:
+    """Section ``models``: what this node serves."""
+
+    serve_default: bool = True  # serve the bundled default model
+    paths: tuple[str, ...] = ()  # extra GGUF model files
+
+    def __post_init__(self) -> None:
+        set_field(self, "serve_default", boolean("models.serve_default", self.serve_default))
+        set_field(self, "paths", str_tuple("models.paths", self.paths))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulingSettings:
+    """Section ``scheduling``: how this node chooses where a request runs."""
+
+    strategy: str = "mcda"  # one of STRATEGIES
+    weight_free_memory: float = 0.40  # MCDA weights; normalised to sum 1
+    weight_load: float = 0.30
+    weight_latency: float = 0.20
+    weight_throughput: float = 0.10
+    tie_epsilon: float = 0.05  # scores this close to the best are a near-tie (anti-herding)
+    affinity: bool = True  # requests with one session key prefer the peer that served the last
+    breaker_failure_threshold: int = 3  # consecutive failures that open a peer's breaker
+    breaker_cooldown_s: float = 30.0  # open -> half-open after this long
+    breaker_half_open_successes: int = 2  # half-open -> closed after this many successes
+    breaker_trial_timeout_s: float = 10.0  # a half-open trial with no answer by then failed
+    first_token_timeout_s: float = 60.0  # per queued request ahead (scheduling.timeouts)
+    stall_timeout_s: float = 15.0  # cap on a remote stream's silence mid-way (scheduling.timeouts)
+
+    def __post_init__(self) -> None:
+        set_field(self, "strategy", choice("scheduling.strategy", self.strategy, STRATEGIES))
+        weights = ("weight_free_memory", "weight_load", "weight_latency", "weight_throughput")
+        for name in weights:
+            set_field(self, name, fraction(f"scheduling.{name}", getattr(self, name)))
+        if sum(getattr(self, name) for name in weights) <= 0:
+            raise ConfigError("scheduling.weight_free_memory",
+                              "at least one MCDA weight must be > 0")
+        set_field(self, "tie_epsilon", fraction("scheduling.tie_epsilon", self.tie_epsilon,
+                                                high=1.0))
+        set_field(self, "affinity", boolean("scheduling.affinity", self.affinity))
+        set_field(self, "breaker_failure_threshold",
+                  integer("scheduling.breaker_failure_threshold",
+                          self.breaker_failure_threshold, 1))
+        set_field(self, "breaker_half_open_successes",
+                  integer("scheduling.breaker_half_open_successes",
+                          self.breaker_half_open_successes, 1))
+        for name in ("breaker_cooldown_s", "breaker_trial_timeout_s", "first_token_timeout_s",
+                     "stall_timeout_s"):
+            set_field(self, name, positive_float(f"scheduling.{name}", getattr(self, name)))
