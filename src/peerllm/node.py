@@ -28,11 +28,12 @@ from .errors import (
     PeerUnavailable,
     ProtocolError,
 )
+from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
-from .inference.request import ChatMessage, Done, GenerationRequest, SamplingParams, TokenChunk
+from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.resources import GpuProbe, probe_resources
 from .inference.settings import InferenceConfig
 from .inference.specs import ModelSpec, node_specs

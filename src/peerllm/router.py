@@ -37,14 +37,10 @@ from .errors import (
     PeerUnavailable,
     ProtocolError,
 )
+from .events import Done, TokenChunk
 from .inference._concurrency import reraise_unwrapped
 from .inference.engine import GenerationStream
-from .inference.request import (
-    Done,
-    FinishReason,
-    GenerationRequest,
-    TokenChunk,
-)
+from .inference.request import GenerationRequest
 from .p2p.infer import InferClient
 from .p2p.registry import PeerState
 from .scheduling.breaker import (
@@ -566,7 +562,7 @@ class Router:
                 yield _Attempt(served_by=cand.peer_id,
                                served_by_name=cand.name or cand.peer_id, local=False,
                                events=_remote_events(
-                                   remote.events(), req.model, cand.peer_id,
+                                   remote.events(), cand.peer_id,
                                    first_token_s=first_token_limit(
                                        self._settings.first_token_timeout_s,
                                        queued_there, loaded=cand.loaded),
@@ -585,11 +581,11 @@ async def _local_events(chunks: GenerationStream) -> AsyncGenerator[TokenChunk |
             return
 
 
-async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], model: str,
-                         peer: str, *, first_token_s: float, stall_s: float
+async def _remote_events(events: AsyncGenerator[TokenChunk | Done, None], peer: str, *,
+                         first_token_s: float, stall_s: float
                          ) -> AsyncGenerator[TokenChunk | Done, None]:
-    """The peer's frames as chunks; a peer silent for ``first_token_s`` before its first
-    frame, or for ``stall_limit`` after it, has failed the request (PeerTimeout): a frozen
+    """The peer's events, timed; a peer silent for ``first_token_s`` before its first
+    event, or for ``stall_limit`` after it, has failed the request (PeerTimeout): a frozen
     peer keeps its TCP connection open, so only silence tells."""
     async with contextlib.aclosing(events) as evs:
         first = True
@@ -608,12 +604,4 @@ async def _remote_events(events: AsyncGenerator[wi.Tokens | wi.Done, None], mode
             if not first:
                 gap = smoothed_gap(gap, now - last)
             first, last = False, now
-            if isinstance(ev, wi.Tokens):
-                if ev.text:
-                    yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)
-            else:
-                reason: FinishReason = ("stop" if ev.finish_reason == "stop" else
-                                        "length" if ev.finish_reason == "length" else "cancelled")
-                yield Done(finish_reason=reason, prompt_tokens=ev.prompt_tokens,
-                           completion_tokens=ev.completion_tokens, ttft_ms=ev.ttft_ms,
-                           total_ms=ev.total_ms, model=model)
+            yield ev

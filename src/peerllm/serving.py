@@ -20,8 +20,9 @@ from .errors import (
     ModelNotFound,
     PeerLLMError,
 )
-from .inference.request import ChatMessage, GenerationRequest, SamplingParams, TokenChunk
-from .p2p.infer import Finished, Generator, Piece
+from .events import Done, TokenChunk
+from .inference.request import ChatMessage, GenerationRequest, SamplingParams
+from .p2p.infer import Generator
 from .wire import infer as wi
 
 if TYPE_CHECKING:
@@ -85,25 +86,21 @@ def serve_generator(node: Node) -> Generator:
 
     @asynccontextmanager
     async def generate(req: wi.InferRequest, peer: str
-                       ) -> AsyncIterator[trio.MemoryReceiveChannel[Piece | Finished]]:
+                       ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
         engine = node.engine
         if engine is None or req.model not in node.model_ids():
             raise InferenceRejected("model_not_found", f"{node.name} does not serve {req.model}",
                                     retryable=False)
         gen_req = from_wire_request(req)
-        send, recv = trio.open_memory_channel[Piece | Finished](64)
+        send, recv = trio.open_memory_channel[TokenChunk | Done](64)
         try:
             async with engine.stream(gen_req) as chunks, trio.open_nursery() as nursery:
                 async def forward() -> None:
                     async with send:
                         try:
                             async for item in chunks:
-                                if isinstance(item, TokenChunk):
-                                    await send.send(Piece(item.text, item.n_tokens))
-                                else:
-                                    await send.send(Finished(
-                                        item.finish_reason, item.prompt_tokens,
-                                        item.completion_tokens, item.ttft_ms, item.total_ms))
+                                await send.send(item)
+                                if isinstance(item, Done):
                                     return
                         except _ENGINE_ERRORS as exc:
                             raise local_error_to_wire(exc) from exc

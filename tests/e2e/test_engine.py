@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from peerllm.errors import InferenceTimeout, ModelBusy, ModelLoadError
+from peerllm.events import Done, TokenChunk
 from peerllm.inference.backend import (
     Benchmark,
     Emit,
@@ -26,14 +27,7 @@ from peerllm.inference.backend import (
     StopCheck,
 )
 from peerllm.inference.catalog import assemble_bundled
-from peerllm.inference.engine import (
-    ChatMessage,
-    Done,
-    Engine,
-    GenerationRequest,
-    SamplingParams,
-    TokenChunk,
-)
+from peerllm.inference.engine import ChatMessage, Engine, GenerationRequest, SamplingParams
 from peerllm.inference.llama import LlamaBackend, LlamaInstance
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.settings import InferenceConfig

@@ -34,7 +34,7 @@ from ..errors import (
     PeerLLMError,
     ProtocolError,
 )
-from ..inference.engine import Done, TokenChunk
+from ..events import Done, TokenChunk
 from ..router import NoRoute, Routed
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 
