@@ -17,11 +17,12 @@ import trio
 
 from .config import NodeConfig
 from .errors import ModelNotFound
+from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
-from .inference.request import ChatMessage, Done, GenerationRequest, SamplingParams, TokenChunk
+from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, peer_row

@@ -18,6 +18,7 @@ import trio
 
 from peerllm.config import InferenceConfig
 from peerllm.errors import InferenceTimeout, ModelBusy, ModelLoadError
+from peerllm.events import Done, TokenChunk
 from peerllm.inference.backend import (
     Benchmark,
     Emit,
@@ -27,14 +28,7 @@ from peerllm.inference.backend import (
     StopCheck,
 )
 from peerllm.inference.catalog import assemble_bundled
-from peerllm.inference.engine import (
-    ChatMessage,
-    Done,
-    Engine,
-    GenerationRequest,
-    SamplingParams,
-    TokenChunk,
-)
+from peerllm.inference.engine import ChatMessage, Engine, GenerationRequest, SamplingParams
 from peerllm.inference.llama import LlamaBackend, LlamaInstance
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec, bundled_spec

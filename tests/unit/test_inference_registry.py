@@ -1,14 +1,13 @@
 """Registry and engine behaviour against a fake backend: queues, loads, eviction, cancellation.
 
-The fake runs in real worker threads (as llama.cpp does) but generates instantly-ish, so
-these tests check the trio side — limiters, shared loads, stop events — without a model.
+The fake (peerllm.testing.FakeBackend) runs in real worker threads (as llama.cpp does) but
+generates instantly-ish, so these tests check the trio side — limiters, shared loads, stop
+events — without a model.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,91 +24,13 @@ from peerllm.errors import (
     ModelLoadError,
     ModelNotFound,
 )
-from peerllm.inference.backend import (
-    Benchmark,
-    Emit,
-    EncodedPrompt,
-    GenerationOutcome,
-    OpenOptions,
-    StopCheck,
-)
-from peerllm.inference.engine import (
-    ChatMessage,
-    Done,
-    Engine,
-    GenerationRequest,
-    SamplingParams,
-    TokenChunk,
-)
+from peerllm.events import Done, TokenChunk
+from peerllm.inference.engine import Engine, GenerationRequest, SamplingParams
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec
+from peerllm.testing import FakeBackend
 
 MB = 1024**2
-
-
-class FakeInstance:
-    def __init__(self, backend: FakeBackend, path: Path, options: OpenOptions) -> None:
-        self.backend = backend
-        self.path = path
-        self.options = options
-        self.closed = False
-        self.generated = 0
-
-    @property
-    def context_size(self) -> int:
-        return self.options.context_size
-
-    def encode(self, *, messages: Sequence[ChatMessage] | None, prompt: str | None,
-               resume_text: str) -> EncodedPrompt:
-        text = prompt if prompt is not None else " ".join(m.content for m in messages or ())
-        n = len(text.split()) + 1
-        return EncodedPrompt(tokens=tuple(range(n + len(resume_text.split()))), prompt_tokens=n)
-
-    def generate(self, prompt: EncodedPrompt, params: SamplingParams, *, emit: Emit,
-                 should_stop: StopCheck) -> GenerationOutcome:
-        for i in range(params.max_tokens):
-            while not self.backend.gate.wait(0.005):  # held by the test; still stoppable
-                if should_stop():
-                    return GenerationOutcome(finish_reason="cancelled", completion_tokens=i,
-                                             decode_seconds=0.0)
-            time.sleep(self.backend.token_s)
-            self.generated += 1
-            emit(f"t{i} ", 1)
-            if i + 1 < params.max_tokens and should_stop():
-                return GenerationOutcome(finish_reason="cancelled", completion_tokens=i + 1,
-                                         decode_seconds=0.0)
-        return GenerationOutcome(finish_reason="length", completion_tokens=params.max_tokens,
-                                 decode_seconds=0.01 * params.max_tokens)
-
-    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
-        assert self.options.embedding
-        return [[1.0, float(len(s))] for s in inputs]
-
-    def benchmark(self, n_tokens: int) -> Benchmark:
-        return Benchmark(tokens=n_tokens, seconds=0.1, tokens_per_second=42.0, ttft_s=0.01)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeBackend:
-    def __init__(self, *, open_s: float = 0.0, token_s: float = 0.001) -> None:
-        self.open_s = open_s
-        self.token_s = token_s
-        self.hang_paths: set[Path] = set()
-        self.opened: list[FakeInstance] = []
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck) -> FakeInstance:
-        time.sleep(self.open_s)
-        if path in self.hang_paths:
-            while not should_stop():
-                time.sleep(0.001)
-            raise ModelLoadError(options.model_id, "load was stopped")
-        instance = FakeInstance(self, path, options)
-        self.opened.append(instance)
-        return instance
 
 
 def gguf(path: Path, size: int = 1 * MB) -> Path:

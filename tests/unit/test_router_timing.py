@@ -7,11 +7,9 @@ peer's InferClient answer is a list of steps (wait, tokens, done, or an error).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
@@ -26,7 +24,8 @@ from peerllm.errors import (
     PeerTimeout,
     PeerUnavailable,
 )
-from peerllm.inference.request import Done, GenerationRequest, SamplingParams, TokenChunk
+from peerllm.events import Done, TokenChunk
+from peerllm.inference.request import GenerationRequest, SamplingParams
 from peerllm.mesh.breakers import BreakerBook
 from peerllm.mesh.explain import explain
 from peerllm.mesh.router import Router, breaker_config
@@ -38,78 +37,15 @@ from peerllm.scheduling.timeouts import (
     first_token_limit,
     stall_limit,
 )
+from peerllm.testing import ScriptedInferClient, Step, make_node_info
 from peerllm.wire import infer as wi
 from peerllm.wire import nodeinfo as w
 
 MODEL = "m"
-# One step of a scripted answer: seconds to wait, a token, "done", "hang", or an error.
-Step = float | str | Exception
 
 
 def info(peer_id: str, nonce: bytes = b"\x01" * 16) -> w.NodeInfo:
-    return w.NodeInfo(
-        protocol_version=w.PROTOCOL_VERSION, software_version="0.1.0", peer_id=peer_id,
-        node_id="7b0c1d5e-0000-4000-8000-000000000000", name=peer_id, location=None, tags=(),
-        boot_nonce=nonce, started_at=1000.0, issued_at=1000.0, seq=1, addrs=(),
-        capabilities=w.Capabilities(protocols=(w.PROTOCOL_ID, wi.PROTOCOL_ID), features=(),
-                                    private_network=False),
-        resources=w.Resources(cpu_cores=2, ram_total_bytes=16 << 30, ram_free_bytes=8 << 30,
-                              gpus=()),
-        models=(w.ModelInfo(id=MODEL, loaded=True, context_size=None, size_bytes=1 << 30,
-                            tags=()),),
-        load=w.Load(active=0, queued=0, capacity=2),
-        performance=w.Performance(tokens_per_second=50.0, ttft_ms=None))
-
-
-@dataclass
-class Remote:
-    steps: list[Step]
-    request_id: int
-    accepted: wi.Accepted
-
-    async def events(self) -> AsyncGenerator[wi.Tokens | wi.Done, None]:
-        n = 0
-        for step in self.steps:
-            if isinstance(step, float | int):
-                await trio.sleep(step)
-            elif isinstance(step, Exception):
-                raise step
-            elif step == "hang":
-                await trio.sleep_forever()
-            elif step == "done":
-                yield wi.Done(request_id=self.request_id, finish_reason="length", prompt_tokens=1,
-                              completion_tokens=n, ttft_ms=None, total_ms=1.0)
-                return
-            else:
-                n += 1
-                yield wi.Tokens(request_id=self.request_id, text=step, n_tokens=1)
-
-
-@dataclass
-class ScriptedClient:
-    """Stands in for InferClient: what each peer answers, in order of the requests."""
-
-    scripts: dict[str, list[list[Step]]]
-    load: wi.LoadHint | None = None  # what every `accepted` reports
-    calls: list[tuple[str, float, str]] = field(default_factory=list)  # peer, time, resume
-
-    def next_request_id(self) -> int:
-        return len(self.calls) + 1
-
-    @asynccontextmanager
-    async def request(self, peer_id: str, req: wi.InferRequest) -> AsyncIterator[Remote]:
-        self.calls.append((peer_id, trio.current_time(), req.resume_text))
-        script = self.scripts[peer_id]
-        steps = script.pop(0) if len(script) > 1 else script[0]
-        # Errors before the first token surface from here, as InferClient's do.
-        while steps and isinstance(steps[0], float | int | Exception):
-            head = steps[0]
-            if isinstance(head, Exception):
-                raise head
-            await trio.sleep(head)
-            steps = steps[1:]
-        yield Remote(list(steps), req.request_id, wi.Accepted(
-            request_id=req.request_id, served_by=peer_id, model=req.model, load=self.load))
+    return make_node_info(peer_id, models=(MODEL,), boot_nonce=nonce)
 
 
 class FakeHost:
@@ -164,9 +100,9 @@ class FakeNode:
 
 
 def make_router(scripts: dict[str, list[list[Step]]], *, seed: int = 1
-                ) -> tuple[Router, FakeNode, ScriptedClient]:
+                ) -> tuple[Router, FakeNode, ScriptedInferClient]:
     node = FakeNode(list(scripts))
-    client = ScriptedClient(scripts)
+    client = ScriptedInferClient(scripts)
     cfg = node.config
     breakers = BreakerBook(breaker_config(cfg.scheduling), node.registry, self_peer_id="self",
                            clock=trio.current_time)
@@ -501,3 +437,19 @@ async def test_a_stale_connection_is_redialled_and_the_same_peer_retried(
     assert text == "ab"
     assert node.host.disconnected == ["a"] and [p for p, _, _ in client.calls] == ["a", "a"]
     assert state(router, "a") == "closed"
+
+
+async def test_a_resume_prefers_a_replica_that_has_the_model_loaded(
+        autojump_clock: trio.abc.Clock) -> None:
+    router, node, client = make_router({"a": [[0.1, "x", PeerConnectionLost("a", "reset")]],
+                                        "cold": [ok()], "warm": [ok()]})
+    router.weights = type(router.weights)(free_memory=0, load=0, latency=1, throughput=0)
+    node.registry.get("cold").rtt_ms = 2.0  # type: ignore[union-attr]  # ranks above warm
+    node.registry.get("warm").rtt_ms = 400.0  # type: ignore[union-attr]
+    entry = node.registry.get("cold")
+    assert entry is not None and entry.info is not None
+    entry.info = dataclasses.replace(entry.info, models=tuple(
+        dataclasses.replace(m, loaded=False) for m in entry.info.models))
+    text, _ = await run(router)
+    assert text == "xab"
+    assert [p for p, _, _ in client.calls] == ["a", "warm"]

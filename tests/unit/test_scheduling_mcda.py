@@ -16,6 +16,7 @@ from peerllm.scheduling.mcda import (
     apply_affinity,
     choose_mcda,
     least_connections,
+    prefer_loaded,
     rank_by,
     round_robin,
     score,
@@ -130,3 +131,15 @@ def test_affinity_prefers_the_previous_peer_while_healthy() -> None:
     assert apply_affinity(peers, "b")[0].peer_id == "b"
     assert apply_affinity(peers, "c")[0].peer_id == "a"
     assert apply_affinity(peers, None)[0].peer_id == "a"
+
+
+@given(st.lists(st.booleans(), max_size=12))
+def test_prefer_loaded_puts_warm_replicas_first_and_keeps_rank_order(loaded: list[bool]
+                                                                       ) -> None:
+    ranked = [Candidate(peer_id=f"p{i}", name=None, local=False, loaded=w, active=0, queued=0,
+                        capacity=1, rtt_ms=1.0) for i, w in enumerate(loaded)]
+    out = prefer_loaded(ranked)
+    assert sorted(c.peer_id for c in out) == sorted(c.peer_id for c in ranked)
+    warm = [c for c in out if c.loaded]
+    assert out[:len(warm)] == [c for c in ranked if c.loaded]
+    assert out[len(warm):] == [c for c in ranked if not c.loaded]

@@ -35,7 +35,7 @@ from ..errors import (
     PeerLLMError,
     ProtocolError,
 )
-from ..inference.engine import Done, TokenChunk
+from ..events import Done, TokenChunk
 from ..mesh.routed import Routed
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 

@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from .._version import __version__
 from ..errors import ModelNotFound
-from ..inference.engine import Done, SamplingParams
+from ..events import Done
+from ..inference.engine import SamplingParams
 from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas

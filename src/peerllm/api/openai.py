@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..inference.engine import Done
+from ..events import Done
 from ..mesh.routed import Routed
 from ..scheduling.candidates import Candidate
 from . import schemas

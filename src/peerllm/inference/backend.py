@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .request import ChatMessage, FinishReason, SamplingParams
+from ..events import FinishReason
+from .request import ChatMessage, SamplingParams
 
 StopCheck = Callable[[], bool]  # polled between tokens; True = stop now
 Emit = Callable[[str, int], None]  # (text, tokens behind it); may raise to abort

@@ -19,17 +19,15 @@ from typing import Final
 import trio
 
 from ..errors import InferenceCancelled, InferenceTimeout
+from ..events import Done, TokenChunk
 from ._concurrency import reraise_unwrapped, stop_check
 from .backend import GenerationOutcome, ModelInstance
 from .registry import Admission, ModelRegistry
 from .request import ChatMessage as ChatMessage
-from .request import Done as Done
 from .request import GenerationRequest as GenerationRequest
 from .request import SamplingParams as SamplingParams
-from .request import TokenChunk as TokenChunk
 
-__all__ = ["ChatMessage", "Done", "Engine", "GenerationRequest", "GenerationStream",
-           "SamplingParams", "TokenChunk"]
+__all__ = ["ChatMessage", "Engine", "GenerationRequest", "GenerationStream", "SamplingParams"]
 
 CHANNEL_SIZE: Final = 16  # chunks buffered between the generating thread and the consumer
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidInferenceRequest, ModelLoadError
+from ..events import FinishReason
 from .backend import Benchmark, Emit, EncodedPrompt, GenerationOutcome, OpenOptions, StopCheck
-from .request import ChatMessage, FinishReason, SamplingParams
+from .request import ChatMessage, SamplingParams
 from .stops import StopScanner
 
 if TYPE_CHECKING:

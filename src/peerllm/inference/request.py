@@ -1,16 +1,14 @@
-"""What a generation request and its streamed answer look like (frozen, validated values)."""
+"""What a generation request looks like (frozen, validated values); answers: peerllm.events."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 ROLES: Final = ("system", "user", "assistant")
-FINISH_REASONS: Final = ("stop", "length", "cancelled")
 MAX_STOP_STRINGS: Final = 16
 MAX_STOP_LENGTH: Final = 256
-FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,29 +113,3 @@ class GenerationRequest:
             raise TypeError(f"params: expected SamplingParams, got {type(self.params).__name__}")
         if not isinstance(self.resume_text, str):
             raise TypeError("resume_text: expected a string")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TokenChunk:
-    """Newly generated text (never empty) and how many tokens produced it."""
-
-    text: str
-    n_tokens: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class Done:
-    """The last item of every stream that was not failed or abandoned.
-
-    ``prompt_tokens`` counts the prompt as fed (chat template included, resume text
-    excluded); ``completion_tokens`` counts every generated token, including those of a
-    stop string that was cut from the output (so it can exceed the sum of the chunks'
-    ``n_tokens``). Times are from when the engine accepted the request.
-    """
-
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float | None  # None when no text was produced
-    total_ms: float
-    model: str

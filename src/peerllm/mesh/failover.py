@@ -43,14 +43,15 @@ from ..errors import (
     PeerUnavailable,
     ProtocolError,
 )
-from ..inference.request import Done, GenerationRequest, TokenChunk
+from ..events import Done, TokenChunk
+from ..inference.request import GenerationRequest
 from ..scheduling.candidates import Candidate
-from ..scheduling.mcda import Scored
+from ..scheduling.mcda import Scored, prefer_loaded
 from ..scheduling.timeouts import first_token_limit, smoothed_gap, stall_limit
 from .breakers import BreakerBook
 from .ports import InferTransport, Links, PeerHooks, SelfView
 from .routed import Event, Item, Routed
-from .serving import local_error_to_wire, remote_events, to_wire_request
+from .serving import local_error_to_wire, to_wire_request
 from .views import PeerLoads
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class Placement:
                 self._reasons.setdefault(label, why)
             order, scored = self.r.ranked(cands, self.session)
             ranked = [c for c in order if c.peer_id not in self._tried]
+            if self._tokens:  # resuming: the user is waiting mid-answer
+                ranked = prefer_loaded(ranked)
             if not ranked and await self._wait_for_busy(started):
                 continue
             if not ranked:
@@ -319,7 +322,7 @@ class Placement:
                     served_by=cand.peer_id, served_by_name=cand.name or cand.peer_id,
                     local=False,
                     events=_silence_limited(
-                        remote_events(remote, req.model), cand.peer_id,
+                        remote.events(), cand.peer_id,
                         first_token_s=first_token_limit(r.settings.first_token_timeout_s,
                                                         queued_there, loaded=cand.loaded),
                         stall_s=r.settings.stall_timeout_s))

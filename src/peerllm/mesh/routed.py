@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import PeerLLMError
-from ..inference.request import Done, TokenChunk
+from ..events import Done, TokenChunk
 
 Event = TokenChunk | Done
 Item = TokenChunk | Done | PeerLLMError  # what the router's pump sends the caller

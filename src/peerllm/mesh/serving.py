@@ -4,8 +4,7 @@ engine, and mapping generation requests, events and engine errors to and from th
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -20,15 +19,9 @@ from ..errors import (
     ModelNotFound,
     PeerLLMError,
 )
-from ..inference.request import (
-    ChatMessage,
-    Done,
-    FinishReason,
-    GenerationRequest,
-    SamplingParams,
-    TokenChunk,
-)
-from ..p2p.infer import Finished, Generator, Piece, RemoteGeneration
+from ..events import Done, TokenChunk
+from ..inference.request import ChatMessage, GenerationRequest, SamplingParams
+from ..p2p.infer import Generator
 from ..wire import infer as wi
 from .ports import SelfView
 
@@ -84,23 +77,6 @@ def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
         raise InferenceRejected("bad_request", str(exc), retryable=False) from exc
 
 
-async def remote_events(remote: RemoteGeneration, model: str
-                        ) -> AsyncGenerator[TokenChunk | Done, None]:
-    """A remote stream's frames as the engine's events."""
-    async with contextlib.aclosing(remote.events()) as frames:
-        async for ev in frames:
-            if isinstance(ev, wi.Tokens):
-                if ev.text:
-                    yield TokenChunk(text=ev.text, n_tokens=ev.n_tokens)
-            else:
-                reason: FinishReason = ("stop" if ev.finish_reason == "stop" else
-                                        "length" if ev.finish_reason == "length"
-                                        else "cancelled")
-                yield Done(finish_reason=reason, prompt_tokens=ev.prompt_tokens,
-                           completion_tokens=ev.completion_tokens, ttft_ms=ev.ttft_ms,
-                           total_ms=ev.total_ms, model=model)
-
-
 def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generator:
     """The InferServer's generator: run a peer's request on the local engine.
 
@@ -109,26 +85,22 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generat
 
     @asynccontextmanager
     async def generate(req: wi.InferRequest, peer: str
-                       ) -> AsyncIterator[trio.MemoryReceiveChannel[Piece | Finished]]:
+                       ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
         engine = local.engine
         if engine is None or req.model not in served():
             raise InferenceRejected("model_not_found",
                                     f"{local.name} does not serve {req.model}",
                                     retryable=False)
         gen_req = from_wire_request(req)
-        send, recv = trio.open_memory_channel[Piece | Finished](64)
+        send, recv = trio.open_memory_channel[TokenChunk | Done](64)
         try:
             async with engine.stream(gen_req) as chunks, trio.open_nursery() as nursery:
                 async def forward() -> None:
                     async with send:
                         try:
                             async for item in chunks:
-                                if isinstance(item, TokenChunk):
-                                    await send.send(Piece(item.text, item.n_tokens))
-                                else:
-                                    await send.send(Finished(
-                                        item.finish_reason, item.prompt_tokens,
-                                        item.completion_tokens, item.ttft_ms, item.total_ms))
+                                await send.send(item)
+                                if isinstance(item, Done):
                                     return
                         except _ENGINE_ERRORS as exc:
                             raise local_error_to_wire(exc) from exc

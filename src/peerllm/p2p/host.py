@@ -7,10 +7,9 @@ and works around that (see shared/notes/py-libp2p-0.8.1.md).
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -33,11 +32,11 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from ..errors import NetworkKeyMismatch, PeerTimeout, PeerUnavailable
 from ..identity import Identity, to_libp2p_keypair
 from .gate import GatedTCP, NetworkKey
+from .streams import ByteStream, Libp2pStream, StreamHandler, safe_handler
 
 logger = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
-StreamHandler = Callable[[INetStream], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,41 +89,6 @@ class _Routine(logging.Filter):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
-
-
-def safe_handler(protocol: str, fn: StreamHandler, *, timeout_s: float | None) -> StreamHandler:
-    """Wrap a stream handler so nothing it raises can take the host down.
-
-    py-libp2p propagates a handler's exception into the swarm service and the whole
-    host exits (notes §4.6). Cancellation still propagates.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(stream: INetStream) -> None:
-        try:
-            if timeout_s is None:
-                await fn(stream)
-            else:
-                with trio.fail_after(timeout_s):
-                    await fn(stream)
-        except Exception as exc:
-            peer = _stream_peer(stream)
-            logger.info("%s handler for %s ended with %s: %s", protocol, peer,
-                        type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
-            with trio.move_on_after(1, shield=True):
-                try:
-                    await stream.reset()
-                except Exception:  # the stream is already gone; nothing left to tell the peer
-                    logger.debug("reset after handler failure raised", exc_info=True)
-
-    return wrapper
-
-
-def _stream_peer(stream: INetStream) -> str:
-    try:
-        return str(stream.muxed_conn.peer_id)
-    except AttributeError:
-        return "?"
 
 
 class _ConnectionNotifee(INotifee):
@@ -208,8 +172,13 @@ class P2PHost:
 
     def set_handler(self, protocol: str, handler: StreamHandler, *,
                     timeout_s: float | None = None) -> None:
-        self.libp2p.set_stream_handler(TProtocol(protocol),
-                                       safe_handler(protocol, handler, timeout_s=timeout_s))
+        """Serve inbound ``protocol`` streams with ``handler`` (wrapped in safe_handler)."""
+        safe = safe_handler(protocol, handler, timeout_s=timeout_s)
+
+        async def on_stream(raw: INetStream) -> None:
+            await safe(Libp2pStream(raw))
+
+        self.libp2p.set_stream_handler(TProtocol(protocol), on_stream)
 
     def add_addrs(self, peer_id: str, addrs: Sequence[str], ttl_s: int = 3600) -> None:
         pid = ID.from_base58(peer_id)
@@ -262,14 +231,18 @@ class P2PHost:
         await self.connect(peer_id, [addr])
         return peer_id
 
-    async def open_stream(self, peer_id: str, protocol: str) -> INetStream:
-        """Open a new stream (connecting first if needed) under the dial timeout."""
+    async def open_stream(self, peer_id: str, protocol: str) -> ByteStream:
+        """Open a new stream (connecting first if needed) under the dial timeout.
+
+        This makes P2PHost a ``streams.StreamOpener``.
+        """
         await self.connect(peer_id)
         with trio.move_on_after(self._dial_timeout_s):
             try:
-                return await self.libp2p.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+                raw = await self.libp2p.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
             except Exception as exc:
                 raise PeerUnavailable(peer_id, f"cannot open {protocol}: {_describe(exc)}") from exc
+            return Libp2pStream(raw, peer_id=peer_id)
         raise PeerTimeout(peer_id, f"{protocol} stream not open within {self._dial_timeout_s} s",
                           phase="open")
 

@@ -1,8 +1,12 @@
-"""The /peerllm/infer/1.0.0 protocol over libp2p: serving requests and calling peers.
+"""The /peerllm/infer/1.0.0 protocol on byte streams: serving requests and calling peers.
 
-One request per stream. The server coalesces the tokens produced while a write is in
-flight into one frame (py-libp2p manages ~1,000 small frames/s per connection), and
-closing or resetting the stream cancels generation on the server.
+One request per stream. Both ends speak ``peerllm.events`` (TokenChunk, then Done): the
+server's generator yields them and the client's remote stream yields them again, so the
+wire messages stay inside this module and ``wire.infer``. The server coalesces the tokens
+produced while a write is in flight into one frame (py-libp2p manages ~1,000 small
+frames/s per connection), and closing or resetting the stream cancels generation on the
+server. Everything runs on ``ByteStream``/``StreamOpener`` (streams.py), so it runs over
+memory streams in tests.
 """
 
 from __future__ import annotations
@@ -11,58 +15,30 @@ import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from typing import Final
 
 import trio
-from libp2p.abc import INetStream
 
 from ..errors import InferenceRejected, PeerConnectionLost, PeerTimeout, RemoteProtocolError
-from ..wire.framing import CLOSED, NEED_DATA
-from ..wire.infer import (
-    FINISHED,
-    PROTOCOL_ID,
-    Accepted,
-    Cancel,
-    ClientStream,
-    Done,
-    Error,
-    InferRequest,
-    LoadHint,
-    ServerStream,
-    TokenCoalescer,
-    Tokens,
-    error_for_violation,
-)
-from .host import P2PHost
-from .streams import MAX_READ, STREAM_ERRORS
+from ..events import Done, FinishReason, TokenChunk
+from ..wire import infer as wi
+from ..wire.framing import CLOSED
+from .streams import CLOSE_GRACE_S, ByteStream, StreamOpener, receive_event
 
 logger = logging.getLogger(__name__)
 
-REQUEST_READ_TIMEOUT_S = 10.0
+REQUEST_READ_TIMEOUT_S: Final = 10.0
+"""A client must have sent its whole request this long after opening the stream."""
+TOO_MANY_STREAMS_RETRY_MS: Final = 200
 
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Text produced by the engine: ``n_tokens`` tokens rendered as ``text``."""
-
-    text: str
-    n_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float | None
-    total_ms: float
-
-
-Generator = Callable[[InferRequest, str],
-                     AbstractAsyncContextManager[trio.MemoryReceiveChannel[Piece | Finished]]]
-"""(request, requesting peer) -> context yielding pieces then one Finished.
+Generator = Callable[[wi.InferRequest, str],
+                     AbstractAsyncContextManager[trio.MemoryReceiveChannel[TokenChunk | Done]]]
+"""(request, requesting peer) -> context yielding chunks then one Done.
 
 Raises InferenceRejected to reject (its code/retryable go back in the error frame)."""
+
+_FINISH_REASONS: Final[dict[str, FinishReason]] = {
+    "stop": "stop", "length": "length", "cancelled": "cancelled"}
 
 
 def _leaves(group: BaseExceptionGroup[InferenceRejected], kind: type[InferenceRejected]
@@ -76,26 +52,13 @@ def _leaves(group: BaseExceptionGroup[InferenceRejected], kind: type[InferenceRe
     return out
 
 
-class _Limits:
-    def __init__(self, per_peer: int) -> None:
-        self.per_peer = per_peer
-        self.active: dict[str, int] = {}
-
-
-async def _send(stream: INetStream, data: bytes, peer: str) -> None:
-    try:
-        await stream.write(data)
-    except STREAM_ERRORS as exc:
-        raise PeerConnectionLost(peer, f"write failed: {exc!r}") from exc
-
-
-async def _read(stream: INetStream, peer: str) -> bytes:
-    try:
-        return bytes(await stream.read(MAX_READ))
-    except EOFError:
-        return b""
-    except STREAM_ERRORS as exc:
-        raise PeerConnectionLost(peer, f"read failed: {exc!r}") from exc
+async def _send_best_effort(stream: ByteStream, data: bytes) -> None:
+    """Send a last word (an error frame) if the peer is still there to read it."""
+    with trio.move_on_after(CLOSE_GRACE_S):
+        try:
+            await stream.send_all(data)
+        except PeerConnectionLost:
+            logger.debug("could not tell %s why its stream ends", stream.peer_id)
 
 
 class InferServer:
@@ -103,132 +66,139 @@ class InferServer:
 
     def __init__(self, *, self_peer_id: str, generate: Generator,
                  max_streams_per_peer: int = 8,
-                 load: Callable[[], LoadHint] | None = None) -> None:
+                 load: Callable[[], wi.LoadHint] | None = None) -> None:
         self._self = self_peer_id
         self._generate = generate
         self._load = load
-        self._limits = _Limits(max_streams_per_peer)
+        self._per_peer = max_streams_per_peer
+        self._active: dict[str, int] = {}
 
-    async def handle(self, stream: INetStream) -> None:
-        peer = str(stream.muxed_conn.peer_id)
-        proto = ServerStream()
-        request: InferRequest | None = None
+    async def handle(self, stream: ByteStream) -> None:
+        """Serve one stream: read the request, admit it, stream the answer, close.
+
+        Raises:
+            RemoteProtocolError: the client broke the protocol (after we told it why).
+            PeerTimeout: no complete request within REQUEST_READ_TIMEOUT_S.
+            PeerConnectionLost: the stream broke.
+        The host's safe handler resets the stream on any of them.
+        """
+        peer = stream.peer_id
+        proto = wi.ServerStream()
+        request = await self._read_request(stream, proto)
+        if request is None:
+            return
+        active = self._active.get(peer, 0)
+        if active >= self._per_peer:
+            # A busy server, not a broken one: the client may try elsewhere or later.
+            await stream.send_all(proto.send(wi.Error(
+                request_id=request.request_id, code="too_many_streams",
+                message=f"at most {self._per_peer} concurrent requests per peer",
+                retryable=True, retry_after_ms=TOO_MANY_STREAMS_RETRY_MS)))
+            await stream.aclose()
+            return
+        self._active[peer] = active + 1
+        try:
+            await self._serve(stream, proto, request)
+        finally:
+            left = self._active.get(peer, 1) - 1
+            if left <= 0:
+                self._active.pop(peer, None)
+            else:
+                self._active[peer] = left
+
+    async def _read_request(self, stream: ByteStream, proto: wi.ServerStream
+                            ) -> wi.InferRequest | None:
+        """The request, or None if the client closed the stream without sending one."""
         with trio.move_on_after(REQUEST_READ_TIMEOUT_S):
             try:
-                while request is None:
-                    ev = proto.next_event()
-                    if ev is NEED_DATA:
-                        proto.receive_data(await _read(stream, peer))
-                    elif ev is CLOSED:
-                        return
-                    elif isinstance(ev, InferRequest):
-                        request = ev
+                event = await receive_event(stream, proto.receive_data, proto.next_event)
             except RemoteProtocolError as exc:
-                await _send(stream, proto.send(error_for_violation(exc)), peer)
+                await _send_best_effort(stream, proto.send(wi.error_for_violation(exc)))
                 raise
-        if request is None:
-            raise PeerTimeout(peer, "no infer request within the read timeout", phase="call")
-        active = self._limits.active.get(peer, 0)
-        if active >= self._limits.per_peer:
-            await _send(stream, proto.send(Error(
-                request_id=request.request_id, code="too_many_streams",
-                message=f"at most {self._limits.per_peer} concurrent requests per peer",
-                retryable=True, retry_after_ms=200)), peer)
-            await stream.close()
-            return
-        self._limits.active[peer] = active + 1
-        try:
-            await self._serve(stream, proto, request, peer)
-        finally:
-            left = self._limits.active.get(peer, 1) - 1
-            if left <= 0:
-                self._limits.active.pop(peer, None)
-            else:
-                self._limits.active[peer] = left
+            # In IDLE the state machine lets the client send nothing but its request.
+            return event if isinstance(event, wi.InferRequest) else None
+        raise PeerTimeout(stream.peer_id, "no infer request within the read timeout",
+                          phase="call")
 
-    async def _serve(self, stream: INetStream, proto: ServerStream, req: InferRequest,
-                     peer: str) -> None:
+    async def _serve(self, stream: ByteStream, proto: wi.ServerStream,
+                     req: wi.InferRequest) -> None:
         rid = req.request_id
         rejected: list[InferenceRejected] = []
         with trio.move_on_after(req.deadline_ms / 1000) as deadline:
             try:
-                async with self._generate(req, peer) as pieces, trio.open_nursery() as nursery:
+                async with self._generate(req, stream.peer_id) as items, \
+                        trio.open_nursery() as nursery:
                     load = self._load() if self._load is not None else None
-                    await _send(stream, proto.send(Accepted(request_id=rid, served_by=self._self,
-                                                            model=req.model, load=load)), peer)
-                    nursery.start_soon(self._watch_cancel, stream, proto, peer,
-                                       nursery.cancel_scope)
-                    await self._pump(stream, proto, pieces, rid, peer)
+                    await stream.send_all(proto.send(wi.Accepted(
+                        request_id=rid, served_by=self._self, model=req.model, load=load)))
+                    nursery.start_soon(_watch_cancel, stream, proto, nursery.cancel_scope)
+                    await _pump(stream, proto, items, rid)
                     nursery.cancel_scope.cancel()
             except* InferenceRejected as group:
                 # Raised on entry or by the generator's task; nurseries wrap it in groups.
                 rejected.extend(_leaves(group, InferenceRejected))
         if rejected:
             exc = rejected[0]
-            with trio.move_on_after(1):
-                await _send(stream, proto.send(Error(
-                    request_id=rid, code=exc.code, message=exc.message, retryable=exc.retryable,
-                    retry_after_ms=None if exc.retry_after_s is None
-                    else int(exc.retry_after_s * 1000))), peer)
+            await _send_best_effort(stream, proto.send(wi.Error(
+                request_id=rid, code=exc.code, message=exc.message, retryable=exc.retryable,
+                retry_after_ms=None if exc.retry_after_s is None
+                else int(exc.retry_after_s * 1000))))
         if deadline.cancelled_caught:
-            with trio.move_on_after(1):
-                await _send(stream, proto.send(Error(
-                    request_id=rid, code="timeout", message="request deadline passed",
-                    retryable=True)), peer)
-        with trio.move_on_after(1):
-            await stream.close()
+            await _send_best_effort(stream, proto.send(wi.Error(
+                request_id=rid, code="timeout", message="request deadline passed",
+                retryable=True)))
+        await stream.aclose()
 
-    async def _pump(self, stream: INetStream, proto: ServerStream,
-                    pieces: trio.MemoryReceiveChannel[Piece | Finished], rid: int,
-                    peer: str) -> None:
-        coalescer = TokenCoalescer(rid)
-        async for item in pieces:
-            # Everything that arrived while the last write was in flight goes in one frame.
-            batch = [item]
-            while not isinstance(batch[-1], Finished):
-                try:
-                    batch.append(pieces.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            for it in batch:
-                if isinstance(it, Piece):
-                    coalescer.add(it.text, it.n_tokens)
-            frame = coalescer.take()
-            if frame is not None:
-                await _send(stream, proto.send(frame), peer)
-            last = batch[-1]
-            if isinstance(last, Finished):
-                await _send(stream, proto.send(Done(
-                    request_id=rid, finish_reason=last.finish_reason,
-                    prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-                    ttft_ms=last.ttft_ms, total_ms=last.total_ms)), peer)
-                return
 
-    async def _watch_cancel(self, stream: INetStream, proto: ServerStream, peer: str,
-                            scope: trio.CancelScope) -> None:
-        """Cancel generation when the client sends Cancel, closes or resets the stream."""
-        try:
-            while True:
-                ev = proto.next_event()
-                if ev is NEED_DATA:
-                    proto.receive_data(await _read(stream, peer))
-                    continue
-                if ev is CLOSED or isinstance(ev, Cancel) or proto.cancel_requested:
-                    break
-        except (PeerConnectionLost, RemoteProtocolError):
-            pass
-        logger.debug("client %s cancelled request %s", peer, proto.request_id)
-        scope.cancel()
+async def _pump(stream: ByteStream, proto: wi.ServerStream,
+                items: trio.MemoryReceiveChannel[TokenChunk | Done], rid: int) -> None:
+    coalescer = wi.TokenCoalescer(rid)
+    async for item in items:
+        # Everything that arrived while the last write was in flight goes out now, in
+        # as few frames as the limits allow.
+        batch = [item]
+        while not isinstance(batch[-1], Done):
+            try:
+                batch.append(items.receive_nowait())
+            except trio.WouldBlock:
+                break
+        for it in batch:
+            if isinstance(it, TokenChunk):
+                coalescer.add(it.text, it.n_tokens)
+        while (frame := coalescer.take()) is not None:
+            await stream.send_all(proto.send(frame))
+        last = batch[-1]
+        if isinstance(last, Done):
+            await stream.send_all(proto.send(wi.Done(
+                request_id=rid, finish_reason=last.finish_reason,
+                prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
+                ttft_ms=last.ttft_ms, total_ms=last.total_ms)))
+            return
+
+
+async def _watch_cancel(stream: ByteStream, proto: wi.ServerStream,
+                        scope: trio.CancelScope) -> None:
+    """Cancel generation when the client sends Cancel, closes or resets the stream."""
+    try:
+        while not proto.cancel_requested:
+            event = await receive_event(stream, proto.receive_data, proto.next_event)
+            if event is CLOSED or isinstance(event, wi.Cancel):
+                break
+    except (PeerConnectionLost, RemoteProtocolError):
+        pass  # a broken or misbehaving client no longer wants the answer either
+    logger.debug("client %s cancelled request %s", stream.peer_id, proto.request_id)
+    scope.cancel()
 
 
 class RemoteGeneration:
-    """Events of one remote request: Tokens frames, then Done (or an InferenceRejected)."""
+    """One request accepted by a peer: ``events()`` yields its TokenChunks, then Done."""
 
-    def __init__(self, stream: INetStream, proto: ClientStream, peer: str,
-                 accepted: Accepted) -> None:
+    def __init__(self, stream: ByteStream, proto: wi.ClientStream, accepted: wi.Accepted,
+                 *, model: str) -> None:
         self._stream = stream
         self._proto = proto
-        self.peer = peer
+        self._model = model
+        self.peer = stream.peer_id
         self.accepted = accepted
 
     @property
@@ -239,40 +209,49 @@ class RemoteGeneration:
     def tokens_received(self) -> int:
         return self._proto.tokens_received
 
-    async def events(self) -> AsyncGenerator[Tokens | Done, None]:
+    async def events(self) -> AsyncGenerator[TokenChunk | Done, None]:
+        """The answer as app-level events; ``Done.model`` is the requested model.
+
+        A frame with tokens but no text yet (a character split across tokens) is not an
+        event of its own: its tokens are counted in the next chunk.
+
+        Raises:
+            InferenceRejected: the peer sent an error frame (code, retryable).
+            RemoteProtocolError: the peer broke the protocol (or closed before Done).
+            PeerConnectionLost: the stream broke.
+        """
+        pending = 0
         while True:
-            ev = await _next(self._stream, self._proto, self.peer)
-            if isinstance(ev, Tokens):
-                yield ev
-            elif isinstance(ev, Done):
-                yield ev
+            event = await receive_event(self._stream, self._proto.receive_data,
+                                        self._proto.next_event)
+            if isinstance(event, wi.Tokens):
+                pending += event.n_tokens
+                if event.text:
+                    yield TokenChunk(text=event.text, n_tokens=pending)
+                    pending = 0
+            elif isinstance(event, wi.Done):
+                yield Done(finish_reason=_FINISH_REASONS.get(event.finish_reason, "cancelled"),
+                           prompt_tokens=event.prompt_tokens,
+                           completion_tokens=event.completion_tokens, ttft_ms=event.ttft_ms,
+                           total_ms=event.total_ms, model=self._model)
                 return
-            elif isinstance(ev, Error):
-                raise _remote_error(ev, self.peer)
+            elif isinstance(event, wi.Error):
+                raise _remote_error(event, self.peer)
+            else:  # CLOSED after Done: the state machine lets nothing else through
+                raise PeerConnectionLost(self.peer, "infer stream closed before done")
 
 
-async def _next(stream: INetStream, proto: ClientStream, peer: str) -> object:
-    while True:
-        ev = proto.next_event()
-        if ev is NEED_DATA:
-            proto.receive_data(await _read(stream, peer))
-            continue
-        if ev is CLOSED:
-            raise PeerConnectionLost(peer, "infer stream closed before done")
-        return ev
-
-
-def _remote_error(err: Error, peer: str) -> InferenceRejected:
+def _remote_error(err: wi.Error, peer: str) -> InferenceRejected:
     return InferenceRejected(err.code, f"peer {peer}: {err.message}", retryable=err.retryable,
-                          retry_after_s=None if err.retry_after_ms is None
-                          else err.retry_after_ms / 1000, peer_id=peer)
+                             retry_after_s=None if err.retry_after_ms is None
+                             else err.retry_after_ms / 1000, peer_id=peer)
 
 
 class InferClient:
     """Sends infer requests to peers (a new stream per request; connections are reused)."""
 
-    def __init__(self, host: P2PHost, *, accept_timeout_s: float) -> None:
-        self._host = host
+    def __init__(self, opener: StreamOpener, *, accept_timeout_s: float) -> None:
+        self._opener = opener
         self._accept_timeout = accept_timeout_s
         self._ids = itertools.count(1)
 
@@ -280,39 +259,39 @@ class InferClient:
         return next(self._ids)
 
     @asynccontextmanager
-    async def request(self, peer_id: str, req: InferRequest) -> AsyncIterator[RemoteGeneration]:
+    async def request(self, peer_id: str, req: wi.InferRequest
+                      ) -> AsyncIterator[RemoteGeneration]:
         """Open a stream, send ``req`` and wait for Accepted.
+
+        Leaving the block before the answer is finished resets the stream, which stops
+        the generation on the server.
 
         Raises:
             InferenceRejected: the peer rejected the request (code, retryable).
-            PeerError subclasses: the peer could not be reached or broke the stream.
+            PeerError subclasses: the peer could not be reached, broke the stream, or did
+                not accept within the accept timeout (PeerTimeout).
             RemoteProtocolError: the peer broke the protocol.
+            LocalProtocolError: ``req`` cannot be encoded (our fault, not the peer's).
         """
-        stream = await self._host.open_stream(peer_id, PROTOCOL_ID)
-        proto = ClientStream()
-        ok = False
+        stream = await self._opener.open_stream(peer_id, wi.PROTOCOL_ID)
+        proto = wi.ClientStream()
+        finished = False
         try:
-            await _send(stream, proto.send(req), peer_id)
-            accepted: object = None
+            await stream.send_all(proto.send(req))
+            reply: object = None
             with trio.move_on_after(self._accept_timeout):
-                accepted = await _next(stream, proto, peer_id)
-            if accepted is None:
+                reply = await receive_event(stream, proto.receive_data, proto.next_event)
+            if reply is None:
                 raise PeerTimeout(peer_id, f"not accepted within {self._accept_timeout} s",
                                   phase="call")
-            if isinstance(accepted, Error):
-                raise _remote_error(accepted, peer_id)
-            if not isinstance(accepted, Accepted):
-                raise RemoteProtocolError(f"expected accepted, got {type(accepted).__name__}")
-            gen = RemoteGeneration(stream, proto, peer_id, accepted)
-            yield gen
-            ok = proto.state is FINISHED
+            if isinstance(reply, wi.Error):
+                raise _remote_error(reply, peer_id)
+            if not isinstance(reply, wi.Accepted):
+                raise RemoteProtocolError(f"expected accepted, got {reply!r}")
+            yield RemoteGeneration(stream, proto, reply, model=req.model)
+            finished = proto.state is wi.FINISHED
         finally:
-            with trio.move_on_after(1, shield=True):
-                try:
-                    if ok:
-                        await stream.close()
-                    else:
-                        # Resetting tells the server to stop generating now.
-                        await stream.reset()
-                except Exception:  # already gone
-                    logger.debug("closing infer stream to %s raised", peer_id, exc_info=True)
+            if finished:
+                await stream.aclose()
+            else:
+                await stream.reset()  # tells the server to stop generating now

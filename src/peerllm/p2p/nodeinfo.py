@@ -1,14 +1,14 @@
-"""The /peerllm/node-info/1.0.0 protocol over libp2p: signed answers, reused streams."""
+"""The /peerllm/node-info/1.0.0 protocol on byte streams: signed answers, reused streams."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
-from libp2p.abc import INetStream
 
 from ..errors import (
     ErrorCode,
@@ -19,20 +19,21 @@ from ..errors import (
     RemoteProtocolError,
 )
 from ..identity import Identity, peer_id_of, verify
+from ..wire.framing import CLOSED, FrameDecoder, encode_frame
 from ..wire.nodeinfo import (
     MAX_INFO_FRAME_BYTES,
     PROTOCOL_ID,
     ErrorResponse,
     InfoRequest,
     InfoResponse,
+    Message,
     NodeInfo,
     make_response,
     message_from_map,
     message_to_map,
     open_response,
 )
-from .host import P2PHost
-from .streams import FramedStream
+from .streams import ByteStream, StreamOpener, receive_event
 
 logger = logging.getLogger(__name__)
 
@@ -40,42 +41,54 @@ IDLE_STREAM_S = 300.0
 """A node-info stream with no request for this long is closed by the server."""
 
 
-async def serve_node_info(stream: INetStream, *, identity: Identity,
-                          current_info: Callable[[], NodeInfo]) -> None:
-    """Answer info requests on one stream until the peer closes it.
+async def _send(stream: ByteStream, msg: Message) -> None:
+    await stream.send_all(encode_frame(message_to_map(msg), max_frame_bytes=MAX_INFO_FRAME_BYTES))
 
-    A malformed frame raises RemoteProtocolError; the host's safe handler then
-    resets the stream. We first tell the peer why, best effort.
+
+async def _receive(stream: ByteStream, decoder: FrameDecoder) -> Message | None:
+    """The peer's next message, or None once it closed the stream between messages."""
+    frame: dict[str, Any] | type[CLOSED] = await receive_event(stream, decoder.feed,
+                                                               decoder.next_frame)
+    return None if frame is CLOSED else message_from_map(frame)
+
+
+async def serve_node_info(stream: ByteStream, *, identity: Identity,
+                          current_info: Callable[[], NodeInfo]) -> None:
+    """Answer info requests on one stream until the peer closes it (or idles).
+
+    Raises:
+        RemoteProtocolError: a malformed frame or an unexpected message; we first tell
+            the peer why (best effort), and the host's safe handler resets the stream.
+        PeerConnectionLost: the stream broke.
     """
-    peer = str(stream.muxed_conn.peer_id)
-    framed = FramedStream(stream, peer_id=peer, max_frame_bytes=MAX_INFO_FRAME_BYTES)
+    decoder = FrameDecoder(MAX_INFO_FRAME_BYTES)
     while True:
         with trio.move_on_after(IDLE_STREAM_S):
             try:
-                frame = await framed.receive()
-                if frame is None:
-                    break
-                msg = message_from_map(frame)
+                msg = await _receive(stream, decoder)
             except RemoteProtocolError as exc:
                 with trio.move_on_after(1):
-                    await framed.send(message_to_map(
-                        ErrorResponse(request_id=0, code=int(exc.code), message=str(exc))))
+                    await _send(stream, ErrorResponse(request_id=0, code=int(exc.code),
+                                                      message=str(exc)))
                 raise
+            if msg is None:
+                break
             if not isinstance(msg, InfoRequest):
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__} from a client",
                                           code=ErrorCode.UNKNOWN_MESSAGE)
-            response = make_response(msg.request_id, current_info(),
-                                     public_key=identity.public_key, sign=identity.sign)
-            await framed.send(message_to_map(response))
+            await _send(stream, make_response(msg.request_id, current_info(),
+                                              public_key=identity.public_key,
+                                              sign=identity.sign))
             continue
         break  # idle timeout
-    await framed.close()
+    await stream.aclose()
 
 
 @dataclass
 class _Channel:
-    framed: FramedStream
-    lock: trio.Lock
+    stream: ByteStream
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_INFO_FRAME_BYTES))
+    lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class NodeInfoClient:
@@ -85,8 +98,8 @@ class NodeInfoClient:
     long-lived stream; a failed call drops it and the next call opens a fresh one.
     """
 
-    def __init__(self, host: P2PHost, *, call_timeout_s: float) -> None:
-        self._host = host
+    def __init__(self, opener: StreamOpener, *, call_timeout_s: float) -> None:
+        self._opener = opener
         self._timeout = call_timeout_s
         self._channels: dict[str, _Channel] = {}
         self._ids = itertools.count(1)
@@ -101,27 +114,24 @@ class NodeInfoClient:
         """
         channel = self._channels.get(peer_id)
         if channel is None:
-            raw = await self._host.open_stream(peer_id, PROTOCOL_ID)
-            channel = _Channel(FramedStream(raw, peer_id=peer_id,
-                                            max_frame_bytes=MAX_INFO_FRAME_BYTES), trio.Lock())
+            channel = _Channel(await self._opener.open_stream(peer_id, PROTOCOL_ID))
             self._channels[peer_id] = channel
         try:
             async with channel.lock:
-                return await self._call(channel.framed, peer_id)
+                return await self._call(channel, peer_id)
         except (PeerError, ProtocolError):
             await self.drop(peer_id)
             raise
 
-    async def _call(self, framed: FramedStream, peer_id: str) -> tuple[NodeInfo, float]:
+    async def _call(self, channel: _Channel, peer_id: str) -> tuple[NodeInfo, float]:
         request_id = next(self._ids)
         started = trio.current_time()
         with trio.move_on_after(self._timeout):
-            await framed.send(message_to_map(InfoRequest(request_id=request_id)))
-            frame = await framed.receive()
+            await _send(channel.stream, InfoRequest(request_id=request_id))
+            msg = await _receive(channel.stream, channel.decoder)
             rtt_ms = (trio.current_time() - started) * 1000
-            if frame is None:
+            if msg is None:
                 raise PeerConnectionLost(peer_id, "node-info stream closed by the peer")
-            msg = message_from_map(frame)
             if isinstance(msg, ErrorResponse):
                 raise RemoteProtocolError(f"peer refused node-info: {msg.message}",
                                           code=ErrorCode(msg.code) if msg.code in
@@ -136,7 +146,7 @@ class NodeInfoClient:
     async def drop(self, peer_id: str) -> None:
         channel = self._channels.pop(peer_id, None)
         if channel is not None:
-            await channel.framed.reset()
+            await channel.stream.reset()
 
     async def aclose(self) -> None:
         for peer_id in list(self._channels):

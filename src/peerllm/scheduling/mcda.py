@@ -186,6 +186,13 @@ def apply_affinity(ranked: Sequence[Candidate], preferred: str | None) -> list[C
     return list(ranked)
 
 
+def prefer_loaded(ranked: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates that already hold the model first, each group in rank order: a resume
+    mid-stream should not wait for a model load (~2 s for a small model) when a warm
+    replica exists."""
+    return sorted(ranked, key=lambda c: not c.loaded)
+
+
 def rank_by(strategy: str, cands: Sequence[Candidate], *, weights: Weights,
             rng: random.Random, counter: int, tie_epsilon: float
             ) -> tuple[list[Candidate], list[Scored]]:

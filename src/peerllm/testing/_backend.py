@@ -1,0 +1,119 @@
+"""A fake model runtime (``inference.backend.ModelBackend``) that emits scripted tokens.
+
+It runs in the registry's real worker threads, as llama.cpp does, but needs no model
+file contents and generates in about a millisecond per token, so registry and engine
+tests check the trio side (limiters, shared loads, stop events) without llama.cpp.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from ..inference.backend import (
+    Benchmark,
+    Emit,
+    EncodedPrompt,
+    GenerationOutcome,
+    OpenOptions,
+    StopCheck,
+)
+from ..inference.request import ChatMessage, SamplingParams
+
+
+class FakeInstance:
+    """One "open model": words are tokens; generation plays the backend's script."""
+
+    def __init__(self, backend: FakeBackend, path: Path, options: OpenOptions) -> None:
+        self.backend = backend
+        self.path = path
+        self.options = options
+        self.closed = False
+        self.generated = 0  # tokens emitted over the instance's life
+
+    @property
+    def context_size(self) -> int:
+        return self.options.context_size
+
+    def encode(self, *, messages: Sequence[ChatMessage] | None, prompt: str | None,
+               resume_text: str) -> EncodedPrompt:
+        text = prompt if prompt is not None else " ".join(m.content for m in messages or ())
+        n = len(text.split()) + 1
+        return EncodedPrompt(tokens=tuple(range(n + len(resume_text.split()))), prompt_tokens=n)
+
+    def generate(self, prompt: EncodedPrompt, params: SamplingParams, *, emit: Emit,
+                 should_stop: StopCheck) -> GenerationOutcome:
+        backend = self.backend
+        for i in range(params.max_tokens):
+            text = backend.token(i)
+            if text is None:  # the script is over before max_tokens: a natural stop
+                return GenerationOutcome(finish_reason="stop", completion_tokens=i,
+                                         decode_seconds=backend.token_s * i)
+            while not backend.gate.wait(0.005):  # held by the test; still stoppable
+                if should_stop():
+                    return GenerationOutcome(finish_reason="cancelled", completion_tokens=i,
+                                             decode_seconds=0.0)
+            time.sleep(backend.token_s)
+            self.generated += 1
+            emit(text, 1)
+            if i + 1 < params.max_tokens and should_stop():
+                return GenerationOutcome(finish_reason="cancelled", completion_tokens=i + 1,
+                                         decode_seconds=0.0)
+        return GenerationOutcome(finish_reason="length", completion_tokens=params.max_tokens,
+                                 decode_seconds=0.01 * params.max_tokens)
+
+    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
+        if not self.options.embedding:
+            raise RuntimeError("embed() on a context not opened with embedding=True")
+        return [[1.0, float(len(s))] for s in inputs]
+
+    def benchmark(self, n_tokens: int) -> Benchmark:
+        return Benchmark(tokens=n_tokens, seconds=0.1, tokens_per_second=42.0, ttft_s=0.01)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    """Opens ``FakeInstance``s. Every instance emits ``tokens`` (default "t0 ", "t1 ", …).
+
+    Args:
+        tokens: the text of each token in order; when they run out before
+            ``max_tokens`` the generation stops with finish_reason "stop". None: an
+            endless "t{i} " sequence (finish_reason "length").
+        open_s: seconds each load takes (in the worker thread).
+        token_s: seconds each token takes.
+
+    ``gate`` (set by default) holds generation while cleared; ``hang_paths`` are files
+    whose load blocks until stopped (then raises ModelLoadError); ``opened`` lists every
+    instance in load order.
+    """
+
+    def __init__(self, *, tokens: Sequence[str] | None = None, open_s: float = 0.0,
+                 token_s: float = 0.001) -> None:
+        self.tokens = None if tokens is None else tuple(tokens)
+        self.open_s = open_s
+        self.token_s = token_s
+        self.hang_paths: set[Path] = set()
+        self.opened: list[FakeInstance] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def token(self, i: int) -> str | None:
+        """The text of token ``i``, or None past the end of the script."""
+        if self.tokens is None:
+            return f"t{i} "
+        return self.tokens[i] if i < len(self.tokens) else None
+
+    def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck) -> FakeInstance:
+        time.sleep(self.open_s)
+        if path in self.hang_paths:
+            while not should_stop():
+                time.sleep(0.001)
+            raise ModelLoadError(options.model_id, "load was stopped")
+        instance = FakeInstance(self, path, options)
+        self.opened.append(instance)
+        return instance
