@@ -30,6 +30,7 @@ from .errors import (
     InvalidInferenceRequest,
     ModelBusy,
     ModelLoadError,
+    NoRoute,
     PeerConnectionLost,
     PeerError,
     PeerLLMError,
@@ -85,19 +86,6 @@ def _free_memory(res: Resources) -> int:
 
 def _total_memory(res: Resources) -> int:
     return sum(g.vram_total_bytes for g in res.gpus) if res.gpus else res.ram_total_bytes
-
-
-class NoRoute(PeerLLMError):
-    """No node can serve the request; ``reasons`` says why, per candidate."""
-
-    def __init__(self, model: str, reasons: dict[str, str], *, known: bool,
-                 retry_after_s: float | None = None) -> None:
-        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
-        super().__init__(f"model {model!r}: {detail}")
-        self.model = model
-        self.reasons = reasons
-        self.known = known  # False: nobody in the mesh has this model at all
-        self.retry_after_s = retry_after_s  # soonest a busy candidate expects a free slot
 
 
 @dataclass

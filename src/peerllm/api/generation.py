@@ -30,12 +30,13 @@ from ..errors import (
     ModelBusy,
     ModelLoadError,
     ModelNotFound,
+    NoRoute,
     PeerError,
     PeerLLMError,
     ProtocolError,
 )
 from ..inference.engine import Done, TokenChunk
-from ..router import NoRoute, Routed
+from ..router import Routed
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 
 if TYPE_CHECKING:
