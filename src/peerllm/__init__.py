@@ -1,50 +1,94 @@
-"""peerllm public API. Anything not re-exported here may change without notice.
+"""peerllm public API. Anything not re-exported here (or from peerllm.testing) may change.
 
-Layers (imports point inward): errors/_types/config <- identity, wire, scheduling
-<- p2p, inference <- node <- api, cli.
+Run a node inside your trio program with ``open_node(NodeConfig(...))``, or talk to a
+running daemon with ``NodeClient``. Every exception either can raise is exported here,
+and ``except PeerLLMError`` catches them all.
+
+Layers, innermost first (a module imports only its own layer or inner ones; the full
+table is in tests/test_layers.py): errors/_types/events/limits/config < identity, wire,
+scheduling < p2p, inference < mesh < node < api, client < cli.
 """
 
 from ._version import __version__ as __version__
-from .client import NodeApiError as NodeApiError
 from .client import NodeClient as NodeClient
+from .config import ApiConfig as ApiConfig
+from .config import DiscoveryConfig as DiscoveryConfig
+from .config import InferenceConfig as InferenceConfig
+from .config import ModelsConfig as ModelsConfig
 from .config import NodeConfig as NodeConfig
+from .config import NodeIdentityConfig as NodeIdentityConfig
+from .config import P2PConfig as P2PConfig
+from .config import SchedulingSettings as SchedulingSettings
 from .errors import ConfigError as ConfigError
+from .errors import DiscoveryError as DiscoveryError
 from .errors import IdentityError as IdentityError
+from .errors import InferenceCancelled as InferenceCancelled
+from .errors import InferenceError as InferenceError
+from .errors import InferenceRejected as InferenceRejected
+from .errors import InferenceTimeout as InferenceTimeout
+from .errors import InvalidInferenceRequest as InvalidInferenceRequest
+from .errors import LocalProtocolError as LocalProtocolError
+from .errors import ModelBusy as ModelBusy
+from .errors import ModelLoadError as ModelLoadError
+from .errors import ModelNotFound as ModelNotFound
 from .errors import NetworkKeyMismatch as NetworkKeyMismatch
+from .errors import NodeApiError as NodeApiError
+from .errors import NodeNotRunning as NodeNotRunning
+from .errors import NoRoute as NoRoute
 from .errors import PeerConnectionLost as PeerConnectionLost
 from .errors import PeerError as PeerError
 from .errors import PeerLLMError as PeerLLMError
 from .errors import PeerTimeout as PeerTimeout
 from .errors import PeerUnavailable as PeerUnavailable
 from .errors import ProtocolError as ProtocolError
+from .errors import RecordError as RecordError
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .node import Node as Node
 from .node import open_node as open_node
 
 __all__ = [
+    "ApiConfig",
     "ConfigError",
+    "DiscoveryConfig",
+    "DiscoveryError",
     "IdentityError",
+    "InferenceCancelled",
+    "InferenceConfig",
+    "InferenceError",
+    "InferenceRejected",
+    "InferenceTimeout",
+    "InvalidInferenceRequest",
+    "LocalProtocolError",
+    "ModelBusy",
+    "ModelLoadError",
+    "ModelNotFound",
+    "ModelsConfig",
     "NetworkKeyMismatch",
+    "NoRoute",
     "Node",
     "NodeApiError",
     "NodeClient",
     "NodeConfig",
+    "NodeIdentityConfig",
+    "NodeNotRunning",
+    "P2PConfig",
     "PeerConnectionLost",
     "PeerError",
     "PeerLLMError",
     "PeerTimeout",
     "PeerUnavailable",
     "ProtocolError",
+    "RecordError",
     "RemoteProtocolError",
+    "SchedulingSettings",
     "__version__",
     "open_node",
 ]
 
+# Tracebacks and reprs say ``peerllm.NoRoute``, the name users import, not the private
+# module it happens to live in (trio and httpx do the same).
 for _name in __all__:
     _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
-        try:
-            _obj.__module__ = "peerllm"
-        except (AttributeError, TypeError):  # builtins-backed objects refuse; harmless
-            pass
+    if not isinstance(_obj, str):
+        _obj.__module__ = "peerllm"
 del _name, _obj

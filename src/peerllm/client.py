@@ -1,45 +1,47 @@
-"""A small async HTTP client for apps that talk to a running `peerllm node` daemon."""
+"""The HTTP client for a running `peerllm node` daemon, used by apps and by the CLI alike."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
-from .errors import NodeNotRunning, PeerLLMError
+from .errors import NodeApiError, NodeNotRunning
 
-
-class NodeApiError(PeerLLMError):
-    """The daemon answered with an error; ``status`` is the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-def _message(resp: httpx.Response, body: bytes) -> str:
-    try:
-        err = json.loads(body)["error"]
-        return str(err["message"] if isinstance(err, dict) else err)
-    except (ValueError, KeyError, TypeError):
-        return body[:300].decode("utf-8", "replace")
+DEFAULT_URL = "http://127.0.0.1:7471"
 
 
 class NodeClient:
-    """``async with NodeClient("http://127.0.0.1:7471") as c: async for t in c.chat(...)``.
+    """``async with NodeClient("http://127.0.0.1:7471") as client: ...``
 
-    Works under trio and asyncio (httpx picks the running loop).
+    Works under trio and asyncio (httpx picks the running loop); the CLI runs it with
+    ``trio.run``. Proxy settings in the environment are ignored (``trust_env=False``): the
+    daemon is normally on loopback, where an ``HTTP_PROXY`` would only get in the way.
+
+    Args:
+        base_url: the daemon's API, as printed in its banner.
+        timeout_s: how long one connect, read or write may take (not the whole request, so
+            a long generation is fine as long as tokens keep coming).
+        transport: an httpx transport to use instead of the network (tests pass
+            ``httpx.MockTransport``).
+
+    Error handling (every method):
+        NodeNotRunning: nothing answered at ``base_url`` (refused, unreachable, or no
+            response within ``timeout_s``).
+        NodeApiError: the daemon answered with an error status, reported an error inside a
+            stream, sent something that is not JSON, or broke the answer off midway.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:7471", *, timeout_s: float = 300.0
-                 ) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout_s: float = 300.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
-                                       trust_env=False)
-        self.last_served_by: str | None = None
+                                       trust_env=False, transport=transport)
+        self.last_served_by: str | None = None  # who served the last chat/generate
 
     async def __aenter__(self) -> NodeClient:
         return self
@@ -51,13 +53,13 @@ class NodeClient:
         await self._http.aclose()
 
     async def get(self, path: str, **params: str) -> Any:
+        """``GET path?params`` and return the decoded JSON document."""
+        async with self._request("GET", path, params=params or None) as resp:
+            body = await resp.aread()
         try:
-            resp = await self._http.get(path, params=params or None)
-        except httpx.TransportError as exc:
-            raise NodeNotRunning(self.base_url, f"{type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 400:
-            raise NodeApiError(resp.status_code, _message(resp, resp.content))
-        return resp.json()
+            return json.loads(body)
+        except ValueError as exc:
+            raise NodeApiError(resp.status_code, "the node answered with invalid JSON") from exc
 
     async def node_info(self) -> dict[str, Any]:
         doc: dict[str, Any] = await self.get("/v1/node/info")
@@ -70,6 +72,11 @@ class NodeClient:
     async def models(self) -> list[dict[str, Any]]:
         doc: dict[str, Any] = await self.get("/v1/models")
         return list(doc["data"])
+
+    async def route(self, model: str) -> dict[str, Any]:
+        """Where a request for ``model`` would run, and why (``peerllm route``)."""
+        doc: dict[str, Any] = await self.get("/v1/route", model=model)
+        return doc
 
     async def chat(self, model: str, messages: list[dict[str, str]], **params: Any
                    ) -> AsyncIterator[str]:
@@ -89,18 +96,92 @@ class NodeClient:
                 if choice.get("text"):
                     yield choice["text"]
 
-    async def _sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    @asynccontextmanager
+    async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                       body: dict[str, Any] | None = None) -> AsyncIterator[httpx.Response]:
+        """The response once its status is known to be a success (its body still unread).
+
+        A transport failure before the status line means nobody answered; after it, the
+        daemon did answer and then broke off, which is the daemon's error, not absence.
+        """
+        request = self._http.build_request(method, path, params=params, json=body)
         try:
-            async with self._http.stream("POST", path, json=body) as resp:
-                if resp.status_code >= 400:
-                    raise NodeApiError(resp.status_code, _message(resp, await resp.aread()))
-                self.last_served_by = resp.headers.get("x-peerllm-served-by-name")
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[len("data: "):]
-                    if data == "[DONE]":
-                        return
-                    yield json.loads(data)
+            resp = await self._http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise NodeNotRunning(self.base_url, f"{type(exc).__name__}: {exc}") from exc
+            raise NodeNotRunning(self.base_url, _describe(exc)) from exc
+        try:
+            if resp.status_code >= 400:
+                raw = await resp.aread()
+                raise _api_error(resp.status_code, _json_or_none(raw),
+                                 fallback=raw[:300].decode("utf-8", "replace").strip()
+                                 or resp.reason_phrase,
+                                 retry_after_s=_retry_after(resp))
+            yield resp
+        except httpx.TransportError as exc:
+            raise NodeApiError(resp.status_code,
+                               f"the answer broke off: {_describe(exc)}") from exc
+        finally:
+            await resp.aclose()
+
+    async def _sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        failed: NodeApiError | None = None
+        done = False
+        async with self._request("POST", path, body=body) as resp:
+            self.last_served_by = resp.headers.get("x-peerllm-served-by-name")
+            # Read on to the end of the body even after [DONE] or an error: leaving
+            # httpx's nested line iterators half-consumed makes trio warn when they are
+            # collected (the server closes the stream right after [DONE] anyway).
+            async for line in resp.aiter_lines():
+                if done or failed or not line.startswith("data: "):
+                    continue
+                data = line[len("data: "):]
+                if data == "[DONE]":
+                    done = True
+                    continue
+                event = _json_or_none(data.encode())
+                if not isinstance(event, dict):
+                    failed = NodeApiError(resp.status_code,
+                                          f"invalid stream event {data[:100]!r}")
+                elif "error" in event:  # the stream had started (200) when this went wrong
+                    failed = _api_error(resp.status_code, event, fallback="error in stream")
+                else:
+                    yield event
+        if failed is not None:
+            raise failed
+
+
+def _api_error(status: int, doc: object, *, fallback: str,
+               retry_after_s: float | None = None) -> NodeApiError:
+    """The error an API body describes: OpenAI ``{"error": {"message", "type", "code",
+    "param"}}``, Ollama ``{"error": "message"}``, or anything else (``fallback``)."""
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict):
+        return NodeApiError(status, str(err.get("message") or fallback),
+                            code=_opt_str(err.get("code")), type=_opt_str(err.get("type")),
+                            param=_opt_str(err.get("param")), retry_after_s=retry_after_s)
+    return NodeApiError(status, err if isinstance(err, str) and err else fallback,
+                        retry_after_s=retry_after_s)
+
+
+def _json_or_none(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds; the HTTP-date form is not used by peerllm and is ignored."""
+    try:
+        seconds = float(resp.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -14,7 +14,9 @@
     │   └── NetworkKeyMismatch     the peer belongs to another private network
     ├── DiscoveryError         a discovery mechanism could not start
     ├── InferenceRejected      a serving node refused or failed a request (.code, .retryable)
-    ├── NodeNotRunning         the CLI could not reach a daemon's HTTP API
+    ├── NoRoute                no node in the mesh can take the request (.reasons per candidate)
+    ├── NodeNotRunning         no daemon answered at the HTTP API's URL (.url)
+    ├── NodeApiError           a daemon answered with an error (.status, .code, .type, .message)
     └── InferenceError         (abstract) the local engine could not serve a request (.model_id)
         ├── ModelNotFound          no model with that id is configured here
         ├── ModelLoadError         the model file is missing, not GGUF, too big, or failed to load
@@ -145,12 +147,51 @@ class InferenceRejected(PeerLLMError):
         self.peer_id = peer_id
 
 
+class NoRoute(PeerLLMError):
+    """No node can serve the request; ``reasons`` says why, per candidate.
+
+    ``known`` is False when nobody in the mesh has the model at all; ``retry_after_s`` is
+    the soonest a busy candidate expects a free slot.
+    """
+
+    def __init__(self, model: str, reasons: dict[str, str], *, known: bool,
+                 retry_after_s: float | None = None) -> None:
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
+        super().__init__(f"model {model!r}: {detail}")
+        self.model = model
+        self.reasons = reasons
+        self.known = known
+        self.retry_after_s = retry_after_s
+
+
 class NodeNotRunning(PeerLLMError):
-    """No daemon answered at the given API URL."""
+    """No daemon answered at the given API URL (refused, unreachable, or silent)."""
 
     def __init__(self, url: str, message: str) -> None:
         super().__init__(f"no peerllm node at {url}: {message}")
         self.url = url
+        self.message = message
+
+
+class NodeApiError(PeerLLMError):
+    """A daemon answered with an error.
+
+    ``status`` is the HTTP status; it is 200 when the error arrived inside a stream that
+    had already started. ``code``, ``type`` and ``param`` are the error body's fields when
+    it has them (OpenAI-style ``{"error": {...}}``), ``retry_after_s`` the ``Retry-After``
+    header of a busy node.
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 type: str | None = None, param: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.param = param
+        self.retry_after_s = retry_after_s
 
 
 class InferenceError(PeerLLMError):
@@ -201,16 +242,3 @@ class InferenceTimeout(InferenceError):
     def __init__(self, model_id: str, timeout_s: float) -> None:
         super().__init__(model_id, f"inference timed out after {timeout_s:g}s")
         self.timeout_s = timeout_s
-
-
-class NoRoute(PeerLLMError):
-    """No node can serve the request; ``reasons`` says why, per candidate."""
-
-    def __init__(self, model: str, reasons: dict[str, str], *, known: bool,
-                 retry_after_s: float | None = None) -> None:
-        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
-        super().__init__(f"model {model!r}: {detail}")
-        self.model = model
-        self.reasons = reasons
-        self.known = known  # False: nobody in the mesh has this model at all
-        self.retry_after_s = retry_after_s  # soonest a busy candidate expects a free slot

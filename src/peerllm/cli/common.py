@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import trio
 
+from ..client import NodeClient
 from ..config import NodeConfig, load_config
 from ..errors import PeerLLMError
 from ..identity import default_data_dir
@@ -50,6 +52,19 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def api_url_option() -> Callable[[_F], _F]:
     return click.option("--api", "api_url", envvar="PEERLLM_API", default=DEFAULT_API_URL,
                         show_default=True, help="Base URL of a running node's HTTP API.")
+
+
+def fetch(api_url: str, path: str, **params: str) -> Any:
+    """``GET path`` from the daemon at ``api_url``; its JSON, or a one-line click error."""
+
+    async def get() -> Any:
+        async with NodeClient(api_url, timeout_s=10.0) as client:
+            return await client.get(path, **params)
+
+    try:
+        return trio.run(get)
+    except PeerLLMError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def console() -> Any:

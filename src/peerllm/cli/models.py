@@ -7,9 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from ..errors import PeerLLMError
-from .client import NodeClient
-from .common import api_url_option, console
+from .common import api_url_option, console, fetch
 
 
 @click.command()
@@ -17,13 +15,7 @@ from .common import api_url_option, console
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models(api_url: str, as_json: bool) -> None:
     """List every model in the mesh with the nodes that serve it."""
-    client = NodeClient(api_url)
-    try:
-        doc = client.get("/v1/models")
-    except PeerLLMError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        client.close()
+    doc = fetch(api_url, "/v1/models")
     rows = []
     for m in doc.get("data", []):
         providers = (m.get("peerllm") or {}).get("providers", [])

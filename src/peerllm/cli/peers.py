@@ -10,9 +10,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from ..errors import PeerLLMError
-from .client import NodeClient
-from .common import api_url_option, console
+from .common import api_url_option, console, fetch
 
 
 def _gib(n: int | None) -> str:
@@ -69,9 +67,8 @@ def _short_addr(addrs: list[str]) -> str:
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
 def peers(api_url: str, as_json: bool, watch: bool, interval: float) -> None:
     """List the peers a running node knows about."""
-    client = NodeClient(api_url)
     try:
-        doc = client.get("/v1/peers")
+        doc = fetch(api_url, "/v1/peers")
         if as_json:
             click.echo(json.dumps(doc, indent=2))
             return
@@ -82,11 +79,7 @@ def peers(api_url: str, as_json: bool, watch: bool, interval: float) -> None:
         with Live(render_table(doc, time.time()), console=term, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                doc = client.get("/v1/peers")
-                live.update(render_table(doc, time.time()), refresh=True)
-    except PeerLLMError as exc:
-        raise click.ClickException(str(exc)) from exc
+                live.update(render_table(fetch(api_url, "/v1/peers"), time.time()),
+                            refresh=True)
     except KeyboardInterrupt:
         pass
-    finally:
-        client.close()

@@ -7,9 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from ..errors import PeerLLMError
-from .client import NodeClient
-from .common import api_url_option, console
+from .common import api_url_option, console, fetch
 
 
 @click.command()
@@ -19,13 +17,7 @@ from .common import api_url_option, console
 def route(api_url: str, model: str, as_json: bool) -> None:
     """Explain the routing decision for MODEL: ranked candidates with each criterion's
     normalised value and weighted contribution, and every excluded peer with its reason."""
-    client = NodeClient(api_url)
-    try:
-        doc = client.get("/v1/route", model=model)
-    except PeerLLMError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        client.close()
+    doc = fetch(api_url, "/v1/route", model=model)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

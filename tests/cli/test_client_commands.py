@@ -1,0 +1,128 @@
+"""The CLI's client commands (models, route, peers, run) against a scripted HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from peerllm.cli import cli
+
+from .conftest import free_port
+
+
+@dataclass
+class Stub:
+    """Canned answers by path: (status, content type, body); requests are recorded."""
+
+    url: str = ""
+    answers: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    seen: list[tuple[str, dict[str, list[str]], bytes]] = field(default_factory=list)
+
+    def json(self, path: str, doc: object, status: int = 200) -> None:
+        self.answers[path] = (status, "application/json", json.dumps(doc).encode())
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    state = Stub()
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            state.seen.append((url.path, parse_qs(url.query), body))
+            status, kind, content = state.answers.get(url.path, (404, "text/plain", b"?"))
+            self.send_response(status)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(content)))
+            self.send_header("x-peerllm-served-by-name", "stub-node")
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env={"PEERLLM_API": None})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def sse(*events: object) -> bytes:
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) \
+        + b"data: [DONE]\n\n"
+
+
+def test_models_lists_providers(stub: Stub) -> None:
+    stub.json("/v1/models", {"data": [{"id": "m", "peerllm": {"providers": [
+        {"peer_id": "12D3KooWabc", "name": "box", "local": True, "loaded": True}]}}]})
+    code, out, _ = invoke("models", "--api", stub.url, "--json")
+    assert code == 0
+    assert json.loads(out) == {"models": [{"id": "m", "providers": [
+        {"peer_id": "12D3KooWabc", "name": "box", "local": True, "loaded": True}]}]}
+
+
+def test_route_asks_for_the_model_and_reports_api_errors(stub: Stub) -> None:
+    stub.json("/v1/route", {"error": {"message": "model 'zz' is not served by any node",
+                                      "type": "invalid_request_error", "code": "not_found"}},
+              status=404)
+    code, _, err = invoke("route", "zz", "--api", stub.url)
+    assert code == 1
+    assert err.strip() == "Error: HTTP 404: model 'zz' is not served by any node"
+    assert stub.seen[0][:2] == ("/v1/route", {"model": ["zz"]})
+
+
+def test_peers_json_is_the_daemons_document(stub: Stub) -> None:
+    doc = {"self": {"node": {"name": "me", "peer_id": "12D3KooWme"}}, "peers": []}
+    stub.json("/v1/peers", doc)
+    code, out, _ = invoke("peers", "--api", stub.url, "--json")
+    assert (code, json.loads(out)) == (0, doc)
+
+
+def test_run_streams_the_answer_and_names_the_server(stub: Stub) -> None:
+    stub.answers["/v1/chat/completions"] = (200, "text/event-stream", sse(
+        {"choices": [{"index": 0, "delta": {"content": "Hello"}}]},
+        {"choices": [{"index": 0, "delta": {"content": " there"}}]}))
+    code, out, err = invoke("run", "m", "hi", "--api", stub.url, "--max-tokens", "8")
+    assert (code, out, err) == (0, "Hello there\n", "[served by stub-node]\n")
+    sent = json.loads(stub.seen[0][2])
+    assert sent["messages"] == [{"role": "user", "content": "hi"}] and sent["max_tokens"] == 8
+
+
+def test_run_fails_when_the_stream_reports_an_error(stub: Stub) -> None:
+    stub.answers["/v1/completions"] = (200, "text/event-stream", sse(
+        {"choices": [{"index": 0, "text": "Once"}]},
+        {"error": {"message": "the serving peer failed", "type": "server_error",
+                   "code": "peer_error"}}))
+    code, out, err = invoke("run", "m", "tell", "--raw", "--api", stub.url)
+    assert code == 1
+    assert out == "Once"
+    assert err.strip() == "Error: HTTP 200: the serving peer failed"
+
+
+@pytest.mark.parametrize("command", [["models"], ["route", "m"], ["peers"], ["run", "m", "x"]])
+def test_no_daemon_is_one_line_error(command: list[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = invoke(*command, "--api", url)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith(f"Error: no peerllm node at {url}: ")
