@@ -27,7 +27,8 @@ PACKAGE = "peerllm"
 # the facade (__init__), which re-exports node and client, so it sits beside client.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # Pure root modules plus config (frozen dataclasses and their parsers).
-    ("core", frozenset({"errors", "_types", "_version", "events", "limits", "config"})),
+    ("core", frozenset({"errors", "error_codes", "_types", "_version", "events", "limits",
+                        "config"})),
     ("pure", frozenset({"identity", "wire", "scheduling"})),
     # Adapters over one outside library each. metrics wraps prometheus_client and only
     # takes pushed samples, so mesh, node and api may all record into it.
@@ -42,7 +43,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
 # Siblings in these layers each do one job and do not import each other.
 INDEPENDENT_LAYERS = frozenset({"pure", "adapters"})
 # Pure code: no network, threads, clocks, processes or environment.
-PURE = frozenset({"wire", "scheduling", "errors", "_types", "events", "limits"})
+PURE = frozenset({"wire", "scheduling", "errors", "error_codes", "_types", "events",
+                  "limits"})
 BANNED_IN_PURE = frozenset({
     "trio", "libp2p", "zeroconf", "llama_cpp", "socket", "time", "httpx", "httpcore", "anyio",
     "asyncio", "os", "threading", "subprocess", "select", "selectors", "psutil", "pynvml",

@@ -22,14 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..error_codes import http_status, rejection
 from ..errors import (
-    InferenceCancelled,
+    InferenceError,
     InferenceRejected,
-    InferenceTimeout,
-    InvalidInferenceRequest,
-    ModelBusy,
-    ModelLoadError,
-    ModelNotFound,
+    LocalProtocolError,
     NoRoute,
     PeerError,
     PeerLLMError,
@@ -44,11 +41,6 @@ if TYPE_CHECKING:
 
 SESSION_HEADER: Final = "x-peerllm-session"
 
-# InferenceRejected.code -> HTTP status (codes not listed: 503 if retryable, else 502).
-_REJECTED_STATUS: Final = {"bad_request": 400, "too_large": 400, "model_not_found": 404,
-                           "busy": 503, "too_many_streams": 503, "timeout": 504}
-
-
 def api_error(exc: PeerLLMError) -> ApiError:
     """The HTTP answer to an error raised while placing or running a request."""
     if isinstance(exc, NoRoute):
@@ -59,22 +51,15 @@ def api_error(exc: PeerLLMError) -> ApiError:
         reasons = "; ".join(f"{k}: {v}" for k, v in exc.reasons.items()) or "no node is ready"
         return ApiError(503, f"no node can serve {model!r} right now ({reasons})",
                         code="no_route", retry_after_s=exc.retry_after_s or 1.0)
+    if isinstance(exc, InferenceError):
+        exc = rejection(exc)
     if isinstance(exc, InferenceRejected):
-        status = _REJECTED_STATUS.get(exc.code, 503 if exc.retryable else 502)
+        status = http_status(exc.code, retryable=exc.retryable)
         retry = exc.retry_after_s if exc.retry_after_s is not None else 1.0
         return ApiError(status, exc.message, param="model" if status == 404 else None,
                         code=exc.code, retry_after_s=retry if status == 503 else None)
-    if isinstance(exc, ModelNotFound):
-        return ApiError(404, f"model {exc.model_id!r} is not served here", param="model",
-                        code="model_not_found")
-    if isinstance(exc, ModelBusy):
-        return ApiError(503, str(exc), code="busy", retry_after_s=exc.retry_after_s)
-    if isinstance(exc, InvalidInferenceRequest):
-        return ApiError(400, exc.message, code="invalid_request")
-    if isinstance(exc, InferenceTimeout):
-        return ApiError(504, str(exc), code="timeout")
-    if isinstance(exc, ModelLoadError | InferenceCancelled):
-        return ApiError(503, str(exc), code="unavailable", retry_after_s=1.0)
+    if isinstance(exc, LocalProtocolError):  # ours: the request cannot be sent to a peer
+        return ApiError(400, str(exc), code="bad_request")
     if isinstance(exc, PeerError | ProtocolError):
         return ApiError(502, f"the serving peer failed: {exc}", code="peer_error")
     return ApiError(500, f"{type(exc).__name__}: {exc}", code="internal")

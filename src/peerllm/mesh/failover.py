@@ -28,13 +28,11 @@ from typing import Final, Protocol
 import trio
 
 from ..config import SchedulingSettings
+from ..error_codes import BUSY_CODES, rejection
 from ..errors import (
-    InferenceCancelled,
+    InferenceError,
     InferenceRejected,
-    InferenceTimeout,
     LocalProtocolError,
-    ModelBusy,
-    ModelLoadError,
     NoRoute,
     PeerConnectionLost,
     PeerError,
@@ -51,14 +49,12 @@ from ..scheduling.timeouts import first_token_limit, smoothed_gap, stall_limit
 from .breakers import BreakerBook
 from .ports import InferTransport, Links, PeerHooks, SelfView
 from .routed import Event, Item, Routed
-from .serving import local_error_to_wire, to_wire_request
+from .serving import to_wire_request
 from .views import PeerLoads
 
 logger = logging.getLogger(__name__)
 
-_ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, ModelBusy,
-                          ModelLoadError, InferenceTimeout, InferenceCancelled)
-BUSY_CODES: Final = frozenset({"busy", "too_many_streams"})
+_ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, InferenceError)
 DEFAULT_BUSY_BACKOFF_S: Final = 1.0
 MAX_BUSY_WAIT_S: Final = 30.0  # how long one request may wait in all for busy peers
 MIN_BUSY_WAIT_S: Final = 0.05
@@ -252,8 +248,7 @@ class Placement:
                       accepted: bool, got_here: int) -> str:
         r, label, peer = self.r, cand.name or cand.peer_id, cand.peer_id
         rejected = exc if isinstance(exc, InferenceRejected) else (
-            local_error_to_wire(exc) if isinstance(exc, PeerLLMError)
-            and not isinstance(exc, PeerError | ProtocolError) else None)
+            rejection(exc) if isinstance(exc, InferenceError) else None)
         if rejected is not None and not rejected.retryable:
             r.breakers.release_trial(peer, attempted_at)  # it did answer
             await self.fail(rejected)

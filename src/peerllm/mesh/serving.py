@@ -1,5 +1,6 @@
 """Both directions of /peerllm/infer on our side: serving peers' requests on the local
-engine, and mapping generation requests, events and engine errors to and from the wire.
+engine, and mapping generation requests, events and engine errors to and from the wire
+(the error codes themselves are peerllm.error_codes).
 """
 
 from __future__ import annotations
@@ -9,43 +10,13 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ..errors import (
-    InferenceCancelled,
-    InferenceRejected,
-    InferenceTimeout,
-    InvalidInferenceRequest,
-    ModelBusy,
-    ModelLoadError,
-    ModelNotFound,
-    PeerLLMError,
-)
+from ..error_codes import rejection
+from ..errors import InferenceError, InferenceRejected
 from ..events import Done, TokenChunk
 from ..inference.request import ChatMessage, GenerationRequest, SamplingParams
 from ..p2p.infer import Generator
 from ..wire import infer as wi
 from .ports import SelfView
-
-_ENGINE_ERRORS = (ModelNotFound, ModelBusy, InvalidInferenceRequest, InferenceTimeout,
-                  InferenceCancelled, ModelLoadError)
-
-
-def local_error_to_wire(exc: PeerLLMError) -> InferenceRejected:
-    """Map the local engine's errors to protocol error codes for a remote caller."""
-    if isinstance(exc, ModelNotFound):
-        return InferenceRejected("model_not_found", str(exc), retryable=False)
-    if isinstance(exc, ModelBusy):
-        return InferenceRejected("busy", str(exc), retryable=True,
-                                 retry_after_s=exc.retry_after_s)
-    if isinstance(exc, InvalidInferenceRequest):
-        return InferenceRejected("bad_request", str(exc), retryable=False)
-    if isinstance(exc, InferenceTimeout):
-        return InferenceRejected("timeout", str(exc), retryable=True)
-    if isinstance(exc, InferenceCancelled):
-        return InferenceRejected("busy", str(exc), retryable=True)
-    if isinstance(exc, ModelLoadError):
-        # Another replica may well load it: worth retrying elsewhere.
-        return InferenceRejected("internal", str(exc), retryable=True)
-    return InferenceRejected("internal", f"{type(exc).__name__}: {exc}", retryable=True)
 
 
 def to_wire_request(req: GenerationRequest, *, request_id: int, deadline_s: float,
@@ -102,13 +73,13 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generat
                                 await send.send(item)
                                 if isinstance(item, Done):
                                     return
-                        except _ENGINE_ERRORS as exc:
-                            raise local_error_to_wire(exc) from exc
+                        except InferenceError as exc:
+                            raise rejection(exc) from exc
 
                 nursery.start_soon(forward)
                 yield recv
                 nursery.cancel_scope.cancel()
-        except _ENGINE_ERRORS as exc:
-            raise local_error_to_wire(exc) from exc
+        except InferenceError as exc:
+            raise rejection(exc) from exc
 
     return generate
