@@ -20,9 +20,12 @@ from peerllm import errors
 
 EXPECTED = [
     "ApiConfig",
+    "ChatMessage",
     "ConfigError",
     "DiscoveryConfig",
     "DiscoveryError",
+    "Done",
+    "GenerationRequest",
     "IdentityError",
     "InferenceCancelled",
     "InferenceConfig",
@@ -52,7 +55,10 @@ EXPECTED = [
     "ProtocolError",
     "RecordError",
     "RemoteProtocolError",
+    "Routed",
+    "SamplingParams",
     "SchedulingSettings",
+    "TokenChunk",
     "__version__",
     "open_node",
 ]

@@ -1,7 +1,8 @@
 """peerllm public API. Anything not re-exported here (or from peerllm.testing) may change.
 
 Run a node inside your trio program with ``open_node(NodeConfig(...))``, or talk to a
-running daemon with ``NodeClient``. Every exception either can raise is exported here,
+running daemon with ``NodeClient``. ``open_generation`` takes a ``GenerationRequest``
+and streams ``TokenChunk`` then ``Done`` events. Every exception either can raise is exported here,
 and ``except PeerLLMError`` catches them all.
 
 Layers, innermost first (a module imports only its own layer or inner ones; the full
@@ -43,14 +44,23 @@ from .errors import PeerUnavailable as PeerUnavailable
 from .errors import ProtocolError as ProtocolError
 from .errors import RecordError as RecordError
 from .errors import RemoteProtocolError as RemoteProtocolError
+from .events import Done as Done
+from .events import TokenChunk as TokenChunk
+from .inference.request import ChatMessage as ChatMessage
+from .inference.request import GenerationRequest as GenerationRequest
+from .inference.request import SamplingParams as SamplingParams
+from .mesh.routed import Routed as Routed
 from .node import Node as Node
 from .node import open_node as open_node
 
 __all__ = [
     "ApiConfig",
+    "ChatMessage",
     "ConfigError",
     "DiscoveryConfig",
     "DiscoveryError",
+    "Done",
+    "GenerationRequest",
     "IdentityError",
     "InferenceCancelled",
     "InferenceConfig",
@@ -80,7 +90,10 @@ __all__ = [
     "ProtocolError",
     "RecordError",
     "RemoteProtocolError",
+    "Routed",
+    "SamplingParams",
     "SchedulingSettings",
+    "TokenChunk",
     "__version__",
     "open_node",
 ]
