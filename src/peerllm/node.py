@@ -512,10 +512,6 @@ class Node:
             task_status.started()
 
 
-def _load_hint(load: wni.Load) -> wi.LoadHint:
-    return wi.LoadHint(active=load.active, queued=load.queued, capacity=load.capacity)
-
-
 def _first_tcp_port(addrs: tuple[str, ...]) -> int:
     for a in addrs:
         parts = a.split("/")
@@ -578,7 +574,7 @@ async def open_node(config: NodeConfig | None = None, *,
             node._nursery = nursery
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node))
             server = InferServer(self_peer_id=node.peer_id, generate=serve_generator(node),
-                                 load=lambda: _load_hint(node.load()))
+                                 load=node.load)
             host.set_handler(wi.PROTOCOL_ID, server.handle)
             nursery.start_soon(node._on_connection_events, nursery)
             nursery.start_soon(node._heartbeat, nursery)

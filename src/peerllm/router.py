@@ -190,7 +190,7 @@ class Router:
         self._counter = 0
         self.in_flight: dict[str, int] = {}
         # peer -> (its load from its last `accepted`, wall time): fresher than node-info.
-        self.load_hints: dict[str, tuple[wi.LoadHint, float]] = {}
+        self.load_hints: dict[str, tuple[wni.Load, float]] = {}
         self.routed: dict[str, int] = {}  # destination peer id -> requests routed (metrics)
 
     # -- candidates ------------------------------------------------------------------
@@ -220,7 +220,7 @@ class Router:
             if info is None:
                 continue
             breaker = self._breaker(e.peer_id, now)
-            load: wi.LoadHint | wni.Load = info.load
+            load: wni.Load = info.load
             hint = self.load_hints.get(e.peer_id)
             if hint is not None:
                 if e.info_received_at is None or hint[1] >= e.info_received_at:

@@ -27,7 +27,7 @@ from ..wire.infer import (
     Done,
     Error,
     InferRequest,
-    LoadHint,
+    Load,
     ServerStream,
     TokenCoalescer,
     Tokens,
@@ -103,7 +103,7 @@ class InferServer:
 
     def __init__(self, *, self_peer_id: str, generate: Generator,
                  max_streams_per_peer: int = 8,
-                 load: Callable[[], LoadHint] | None = None) -> None:
+                 load: Callable[[], Load] | None = None) -> None:
         self._self = self_peer_id
         self._generate = generate
         self._load = load
