@@ -253,7 +253,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
                         Engine(registry) if registry is not None else None)
         server = InferServer(self_peer_id=node.peer_id,
                              generate=serve_generator(node.local, node.model_ids),
-                             load=node.local.load_hint)
+                             load=node.local.load)
         host.set_handler(wi.PROTOCOL_ID, server.handle)
         host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
         await nursery.start(node.membership.run)

@@ -33,7 +33,7 @@ from peerllm.wire.framing import FrameDecoder, encode_frame
 
 SRV, CLI = "srv", "cli"
 ACCEPT_S = 5.0
-LOAD = wi.LoadHint(active=1, queued=0, capacity=2)
+LOAD = wi.Load(active=1, queued=0, capacity=2)
 SAMPLING = wi.Sampling(max_tokens=16, temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0)
 
 

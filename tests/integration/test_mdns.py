@@ -19,15 +19,7 @@ import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from peerllm.errors import DiscoveryError
-from peerllm.p2p.mdns import (
-    SERVICE_TYPE,
-    Mdns,
-    MdnsAnnouncement,
-    MdnsPeer,
-    decode_txt,
-    encode_txt,
-    open_mdns,
-)
+from peerllm.p2p.mdns import SERVICE_TYPE, Mdns, MdnsAnnouncement, MdnsPeer, open_mdns
 
 LOOPBACK = ["127.0.0.1"]
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -110,39 +102,6 @@ async def wait_for(
 
 def has(*anns: MdnsAnnouncement) -> Callable[[dict[str, MdnsPeer]], bool]:
     return lambda latest: all(latest.get(a.peer_id) == as_seen(a) for a in anns)
-
-
-# -- TXT encoding (no network) ----------------------------------------------------------
-
-
-def test_txt_round_trip_splits_long_addr_lists_and_truncates_models() -> None:
-    ann = announcement("alice", models=[f"model-{i:03d}-q4_k_m.gguf" for i in range(40)], n_addrs=6)
-    props = encode_txt(ann)
-    assert "addrs" not in props
-    assert {"addr0", "addr1"} <= props.keys()
-    assert all(len(k) + 1 + len(v.encode()) <= 255 for k, v in props.items())
-    peer = decode_txt({k.encode(): v.encode() for k, v in props.items()})
-    assert peer.addrs == ann.addrs
-    assert 0 < len(peer.models) < 40
-    assert peer.models == ann.models[: len(peer.models)]
-
-
-@pytest.mark.parametrize(
-    "props",
-    [
-        {},
-        {b"name": b"x", b"addrs": b"/ip4/1.2.3.4/tcp/1/p2p/12D3KooWabc"},
-        {b"peer_id": b"\xff\xfe", b"name": b"x", b"addrs": b"/p2p/\xff\xfe"},
-        {b"peer_id": None, b"name": b"x", b"addrs": b"/p2p/x"},
-        {b"peer_id": b"12D3KooWabc", b"name": b"x" * 200, b"addrs": b"/p2p/12D3KooWabc"},
-        {b"peer_id": b"12D3KooWabc", b"name": b"x", b"addrs": b"/ip4/1.2.3.4/p2p/12D3KooWzzz"},
-        {b"peer_id": b"12D3KooWabc", b"name": b"x"},
-        {b"peer_id": b"0OIl", b"name": b"x", b"addrs": b"/p2p/0OIl"},
-    ],
-)
-def test_decode_rejects_hostile_txt(props: dict[bytes, bytes | None]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - any ValueError (incl. Unicode) is a reject
-        decode_txt(props)
 
 
 # -- real zeroconf on 127.0.0.1 ---------------------------------------------------------

@@ -143,7 +143,7 @@ requests = st.one_of(
 messages = st.one_of(
     requests,
     st.builds(inf.Accepted, request_id=_ids, served_by=_short, model=_short,
-              load=st.none() | st.builds(inf.LoadHint, active=st.integers(0, 10**6),
+              load=st.none() | st.builds(inf.Load, active=st.integers(0, 10**6),
                                          queued=st.integers(0, 10**6),
                                          capacity=st.integers(0, 10**6))),
     st.builds(inf.Tokens, request_id=_ids, text=st.text(max_size=60), n_tokens=st.integers(1, 50)),
@@ -726,6 +726,6 @@ def test_accepted_load_is_optional_for_older_servers() -> None:
     assert "load" not in m
     assert inf.message_from_map(m) == ACCEPTED
     hinted = inf.Accepted(request_id=7, served_by="p", model="m",
-                          load=inf.LoadHint(active=2, queued=1, capacity=2))
+                          load=inf.Load(active=2, queued=1, capacity=2))
     assert map_of(hinted)["load"] == {"active": 2, "queued": 1, "capacity": 2}
     assert inf.message_from_map(map_of(hinted)) == hinted

@@ -271,7 +271,7 @@ async def test_a_non_retryable_refusal_is_not_retried(autojump_clock: trio.abc.C
 async def test_the_load_in_accepted_is_used_until_newer_node_info_arrives(
         autojump_clock: trio.abc.Clock) -> None:
     router, node, client = make_router({"a": [ok()]})
-    client.load = wi.LoadHint(active=2, queued=5, capacity=2)
+    client.load = wi.Load(active=2, queued=5, capacity=2)
     await run(router)
     (c,), _ = router.candidates(MODEL)
     assert (c.active, c.queued, c.capacity, c.degraded) == (2, 5, 2, True)

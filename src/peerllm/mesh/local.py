@@ -74,11 +74,6 @@ class LocalNode:
                         queued=sum(m.queued for m in statuses),
                         capacity=self.capacity() if statuses else 0)
 
-    def load_hint(self) -> wi.LoadHint:
-        """Our load as sent in ``accepted``."""
-        load = self.load()
-        return wi.LoadHint(active=load.active, queued=load.queued, capacity=load.capacity)
-
     def node_info(self) -> wni.NodeInfo:
         """This node's NodeInfo right now (fresh resources, next seq)."""
         self._seq += 1

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ..p2p.registry import PeerRegistry, PeerState
 from ..scheduling.filter import NodeView, OfferedModel
-from ..wire import infer as wi
 from ..wire import nodeinfo as wni
+from ..wire.load import Load
 from .breakers import BreakerBook
 from .ports import SelfView
 
@@ -32,7 +32,7 @@ class PeerLoads:
 
     in_flight: dict[str, int] = field(default_factory=dict)
     # peer -> (its load from its last `accepted`, wall time): fresher than node-info.
-    hints: dict[str, tuple[wi.LoadHint, float]] = field(default_factory=dict)
+    hints: dict[str, tuple[Load, float]] = field(default_factory=dict)
     # peer -> trio time before which it asked not to be sent more (Retry-After).
     busy_until: dict[str, float] = field(default_factory=dict)
     routed: dict[str, int] = field(default_factory=dict)  # destination -> requests (metrics)
@@ -76,7 +76,7 @@ def build_views(local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
         info = e.info
         if info is None:
             continue
-        load: wi.LoadHint | wni.Load = info.load
+        load = info.load
         hint = loads.hints.get(e.peer_id)
         if hint is not None:
             if e.info_received_at is None or hint[1] >= e.info_received_at:

@@ -66,7 +66,7 @@ class InferServer:
 
     def __init__(self, *, self_peer_id: str, generate: Generator,
                  max_streams_per_peer: int = 8,
-                 load: Callable[[], wi.LoadHint] | None = None) -> None:
+                 load: Callable[[], wi.Load] | None = None) -> None:
         self._self = self_peer_id
         self._generate = generate
         self._load = load

@@ -7,28 +7,17 @@ service (normally from cache, at most 3 s), parses its TXT record and hands the 
 trio with ``trio.from_thread.run_sync``. No background trio task is needed, so
 ``open_mdns`` owns no nursery and never wraps exceptions in an ExceptionGroup.
 
-TXT record (each ``key=value`` string <= 255 bytes, all utf-8):
-    peer_id   base58 libp2p peer id
-    name      node name (the instance label is ``<name>-<peer_id[-8:]>``)
-    models    comma-joined model ids; truncated to fit
-    addrs     comma-joined full multiaddrs (ending in ``/p2p/<peer_id>``), or, when
-              too long, split over ``addr0``, ``addr1``, ... (at most _MAX_ADDR_KEYS)
-
-TXT data from the network is untrusted: a record that is not valid utf-8, lacks a key,
-or has an out-of-range value drops that service (debug log), nothing more. A forged
-record can only point at addresses ending in the claimed peer id, and the libp2p
-handshake verifies that id when dialling.
+The TXT record's format and its checks are the pure ``wire.mdns_txt`` codec; a record
+that does not decode drops that service (debug log), nothing more.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import ifaddr
 import trio
@@ -43,54 +32,17 @@ from zeroconf import (
 )
 
 from ..errors import DiscoveryError
+from ..wire.mdns_txt import MdnsAnnouncement as MdnsAnnouncement  # open_mdns takes it
+from ..wire.mdns_txt import MdnsPeer as MdnsPeer  # discovered() yields it
+from ..wire.mdns_txt import decode_txt, encode_txt, instance_label
 
 logger = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_peerllm._tcp.local."
 
-_MAX_TXT_ENTRY_BYTES = 255  # one TXT string is length-prefixed by a single byte
-_MAX_ADDR_KEYS = 4  # addr0..addr3: keeps the whole TXT record near 1.4 KB
-_MAX_NAME_BYTES = 63 - 9  # "<name>-<8 chars>" must fit one 63-byte DNS label
-_MAX_PEER_ID_CHARS = 128
-_PEER_ID_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")  # base58btc alphabet
 _QUEUE_SIZE = 256  # discovered peers waiting for the consumer
 _RESOLVE_TIMEOUT_MS = 3000
 _CLOSE_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class MdnsAnnouncement:
-    """What this node publishes.
-
-    ``addrs`` are full multiaddrs ending in ``/p2p/<peer_id>``. ``port`` goes into the
-    SRV record only (0 is allowed: peers dial ``addrs``). Models that cannot be
-    published (a comma in the id, or past the 255-byte TXT limit) are left out with a
-    warning; everything else that is unpublishable raises ValueError here.
-    """
-
-    peer_id: str
-    name: str
-    port: int
-    addrs: tuple[str, ...]
-    models: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_peer_id(self.peer_id)
-        _check_name(self.name)
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} out of range")
-        for addr in self.addrs:
-            _check_addr(addr, self.peer_id)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MdnsPeer:
-    """A PeerLLM node seen on the LAN (possibly again, after its record changed)."""
-
-    peer_id: str
-    name: str
-    addrs: tuple[str, ...]
-    models: tuple[str, ...]
 
 
 class Mdns:
@@ -269,121 +221,12 @@ async def open_mdns(
         await mdns._aclose()
 
 
-# -- TXT encoding (pure) -------------------------------------------------------------------
+# -- naming ------------------------------------------------------------------------------
 
 
 def instance_name(announcement: MdnsAnnouncement) -> str:
     """The DNS-SD service instance name; unique per node even when names collide."""
-    return f"{_label(announcement)}.{SERVICE_TYPE}"
-
-
-def encode_txt(announcement: MdnsAnnouncement) -> dict[str, str]:
-    """The TXT properties for ``announcement``, each ``key=value`` within 255 bytes."""
-    props = {"peer_id": announcement.peer_id, "name": announcement.name}
-    publishable = [m for m in announcement.models if m and "," not in m]
-    models = _fit(publishable, _MAX_TXT_ENTRY_BYTES - len("models="))
-    if len(models) < len(announcement.models):
-        logger.warning(
-            "mdns: advertising %d of %d models (255-byte TXT limit, or a comma in the id)",
-            len(models),
-            len(announcement.models),
-        )
-    props["models"] = ",".join(models)
-    addrs = list(announcement.addrs)
-    if _entry_len("addrs", ",".join(addrs)) <= _MAX_TXT_ENTRY_BYTES:
-        props["addrs"] = ",".join(addrs)
-        return props
-    budget = _MAX_TXT_ENTRY_BYTES - len("addr0=")
-    for i in range(_MAX_ADDR_KEYS):
-        if not addrs:
-            break
-        chunk = _fit(addrs, budget)
-        props[f"addr{i}"] = ",".join(chunk)
-        addrs = addrs[len(chunk) :]
-    if addrs:
-        logger.warning("mdns: %d addresses do not fit in the TXT record", len(addrs))
-    return props
-
-
-def decode_txt(properties: Mapping[bytes, bytes | None]) -> MdnsPeer:
-    """Parse TXT properties received from the network.
-
-    Raises:
-        ValueError: (including UnicodeDecodeError) the record is not a usable PeerLLM
-            record; callers drop the service.
-    """
-    peer_id = _required(properties, "peer_id")
-    _check_peer_id(peer_id)
-    name = _required(properties, "name")
-    _check_name(name)
-    models = tuple(m for m in (_optional(properties, "models") or "").split(",") if m)
-    parts = [_optional(properties, "addrs")]
-    for i in range(_MAX_ADDR_KEYS):
-        part = _optional(properties, f"addr{i}")
-        if part is None:
-            break
-        parts.append(part)
-    addrs = tuple(a for part in parts if part for a in part.split(",") if a)
-    if not addrs:
-        raise ValueError("no addrs")
-    for addr in addrs:
-        _check_addr(addr, peer_id)
-    return MdnsPeer(peer_id=peer_id, name=name, addrs=addrs, models=models)
-
-
-def _label(announcement: MdnsAnnouncement) -> str:
-    return f"{announcement.name}-{announcement.peer_id[-8:]}"
-
-
-def _entry_len(key: str, value: str) -> int:
-    return len(key.encode()) + 1 + len(value.encode())
-
-
-def _fit(items: Iterable[str], budget: int) -> list[str]:
-    """The longest prefix of ``items`` whose comma-join is at most ``budget`` bytes."""
-    out: list[str] = []
-    used = -1  # no comma before the first item
-    for item in items:
-        used += 1 + len(item.encode())
-        if used > budget:
-            break
-        out.append(item)
-    return out
-
-
-def _required(properties: Mapping[bytes, bytes | None], key: str) -> str:
-    value = _optional(properties, key)
-    if not value:
-        raise ValueError(f"missing {key}")
-    return value
-
-
-def _optional(properties: Mapping[bytes, bytes | None], key: str) -> str | None:
-    raw = properties.get(key.encode())
-    return None if raw is None else raw.decode("utf-8")
-
-
-def _check_peer_id(peer_id: str) -> None:
-    if len(peer_id) > _MAX_PEER_ID_CHARS or not _PEER_ID_RE.fullmatch(peer_id):
-        raise ValueError(f"peer_id {peer_id[:_MAX_PEER_ID_CHARS]!r} is not a base58 peer id")
-
-
-def _check_name(name: str) -> None:
-    if not name or len(name.encode()) > _MAX_NAME_BYTES or "." in name or not name.isprintable():
-        raise ValueError(f"name {name[:80]!r}: need 1-{_MAX_NAME_BYTES} bytes, no '.'")
-
-
-def _check_addr(addr: str, peer_id: str) -> None:
-    ok = (
-        addr.startswith("/")
-        and addr.endswith(f"/p2p/{peer_id}")
-        and addr.isascii()
-        and addr.isprintable()
-        and not any(c in addr for c in ", ")
-        and _entry_len("addr0", addr) <= _MAX_TXT_ENTRY_BYTES
-    )
-    if not ok:
-        raise ValueError(f"addr {addr[:300]!r} is not a multiaddr ending in /p2p/{peer_id}")
+    return f"{instance_label(announcement)}.{SERVICE_TYPE}"
 
 
 def _check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
@@ -426,12 +269,21 @@ def _host_ipv4s() -> tuple[str, ...]:
 
 
 def _service_info(announcement: MdnsAnnouncement, ips: tuple[str, ...]) -> ServiceInfo:
-    label = _label(announcement)
+    label = instance_label(announcement)
+    record = encode_txt(announcement)
+    if record.models_left_out:
+        logger.warning(
+            "mdns: advertising %d of %d models (255-byte TXT limit, or a comma in the id)",
+            len(announcement.models) - record.models_left_out,
+            len(announcement.models),
+        )
+    if record.addrs_left_out:
+        logger.warning("mdns: %d addresses do not fit in the TXT record", record.addrs_left_out)
     return ServiceInfo(
         SERVICE_TYPE,
         f"{label}.{SERVICE_TYPE}",
         port=announcement.port,
-        properties=encode_txt(announcement),
+        properties=dict(record.properties),
         server=f"{label}.local.",
         parsed_addresses=list(ips),
     )

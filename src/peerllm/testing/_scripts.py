@@ -148,7 +148,7 @@ class ScriptedInferClient:
     """
 
     scripts: dict[str, list[list[Step]]]
-    load: wi.LoadHint | None = None  # what every `accepted` reports
+    load: wi.Load | None = None  # what every `accepted` reports
     calls: list[tuple[str, float, str]] = field(default_factory=list)
 
     def next_request_id(self) -> int:

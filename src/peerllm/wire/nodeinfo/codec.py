@@ -1,152 +1,48 @@
-"""Messages of the /peerllm/node-info/1.0.0 protocol: a signed, strictly typed NodeInfo.
+"""NodeInfo and node-info messages to and from maps, decoded strictly.
 
-Map forms follow protocols/node-info.md. Decoding is strict: every field must be
-present with exactly the right type (``bool`` is not an ``int``; ``nil`` only where
-the field is optional) and within its limits, and errors name the field path, e.g.
-``resources.gpus[1].vram_free_bytes: expected int, got str``. Map keys this version
-does not know are ignored, so later minor versions can add fields without breaking
-older readers. Signing and key handling are callbacks; nothing here does crypto.
+Every field must be present with exactly the right type (``bool`` is not an ``int``;
+``nil`` only where the field is optional) and within its limits, and errors name the
+field path, e.g. ``resources.gpus[1].vram_free_bytes: expected int, got str``. Map keys
+this version does not know are ignored, so later minor versions can add fields without
+breaking older readers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
-from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from ._fields import FieldError, MapReader
-from .framing import pack, unpack_map
+from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .._fields import INT64_MAX, FieldError, MapReader
+from ..load import load_to_map, read_load
+from .messages import (
+    BOOT_NONCE_BYTES,
+    MAX_ADDR_LEN,
+    MAX_ADDRS,
+    MAX_FEATURES,
+    MAX_GPUS,
+    MAX_ID_LEN,
+    MAX_INFO_BODY_BYTES,
+    MAX_MESSAGE_LEN,
+    MAX_MODELS,
+    MAX_PROTOCOLS,
+    MAX_TAG_LEN,
+    MAX_TAGS,
+    PROTOCOL_VERSION,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    Capabilities,
+    ErrorResponse,
+    Gpu,
+    InfoRequest,
+    InfoResponse,
+    Message,
+    ModelInfo,
+    NodeInfo,
+    Performance,
+    Resources,
+)
 
-PROTOCOL_ID: Final = "/peerllm/node-info/1.0.0"
-PROTOCOL_VERSION: Final = 1
-MAX_INFO_FRAME_BYTES: Final = 64 * 1024
-"""Frame cap for this protocol (both directions)."""
-MAX_INFO_BODY_BYTES: Final = MAX_INFO_FRAME_BYTES - 1024
-"""Cap on the signed NodeInfo body; the rest of the frame is envelope (< 200 bytes)."""
-SIGNATURE_DOMAIN: Final = b"peerllm/node-info/v1\x00"
-
-PUBLIC_KEY_BYTES: Final = 32
-SIGNATURE_BYTES: Final = 64
-BOOT_NONCE_BYTES: Final = 16
-
-MAX_ID_LEN: Final = 256
-"""peer_id, node_id, name, software_version, location, model ids, GPU names, protocols."""
-MAX_ADDR_LEN: Final = 512
-MAX_TAG_LEN: Final = 64
-"""Tags and feature names."""
-MAX_MESSAGE_LEN: Final = 1024
-MAX_ADDRS: Final = 64
-MAX_MODELS: Final = 256
-MAX_TAGS: Final = 32
-MAX_GPUS: Final = 16
-MAX_PROTOCOLS: Final = 64
-MAX_FEATURES: Final = 64
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Gpu:
-    index: int
-    name: str
-    vram_total_bytes: int
-    vram_free_bytes: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Resources:
-    cpu_cores: int
-    ram_total_bytes: int
-    ram_free_bytes: int
-    gpus: tuple[Gpu, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelInfo:
-    id: str
-    loaded: bool
-    context_size: int | None
-    size_bytes: int | None
-    tags: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Load:
-    active: int
-    queued: int
-    capacity: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Performance:
-    tokens_per_second: float | None
-    ttft_ms: float | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Capabilities:
-    protocols: tuple[str, ...]
-    features: tuple[str, ...]
-    private_network: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeInfo:
-    """What a node says about itself; signed by its peer key when sent."""
-
-    protocol_version: int
-    software_version: str
-    peer_id: str
-    node_id: str
-    name: str
-    location: str | None
-    tags: tuple[str, ...]
-    boot_nonce: bytes
-    """16 random bytes drawn at process start: a new value means the node restarted."""
-    started_at: float
-    """Unix time (s) the node process started."""
-    issued_at: float
-    """Unix time (s) this NodeInfo was produced."""
-    seq: int
-    """Increases with every NodeInfo produced under one boot_nonce."""
-    addrs: tuple[str, ...]
-    capabilities: Capabilities
-    resources: Resources
-    models: tuple[ModelInfo, ...]
-    load: Load
-    performance: Performance
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InfoRequest:
-    request_id: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InfoResponse:
-    request_id: int
-    body: bytes
-    """msgpack of ``info_to_map(info)``: exactly the bytes that were signed."""
-    public_key: bytes
-    """The signer's raw 32-byte Ed25519 public key."""
-    signature: bytes
-    """64-byte Ed25519 signature over ``signing_payload(body)``."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ErrorResponse:
-    request_id: int
-    """The failed request's id, or 0 when the request could not be decoded."""
-    code: int
-    """An ``ErrorCode`` value; unknown values must be tolerated."""
-    message: str
-
-
-Message = InfoRequest | InfoResponse | ErrorResponse
 _MESSAGE_TYPES: Final = frozenset({"info_req", "info", "error"})
-
-
-# ---------------------------------------------------------------- NodeInfo <-> map
-
 
 def info_to_map(info: NodeInfo) -> dict[str, Any]:
     """The map form of ``info`` (floats always encoded as floats)."""
@@ -193,7 +89,7 @@ def info_to_map(info: NodeInfo) -> dict[str, Any]:
             }
             for m in info.models
         ],
-        "load": {"active": load.active, "queued": load.queued, "capacity": load.capacity},
+        "load": load_to_map(load),
         "performance": {
             "tokens_per_second": _opt_float(perf.tokens_per_second),
             "ttft_ms": _opt_float(perf.ttft_ms),
@@ -265,11 +161,7 @@ def _info_from_reader(r: MapReader) -> NodeInfo:
             )
             for mr in r.get_map_list("models", max_items=MAX_MODELS)
         ),
-        load=Load(
-            active=load.get_int("active"),
-            queued=load.get_int("queued"),
-            capacity=load.get_int("capacity"),
-        ),
+        load=read_load(load, max_count=INT64_MAX),
         performance=Performance(
             tokens_per_second=perf.get_opt_float("tokens_per_second"),
             ttft_ms=perf.get_opt_float("ttft_ms"),
@@ -361,86 +253,3 @@ def message_from_map(m: Any) -> Message:
     except FieldError as exc:
         raise RemoteProtocolError(f"node-info message: {exc}") from exc
 
-
-# ---------------------------------------------------------------- signing
-
-
-def signing_payload(body: bytes) -> bytes:
-    """The bytes a node signs: ``SIGNATURE_DOMAIN + body``."""
-    return SIGNATURE_DOMAIN + body
-
-
-def make_response(
-    request_id: int, info: NodeInfo, *, public_key: bytes, sign: Callable[[bytes], bytes]
-) -> InfoResponse:
-    """Encode ``info``, sign it with ``sign`` and wrap it in an InfoResponse.
-
-    Raises:
-        LocalProtocolError: ``info`` breaks a field rule, its body exceeds
-            MAX_INFO_BODY_BYTES (code FRAME_TOO_LARGE), or the key or signature has
-            the wrong length.
-    """
-    m = info_to_map(info)
-    try:
-        info_from_map(m)
-    except RemoteProtocolError as exc:
-        raise LocalProtocolError(f"refusing to send invalid NodeInfo: {exc}") from exc
-    body = pack(m)
-    if len(body) > MAX_INFO_BODY_BYTES:
-        raise LocalProtocolError(
-            f"NodeInfo body of {len(body)} bytes exceeds {MAX_INFO_BODY_BYTES}",
-            code=ErrorCode.FRAME_TOO_LARGE,
-        )
-    if len(public_key) != PUBLIC_KEY_BYTES:
-        raise LocalProtocolError(f"public key must be {PUBLIC_KEY_BYTES} bytes")
-    signature = sign(signing_payload(body))
-    if len(signature) != SIGNATURE_BYTES:
-        raise LocalProtocolError(f"signature must be {SIGNATURE_BYTES} bytes")
-    return InfoResponse(
-        request_id=request_id, body=body, public_key=public_key, signature=signature
-    )
-
-
-def open_response(
-    resp: InfoResponse,
-    *,
-    expected_peer_id: str,
-    peer_id_of: Callable[[bytes], str],
-    verify: Callable[[bytes, bytes, bytes], bool],
-) -> NodeInfo:
-    """Check that ``resp`` was signed by ``expected_peer_id`` and return its NodeInfo.
-
-    ``peer_id_of(public_key)`` derives a peer ID from a raw public key;
-    ``verify(public_key, message, signature)`` returns whether the signature holds.
-
-    Raises:
-        RemoteProtocolError(code=BAD_SIGNATURE): the key is not the expected peer's,
-            the signature does not verify, or the signed NodeInfo names another peer.
-        RemoteProtocolError(code=BAD_FRAME / FRAME_TOO_LARGE): the signed body is
-            malformed or too large.
-    """
-    if len(resp.public_key) != PUBLIC_KEY_BYTES or len(resp.signature) != SIGNATURE_BYTES:
-        raise RemoteProtocolError(
-            "node-info key or signature has the wrong length", code=ErrorCode.BAD_SIGNATURE
-        )
-    if len(resp.body) > MAX_INFO_BODY_BYTES:
-        raise RemoteProtocolError(
-            f"node-info body exceeds {MAX_INFO_BODY_BYTES} bytes", code=ErrorCode.FRAME_TOO_LARGE
-        )
-    signer = peer_id_of(resp.public_key)
-    if signer != expected_peer_id:
-        raise RemoteProtocolError(
-            f"node-info signed by {signer}, expected {expected_peer_id}",
-            code=ErrorCode.BAD_SIGNATURE,
-        )
-    if not verify(resp.public_key, signing_payload(resp.body), resp.signature):
-        raise RemoteProtocolError(
-            "node-info signature does not verify", code=ErrorCode.BAD_SIGNATURE
-        )
-    info = info_from_map(unpack_map(resp.body, what="node-info body"))
-    if info.peer_id != expected_peer_id:
-        raise RemoteProtocolError(
-            f"signed node-info names peer {info.peer_id}, expected {expected_peer_id}",
-            code=ErrorCode.BAD_SIGNATURE,
-        )
-    return info
