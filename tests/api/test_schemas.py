@@ -10,6 +10,7 @@ import pytest
 from peerllm.api import schemas
 from peerllm.api.schemas import ApiError
 from peerllm.inference.engine import ChatMessage, SamplingParams
+from peerllm.wire import limits
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -116,7 +117,7 @@ def test_integral_float_max_tokens_is_accepted() -> None:
     ({"top_k": -1}, "top_k"),
     ({"top_k": 1.5}, "top_k"),
     ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": schemas.MAX_TOKENS + 1}, "max_tokens"),
+    ({"max_tokens": limits.MAX_TOKENS + 1}, "max_tokens"),
     ({"max_tokens": "8"}, "max_tokens"),
     ({"max_completion_tokens": -5}, "max_completion_tokens"),
     ({"stop": 5}, "stop"),
@@ -145,7 +146,7 @@ def test_n_must_be_1_message() -> None:
 
 
 def test_oversized_prompt_is_rejected() -> None:
-    big = "x" * (schemas.MAX_PROMPT_CHARS // 2 + 1)
+    big = "x" * (limits.MAX_PROMPT_CHARS // 2 + 1)
     body = {**CHAT, "messages": [{"role": "user", "content": big},
                                  {"role": "user", "content": big}]}
     err = api_error(schemas.openai_chat, body)
@@ -153,7 +154,7 @@ def test_oversized_prompt_is_rejected() -> None:
 
 
 def test_prompt_at_the_limit_is_fine() -> None:
-    body = {**CHAT, "messages": [{"role": "user", "content": "x" * schemas.MAX_PROMPT_CHARS}]}
+    body = {**CHAT, "messages": [{"role": "user", "content": "x" * limits.MAX_PROMPT_CHARS}]}
     assert schemas.openai_chat(body).request.messages is not None
 
 
@@ -170,7 +171,7 @@ def test_openai_completion() -> None:
     ({"prompt": None}, "prompt"),
     ({"prompt": ["a", "b"]}, "prompt"),
     ({"prompt": [1, 2, 3]}, "prompt"),
-    ({"prompt": "x" * (schemas.MAX_PROMPT_CHARS + 1)}, "prompt"),
+    ({"prompt": "x" * (limits.MAX_PROMPT_CHARS + 1)}, "prompt"),
     ({"echo": True}, "echo"),
     ({"suffix": "tail"}, "suffix"),
     ({"best_of": 2}, "best_of"),
@@ -216,7 +217,7 @@ def test_ollama_chat_options() -> None:
 
 def test_ollama_unlimited_num_predict() -> None:
     gen = schemas.ollama_chat({**CHAT, "options": {"num_predict": -1}, "stream": False})
-    assert gen.request.params.max_tokens == schemas.MAX_TOKENS and not gen.stream
+    assert gen.request.params.max_tokens == limits.MAX_TOKENS and not gen.stream
 
 
 @pytest.mark.parametrize(("patch", "param"), [
@@ -286,3 +287,122 @@ def test_every_error_is_a_4xx_with_a_message() -> None:
         for parse in (schemas.openai_chat, schemas.ollama_chat):
             err = api_error(parse, body)
             assert 400 <= err.status < 500 and err.message
+
+
+# -- the API refuses what the wire cannot carry (wire.limits) ---------------------------
+# Each of these once passed the API and was then refused by our own infer encoder, which
+# the router blamed on the (healthy) peer. Now they are a 400 naming the field.
+
+LONE = "lone \ud800 surrogate"  # JSON "\ud800" decodes to this; UTF-8 cannot carry it
+_TOO_MANY = [{"role": "user", "content": "x"}] * (limits.MAX_MESSAGES + 1)
+_MAX_FIELDS = {"top_k": limits.MAX_TOP_K, "repeat_penalty": limits.MAX_REPEAT_PENALTY,
+               "stop": ["🦙" * limits.MAX_STOP_CHARS] * limits.MAX_STOP}
+
+
+@pytest.mark.parametrize(("patch", "param"), [
+    ({"messages": _TOO_MANY}, "messages"),
+    ({"top_k": limits.MAX_TOP_K + 1}, "top_k"),
+    ({"repeat_penalty": limits.MAX_REPEAT_PENALTY + 0.5}, "repeat_penalty"),
+    ({"stop": ["s"] * (limits.MAX_STOP + 1)}, "stop"),
+    ({"stop": "x" * (limits.MAX_STOP_CHARS + 1)}, "stop"),
+    ({"stop": ["ok", LONE]}, "stop[1]"),
+    ({"model": "m" * (limits.MAX_MODEL_ID_CHARS + 1)}, "model"),
+    ({"model": LONE}, "model"),
+    ({"messages": [{"role": "user", "content": LONE}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "a"},
+                   {"role": "user", "content": [{"type": "text", "text": LONE}]}]},
+     "messages[1].content"),
+    ({"user": LONE}, "user"),
+])
+def test_openai_chat_refuses_what_the_wire_cannot_carry(patch: dict[str, Any],
+                                                        param: str) -> None:
+    err = api_error(schemas.openai_chat, {**CHAT, **patch})
+    assert (err.status, err.param) == (400, param), err.message
+    assert err.message.startswith(f"{param}: ")
+
+
+def test_session_header_with_a_lone_surrogate_is_refused() -> None:
+    err = api_error(schemas.openai_chat, CHAT, session_header=LONE)
+    assert (err.status, err.param) == (400, "X-PeerLLM-Session")
+
+
+def test_prompt_over_the_frame_budget_is_too_large() -> None:
+    # Within the character limit, but 4 UTF-8 bytes each would overflow the 1 MiB frame.
+    body = {**CHAT, "messages": [{"role": "user",
+                                  "content": "🦙" * (limits.MAX_PROMPT_BYTES // 4 + 1)}]}
+    err = api_error(schemas.openai_chat, body)
+    assert (err.status, err.param, err.code) == (400, "messages", "prompt_too_large")
+
+
+def test_openai_values_at_the_wire_limits_are_accepted() -> None:
+    gen = schemas.openai_chat({**CHAT, **_MAX_FIELDS,
+                               "messages": [{"role": "user", "content": "x"}]
+                               * limits.MAX_MESSAGES})
+    assert gen.request.params.top_k == limits.MAX_TOP_K
+    assert gen.request.messages is not None and len(gen.request.messages) == limits.MAX_MESSAGES
+
+
+@pytest.mark.parametrize(("patch", "param"), [
+    ({"prompt": LONE}, "prompt"),
+    ({"prompt": [LONE]}, "prompt"),
+    ({"top_k": limits.MAX_TOP_K + 1}, "top_k"),
+    ({"repeat_penalty": 11}, "repeat_penalty"),
+    ({"stop": ["s"] * (limits.MAX_STOP + 1)}, "stop"),
+    ({"model": LONE}, "model"),
+])
+def test_openai_completion_refuses_what_the_wire_cannot_carry(patch: dict[str, Any],
+                                                              param: str) -> None:
+    err = api_error(schemas.openai_completion, {"model": "m", "prompt": "p", **patch})
+    assert (err.status, err.param) == (400, param), err.message
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"temperature": limits.MAX_TEMPERATURE + 0.5}, "options.temperature"),
+    ({"temperature": -0.5}, "options.temperature"),
+    ({"top_k": limits.MAX_TOP_K + 1}, "options.top_k"),
+    ({"repeat_penalty": limits.MAX_REPEAT_PENALTY + 1}, "options.repeat_penalty"),
+    ({"stop": ["s"] * (limits.MAX_STOP + 1)}, "options.stop"),
+    ({"stop": ["x" * (limits.MAX_STOP_CHARS + 1)]}, "options.stop"),
+    ({"stop": [LONE]}, "options.stop[0]"),
+    ({"num_predict": limits.MAX_TOKENS + 1}, "options.num_predict"),
+])
+def test_ollama_options_refuse_what_the_wire_cannot_carry(options: dict[str, Any],
+                                                          param: str) -> None:
+    for parse, body in ((schemas.ollama_chat, {**CHAT, "options": options}),
+                        (schemas.ollama_generate, {"model": "m", "prompt": "p",
+                                                   "options": options})):
+        err = api_error(parse, body)
+        assert (err.status, err.param) == (400, param), err.message
+        assert err.message.startswith(f"{param}: ")
+
+
+@pytest.mark.parametrize(("patch", "param"), [
+    ({"messages": _TOO_MANY}, "messages"),
+    ({"messages": [{"role": "user", "content": LONE}]}, "messages[0].content"),
+    ({"model": LONE}, "model"),
+])
+def test_ollama_chat_refuses_what_the_wire_cannot_carry(patch: dict[str, Any],
+                                                        param: str) -> None:
+    err = api_error(schemas.ollama_chat, {**CHAT, **patch})
+    assert (err.status, err.param) == (400, param), err.message
+
+
+@pytest.mark.parametrize(("patch", "param", "code"), [
+    ({"prompt": LONE}, "prompt", "invalid_value"),
+    ({"prompt": LONE, "raw": True}, "prompt", "invalid_value"),
+    ({"system": LONE}, "system", "invalid_value"),
+    ({"prompt": "x" * (limits.MAX_PROMPT_CHARS + 1)}, "prompt", "prompt_too_large"),
+    ({"prompt": "x" * limits.MAX_PROMPT_CHARS, "system": "s"}, "prompt", "prompt_too_large"),
+    ({"prompt": "x" * (limits.MAX_PROMPT_CHARS + 1), "raw": True}, "prompt",
+     "prompt_too_large"),
+])
+def test_ollama_generate_names_the_body_fields(patch: dict[str, Any], param: str,
+                                               code: str) -> None:
+    err = api_error(schemas.ollama_generate, {"model": "m", "prompt": "p", **patch})
+    assert (err.status, err.param, err.code) == (400, param, code), err.message
+
+
+@pytest.mark.parametrize("parse", [schemas.openai_embeddings, schemas.ollama_embed])
+def test_embedding_inputs_with_a_lone_surrogate_are_refused(parse: Any) -> None:
+    err = api_error(parse, {"model": "m", "input": ["fine", LONE]})
+    assert (err.status, err.param) == (400, "input[1]")

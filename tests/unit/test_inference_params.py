@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from peerllm.inference.engine import ChatMessage, GenerationRequest, SamplingParams
+from peerllm.inference.request import InvalidField
+from peerllm.wire import limits
 
 
 def test_defaults_are_valid() -> None:
@@ -23,9 +25,15 @@ def test_defaults_are_valid() -> None:
     ("repeat_penalty", 0.0), ("repeat_penalty", -1.0),
     ("seed", -1), ("seed", 2**32), ("seed", "7"),
     ("stop", ("",)), ("stop", ("x" * 257,)), ("stop", tuple("abcdefghijklmnopq")),
+    # the infer protocol's limits (wire.limits), so that every request can reach any peer
+    ("max_tokens", limits.MAX_TOKENS + 1), ("top_k", limits.MAX_TOP_K + 1),
+    ("temperature", limits.MAX_TEMPERATURE + 0.01),
+    ("repeat_penalty", limits.MAX_REPEAT_PENALTY + 0.01),
+    ("stop", ("s",) * (limits.MAX_STOP + 1)), ("stop", ("x" * (limits.MAX_STOP_CHARS + 1),)),
+    ("stop", ("ok", "lone \ud800")),
 ])
 def test_bad_sampling_value_names_the_field(field: str, value: Any) -> None:
-    with pytest.raises((ValueError, TypeError), match=rf"^{field}:"):
+    with pytest.raises((ValueError, TypeError), match=rf"^{field}(\[\d+\])?:"):
         SamplingParams(**{field: value})
 
 
@@ -41,6 +49,16 @@ def test_stop_list_becomes_tuple() -> None:
 def test_greedy_and_edge_values_allowed() -> None:
     SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=0, max_tokens=1)
     SamplingParams(seed=2**32 - 1)
+    SamplingParams(max_tokens=limits.MAX_TOKENS, temperature=limits.MAX_TEMPERATURE,
+                   top_k=limits.MAX_TOP_K, repeat_penalty=limits.MAX_REPEAT_PENALTY,
+                   stop=("🦙" * limits.MAX_STOP_CHARS,) * limits.MAX_STOP)
+
+
+def test_refusals_are_invalid_field_with_the_field_named() -> None:
+    with pytest.raises(InvalidField) as info:
+        SamplingParams(stop=("ok", "\udfff"))
+    assert info.value.field == "stop[1]" and "surrogate" in info.value.problem
+    assert not info.value.too_large
 
 
 def test_chat_message_roles() -> None:
@@ -68,3 +86,42 @@ def test_request_validation() -> None:
     req = GenerationRequest(model="m", messages=[ChatMessage(role="user", content="a")])  # type: ignore[arg-type]
     assert isinstance(req.messages, tuple)
     assert req.params == SamplingParams() and req.resume_text == ""
+
+
+def user(content: str) -> ChatMessage:
+    return ChatMessage(role="user", content=content)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"model": "m" * (limits.MAX_MODEL_ID_CHARS + 1), "prompt": "x"}, "model"),
+    ({"model": "m\ud800", "prompt": "x"}, "model"),
+    ({"prompt": "x\udc00y"}, "prompt"),
+    ({"prompt": "x", "resume_text": "\ud83d"}, "resume_text"),
+    ({"messages": (user("a"), user("b\ud800"))}, "messages[1].content"),
+    ({"messages": (user("a"),) * (limits.MAX_MESSAGES + 1)}, "messages"),
+])
+def test_request_limits_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        GenerationRequest(**{"model": "m", **kwargs})
+    assert info.value.field == field and str(info.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"prompt": "x" * (limits.MAX_PROMPT_CHARS + 1)}, "prompt"),
+    ({"prompt": "x" * limits.MAX_PROMPT_CHARS, "resume_text": "y"}, "prompt"),
+    ({"messages": (user("x" * (limits.MAX_PROMPT_CHARS // 2)),) * 2, "resume_text": "y"},
+     "messages"),
+    # within the character limit, but four UTF-8 bytes each would overflow a 1 MiB frame
+    ({"prompt": "🦙" * (limits.MAX_PROMPT_BYTES // 4 + 1)}, "prompt"),
+])
+def test_prompt_size_limits_are_too_large(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        GenerationRequest(**{"model": "m", **kwargs})
+    assert info.value.field == field and info.value.too_large
+
+
+def test_requests_at_the_limits_are_valid() -> None:
+    GenerationRequest(model="m" * limits.MAX_MODEL_ID_CHARS,
+                      messages=(user("x"),) * limits.MAX_MESSAGES)
+    GenerationRequest(model="m", prompt="x" * (limits.MAX_PROMPT_CHARS - 1), resume_text="y")
+    GenerationRequest(model="m", prompt="🦙" * (limits.MAX_PROMPT_BYTES // 4))

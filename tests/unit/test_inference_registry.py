@@ -156,7 +156,7 @@ async def test_full_queue_raises_busy_at_once(tmp_path: Path) -> None:
 async def test_leaving_the_stream_stops_generation_at_the_next_token(tmp_path: Path) -> None:
     backend = FakeBackend(token_s=0.002)
     async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
-        async with engine.stream(req(max_tokens=100_000)) as stream:
+        async with engine.stream(req(max_tokens=32_768)) as stream:
             chunks = [await stream.__anext__() for _ in range(3)]
         assert all(isinstance(c, TokenChunk) for c in chunks)
         instance = backend.opened[0]
@@ -172,7 +172,7 @@ async def test_cancelled_scope_stops_generation(tmp_path: Path) -> None:
     backend = FakeBackend(token_s=0.002)
     async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, reg):
         with trio.move_on_after(0.1):
-            await engine.complete(req(max_tokens=100_000))
+            await engine.complete(req(max_tokens=32_768))
         assert reg.status("a").active == 0
         assert backend.opened[0].generated < 1000
 
@@ -180,7 +180,7 @@ async def test_cancelled_scope_stops_generation(tmp_path: Path) -> None:
 async def test_stream_cancel_ends_with_done_cancelled(tmp_path: Path) -> None:
     backend = FakeBackend(token_s=0.002)
     async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (engine, _):
-        async with engine.stream(req(max_tokens=100_000)) as stream:
+        async with engine.stream(req(max_tokens=32_768)) as stream:
             items = []
             async for item in stream:
                 items.append(item)
@@ -208,7 +208,7 @@ async def test_inference_timeout(tmp_path: Path) -> None:
     async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend, config) as (engine, reg):
         await reg.load("a")
         with pytest.raises(InferenceTimeout) as info:
-            await engine.complete(req(max_tokens=100_000))
+            await engine.complete(req(max_tokens=32_768))
         assert info.value.timeout_s == 0.1
         assert reg.status("a").active == 0
 

@@ -453,3 +453,26 @@ async def test_a_resume_prefers_a_replica_that_has_the_model_loaded(
     text, _ = await run(router)
     assert text == "xab"
     assert [p for p, _, _ in client.calls] == ["a", "warm"]
+
+
+async def test_a_resume_that_would_exceed_the_prompt_limit_ends_the_answer_cleanly(
+        autojump_clock: trio.abc.Clock) -> None:
+    from peerllm.wire import limits
+
+    router, node, _ = make_router({"a": [[0.1, "xy", PeerConnectionLost("a", "reset")]],
+                                   "b": [ok()]})
+    req = GenerationRequest(model=MODEL, prompt="p" * (limits.MAX_PROMPT_CHARS - 1),
+                            params=SamplingParams(max_tokens=8))
+    text: list[str] = []
+
+    async def read() -> None:
+        async with router.open(req) as routed:
+            async for ev in routed.events():
+                if isinstance(ev, TokenChunk):
+                    text.append(ev.text)
+
+    with pytest.raises(InferenceRejected) as err:
+        await read()
+    assert text == ["xy"]
+    assert (err.value.code, err.value.retryable) == ("too_large", False)
+    assert state(router, "b") == "closed" and "b" not in node.suspected

@@ -1,4 +1,8 @@
-"""What a generation request looks like (frozen, validated values); answers: peerllm.events."""
+"""What a generation request looks like (frozen, validated values); answers: peerllm.events.
+
+The request limits are ``wire.limits``, the infer protocol's: a request that constructs
+here can be sent to any peer, so the API, the engine and the wire refuse the same things.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,39 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+from ..wire import limits
+
 ROLES: Final = ("system", "user", "assistant")
-MAX_STOP_STRINGS: Final = 16
-MAX_STOP_LENGTH: Final = 256
+SEED_RANGE: Final = 2**32
+"""Seeds are 0..SEED_RANGE-1 (llama.cpp takes a 32-bit seed)."""
+
+
+class InvalidField(ValueError):
+    """A request value is malformed or over a limit; ``field`` names it.
+
+    ``field`` is the request's own name for it (``messages[2].content``, ``top_k``);
+    ``too_large`` marks the prompt-size limits, which callers may report apart.
+    """
+
+    def __init__(self, field: str, problem: str, *, too_large: bool = False) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+        self.too_large = too_large
+
+
+def utf8_size(field: str, text: str) -> int:
+    """The UTF-8 length of ``text``.
+
+    Raises:
+        InvalidField: ``text`` holds a lone surrogate (e.g. JSON ``"\\ud800"``), which no
+            UTF-8 frame can carry.
+    """
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidField(field, f"contains a lone surrogate ({text[exc.start]!r} at "
+                                  f"index {exc.start}), which is not valid text") from exc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,7 +50,8 @@ class SamplingParams:
     """How tokens are picked. ``temperature=0`` is greedy (deterministic).
 
     Raises:
-        ValueError: a value is out of range; the message starts with the field name.
+        InvalidField: a value is out of range (``wire.limits``); ``field`` names it.
+        TypeError: ``stop`` is not a tuple or list.
     """
 
     max_tokens: int = 256  # new tokens, further capped by the context window
@@ -28,51 +63,54 @@ class SamplingParams:
     seed: int | None = None  # None = a fresh random seed per request
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) \
-                or self.max_tokens < 1:
-            raise ValueError(f"max_tokens: must be a whole number >= 1, got {self.max_tokens!r}")
-        _number("temperature", self.temperature, low=0.0)
+        _whole("max_tokens", self.max_tokens, low=1, high=limits.MAX_TOKENS)
+        _number("temperature", self.temperature, low=0.0, high=limits.MAX_TEMPERATURE)
         _number("top_p", self.top_p, low=0.0, low_open=True, high=1.0)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k: must be a whole number >= 0, got {self.top_k!r}")
-        _number("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
+        _whole("top_k", self.top_k, low=0, high=limits.MAX_TOP_K)
+        _number("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True,
+                high=limits.MAX_REPEAT_PENALTY)
         stop = self.stop
         if isinstance(stop, str) or not isinstance(stop, tuple | list):
             raise TypeError(f"stop: expected a tuple of strings, got {stop!r}")
-        if len(stop) > MAX_STOP_STRINGS:
-            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
-        for s in stop:
-            if not isinstance(s, str) or not s or len(s) > MAX_STOP_LENGTH:
-                raise ValueError(f"stop: each must be a string of 1..{MAX_STOP_LENGTH} "
-                                 f"characters, got {s!r}")
+        if len(stop) > limits.MAX_STOP:
+            raise InvalidField("stop", f"at most {limits.MAX_STOP} strings, got {len(stop)}")
+        for i, s in enumerate(stop):
+            if not isinstance(s, str) or not 1 <= len(s) <= limits.MAX_STOP_CHARS:
+                raise InvalidField("stop", f"each must be a string of 1..{limits.MAX_STOP_CHARS}"
+                                           f" characters, got {s!r}")
+            utf8_size(f"stop[{i}]", s)
         object.__setattr__(self, "stop", tuple(stop))
-        if self.seed is not None and (isinstance(self.seed, bool)
-                                      or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < 2**32):
-            raise ValueError(f"seed: must be a whole number in [0, 2**32), got {self.seed!r}")
+        if self.seed is not None:
+            _whole("seed", self.seed, low=0, high=SEED_RANGE - 1)
 
 
-def _number(name: str, value: object, *, low: float, low_open: bool = False,
-            high: float | None = None) -> None:
+def _whole(name: str, value: object, *, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidField(name, f"must be a whole number in {low}..{high}, got {value!r}")
+
+
+def _number(name: str, value: object, *, low: float, high: float,
+            low_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or value < low or (low_open and value == low) \
-            or (high is not None and value > high):
-        bounds = f"{'>' if low_open else '>='} {low:g}"
-        if high is not None:
-            bounds += f" and <= {high:g}"
-        raise ValueError(f"{name}: must be a number {bounds}, got {value!r}")
+            or value > high:
+        bounds = f"{'>' if low_open else '>='} {low:g} and <= {high:g}"
+        raise InvalidField(name, f"must be a number {bounds}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChatMessage:
-    """One chat turn. ``role`` is system, user or assistant."""
+    """One chat turn. ``role`` is system, user or assistant.
+
+    Its text is checked (size, lone surrogates) by the GenerationRequest that holds it.
+    """
 
     role: str
     content: str
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(f"role: {self.role!r} is not one of " + ", ".join(ROLES))
+            raise InvalidField("role", f"{self.role!r} is not one of " + ", ".join(ROLES))
         if not isinstance(self.content, str):
             raise TypeError(f"content: expected a string, got {type(self.content).__name__}")
 
@@ -83,10 +121,14 @@ class GenerationRequest:
 
     ``resume_text`` is output already produced elsewhere (a replica that failed mid-stream):
     it is fed after the prompt and generation continues from there; it is not repeated in
-    the output, and its tokens are not counted in the usage.
+    the output, and its tokens are not counted in the usage. It counts in the prompt-size
+    limits, so a resumed request may be refused where the first attempt was not.
 
     Raises:
-        ValueError: both or neither of messages/prompt, an empty model id, bad types.
+        InvalidField: both or neither of messages/prompt, an empty or over-long model id,
+            over MAX_MESSAGES turns, prompt text over MAX_PROMPT_CHARS characters or
+            MAX_PROMPT_BYTES of UTF-8 (``too_large``), text with a lone surrogate.
+        TypeError: ``params`` or ``resume_text`` has the wrong type.
     """
 
     model: str
@@ -97,19 +139,48 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError(f"model: expected a model id, got {self.model!r}")
+            raise InvalidField("model", f"expected a model id, got {self.model!r}")
+        if len(self.model) > limits.MAX_MODEL_ID_CHARS:
+            raise InvalidField("model", f"at most {limits.MAX_MODEL_ID_CHARS} characters, "
+                                        f"got {len(self.model)}")
+        utf8_size("model", self.model)
         if (self.messages is None) == (self.prompt is None):
-            raise ValueError("messages: give exactly one of messages or prompt")
-        if self.messages is not None:
-            if isinstance(self.messages, str) or not isinstance(self.messages, tuple | list) \
-                    or not self.messages:
-                raise ValueError("messages: expected a non-empty tuple of ChatMessage")
-            if not all(isinstance(m, ChatMessage) for m in self.messages):
-                raise ValueError("messages: every item must be a ChatMessage")
-            object.__setattr__(self, "messages", tuple(self.messages))
-        if self.prompt is not None and not isinstance(self.prompt, str):
-            raise ValueError(f"prompt: expected a string, got {type(self.prompt).__name__}")
+            raise InvalidField("messages", "give exactly one of messages or prompt")
         if not isinstance(self.params, SamplingParams):
             raise TypeError(f"params: expected SamplingParams, got {type(self.params).__name__}")
         if not isinstance(self.resume_text, str):
             raise TypeError("resume_text: expected a string")
+        chars = len(self.resume_text)
+        size = utf8_size("resume_text", self.resume_text)
+        if self.messages is not None:
+            where = "messages"
+            chars, size = self._check_messages(chars, size)
+        else:
+            where = "prompt"
+            if not isinstance(self.prompt, str):
+                raise InvalidField("prompt", f"expected a string, got {type(self.prompt).__name__}")
+            chars += len(self.prompt)
+            size += utf8_size("prompt", self.prompt)
+        with_resume = " with resume_text" if self.resume_text else ""
+        if chars > limits.MAX_PROMPT_CHARS:
+            raise InvalidField(where, f"the prompt{with_resume} is {chars} characters; the limit "
+                                      f"is {limits.MAX_PROMPT_CHARS}", too_large=True)
+        if size > limits.MAX_PROMPT_BYTES:
+            raise InvalidField(where, f"the prompt{with_resume} is {size} bytes of UTF-8; the "
+                                      f"limit is {limits.MAX_PROMPT_BYTES}", too_large=True)
+
+    def _check_messages(self, chars: int, size: int) -> tuple[int, int]:
+        """Normalise ``messages`` to a tuple; returns ``chars``/``size`` plus their text."""
+        messages = self.messages
+        if isinstance(messages, str) or not isinstance(messages, tuple | list) or not messages:
+            raise InvalidField("messages", "expected a non-empty tuple of ChatMessage")
+        if len(messages) > limits.MAX_MESSAGES:
+            raise InvalidField("messages", f"at most {limits.MAX_MESSAGES} messages, "
+                                           f"got {len(messages)}")
+        for i, m in enumerate(messages):
+            if not isinstance(m, ChatMessage):
+                raise InvalidField("messages", "every item must be a ChatMessage")
+            chars += len(m.content)
+            size += utf8_size(f"messages[{i}].content", m.content)
+        object.__setattr__(self, "messages", tuple(messages))
+        return chars, size

@@ -42,7 +42,7 @@ from ..errors import (
     ProtocolError,
 )
 from ..events import Done, TokenChunk
-from ..inference.request import GenerationRequest
+from ..inference.request import GenerationRequest, InvalidField
 from ..scheduling.candidates import Candidate
 from ..scheduling.mcda import Scored, prefer_loaded
 from ..scheduling.timeouts import first_token_limit, smoothed_gap, stall_limit
@@ -186,6 +186,15 @@ class Placement:
     async def _try(self, cand: Candidate, left_s: float) -> str:
         """One attempt on ``cand``: "done", "next" (try another) or "retry_same"."""
         r, label = self.r, cand.name or cand.peer_id
+        try:
+            req = self._attempt_request()
+        except InvalidField as exc:
+            # The prompt plus the text already delivered is over a request limit: no
+            # replica can continue it, and no peer is to blame.
+            await self.fail(InferenceRejected(
+                "too_large" if exc.too_large else "bad_request",
+                f"cannot resume the answer elsewhere: {exc}", retryable=False))
+            return "done"
         got_here = 0
         accepted = False
         attempted_at = trio.current_time()
@@ -193,7 +202,7 @@ class Placement:
         if not cand.local:
             r.breakers.attempt(cand.peer_id, attempted_at)
         try:
-            async with self._attempt(cand, self._attempt_request(), left_s) as attempt:
+            async with self._attempt(cand, req, left_s) as attempt:
                 # Accepted: the peer answered, so a half-open trial is not "unanswered"
                 # however long the generation takes; its outcome still counts below.
                 accepted = True

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
+from ..errors import LocalProtocolError, RemoteProtocolError
+
 INT64_MAX: Final = 2**63 - 1
 
 T = TypeVar("T")
@@ -141,3 +143,17 @@ class MapReader:
 
     def get_map_list(self, key: str, *, max_items: int) -> list[MapReader]:
         return [MapReader(item, path) for item, path in self.get_list(key, max_items=max_items)]
+
+
+def checked_as_sent(m: dict[str, Any], decode: Callable[[Any], object]) -> dict[str, Any]:
+    """``m`` once ``decode`` (the receiver's rules) accepts it.
+
+    Raises:
+        LocalProtocolError: ``decode`` refused it; same message and code, since a map
+            we built that breaks the rules is our fault, not the peer's.
+    """
+    try:
+        decode(m)
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(str(exc), code=exc.code) from exc
+    return m

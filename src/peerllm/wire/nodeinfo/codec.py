@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .._fields import INT64_MAX, FieldError, MapReader
+from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent
 from ..load import load_to_map, read_load
 from .messages import (
     BOOT_NONCE_BYTES,
@@ -202,11 +202,7 @@ def message_to_map(msg: Message) -> dict[str, Any]:
         raise LocalProtocolError(
             f"not a node-info message: {type(msg).__name__}", code=ErrorCode.UNKNOWN_MESSAGE
         )
-    try:
-        message_from_map(m)
-    except RemoteProtocolError as exc:
-        raise LocalProtocolError(str(exc), code=exc.code) from exc
-    return m
+    return checked_as_sent(m, message_from_map)
 
 
 def message_from_map(m: Any) -> Message:
