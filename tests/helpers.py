@@ -1,21 +1,111 @@
-"""Run real `peerllm` processes on 127.0.0.1 for end-to-end CLI tests."""
+"""Helpers every test folder shares: node configs, waiting for a condition, `peerllm`
+processes on 127.0.0.1, a multicast probe, Ed25519 doubles. Fixtures that use them are
+declared in the conftest.py files; nothing here is a fixture.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import pytest
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+
+import peerllm
+from peerllm.config import NodeConfig, config_from_mapping
+from peerllm.inference.catalog import DEFAULT_MODEL_ID
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout: configs/, src/ and the example files the tests read."""
+
+MODEL = DEFAULT_MODEL_ID
+"""The bundled model every e2e test generates with."""
+
+# -- in-process nodes ---------------------------------------------------------------------
+
+MakeConfig = Callable[..., NodeConfig]
+
+
+def node_config(root: Path, name: str, *, bootstrap: list[str] | None = None,
+                mdns: bool = False, network_key: str | None = None, dht: bool = True,
+                serve_default: bool = False, **p2p: Any) -> NodeConfig:
+    """Config for an in-process node: loopback only, ephemeral ports, data in root/name."""
+    return config_from_mapping({
+        "data_dir": str(root / name),
+        "node": {"name": name},
+        "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": bootstrap or [],
+                "network_key": network_key, "heartbeat_interval_s": 1.0,
+                "call_timeout_s": 2.0, "dial_timeout_s": 3.0, **p2p},
+        "discovery": {"mdns": mdns, "mdns_interfaces": ["127.0.0.1"], "dht": dht},
+        "api": {"host": "127.0.0.1", "port": 0},
+        "models": {"serve_default": serve_default},
+    })
+
+
+def api_url(node: peerllm.Node) -> str:
+    assert node.api_url is not None
+    return node.api_url
+
+
+def healthy_names(peers: list[dict[str, Any]]) -> set[str]:
+    return {p["name"] for p in peers if p["state"] == "healthy" and p["name"]}
+
+
+# -- waiting for something that happens asynchronously -----------------------------------
+
+async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 20.0,
+                     what: str = "condition") -> None:
+    """Poll ``pred`` until true; fail the test (not hang) after ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        while not pred():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def wait_for_value(fetch: Callable[[], Awaitable[T | None]], *, timeout_s: float = 20.0,
+                         what: str = "a value", period_s: float = 0.2) -> T:
+    """Await ``fetch()`` until it returns something; fail after ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        while (value := await fetch()) is None:
+            await trio.sleep(period_s)
+        return value
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def poll_until(fetch: Callable[[], T], done: Callable[[T], bool], *, timeout_s: float = 30.0,
+               what: str = "condition", period_s: float = 0.3) -> T:
+    """Blocking ``wait_until`` for tests that drive processes: call ``fetch`` until ``done``
+    holds for its result, which is returned; fail with the last result after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = fetch()
+        if done(last):
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: "
+                                 f"{str(last)[:2000]}")
+        time.sleep(period_s)
+
+
+# -- `peerllm` processes ------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -117,19 +207,73 @@ class Daemon:
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[[str], Daemon]]:
-    """Factory for daemons that are killed when the test ends."""
-    made: list[Daemon] = []
+# -- mDNS ---------------------------------------------------------------------------------
 
-    def factory(name: str) -> Daemon:
-        d = Daemon(name, tmp_path / name, free_port(), free_port())
-        made.append(d)
-        return d
+_PROBE_TYPE = "_peerllm-probe._tcp.local."
 
-    yield factory
-    for d in made:
-        try:
-            d.stop(signal.SIGKILL)
-        except Exception:  # cleanup must not hide the test's own failure
-            pass
+
+@functools.cache
+def multicast_problem() -> str | None:
+    """Why two zeroconf instances on 127.0.0.1 cannot see each other, or None if they can."""
+    probe = ServiceInfo(
+        _PROBE_TYPE,
+        f"probe-{random.randrange(1 << 32):08x}.{_PROBE_TYPE}",
+        port=9,
+        parsed_addresses=["127.0.0.1"],
+    )
+    found = threading.Event()
+
+    def on_change(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if name == probe.name and state_change is ServiceStateChange.Added:
+            found.set()
+
+    try:
+        publisher = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    except OSError as exc:
+        return f"zeroconf on 127.0.0.1: {exc}"
+    try:
+        browser_zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    except OSError as exc:
+        publisher.close()
+        return f"second zeroconf on 127.0.0.1: {exc}"
+    browser = ServiceBrowser(browser_zc, _PROBE_TYPE, handlers=[on_change])
+    try:
+        publisher.register_service(probe)
+        if not found.wait(5):
+            return "a service registered on 127.0.0.1 was not seen by a second instance in 5 s"
+    except OSError as exc:
+        return f"registering a probe service: {exc}"
+    finally:
+        browser.cancel()
+        publisher.close()
+        browser_zc.close()
+    return None
+
+
+# -- Ed25519 doubles for the wire tests (the real peer-ID mapping lives in identity/) -----
+
+def peer_id_of(pk: bytes) -> str:
+    return "peer-" + pk.hex()[:16]
+
+
+def verify(pk: bytes, msg: bytes, sig: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(pk).verify(sig, msg)
+    except InvalidSignature:
+        return False
+    return True
+
+
+class Signer:
+    def __init__(self, seed: int) -> None:
+        self.key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+        self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.peer_id = peer_id_of(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+
+ALICE, MALLORY = Signer(1), Signer(2)

@@ -1,4 +1,4 @@
-"""An in-process node serving the bundled model, with its HTTP API on 127.0.0.1."""
+"""Fixtures for tests that load the bundled model: an in-process node with its HTTP API."""
 
 from __future__ import annotations
 
@@ -9,33 +9,12 @@ import pytest
 
 import peerllm
 from peerllm.api import open_api
-from peerllm.config import NodeConfig, config_from_mapping
-from peerllm.inference.catalog import DEFAULT_MODEL_ID
-from tests.integration.conftest import wait_until as wait_until
-
-MODEL = DEFAULT_MODEL_ID
-
-
-def api_config(tmp_path: Path, name: str = "api") -> NodeConfig:
-    return config_from_mapping({
-        "data_dir": str(tmp_path / name),
-        "node": {"name": name},
-        "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"], "heartbeat_interval_s": 1.0,
-                "call_timeout_s": 2.0, "dial_timeout_s": 3.0},
-        "discovery": {"mdns": False, "dht": False},
-        "api": {"host": "127.0.0.1", "port": 0},
-        "models": {"serve_default": True},
-    })
+from tests.helpers import node_config
 
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[peerllm.Node]:
-    async with peerllm.open_node(api_config(tmp_path)) as n, open_api(n):
+    """A node serving the bundled model, no discovery, its API on 127.0.0.1."""
+    cfg = node_config(tmp_path, "api", dht=False, serve_default=True)
+    async with peerllm.open_node(cfg) as n, open_api(n):
         yield n
-
-
-def api_url(node: peerllm.Node) -> str:
-    assert node.api_url is not None
-    return node.api_url
-
-

@@ -15,33 +15,14 @@ import trio
 
 import peerllm
 from peerllm.api import open_api
-from peerllm.config import NodeConfig, config_from_mapping
-from peerllm.inference.catalog import DEFAULT_MODEL_ID
-from tests.integration.conftest import MakeConfig, wait_until
-from tests.integration.conftest import make_config as make_config
-
-pytestmark = pytest.mark.slow
-
-MODEL = DEFAULT_MODEL_ID
-
-
-def serving(cfg: NodeConfig) -> NodeConfig:
-    return config_from_mapping({**_mapping(cfg), "models": {"serve_default": True}})
-
-
-def _mapping(cfg: NodeConfig) -> dict[str, object]:
-    return {"data_dir": str(cfg.data_dir), "node": {"name": cfg.node.name},
-            "p2p": {"listen": list(cfg.p2p.listen), "bootstrap": list(cfg.p2p.bootstrap),
-                    "heartbeat_interval_s": 1.0, "call_timeout_s": 2.0,
-                    "dial_timeout_s": 3.0},
-            "discovery": {"mdns": False, "dht": False},
-            "api": {"host": "127.0.0.1", "port": 0}}
+from tests.helpers import MODEL, MakeConfig, wait_until
 
 
 @pytest.fixture
 async def mesh(make_config: MakeConfig
                ) -> AsyncIterator[tuple[peerllm.Node, peerllm.Node, httpx.AsyncClient]]:
-    async with peerllm.open_node(serving(make_config("server"))) as server, \
+    async with peerllm.open_node(make_config("server", dht=False,
+                                             serve_default=True)) as server, \
             peerllm.open_node(make_config("front", bootstrap=[server.addrs()[0]],
                                           dht=False)) as front, \
             open_api(front) as url, \

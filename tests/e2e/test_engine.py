@@ -33,8 +33,6 @@ from peerllm.inference.llama import LlamaBackend, LlamaInstance
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec, bundled_spec
 
-pytestmark = pytest.mark.slow
-
 MODEL = "gemma"
 CONFIG = InferenceConfig(n_threads=2, warmup_tokens=4, max_queue=1)
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)

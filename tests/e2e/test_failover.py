@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable
 
 import httpx
-import pytest
 
-from tests.cli.conftest import Daemon
-
-pytestmark = pytest.mark.slow
-
-MODEL = "gemma3-270m-q4_k_m"
+from tests.helpers import MODEL, Daemon, poll_until
 
 
 def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -> None:
@@ -22,15 +16,9 @@ def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -
     a1.start("--no-mdns", default_model=True)
     a2.start("--no-mdns", "--bootstrap", a1.addr, default_model=True)
     front.start("--no-mdns", "--bootstrap", a1.addr, "--bootstrap", a2.addr)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        doc = front.peers_json()
-        serving = [p for p in doc["peers"] if p["state"] == "healthy" and MODEL in p["models"]]
-        if len(serving) == 2:
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError("front never saw both replicas")
+    poll_until(front.peers_json, lambda doc: sum(
+        1 for p in doc["peers"] if p["state"] == "healthy" and MODEL in p["models"]) == 2,
+        timeout_s=60, what="front to see both replicas serve the model")
     by_peer = {a1.peer_id: a1, a2.peer_id: a2}
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 120,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}

@@ -6,14 +6,10 @@ import json
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 import peerllm
-
-from .conftest import MODEL, api_url, wait_until
-
-pytestmark = pytest.mark.slow
+from tests.helpers import MODEL, api_url, wait_until
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 

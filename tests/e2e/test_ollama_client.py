@@ -10,10 +10,7 @@ import ollama
 import pytest
 
 import peerllm
-
-from .conftest import MODEL, api_url
-
-pytestmark = pytest.mark.slow
+from tests.helpers import MODEL, api_url
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 OPTIONS = {"num_predict": 8, "temperature": 0}

@@ -10,15 +10,14 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 import peerllm
-
-from .conftest import MODEL, api_url
+from tests.helpers import MODEL, api_url
 
 # The client stops reading at "data: [DONE]" without closing its inner async generators;
 # under trio their garbage collection is reported. That is the client's doing, not ours.
 _CLIENT_GENERATORS = ("ignore:Exception ignored in. <async_generator object "
                       r"(AsyncStream|SSEDecoder|Response|PoolByteStream)\.:"
                       "pytest.PytestUnraisableExceptionWarning")
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(_CLIENT_GENERATORS)]
+pytestmark = pytest.mark.filterwarnings(_CLIENT_GENERATORS)
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
 

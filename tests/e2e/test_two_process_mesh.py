@@ -6,37 +6,28 @@ The official openai and ollama clients talk to B; A serves every request.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.cli.conftest import Daemon, clean_env, peerllm_cmd
+from tests.helpers import MODEL, Daemon, clean_env, free_port, peerllm_cmd, poll_until
 
-pytestmark = pytest.mark.slow
 
-MODEL = "gemma3-270m-q4_k_m"
+def models_of(d: Daemon) -> list[str]:
+    return [m["id"] for m in httpx.get(f"{d.api}/v1/models", trust_env=False).json()["data"]]
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Daemon]]:
-    from tests.cli.conftest import free_port
-
     root = tmp_path_factory.mktemp("mesh")
     a = Daemon("serve-a", root / "a", free_port(), free_port())
     b = Daemon("front-b", root / "b", free_port(), free_port())
     try:
         a.start("--no-mdns", default_model=True)
         b.start("--no-mdns", "--bootstrap", a.addr)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            models = httpx.get(f"{b.api}/v1/models", trust_env=False).json()["data"]
-            if any(m["id"] == MODEL for m in models):
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("B never learned that A serves the model")
+        poll_until(lambda: models_of(b), lambda ids: MODEL in ids, timeout_s=60,
+                   what="B to learn that A serves the model")
         yield a, b
         # A node with a loaded model still stops promptly on SIGTERM.
         assert b.stop() < 5.0

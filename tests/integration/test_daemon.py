@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Daemon, clean_env, free_port, peerllm_cmd
+from tests.helpers import Daemon, clean_env, free_port, peerllm_cmd
 
 pytestmark = pytest.mark.slow
 

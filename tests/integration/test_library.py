@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 
 import peerllm
-
-from .conftest import MakeConfig, healthy_names, wait_until
-from .test_mdns import multicast  # noqa: F401  (session fixture that skips without multicast)
-
-pytestmark = pytest.mark.slow
+from tests.helpers import MakeConfig, healthy_names, wait_until
 
 
 async def test_identity_survives_reopen(make_config: MakeConfig) -> None:

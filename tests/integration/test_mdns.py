@@ -9,21 +9,19 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
 import pytest
 import trio
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 from peerllm.errors import DiscoveryError
 from peerllm.p2p.mdns import SERVICE_TYPE, Mdns, MdnsAnnouncement, MdnsPeer, open_mdns
 
 LOOPBACK = ["127.0.0.1"]
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_PROBE_TYPE = "_peerllm-probe._tcp.local."
 
 
 def new_peer_id() -> str:
@@ -38,53 +36,6 @@ def announcement(name: str, *, models: Iterable[str] = (), n_addrs: int = 1) -> 
 
 def as_seen(ann: MdnsAnnouncement) -> MdnsPeer:
     return MdnsPeer(peer_id=ann.peer_id, name=ann.name, addrs=ann.addrs, models=ann.models)
-
-
-@functools.cache
-def multicast_problem() -> str | None:
-    """Why two zeroconf instances on 127.0.0.1 cannot see each other, or None if they can."""
-    probe = ServiceInfo(
-        _PROBE_TYPE,
-        f"probe-{random.randrange(1 << 32):08x}.{_PROBE_TYPE}",
-        port=9,
-        parsed_addresses=["127.0.0.1"],
-    )
-    found = threading.Event()
-
-    def on_change(
-        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
-    ) -> None:
-        if name == probe.name and state_change is ServiceStateChange.Added:
-            found.set()
-
-    try:
-        publisher = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
-    except OSError as exc:
-        return f"zeroconf on 127.0.0.1: {exc}"
-    try:
-        browser_zc = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
-    except OSError as exc:
-        publisher.close()
-        return f"second zeroconf on 127.0.0.1: {exc}"
-    browser = ServiceBrowser(browser_zc, _PROBE_TYPE, handlers=[on_change])
-    try:
-        publisher.register_service(probe)
-        if not found.wait(5):
-            return "a service registered on 127.0.0.1 was not seen by a second instance in 5 s"
-    except OSError as exc:
-        return f"registering a probe service: {exc}"
-    finally:
-        browser.cancel()
-        publisher.close()
-        browser_zc.close()
-    return None
-
-
-@pytest.fixture(scope="session")
-def multicast() -> None:
-    problem = multicast_problem()
-    if problem is not None:
-        pytest.skip(f"multicast unavailable on this machine: {problem}")
 
 
 async def wait_for(
@@ -107,7 +58,6 @@ def has(*anns: MdnsAnnouncement) -> Callable[[dict[str, MdnsPeer]], bool]:
 # -- real zeroconf on 127.0.0.1 ---------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("multicast")
 async def test_two_nodes_discover_each_other_but_not_themselves() -> None:
     alice = announcement("alice", models=["llama3-8b-q4", "qwen2-7b"], n_addrs=4)
@@ -125,7 +75,6 @@ async def test_two_nodes_discover_each_other_but_not_themselves() -> None:
     assert bob.peer_id not in {p.peer_id for p in seen_by_bob}
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("multicast")
 async def test_three_nodes_all_see_each_other() -> None:
     anns = [announcement(n, models=[f"{n}-model"]) for n in ("ann", "ben", "cat")]
@@ -140,7 +89,6 @@ async def test_three_nodes_all_see_each_other() -> None:
                 assert me.peer_id not in {p.peer_id for p in seen}
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("multicast")
 async def test_update_republishes_models() -> None:
     alice = announcement("alice", models=["old-model"])
@@ -198,7 +146,6 @@ class IgnoredServices(logging.Handler):
                 self._token.run_sync_soon(self.done.set)
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("multicast")
 async def test_hostile_txt_is_ignored_and_valid_peer_still_found() -> None:
     evil_peer_id = new_peer_id()

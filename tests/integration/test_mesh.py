@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import trio
 
 import peerllm
 from peerllm.api import open_api
 from peerllm.node import Node
-
-from .conftest import MakeConfig, healthy_names, wait_until
-
-pytestmark = pytest.mark.slow
+from tests.helpers import MakeConfig, healthy_names, node_config, wait_for_value, wait_until
 
 
 async def test_chain_of_three_finds_everyone_through_the_dht(make_config: MakeConfig) -> None:
@@ -37,12 +33,10 @@ async def test_chain_of_three_finds_everyone_through_the_dht(make_config: MakeCo
                 # And straight from the DHT's signed records, bypassing the registry.
                 assert c.dht is not None
                 await wait_until(lambda: bool(c.dht and c.dht.routing_peers()), what="DHT table")
-                claim = None
-                with trio.move_on_after(20):  # alpha publishes once its table has peers
-                    while claim is None:
-                        claim = await c.dht.find_name("alpha")
-                        await trio.sleep(0.2)
-                assert claim is not None
+                dht = c.dht
+                # alpha publishes its name once its own table has peers.
+                claim = await wait_for_value(lambda: dht.find_name("alpha"),
+                                             what="alpha's name claim in the DHT")
                 assert claim.peer_id == a.peer_id
                 record = await c.dht.find_node(a.peer_id)
                 assert record is not None
@@ -94,15 +88,10 @@ async def test_node_info_is_signed_and_refreshed(make_config: MakeConfig) -> Non
 async def test_duplicate_names_are_shown_as_conflicts(make_config: MakeConfig,
                                                       tmp_path_factory: pytest.TempPathFactory
                                                       ) -> None:
-    from peerllm.config import config_from_mapping
-
     async with peerllm.open_node(make_config("twin")) as a:
-        other_dir = tmp_path_factory.mktemp("twin2")
-        cfg = config_from_mapping({
-            "data_dir": str(other_dir), "node": {"name": "twin"},
-            "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": [a.addrs()[0]],
-                    "heartbeat_interval_s": 1.0},
-            "discovery": {"mdns": False}, "api": {"port": 0}, "models": {"serve_default": False}})
+        # Same name, own data dir (so its own identity).
+        cfg = node_config(tmp_path_factory.mktemp("elsewhere"), "twin",
+                          bootstrap=[a.addrs()[0]])
         async with peerllm.open_node(cfg) as b:
             assert b.peer_id != a.peer_id
             await wait_until(lambda: any(p["conflicts"] for p in b.peers()),

@@ -13,8 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from peerllm.cli import cli
-
-from .conftest import free_port
+from tests.helpers import free_port
 
 
 @dataclass

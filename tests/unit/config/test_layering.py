@@ -21,8 +21,9 @@ from peerllm.config import (
     merge_layers,
 )
 from peerllm.errors import ConfigError
+from tests.helpers import REPO
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "node.example.yaml"
+EXAMPLE = REPO / "configs" / "node.example.yaml"
 PEER = "12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE"
 KEY = "0123456789abcdef" * 4
 
@@ -262,7 +263,7 @@ def test_example_file_documents_every_key() -> None:
 
 # --------------------------------------------------------------------------- the edge
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "peerllm"
+SRC = REPO / "src" / "peerllm"
 _ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
 
 

@@ -19,8 +19,9 @@ from peerllm.config import (
     parse_api_address,
 )
 from peerllm.errors import ConfigError
+from tests.helpers import REPO
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "node.example.yaml"
+EXAMPLE = REPO / "configs" / "node.example.yaml"
 PEER = "12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE"
 KEY = "0123456789abcdef" * 4
 

@@ -9,8 +9,9 @@ import yaml
 
 from peerllm.errors import ConfigError
 from peerllm.inference.specs import ModelSpec, load_models_yaml, parse_models_config
+from tests.helpers import REPO
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "models.example.yaml"
+EXAMPLE = REPO / "configs" / "models.example.yaml"
 
 
 def test_example_file_parses(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from peerllm.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peerllm.wire import nodeinfo as ni
 from peerllm.wire.framing import NEED_DATA, FrameDecoder, encode_frame, pack, unpack_map
-
-from .signing import ALICE, MALLORY, peer_id_of, verify
+from tests.helpers import ALICE, MALLORY, peer_id_of, verify
 
 
 def sample_info(peer_id: str = ALICE.peer_id, **changes: Any) -> ni.NodeInfo:

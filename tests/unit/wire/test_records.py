@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from peerllm.errors import ErrorCode, LocalProtocolError, RecordError
 from peerllm.wire import records as rec
 from peerllm.wire.framing import pack, unpack_map
-
-from .signing import ALICE, MALLORY, Signer, peer_id_of, verify
+from tests.helpers import ALICE, MALLORY, Signer, peer_id_of, verify
 
 NOW = 1_700_000_000.0
 TTL = 3600.0
