@@ -21,8 +21,9 @@ import trio
 from ..errors import InferenceCancelled, InferenceTimeout
 from ..events import Done, TokenChunk
 from ._concurrency import reraise_unwrapped, stop_check
+from .admission import Admission
 from .backend import GenerationOutcome, ModelInstance
-from .registry import Admission, ModelRegistry
+from .registry import ModelRegistry
 from .request import ChatMessage as ChatMessage
 from .request import GenerationRequest as GenerationRequest
 from .request import SamplingParams as SamplingParams

@@ -7,17 +7,16 @@ them going away, and leaving the ``async with`` frees every model.
 Per model: a ``CapacityLimiter(max_concurrent)`` (one llama context per running
 request) and at most ``max_queue`` more requests waiting for it; past that, ModelBusy.
 Memory: each load reserves an estimate (memory.py) against the cache budget, evicting
-idle models by the configured policy when it would not fit.
+idle models by the configured policy when it would not fit. The load itself (which file,
+opening it, the benchmark) is loading.py's; a request's hold on a model is admission.py's.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Final
 
 import psutil
@@ -32,11 +31,12 @@ from ..errors import (
     ModelLoadError,
     ModelNotFound,
 )
-from ._concurrency import reraise_unwrapped, stop_check
-from .backend import Benchmark, ModelBackend, ModelInstance, OpenOptions
-from .catalog import assemble_bundled
-from .memory import CacheEntry, choose_variant, estimate_memory_bytes, pick_victims
-from .slots import LoadedModel, LoadJob, ModelSlot, check_gguf, ema, gib
+from ._concurrency import reraise_unwrapped
+from .admission import Admission
+from .backend import ModelBackend, ModelInstance
+from .loading import ModelLoader, record_benchmark
+from .memory import CacheEntry, estimate_memory_bytes, pick_victims
+from .slots import LoadedModel, LoadJob, ModelSlot, gib
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus
 from .specs import ModelSpec
@@ -58,7 +58,6 @@ class ModelRegistry:
 
             backend = LlamaBackend()
         self._config = config
-        self._backend = backend
         self._slots: dict[str, ModelSlot] = {}
         total = total_ram_bytes if total_ram_bytes is not None else psutil.virtual_memory().total
         self._budget = config.cache_size_bytes(total)
@@ -67,6 +66,7 @@ class ModelRegistry:
         self._retiring: set[LoadedModel] = set()
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._loader = ModelLoader(config, backend, self)
         for spec in specs:
             self.add(spec)
 
@@ -151,7 +151,7 @@ class ModelRegistry:
         Cancellation: only this caller stops waiting; the load itself carries on.
         """
         slot = self._slot(model_id)
-        await self._ensure_loaded(slot)
+        await self.ensure_loaded(slot)
         return self._status(slot)
 
     async def unload(self, model_id: str) -> None:
@@ -186,7 +186,7 @@ class ModelRegistry:
                 raise InvalidInferenceRequest(model_id, "embedding models have no warmup")
             async with admission.instance() as inst:
                 bench = await trio.to_thread.run_sync(inst.benchmark, tokens)
-            self._record_benchmark(admission.slot, bench)
+            record_benchmark(admission.slot, bench)
         return self.status(model_id)
 
     async def aclose(self) -> None:
@@ -220,11 +220,14 @@ class ModelRegistry:
             waves = (slot.pending - cfg.max_concurrent) // cfg.max_concurrent + 1
             raise ModelBusy(model_id, retry_after_s=round(max(0.5, per_request * waves), 1))
         slot.pending += 1
-        return Admission(self, slot)
+        return Admission(self, self._loader, slot)
 
     # -- loading -----------------------------------------------------------------------
 
-    async def _ensure_loaded(self, slot: ModelSlot) -> LoadedModel:
+    async def ensure_loaded(self, slot: ModelSlot) -> LoadedModel:
+        """Load the slot's model or wait for the load in flight (for ``Admission``).
+
+        Raises ModelLoadError, InferenceCancelled (registry closing)."""
         while True:
             if self._closed:
                 raise InferenceCancelled(slot.spec.id, "the inference engine is shutting down")
@@ -248,7 +251,7 @@ class ModelRegistry:
 
     async def _load_task(self, slot: ModelSlot, job: LoadJob) -> None:
         try:
-            result = await self._try_load(slot)
+            result = await self._loader.load(slot)
             if isinstance(result, ModelLoadError):
                 logger.error("cannot load model %s: %s", slot.spec.id, result.message)
                 job.error = result
@@ -262,114 +265,7 @@ class ModelRegistry:
             slot.job = None
             job.done.set()
 
-    async def _try_load(self, slot: ModelSlot) -> LoadedModel | ModelLoadError:
-        model_id = slot.spec.id
-        timeout = self._config.load_timeout_s
-        error = ModelLoadError(model_id, "load failed")
-        scope = trio.move_on_after(timeout)
-        try:
-            with scope:
-                return await self._load(slot)
-        except ModelLoadError as exc:
-            error = exc
-        except Exception as exc:  # a bug or an unexpected backend error: keep serving others
-            logger.exception("loading model %s failed", model_id)
-            error = ModelLoadError(model_id, f"{type(exc).__name__}: {exc}")
-        if scope.cancel_called:  # the deadline, or the backend saw the stop and gave up
-            error = ModelLoadError(model_id, f"load timed out after {timeout:g}s "
-                                   "(load_timeout_s)")
-        return error
-
-    async def _load(self, slot: ModelSlot) -> LoadedModel:
-        spec = slot.spec
-        started = trio.current_time()
-        path, quant, size = await self._pick_file(slot)
-        slot.path, slot.quant = path, quant
-        need = estimate_memory_bytes(size, spec.context_size, contexts=self._config.max_concurrent)
-        slot.estimate_bytes = need
-        victims = self._reserve(slot, need)
-        try:
-            for victim in victims:
-                await victim.freed.wait()
-            embedding = spec.type == "embedding"
-            instance, bench = await trio.to_thread.run_sync(
-                self._open_sync, path, self._options(spec, embedding=embedding))
-        except BaseException:
-            self._reserved -= need
-            raise
-        # No checkpoint from here on: a cancellation arriving now must not lose `instance`.
-        now = trio.current_time()
-        loaded = LoadedModel(path=path, quant=quant, memory_bytes=need, loaded_at=now,
-                         load_seconds=now - started, idle={embedding: [instance]},
-                         created={embedding: 1, not embedding: 0})
-        slot.load_seconds = loaded.load_seconds
-        slot.last_used = now
-        if bench is not None:
-            self._record_benchmark(slot, bench)
-        logger.info("loaded model %s from %s in %.1fs (~%s)%s", spec.id, path,
-                    loaded.load_seconds, gib(need),
-                    f", {bench.tokens_per_second:.1f} tokens/s"
-                    if bench and bench.tokens_per_second else "")
-        return loaded
-
-    def _options(self, spec: ModelSpec, *, embedding: bool) -> OpenOptions:
-        cfg = self._config
-        return OpenOptions(model_id=spec.id, context_size=spec.context_size,
-                           gpu_layers=spec.gpu_layers, n_threads=cfg.n_threads,
-                           use_extra_bufts=cfg.use_extra_bufts, chat_format=spec.chat_format,
-                           embedding=embedding, mean_pooling=embedding and spec.type == "llm")
-
-    def _open_sync(self, path: Path, options: OpenOptions) -> tuple[ModelInstance,
-                                                                   Benchmark | None]:
-        """Worker thread: open the file, then self-benchmark (generators only)."""
-        instance = self._backend.open(path, options, should_stop=stop_check(threading.Event()))
-        if options.embedding or self._config.warmup_tokens == 0:
-            return instance, None
-        try:
-            return instance, instance.benchmark(self._config.warmup_tokens)
-        except BaseException:
-            instance.close()
-            raise
-
-    async def _pick_file(self, slot: ModelSlot) -> tuple[Path, str | None, int]:
-        """The file to load: the bundled model, the only candidate, or the best variant
-        that fits in memory."""
-        spec = slot.spec
-        if spec.bundled:
-            path = await trio.to_thread.run_sync(assemble_bundled)
-            size = await trio.to_thread.run_sync(check_gguf, spec.id, path)
-            return path, "Q4_K_M", size
-        candidates = spec.candidates()
-        found: builtins.list[tuple[str | None, Path, int]] = []
-        problems: builtins.list[str] = []
-        for quant, path in candidates:
-            try:
-                found.append((quant, path,
-                              await trio.to_thread.run_sync(check_gguf, spec.id, path)))
-            except ModelLoadError as exc:
-                problems.append(exc.message)
-        if not found:
-            raise ModelLoadError(spec.id, "; ".join(problems))
-        for problem in problems:
-            logger.warning("model %s: skipping variant: %s", spec.id, problem)
-        if len(found) == 1:
-            quant, path, size = found[0]
-            return path, quant, size
-        limit = min(self._budget, self._available_ram() + self._evictable_bytes(slot))
-        pick = choose_variant([(q, size) for q, _, size in found],
-                              context_size=spec.context_size,
-                              contexts=self._config.max_concurrent, limit_bytes=limit)
-        if pick is None:
-            smallest = min(size for _, _, size in found)
-            need = estimate_memory_bytes(smallest, spec.context_size,
-                                         contexts=self._config.max_concurrent)
-            raise ModelLoadError(spec.id, f"no variant fits: the smallest needs ~{gib(need)}, "
-                                 f"{gib(limit)} is available")
-        quant, path, size = found[pick]
-        logger.info("model %s: picked variant %s (%s)", spec.id, quant, path)
-        return path, quant, size
-
-    # -- memory ------------------------------------------------------------------------
+    # -- memory (the loader's Reservations) --------------------------------------------
 
     def _idle_entries(self, exclude: ModelSlot) -> builtins.list[tuple[ModelSlot, CacheEntry]]:
         out = []
@@ -382,10 +278,13 @@ class ModelRegistry:
                                          uses=slot.uses)))
         return out
 
-    def _evictable_bytes(self, exclude: ModelSlot) -> int:
-        return sum(entry.memory_bytes for _, entry in self._idle_entries(exclude))
+    def fit_limit(self, slot: ModelSlot) -> int:
+        """Bytes a variant of ``slot``'s model may need: free RAM plus what evicting the
+        idle models would free, within the cache budget."""
+        evictable = sum(entry.memory_bytes for _, entry in self._idle_entries(slot))
+        return min(self._budget, self._available_ram() + evictable)
 
-    def _reserve(self, slot: ModelSlot, need: int) -> builtins.list[LoadedModel]:
+    def reserve(self, slot: ModelSlot, need: int) -> builtins.list[LoadedModel]:
         """Reserve ``need`` bytes for ``slot``, retiring idle models as the policy says.
 
         Returns the models being freed to make room (wait for their ``freed``).
@@ -415,6 +314,10 @@ class ModelRegistry:
         self._reserved += need
         return victims
 
+    def unreserve(self, need: int) -> None:
+        """Give back a reservation whose load did not happen."""
+        self._reserved -= need
+
     def _retire(self, slot: ModelSlot) -> None:
         """Detach the slot's model now; free it once its last request is done."""
         loaded = slot.loaded
@@ -443,102 +346,6 @@ class ModelRegistry:
         self._retiring.discard(loaded)
         loaded.freed.set()
         logger.info("unloaded model %s", model_id)
-
-    # -- contexts ----------------------------------------------------------------------
-
-    async def _checkout(self, slot: ModelSlot, loaded: LoadedModel,
-                        embedding: bool) -> ModelInstance:
-        pool = loaded.idle.setdefault(embedding, [])
-        loaded.busy += 1
-        if pool:
-            return pool.pop()
-        # All contexts of this kind are busy (max_concurrent > 1) or none exists yet (the
-        # first embedding request on a generative model): open one more.
-        loaded.created[embedding] = loaded.created.get(embedding, 0) + 1
-        try:
-            instance = await trio.to_thread.run_sync(
-                lambda: self._backend.open(loaded.path, self._options(slot.spec,
-                                                                      embedding=embedding),
-                                           should_stop=stop_check(threading.Event())))
-        except BaseException:
-            loaded.created[embedding] -= 1
-            self._checkin(loaded, None, embedding)
-            raise
-        return instance
-
-    def _checkin(self, loaded: LoadedModel, instance: ModelInstance | None,
-                 embedding: bool) -> None:
-        if instance is not None:
-            loaded.idle.setdefault(embedding, []).append(instance)
-        loaded.busy -= 1
-        if loaded.retired and loaded.busy == 0:
-            loaded.drained.set()
-
-    def _record_benchmark(self, slot: ModelSlot, bench: Benchmark) -> None:
-        if bench.tokens_per_second is not None:
-            slot.tokens_per_second = bench.tokens_per_second
-        slot.ttft_ms = ema(slot.ttft_ms, bench.ttft_s * 1000.0)
-
-
-class Admission:
-    """One request's place in a model's queue. Release it (``with``) when done."""
-
-    def __init__(self, registry: ModelRegistry, slot: ModelSlot) -> None:
-        self._registry = registry
-        self.slot = slot
-        self._released = False
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.slot.spec
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.slot.pending -= 1
-
-    def __enter__(self) -> Admission:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    @asynccontextmanager
-    async def instance(self, *, embedding: bool = False) -> AsyncIterator[ModelInstance]:
-        """Wait for a free context (loading the model if needed) and hold it.
-
-        Raises:
-            ModelLoadError, InferenceCancelled.
-
-        Cancellation: leaves the queue (or stops waiting for the load) at once.
-        """
-        registry, slot = self._registry, self.slot
-        if slot.spec.type == "embedding" and not embedding:
-            raise InvalidInferenceRequest(slot.spec.id, "this is an embedding model; it "
-                                          "cannot generate text")
-        async with slot.limiter:
-            loaded = await registry._ensure_loaded(slot)
-            instance = await registry._checkout(slot, loaded, embedding)
-            slot.active += 1
-            try:
-                yield instance
-            finally:
-                slot.active -= 1
-                slot.uses += 1
-                slot.last_used = trio.current_time()
-                registry._checkin(loaded, instance, embedding)
-
-    def record(self, *, completion_tokens: int, decode_seconds: float, ttft_ms: float | None,
-               total_s: float) -> None:
-        """Fold one finished generation into the model's statistics."""
-        slot = self.slot
-        slot.tokens_generated += completion_tokens
-        if completion_tokens > 1 and decode_seconds > 0:
-            slot.tokens_per_second = ema(slot.tokens_per_second,
-                                          (completion_tokens - 1) / decode_seconds)
-        if ttft_ms is not None:
-            slot.ttft_ms = ema(slot.ttft_ms, ttft_ms)
-        slot.request_s = ema(slot.request_s, total_s)
 
 
 def _close_all(instances: Sequence[ModelInstance]) -> None:

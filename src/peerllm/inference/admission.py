@@ -1,0 +1,117 @@
+"""A request's hold on a model slot: its place in the queue, one context checked out, stats.
+
+The registry hands out an ``Admission`` from ``ModelRegistry.admit``; the admission asks
+the registry for the loaded model through the ``ModelSource`` protocol and opens extra
+contexts through the ``ModelLoader``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from ..errors import InvalidInferenceRequest
+from .backend import ModelInstance
+from .loading import ModelLoader
+from .slots import LoadedModel, ModelSlot, ema
+from .specs import ModelSpec
+
+
+class ModelSource(Protocol):
+    """What an admission needs from the registry: the slot's model, loaded."""
+
+    async def ensure_loaded(self, slot: ModelSlot) -> LoadedModel:
+        """Load the model or wait for the load in flight.
+
+        Raises ModelLoadError, InferenceCancelled (registry closing)."""
+        ...
+
+
+class Admission:
+    """One request's place in a model's queue. Release it (``with``) when done."""
+
+    def __init__(self, source: ModelSource, loader: ModelLoader, slot: ModelSlot) -> None:
+        self._source = source
+        self._loader = loader
+        self.slot = slot
+        self._released = False
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.slot.spec
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.slot.pending -= 1
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    @asynccontextmanager
+    async def instance(self, *, embedding: bool = False) -> AsyncIterator[ModelInstance]:
+        """Wait for a free context (loading the model if needed) and hold it.
+
+        Raises:
+            ModelLoadError, InferenceCancelled.
+
+        Cancellation: leaves the queue (or stops waiting for the load) at once.
+        """
+        slot = self.slot
+        if slot.spec.type == "embedding" and not embedding:
+            raise InvalidInferenceRequest(slot.spec.id, "this is an embedding model; it "
+                                          "cannot generate text")
+        async with slot.limiter:
+            loaded = await self._source.ensure_loaded(slot)
+            instance = await self._checkout(loaded, embedding)
+            slot.active += 1
+            try:
+                yield instance
+            finally:
+                slot.active -= 1
+                slot.uses += 1
+                slot.last_used = trio.current_time()
+                _checkin(loaded, instance, embedding)
+
+    def record(self, *, completion_tokens: int, decode_seconds: float, ttft_ms: float | None,
+               total_s: float) -> None:
+        """Fold one finished generation into the model's statistics."""
+        slot = self.slot
+        slot.tokens_generated += completion_tokens
+        if completion_tokens > 1 and decode_seconds > 0:
+            slot.tokens_per_second = ema(slot.tokens_per_second,
+                                          (completion_tokens - 1) / decode_seconds)
+        if ttft_ms is not None:
+            slot.ttft_ms = ema(slot.ttft_ms, ttft_ms)
+        slot.request_s = ema(slot.request_s, total_s)
+
+    async def _checkout(self, loaded: LoadedModel, embedding: bool) -> ModelInstance:
+        pool = loaded.idle.setdefault(embedding, [])
+        loaded.busy += 1
+        if pool:
+            return pool.pop()
+        # All contexts of this kind are busy (max_concurrent > 1) or none exists yet (the
+        # first embedding request on a generative model): open one more.
+        loaded.created[embedding] = loaded.created.get(embedding, 0) + 1
+        try:
+            instance = await self._loader.open_context(loaded.path, self.slot.spec,
+                                                       embedding=embedding)
+        except BaseException:
+            loaded.created[embedding] -= 1
+            _checkin(loaded, None, embedding)
+            raise
+        return instance
+
+
+def _checkin(loaded: LoadedModel, instance: ModelInstance | None, embedding: bool) -> None:
+    if instance is not None:
+        loaded.idle.setdefault(embedding, []).append(instance)
+    loaded.busy -= 1
+    if loaded.retired and loaded.busy == 0:
+        loaded.drained.set()
