@@ -29,6 +29,7 @@ from peerllm.inference.engine import Engine, GenerationRequest, SamplingParams
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec
 from peerllm.testing import FakeBackend
+from tests.helpers import wait_until
 
 MB = 1024**2
 
@@ -85,13 +86,12 @@ async def test_benchmark_after_load_sets_throughput(tmp_path: Path) -> None:
 
 
 async def test_concurrent_loads_share_one(tmp_path: Path) -> None:
-    backend = FakeBackend(open_s=0.05)
+    backend = FakeBackend(open_s=0.5)
     async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend) as (_, reg):
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(reg.load, "a")
-            await trio.sleep(0.01)
-            assert reg.status("a").state == "loading"
+            await wait_until(lambda: reg.status("a").state == "loading", what="loading")
         assert len(backend.opened) == 1
 
 
@@ -330,8 +330,8 @@ async def test_unload_waits_for_the_running_request(tmp_path: Path) -> None:
             while reg.status("a").active == 0:
                 await trio.sleep(0.005)
             nursery.start_soon(reg.unload, "a")
-            await trio.sleep(0.05)
-            assert reg.status("a").state == "available"  # detached at once
+            # Detached at once, while the request still runs:
+            await wait_until(lambda: reg.status("a").state == "available", what="detached")
             assert not backend.opened[0].closed  # still generating
             backend.gate.set()
             assert isinstance([i async for i in stream][-1], Done)
