@@ -307,7 +307,6 @@ class Placement:
         if cand.local:
             if engine is None:  # a local candidate exists only with an engine
                 raise RuntimeError("local candidate without an engine")
-            r.loads.routed[cand.peer_id] = r.loads.routed.get(cand.peer_id, 0) + 1
             with trio.move_on_after(deadline_s):
                 async with engine.stream(req) as chunks:
                     yield _Attempt(served_by=r.local.peer_id, served_by_name=r.local.name,

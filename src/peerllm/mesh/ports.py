@@ -67,11 +67,3 @@ class PeerHooks(Protocol):
     def after_remote_request(self, peer_id: str) -> None: ...
 
     async def discover(self, model: str) -> None: ...
-
-
-class ProviderLookup(Protocol):
-    """Finding the peers that serve a model in the DHT (p2p.dht.Dht)."""
-
-    async def find_providers(self, model: str, count: int = 20
-                             ) -> list[tuple[str, list[str]]]: ...
-

@@ -35,11 +35,9 @@ class PeerLoads:
     hints: dict[str, tuple[Load, float]] = field(default_factory=dict)
     # peer -> trio time before which it asked not to be sent more (Retry-After).
     busy_until: dict[str, float] = field(default_factory=dict)
-    routed: dict[str, int] = field(default_factory=dict)  # destination -> requests (metrics)
 
     def started(self, peer_id: str) -> None:
         self.in_flight[peer_id] = self.in_flight.get(peer_id, 0) + 1
-        self.routed[peer_id] = self.routed.get(peer_id, 0) + 1
 
     def finished(self, peer_id: str) -> None:
         left = self.in_flight.get(peer_id, 1) - 1
