@@ -14,6 +14,7 @@ Replicas preload the model by default (warm: a resume pays no model load); with
 restarted replica is cold again. ``--rejoin wait`` (default) waits until a restarted
 replica is back in rotation before the next request; ``--rejoin none`` restarts it the
 moment it is killed and goes on at once, so requests meet a replica still starting.
+``--forget-peers`` restarts it without its known peers, so it does not dial the front back.
 
     python scripts/bench/failover.py --kills 20
     python scripts/bench/failover.py --runs 8 --requests 6 --kills 3 --cold --rejoin none
@@ -86,6 +87,7 @@ class Cluster:
     logs: Path
     cold: bool
     log_level: str | None = None
+    forget_peers: bool = False
     ports: list[int] = field(default_factory=lambda: free_ports(6))
     children: dict[str, Child] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)  # name -> peer id
@@ -108,6 +110,8 @@ class Cluster:
 
     def start_replica(self, name: str) -> None:
         i = REPLICAS.index(name)
+        if self.forget_peers:  # it cannot dial back: the front has to find it again
+            (self.logs / "data" / name / "known_peers.json").unlink(missing_ok=True)
         self.children[name] = self._spawn(name, self.ports[2 * i], self.ports[2 * i + 1],
                                           *(() if self.cold else ("--preload", MODEL)))
 
@@ -245,7 +249,7 @@ def one_round(cluster: Cluster, *, max_tokens: int, kill_after: int | None,
             "kill_to_breaker_open_s": watch.breaker_open_s if watch else None,
             "kill_to_unhealthy_s": watch.unhealthy_s if watch else None,
             "loaded_before": loaded_before,
-            "resumed_onto_loaded": loaded_before.get(resumed_on) if killed_at else None,
+            "resumed_onto_loaded": loaded_before.get(str(resumed_on)) if killed_at else None,
             "usage": usage, "peerllm": provenance, "error": error}
 
 
@@ -256,7 +260,7 @@ def one_run(args: argparse.Namespace, run: int, logs: Path, rng: random.Random,
     rounds: list[dict[str, Any]] = []
     with managed_processes() as group:
         cluster = Cluster(group, logs / f"run-{run}", cold=args.cold,
-                          log_level=args.node_log_level)
+                          log_level=args.node_log_level, forget_peers=args.forget_peers)
         cluster.start()
         for r in range(args.requests):
             kill = r in kill_rounds
@@ -301,6 +305,8 @@ def main() -> int:
     ap.add_argument("--signal", choices=("kill", "stop"), default="kill",
                     help="kill: SIGKILL (the process dies, its kernel closes the connection);"
                          "\nstop: SIGSTOP (the process freezes, its connection stays open)")
+    ap.add_argument("--forget-peers", action="store_true",
+                    help="a replica restarts without its known peers (it does not dial back)")
     ap.add_argument("--node-log-level", choices=("debug", "info", "warning", "error"),
                     help="--log-level for every node (default: theirs)")
     ap.add_argument("--max-tokens", type=int, default=96)

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -112,32 +113,47 @@ def dump_stacks(child: Child, out: Path) -> None:
 
 def stop_together(children: list[Child], *, grace_s: float, second_s: float | None,
                   dump_after_s: float | None, logs: Path) -> dict[str, dict[str, Any]]:
-    """SIGTERM every child at once; per child: exit time, code, second signal, SIGKILL."""
+    """SIGTERM every child at once; per child: exit time, code, second signal, SIGKILL.
+
+    One thread per child waits for its exit, so each time is its own and a slow py-spy
+    dump delays nobody's.
+    """
     out: dict[str, dict[str, Any]] = {c.name: {"exit_s": None, "second_signal": False,
                                                "killed": False} for c in children}
     t0 = now()
+
+    def wait(c: Child) -> None:
+        c.proc.wait()
+        out[c.name] |= {"exit_s": now() - t0, "returncode": c.proc.returncode}
+
     for c in children:
         os.killpg(c.pid, signal.SIGTERM)
-    waiting, dumped, seconded = list(children), False, False
-    while waiting and now() - t0 < grace_s:
-        time.sleep(0.01)
-        for c in list(waiting):
-            if c.proc.poll() is not None:
-                out[c.name] |= {"exit_s": now() - t0, "returncode": c.proc.returncode}
-                waiting.remove(c)
-        if dump_after_s is not None and not dumped and now() - t0 >= dump_after_s:
-            dumped = True
-            for c in waiting:
-                dump_stacks(c, logs / f"{c.name}.stacks.txt")
-        if second_s is not None and not seconded and now() - t0 >= second_s:
-            seconded = True
-            for c in waiting:
+    waiters = [threading.Thread(target=wait, args=(c,), daemon=True) for c in children]
+    for w in waiters:
+        w.start()
+
+    def alive() -> list[Child]:
+        return [c for c in children if out[c.name]["exit_s"] is None]
+
+    dumps: list[threading.Thread] = []
+    for at, action in sorted((t, a) for t, a in ((dump_after_s, "dump"), (second_s, "second"))
+                             if t is not None and t < grace_s):
+        time.sleep(max(0.0, at - (now() - t0)))
+        for c in alive():
+            if action == "second":
                 out[c.name] |= {"second_signal": True, "second_signal_s": now() - t0}
                 os.killpg(c.pid, signal.SIGTERM)
-    for c in waiting:
+            else:
+                dumps.append(threading.Thread(target=dump_stacks, daemon=True, args=(
+                    c, logs / f"{c.name}.stacks.txt")))
+                dumps[-1].start()
+    for w in waiters:
+        w.join(max(0.0, grace_s - (now() - t0)))
+    for c in alive():
+        out[c.name]["killed"] = True
         os.killpg(c.pid, signal.SIGKILL)
-        c.proc.wait(10)
-        out[c.name] |= {"killed": True, "exit_s": now() - t0, "returncode": c.proc.returncode}
+    for w in waiters + dumps:
+        w.join(30)
     return out
 
 
@@ -162,7 +178,8 @@ def one_run(args: argparse.Namespace, run: int, logs: Path) -> dict[str, Any]:
     for c in children:
         exits[c.name]["forced_exit_logged"] = "exiting now" in c.log_text()
     times = [e["exit_s"] for e in exits.values()]
-    print(f"run {run}: mesh {'formed in %.1f s' % mesh_s if mesh_s else 'NOT formed'}; "
+    mesh = f"formed in {mesh_s:.1f} s" if mesh_s else "NOT formed"
+    print(f"run {run}: mesh {mesh}; "
           f"exit p50 {summarize(times)['p50']:.2f} s, max {max(times):.2f} s, "
           f"over {TARGET_S:g} s: {sum(t > TARGET_S for t in times)}, "
           f"SIGKILLed: {sum(e['killed'] for e in exits.values())}", file=sys.stderr)
