@@ -12,8 +12,6 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -495,73 +493,3 @@ async def test_asking_membership_again_is_bounded_once_every_candidate_failed(
     assert trio.current_time() - start == pytest.approx(0.1 + REDISCOVER_WAIT_S)
     assert node.discovered == [MODEL] and len(client.calls) == 1
 
-
-# -- what membership does when the router asks it to discover a model ------------------
-
-
-class _Links:
-    """P2PHost as membership's redial sees it: which peers are listening again."""
-
-    def __init__(self, up: set[str]) -> None:
-        self.up = up
-        self.dialled: list[str] = []
-
-    def is_connected(self, peer_id: str) -> bool:
-        return False
-
-    async def connect(self, peer_id: str, addrs: list[str]) -> None:
-        self.dialled.append(peer_id)
-        if peer_id not in self.up:
-            raise PeerUnavailable(peer_id, "dial failed: connection refused")
-
-    async def disconnect(self, peer_id: str) -> None:
-        pass
-
-
-class _InfoClient:
-    async def fetch(self, peer_id: str) -> tuple[w.NodeInfo, float]:
-        return info(peer_id, b"\x02" * 16), 1.0
-
-
-class _Dht:
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def add_peer(self, peer_id: str) -> None:
-        pass
-
-    async def find_providers(self, model: str, count: int = 20
-                             ) -> list[tuple[str, list[str]]]:
-        self.asked.append(model)
-        return []
-
-
-async def test_discover_redials_known_providers_that_dropped_out_before_the_dht(
-        autojump_clock: trio.abc.Clock) -> None:
-    from peerllm.mesh.membership import Membership
-    from peerllm.p2p.known_peers import KnownPeers
-    from peerllm.p2p.registry import PeerState
-
-    registry = PeerRegistry("self", stale_after_s=1e9, max_peers=64)
-    now = time.time()
-    for peer in ("restarted", "still-down", "refused", "other-model"):
-        registry.saw(peer, Source.BOOTSTRAP, now=now, addrs=[f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"])
-        registry.info_received(peer, make_node_info(peer, models=(
-            "other",) if peer == "other-model" else (MODEL,)), rtt_ms=1.0, now=now,
-            compatible_version=w.PROTOCOL_VERSION)
-        registry.failed(peer, "write failed: StreamReset()", now=now, max_misses=1,
-                        refused=peer == "refused")
-    links, dht = _Links(up={"restarted"}), _Dht()
-    cfg = NodeConfig()
-    membership = Membership(
-        local=cast(Any, SimpleNamespace(name="self")), host=cast(Any, links),
-        dht=cast(Any, dht), registry=registry, info_client=cast(Any, _InfoClient()),
-        known_peers=KnownPeers(Path("/nonexistent/known_peers.json"), limit=8),
-        p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None)
-    await membership.discover(MODEL)
-    assert sorted(links.dialled) == ["restarted", "still-down"]
-    assert registry.get("restarted").state is PeerState.HEALTHY  # type: ignore[union-attr]
-    assert dht.asked == []  # one provider is back: no DHT walk
-    links.up.clear()
-    await membership.discover(MODEL)
-    assert dht.asked == [MODEL]  # nobody came back: ask the DHT
