@@ -5,27 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
-
-from tests.helpers import Daemon, clean_env, free_port, peerllm_cmd
-
-pytestmark = pytest.mark.slow
+from tests.helpers import Daemon, clean_env, free_port, healthy_names, peerllm_cmd, poll_until
 
 
-def wait_for_names(d: Daemon, names: set[str], timeout_s: float = 30.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    doc: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        doc = d.peers_json()
-        seen = {p["name"] for p in doc["peers"] if p["state"] == "healthy"}  # type: ignore[attr-defined]
-        if names <= seen:
-            return doc
-        time.sleep(0.3)
-    raise AssertionError(f"{d.name} did not see {names} in {timeout_s} s: {json.dumps(doc)[:2000]}")
+def wait_for_names(d: Daemon, names: set[str], timeout_s: float = 30.0) -> dict[str, Any]:
+    return poll_until(d.peers_json, lambda doc: names <= healthy_names(doc["peers"]),
+                      timeout_s=timeout_s, what=f"{d.name} to see {sorted(names)}")
+
+
+def says_key_differs(lines: list[str]) -> bool:
+    return any("network key differs" in line for line in lines)
 
 
 def test_three_process_chain_and_restart(daemon: Callable[[str], Daemon]) -> None:
@@ -56,15 +49,15 @@ def test_network_key_keeps_outsiders_out(daemon: Callable[[str], Daemon]) -> Non
     b.start("--no-mdns", "--network-key", key1, "--bootstrap", a.addr)
     out.start("--no-mdns", "--network-key", key2, "--bootstrap", a.addr)
     wait_for_names(a, {"priv-b"})
-    time.sleep(2.0)
-    names_a = {p["name"] for p in a.peers_json()["peers"]}
-    assert "outsider" not in names_a
-    doc = out.peers_json()
+    doc = poll_until(out.peers_json,
+                     lambda d: any(p["state"] == "refused" for p in d["peers"]),
+                     what="the outsider to be refused")
     assert all(p["state"] != "healthy" for p in doc["peers"])
     refused = [p for p in doc["peers"] if p["state"] == "refused"]
-    assert refused and "network key differs" in refused[0]["reason"]
-    assert any("network key differs" in line for line in out.banner)
-    assert any("network key differs" in line for line in a.banner)
+    assert "network key differs" in refused[0]["reason"]
+    poll_until(lambda: out.banner, says_key_differs, what="the outsider's log")
+    poll_until(lambda: a.banner, says_key_differs, what="priv-a's log")
+    assert "outsider" not in {p["name"] for p in a.peers_json()["peers"]}
 
 
 def test_corrupt_key_refuses_to_start(tmp_path: Path) -> None:
@@ -116,16 +109,11 @@ def test_frozen_peer_is_detected_and_recovers(daemon: Callable[[str], Daemon]) -
     assert b.proc is not None
     b.proc.send_signal(signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 30
-        state = "healthy"
-        while time.monotonic() < deadline:
-            row = next(p for p in a.peers_json()["peers"] if p["name"] == "sleeper")
-            state = row["state"]
-            if state in ("stale", "unreachable"):
-                assert row["reason"]
-                break
-            time.sleep(0.5)
-        assert state in ("stale", "unreachable"), f"frozen peer still {state}"
+        row = poll_until(lambda: next(p for p in a.peers_json()["peers"]
+                                      if p["name"] == "sleeper"),
+                         lambda r: r["state"] in ("stale", "unreachable"),
+                         what="the frozen peer to be noticed")
+        assert row["reason"]
     finally:
         b.proc.send_signal(signal.SIGCONT)
     wait_for_names(a, {"sleeper"}, timeout_s=60)

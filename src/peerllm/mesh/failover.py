@@ -58,6 +58,8 @@ _ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, Inference
 DEFAULT_BUSY_BACKOFF_S: Final = 1.0
 MAX_BUSY_WAIT_S: Final = 30.0  # how long one request may wait in all for busy peers
 MIN_BUSY_WAIT_S: Final = 0.05
+REDISCOVER_WAIT_S: Final = 5.0  # how long a request whose candidates all failed waits for
+# membership to bring a provider back (a restarted replica's redial; not a slow DHT walk)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Placement:
         self._reasons: dict[str, str] = {}
         self._tried: set[str] = set()
         self._redialled: set[str] = set()
+        self._discovered = False  # asked membership to find the model's providers again
         self._busy_hints: list[float] = []
         self._busy_peers: set[str] = set()
         self._busy_waited = 0.0
@@ -124,16 +127,25 @@ class Placement:
         model = self.req.model
         while True:
             cands, excluded = self.r.candidates(model)
-            if not cands and not self._tried:
-                await self.r.hooks.discover(model)
-                cands, excluded = self.r.candidates(model)
-            for label, why in excluded.items():
-                self._reasons.setdefault(label, why)
             order, scored = self.r.ranked(cands, self.session)
             ranked = [c for c in order if c.peer_id not in self._tried]
+            for label, why in excluded.items():
+                self._reasons.setdefault(label, why)
             if self._tokens:  # resuming: the user is waiting mid-answer
                 ranked = prefer_loaded(ranked)
             if not ranked and await self._wait_for_busy(started):
+                continue
+            if not ranked and not self._discovered:
+                # Nobody left to try. Before giving up, meet the model's providers once
+                # more: a replica that restarted moments ago is often back, but the
+                # registry still lists it unreachable until the next heartbeat.
+                self._discovered = True
+                if self._tried:
+                    logger.info("no candidate left for %s; asking membership to find its "
+                                "providers again", model)
+                left = max(0.0, self.deadline_s - (trio.current_time() - started))
+                with trio.move_on_after(min(left, REDISCOVER_WAIT_S) if self._tried else left):
+                    await self.r.hooks.discover(model)
                 continue
             if not ranked:
                 await self.fail(NoRoute(

@@ -115,7 +115,10 @@ class Membership:
         if self.dht is not None:
             await self.dht.add_peer(peer_id)
         entry = self.registry.get(peer_id)
-        if entry is not None and entry.info is None:
+        # A peer we had written off that connects again (a restarted node dialling its
+        # known peers) is asked at once, not at the next heartbeat: until then the router
+        # would not send it anything.
+        if entry is not None and (entry.info is None or entry.state is not PeerState.HEALTHY):
             await self.refresh_peer(peer_id)
 
     async def _bootstrap(self, addr: str) -> None:
@@ -301,12 +304,37 @@ class Membership:
             self._nursery.start_soon(self.refresh_peer, peer_id)
 
     async def discover(self, model: str) -> None:
-        """Nobody known serves ``model``: ask the DHT for providers and meet them."""
+        """Nobody we can route to serves ``model``: redial the providers we know that
+        dropped out, and only if none of them is back, ask the DHT and meet its answers.
+
+        A replica that restarted moments ago is usually listening again long before our
+        heartbeat (or its redial backoff) would look at it; a request with nowhere else to
+        go should not be lost for that.
+        """
+        if await self._redial_providers(model):
+            return
         providers = await self.find_providers(model)
         async with trio.open_nursery() as nursery:
             for peer_id, addrs in providers[:MAX_PROVIDERS_DIALLED]:
                 if peer_id != self.local.peer_id:
                     nursery.start_soon(self.connect_peer, peer_id, addrs, Source.DHT)
+
+    async def _redial_providers(self, model: str) -> bool:
+        """Redial the known, not healthy, not refused peers that said they serve
+        ``model``; True if one of them is healthy again."""
+        dropped = [e for e in self.registry.entries()
+                   if e.info is not None and e.state in (PeerState.UNREACHABLE, PeerState.STALE)
+                   and any(m.id == model for m in e.info.models)][:MAX_PROVIDERS_DIALLED]
+        back: list[bool] = []
+
+        async def redial(peer_id: str, addrs: list[str], source: Source) -> None:
+            back.append(await self.connect_peer(peer_id, addrs, source))
+
+        async with trio.open_nursery() as nursery:
+            for e in dropped:
+                nursery.start_soon(redial, e.peer_id, list(e.addrs),
+                                   next(iter(e.sources), Source.CACHE))
+        return any(back)
 
     # -- lookups -----------------------------------------------------------------------
 

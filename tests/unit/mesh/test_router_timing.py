@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -28,6 +30,7 @@ from peerllm.events import Done, TokenChunk
 from peerllm.inference.request import GenerationRequest, SamplingParams
 from peerllm.mesh.breakers import BreakerBook
 from peerllm.mesh.explain import explain
+from peerllm.mesh.failover import REDISCOVER_WAIT_S
 from peerllm.mesh.router import Router, breaker_config
 from peerllm.p2p.registry import PeerRegistry, Source
 from peerllm.scheduling.filter import Policy
@@ -71,6 +74,8 @@ class FakeNode:
         self.host = FakeHost()
         self.registry = PeerRegistry("self", stale_after_s=1e9, max_peers=64)
         self.suspected: list[str] = []
+        self.discovered: list[str] = []
+        self.on_discover: Callable[[], Awaitable[None]] | None = None
         for p in peers:
             self.restart(p, b"\x01" * 16)
 
@@ -96,7 +101,9 @@ class FakeNode:
         pass
 
     async def discover(self, model: str) -> None:
-        pass
+        self.discovered.append(model)
+        if self.on_discover is not None:
+            await self.on_discover()
 
 
 def make_router(scripts: dict[str, list[list[Step]]], *, seed: int = 1
@@ -476,3 +483,36 @@ async def test_a_resume_that_would_exceed_the_prompt_limit_ends_the_answer_clean
     assert text == ["xy"]
     assert (err.value.code, err.value.retryable) == ("too_large", False)
     assert state(router, "b") == "closed" and "b" not in node.suspected
+
+
+async def test_a_resume_with_nowhere_left_meets_a_restarted_replica_again(
+        autojump_clock: trio.abc.Clock) -> None:
+    # "a" was killed moments ago and has restarted, but the registry still lists it
+    # unreachable (its last node-info call failed); then "b" dies mid-stream.
+    router, node, client = make_router({"a": [ok()],
+                                        "b": [[0.1, "x", PeerConnectionLost("b", "reset")]]})
+    node.registry.failed("a", "write failed: StreamReset()", now=time.time(), max_misses=1)
+    router.breakers.peer_down("a")
+    node.host.down.add("b")
+
+    async def membership_redials_a() -> None:
+        await trio.sleep(0.05)
+        node.restart("a", b"\x02" * 16)  # it answers node-info: a new process
+
+    node.on_discover = membership_redials_a
+    text, done = await run(router)
+    assert text == "xab" and done.completion_tokens == 3   # not lost
+    assert [p for p, _, _ in client.calls] == ["b", "a"] and node.discovered == [MODEL]
+
+
+async def test_asking_membership_again_is_bounded_once_every_candidate_failed(
+        autojump_clock: trio.abc.Clock) -> None:
+    router, node, client = make_router({"a": [[0.1, "x", PeerConnectionLost("a", "reset")]]})
+    node.host.down.add("a")
+    node.on_discover = trio.sleep_forever  # e.g. a DHT walk that hangs on dead peers
+    start = trio.current_time()
+    with pytest.raises(NoRoute):
+        await run(router)
+    assert trio.current_time() - start == pytest.approx(0.1 + REDISCOVER_WAIT_S)
+    assert node.discovered == [MODEL] and len(client.calls) == 1
+
