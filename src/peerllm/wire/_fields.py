@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 INT64_MAX: Final = 2**63 - 1
 
@@ -157,3 +157,19 @@ def checked_as_sent(m: dict[str, Any], decode: Callable[[Any], object]) -> dict[
     except RemoteProtocolError as exc:
         raise LocalProtocolError(str(exc), code=exc.code) from exc
     return m
+
+
+def read_envelope(m: Any, *, protocol: str, version: int, max_kind_len: int
+                  ) -> tuple[MapReader, str]:
+    """A frame map's reader and its message kind ``t``, once its ``v`` is ``version``.
+
+    Raises:
+        RemoteProtocolError: UNSUPPORTED_VERSION for another ``v`` (checked before ``t``).
+        FieldError: ``m`` is not a map, or ``v``/``t`` is missing or malformed.
+    """
+    r = MapReader(m)
+    got = r.get_int("v")
+    if got != version:
+        raise RemoteProtocolError(f"{protocol} version {got} is not supported",
+                                  code=ErrorCode.UNSUPPORTED_VERSION)
+    return r, r.get_str("t", max_len=max_kind_len)

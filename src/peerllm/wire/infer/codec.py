@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .. import limits
-from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent
+from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent, read_envelope
 from ..load import load_to_map, read_load
 from .messages import (
     ERROR_CODES,
@@ -133,13 +133,8 @@ def message_from_map(m: Any) -> Message:
             malformed; the message names the field path.
     """
     try:
-        r = MapReader(m)
-        version = r.get_int("v")
-        if version != PROTOCOL_VERSION:
-            raise RemoteProtocolError(
-                f"infer version {version} is not supported", code=ErrorCode.UNSUPPORTED_VERSION
-            )
-        kind = r.get_str("t", max_len=MAX_CODE_LEN)
+        r, kind = read_envelope(m, protocol="infer", version=PROTOCOL_VERSION,
+                                max_kind_len=MAX_CODE_LEN)
         decode = _DECODERS.get(kind)
         if decode is None:
             raise RemoteProtocolError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent
+from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent, read_envelope
 from ..load import load_to_map, read_load
 from .messages import (
     BOOT_NONCE_BYTES,
@@ -214,13 +214,8 @@ def message_from_map(m: Any) -> Message:
             malformed, FRAME_TOO_LARGE for an oversize body.
     """
     try:
-        r = MapReader(m)
-        version = r.get_int("v")
-        if version != PROTOCOL_VERSION:
-            raise RemoteProtocolError(
-                f"node-info version {version} is not supported", code=ErrorCode.UNSUPPORTED_VERSION
-            )
-        kind = r.get_str("t", max_len=MAX_TAG_LEN)
+        r, kind = read_envelope(m, protocol="node-info", version=PROTOCOL_VERSION,
+                                max_kind_len=MAX_TAG_LEN)
         if kind not in _MESSAGE_TYPES:
             raise RemoteProtocolError(
                 f"unknown node-info message type {kind!r}", code=ErrorCode.UNKNOWN_MESSAGE
