@@ -32,6 +32,7 @@ EXPECTED = [
     "InferenceError",
     "InferenceRejected",
     "InferenceTimeout",
+    "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
     "ModelBusy",

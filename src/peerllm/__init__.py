@@ -6,7 +6,7 @@ and streams ``TokenChunk`` then ``Done`` events. Every exception either can rais
 and ``except PeerLLMError`` catches them all.
 
 Layers, innermost first (a module imports only its own layer or inner ones; the full
-table is in tests/test_layers.py): errors/_types/events/limits/config < identity, wire,
+table is in tests/test_layers.py): errors/error_codes/_types/events/config < identity, wire,
 scheduling < p2p, inference < mesh < node < api, client < cli.
 """
 
@@ -27,6 +27,7 @@ from .errors import InferenceCancelled as InferenceCancelled
 from .errors import InferenceError as InferenceError
 from .errors import InferenceRejected as InferenceRejected
 from .errors import InferenceTimeout as InferenceTimeout
+from .errors import InvalidField as InvalidField
 from .errors import InvalidInferenceRequest as InvalidInferenceRequest
 from .errors import LocalProtocolError as LocalProtocolError
 from .errors import ModelBusy as ModelBusy
@@ -67,6 +68,7 @@ __all__ = [
     "InferenceError",
     "InferenceRejected",
     "InferenceTimeout",
+    "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
     "ModelBusy",

@@ -13,6 +13,7 @@
     │   ├── PeerConnectionLost     the connection or stream broke mid-call
     │   └── NetworkKeyMismatch     the peer belongs to another private network
     ├── DiscoveryError         a discovery mechanism could not start
+    ├── InvalidField           a request value is bad or over a limit (.field); a ValueError too
     ├── InferenceRejected      a serving node refused or failed a request (.code, .retryable)
     ├── NoRoute                no node in the mesh can take the request (.reasons per candidate)
     ├── NodeNotRunning         no daemon answered at the HTTP API's URL (.url)
@@ -145,6 +146,21 @@ class InferenceRejected(PeerLLMError):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.peer_id = peer_id
+
+
+class InvalidField(PeerLLMError, ValueError):
+    """A request value is malformed or over a limit; ``field`` names it.
+
+    ``field`` is the request's own name for it (``messages[2].content``, ``top_k``);
+    ``too_large`` marks the prompt-size limits, which callers may report apart. Also a
+    ValueError, as any bad argument to a constructor is.
+    """
+
+    def __init__(self, field: str, problem: str, *, too_large: bool = False) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+        self.too_large = too_large
 
 
 class NoRoute(PeerLLMError):

@@ -19,6 +19,7 @@ from .config import NodeConfig
 from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
+from .inference._concurrency import reraise_unwrapped
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
@@ -239,28 +240,34 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
     specs = model_specs(cfg)
-    async with AsyncExitStack() as stack:
-        registry = await stack.enter_async_context(open_registry(specs, config=cfg.inference)) \
-            if specs else None
-        host = await stack.enter_async_context(open_host(
-            identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
-            network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
-            max_peers=cfg.p2p.max_peers))
-        dht: Dht | None = await stack.enter_async_context(open_dht(host, identity)) \
-            if cfg.discovery.dht else None
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        node = _compose(cfg, data_dir, identity, host, dht,
-                        Engine(registry) if registry is not None else None)
-        server = InferServer(self_peer_id=node.peer_id,
-                             generate=serve_generator(node.local, node.model_ids),
-                             load=node.local.load)
-        host.set_handler(wi.PROTOCOL_ID, server.handle)
-        host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
-        await nursery.start(node.membership.run)
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with AsyncExitStack() as stack:
+            registry = await stack.enter_async_context(
+                open_registry(specs, config=cfg.inference)) \
+                if specs else None
+            host = await stack.enter_async_context(open_host(
+                identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
+                network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
+                max_peers=cfg.p2p.max_peers))
+            dht: Dht | None = await stack.enter_async_context(open_dht(host, identity)) \
+                if cfg.discovery.dht else None
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            node = _compose(cfg, data_dir, identity, host, dht,
+                            Engine(registry) if registry is not None else None)
+            server = InferServer(self_peer_id=node.peer_id,
+                                 generate=serve_generator(node.local, node.model_ids),
+                                 load=node.local.load)
+            host.set_handler(wi.PROTOCOL_ID, server.handle)
+            host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
+            await nursery.start(node.membership.run)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The caller's own exception passed through our nursery: give it back as itself
+        # (``except PeerLLMError`` must work around ``async with open_node``).
+        reraise_unwrapped(group)
 
 
 def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import peerllm
@@ -41,3 +43,17 @@ async def test_two_nodes_find_each_other_over_mdns(make_config: MakeConfig) -> N
                          what="b to list a with source mdns")
         await wait_until(lambda: any("mdns" in p["sources"] for p in a.peers()),
                          what="a to list b with source mdns")
+
+
+async def test_errors_from_the_callers_block_come_back_as_themselves(
+        make_config: MakeConfig) -> None:
+    async def generate(name: str, model: str, **params: Any) -> None:
+        async with peerllm.open_node(make_config(name, dht=False)) as n:
+            async for _ in n.generate(model, "hi", **params):
+                pass
+
+    with pytest.raises(peerllm.NoRoute):  # not an ExceptionGroup around it
+        await generate("lonely", "no-such-model", max_tokens=1)
+    with pytest.raises(peerllm.InvalidField) as err:
+        await generate("strict", "m", top_k=5000)
+    assert err.value.field == "top_k" and isinstance(err.value, peerllm.PeerLLMError)

@@ -12,8 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ..errors import InvalidField
 from ..inference.engine import ChatMessage, GenerationRequest, SamplingParams
-from ..inference.request import SEED_RANGE, InvalidField, utf8_size
+from ..inference.request import SEED_RANGE, utf8_size
 from ..wire.limits import MAX_PROMPT_CHARS, MAX_SESSION_CHARS
 
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024

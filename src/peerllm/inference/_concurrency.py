@@ -37,9 +37,10 @@ def reraise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     For context managers whose background task never raises (it reports failures through
     a channel): whatever the group holds came from the caller's own ``async with`` body,
     and the caller should get it back unchanged, as ``trio.as_safe_channel`` does.
-    Anything else (several errors, or only Cancelled) is re-raised as is.
+    Nested groups (one nursery inside another) are looked through. Anything else
+    (several errors, or only Cancelled) is re-raised as is.
     """
-    others = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+    others = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
     if len(others) == 1:
         exc = others[0]
         context = exc.__context__
@@ -51,3 +52,10 @@ def reraise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     if not others and group.exceptions:
         raise group.exceptions[0]
     raise group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

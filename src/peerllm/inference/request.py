@@ -10,25 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+from ..errors import InvalidField
 from ..wire import limits
 
 ROLES: Final = ("system", "user", "assistant")
 SEED_RANGE: Final = 2**32
 """Seeds are 0..SEED_RANGE-1 (llama.cpp takes a 32-bit seed)."""
-
-
-class InvalidField(ValueError):
-    """A request value is malformed or over a limit; ``field`` names it.
-
-    ``field`` is the request's own name for it (``messages[2].content``, ``top_k``);
-    ``too_large`` marks the prompt-size limits, which callers may report apart.
-    """
-
-    def __init__(self, field: str, problem: str, *, too_large: bool = False) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-        self.too_large = too_large
 
 
 def utf8_size(field: str, text: str) -> int:

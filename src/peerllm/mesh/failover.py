@@ -32,6 +32,7 @@ from ..error_codes import BUSY_CODES, rejection
 from ..errors import (
     InferenceError,
     InferenceRejected,
+    InvalidField,
     LocalProtocolError,
     NoRoute,
     PeerConnectionLost,
@@ -42,14 +43,16 @@ from ..errors import (
     ProtocolError,
 )
 from ..events import Done, TokenChunk
-from ..inference.request import GenerationRequest, InvalidField
+from ..inference.request import GenerationRequest
 from ..scheduling.candidates import Candidate
+from ..scheduling.filter import Filtered
 from ..scheduling.mcda import Scored, prefer_loaded
-from ..scheduling.timeouts import first_token_limit, smoothed_gap, stall_limit
+from ..scheduling.timeouts import first_token_limit
 from .breakers import BreakerBook
 from .ports import InferTransport, Links, PeerHooks, SelfView
 from .routed import Event, Item, Routed
 from .serving import to_wire_request
+from .timed_events import local_events, silence_limited
 from .views import PeerLoads
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ _ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, Inference
 DEFAULT_BUSY_BACKOFF_S: Final = 1.0
 MAX_BUSY_WAIT_S: Final = 30.0  # how long one request may wait in all for busy peers
 MIN_BUSY_WAIT_S: Final = 0.05
+DISCOVER_WAIT_S: Final = 30.0  # finding a model nobody known serves, in the DHT
 REDISCOVER_WAIT_S: Final = 5.0  # how long a request whose candidates all failed waits for
 # membership to bring a provider back (a restarted replica's redial; not a slow DHT walk)
 
@@ -82,7 +86,7 @@ class Placer(Protocol):
     settings: SchedulingSettings
     rng: random.Random
 
-    def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]: ...
+    def filtered(self, model: str) -> Filtered: ...
 
     def ranked(self, cands: list[Candidate], session: str | None
                ) -> tuple[list[Candidate], list[Scored]]: ...
@@ -109,8 +113,9 @@ class Placement:
         self._redialled: set[str] = set()
         self._discovered = False  # asked membership to find the model's providers again
         self._busy_hints: list[float] = []
-        self._busy_peers: set[str] = set()
+        self._busy_tried: set[str] = set()  # said "busy" to this request
         self._busy_waited = 0.0
+        self._started = 0.0
         self._text = ""  # delivered to the caller so far
         self._tokens = 0
 
@@ -122,40 +127,41 @@ class Placement:
             self.failure = exc
             self.placed.set()
 
+    def _left(self) -> float:
+        return self.deadline_s - (trio.current_time() - self._started)
+
     async def run(self) -> None:
-        started = trio.current_time()
+        self._started = trio.current_time()
         model = self.req.model
         while True:
-            cands, excluded = self.r.candidates(model)
-            order, scored = self.r.ranked(cands, self.session)
-            ranked = [c for c in order if c.peer_id not in self._tried]
+            filtered = self.r.filtered(model)
+            cands, excluded = filtered.candidates, filtered.reasons()
             for label, why in excluded.items():
                 self._reasons.setdefault(label, why)
+            back = self._busy_tried & {c.peer_id for c in cands}
+            if back:  # peers that said "busy" to us and whose Retry-After has passed
+                self._tried -= back
+                self._busy_tried -= back
+            order, scored = self.r.ranked(cands, self.session)
+            ranked = [c for c in order if c.peer_id not in self._tried]
             if self._tokens:  # resuming: the user is waiting mid-answer
                 ranked = prefer_loaded(ranked)
-            if not ranked and await self._wait_for_busy(started):
-                continue
-            if not ranked and not self._discovered:
-                # Nobody left to try. Before giving up, meet the model's providers once
-                # more: a replica that restarted moments ago is often back, but the
-                # registry still lists it unreachable until the next heartbeat.
-                self._discovered = True
-                if self._tried:
-                    logger.info("no candidate left for %s; asking membership to find its "
-                                "providers again", model)
-                left = max(0.0, self.deadline_s - (trio.current_time() - started))
-                with trio.move_on_after(min(left, REDISCOVER_WAIT_S) if self._tried else left):
-                    await self.r.hooks.discover(model)
-                continue
             if not ranked:
+                # Busy peers (ours or other requests' news) are healthy: wait for them.
+                waits = {p: w for p, w in filtered.busy().items() if p != self.r.local.peer_id}
+                if await self._wait_for_busy(waits):
+                    continue
+                if not waits and not self._discovered:
+                    await self._rediscover(model)
+                    continue
                 await self.fail(NoRoute(
                     model, self._reasons,
                     known=bool(self._tried) or bool(cands) or bool(excluded),
-                    retry_after_s=min(self._busy_hints, default=None)))
+                    retry_after_s=min([*waits.values(), *self._busy_hints], default=None)))
                 return
             cand = ranked[0]
             self._tried.add(cand.peer_id)
-            left = self.deadline_s - (trio.current_time() - started)
+            left = self._left()
             if left <= 0:
                 self._reasons[cand.name or cand.peer_id] = \
                     "request deadline passed before this candidate was tried"
@@ -167,24 +173,34 @@ class Placement:
                 return
             if outcome == "retry_same":
                 self._tried.discard(cand.peer_id)
-            elif not self._tokens:
+            elif outcome == "next" and not self._tokens:
                 await trio.sleep(min(0.05 * 2 ** (len(self._tried) - 1), 1.0)
                                  * (0.5 + self.r.rng.random()))
 
-    async def _wait_for_busy(self, started: float) -> bool:
-        """Everyone left said "busy": wait out the soonest Retry-After and ask them again,
-        while the request's deadline and the busy-wait budget allow. True if we waited."""
-        if not self._busy_peers:
+    async def _rediscover(self, model: str) -> None:
+        """Nobody left to try: meet the model's providers once more before giving up (a
+        replica that restarted moments ago is often back while the registry still lists
+        it unreachable until the next heartbeat)."""
+        self._discovered = True
+        if self._tried:
+            logger.info("no candidate left for %s; asking membership to find its "
+                        "providers again", model)
+        limit = REDISCOVER_WAIT_S if self._tried else DISCOVER_WAIT_S
+        with trio.move_on_after(max(0.0, min(self._left(), limit))):
+            await self.r.hooks.discover(model)
+
+    async def _wait_for_busy(self, waits: dict[str, float]) -> bool:
+        """Every candidate left said it is full: wait for the soonest Retry-After, while
+        the request's deadline and the busy-wait budget allow. True if we waited."""
+        if not waits:
             return False
-        now = trio.current_time()
-        until = self.r.loads.busy_until
-        wait = max(MIN_BUSY_WAIT_S, min(until.get(p, now) - now for p in self._busy_peers))
-        left = self.deadline_s - (now - started)
-        if wait >= left or self._busy_waited + wait > MAX_BUSY_WAIT_S:
+        wait = max(MIN_BUSY_WAIT_S, min(waits.values()))
+        if wait >= self._left() or self._busy_waited + wait > MAX_BUSY_WAIT_S:
             return False
         await trio.sleep(wait)
         self._busy_waited += wait
-        self._tried -= self._busy_peers
+        self._tried -= set(waits)
+        self._busy_tried -= set(waits)
         return True
 
     def _attempt_request(self) -> GenerationRequest:
@@ -196,7 +212,8 @@ class Placement:
             params=dataclasses.replace(p, max_tokens=max(1, p.max_tokens - self._tokens)))
 
     async def _try(self, cand: Candidate, left_s: float) -> str:
-        """One attempt on ``cand``: "done", "next" (try another) or "retry_same"."""
+        """One attempt on ``cand``: "done", "next" (try another), "busy" (it is full; try
+        another, no backoff) or "retry_same" (redialled: try it again)."""
         r, label = self.r, cand.name or cand.peer_id
         try:
             req = self._attempt_request()
@@ -210,7 +227,7 @@ class Placement:
         got_here = 0
         accepted = False
         attempted_at = trio.current_time()
-        self._busy_peers.discard(cand.peer_id)  # busy again? _failed puts it back
+        was_connected = cand.local or r.links.is_connected(cand.peer_id)
         if not cand.local:
             r.breakers.attempt(cand.peer_id, attempted_at)
         try:
@@ -230,9 +247,6 @@ class Placement:
                         else:
                             await self._finished(cand, ev)
                             return "done"
-        except trio.Cancelled:
-            r.breakers.release_trial(cand.peer_id, attempted_at)  # not the peer's doing
-            raise
         except LocalProtocolError as exc:
             # Our encoder refused our own request: no peer can take it, none is to blame.
             r.breakers.release_trial(cand.peer_id, attempted_at)
@@ -240,7 +254,12 @@ class Placement:
             return "done"
         except _ATTEMPT_ERRORS as exc:
             return await self._failed(cand, exc, attempted_at=attempted_at,
-                                      accepted=accepted, got_here=got_here)
+                                      accepted=accepted, got_here=got_here,
+                                      was_connected=was_connected)
+        except BaseException:
+            # Cancelled, or a bug of ours: not the peer's doing, so its trial slot is free.
+            r.breakers.release_trial(cand.peer_id, attempted_at)
+            raise
         # The stream ended without Done (a local generation hit the deadline).
         return "next"
 
@@ -266,7 +285,7 @@ class Placement:
                              if self.routed.resumed else done)
 
     async def _failed(self, cand: Candidate, exc: Exception, *, attempted_at: float,
-                      accepted: bool, got_here: int) -> str:
+                      accepted: bool, got_here: int, was_connected: bool) -> str:
         r, label, peer = self.r, cand.name or cand.peer_id, cand.peer_id
         rejected = exc if isinstance(exc, InferenceRejected) else (
             rejection(exc) if isinstance(exc, InferenceError) else None)
@@ -275,20 +294,26 @@ class Placement:
             await self.fail(rejected)
             return "done"
         self._reasons[label] = str(exc)
+        if rejected is not None and rejected.code == "timeout" and self._left() <= 1.0:
+            # It ran out of the budget *we* gave it: our deadline, not its failure.
+            r.breakers.release_trial(peer, attempted_at)
+            await self.fail(rejected)
+            return "done"
         hint = getattr(exc, "retry_after_s", None)
         if rejected is not None and rejected.code in BUSY_CODES:
             # Busy is not broken: leave its breaker alone and it alone until Retry-After.
             r.breakers.release_trial(peer, attempted_at)
             wait = float(hint) if isinstance(hint, int | float) else DEFAULT_BUSY_BACKOFF_S
             self._busy_hints.append(wait)
-            self._busy_peers.add(peer)
-            r.loads.busy_until[peer] = trio.current_time() + wait
-            logger.info("%s is busy (%s); trying the next candidate", label, rejected.code)
-            return "next"
+            r.loads.busy(peer, wait, now=trio.current_time())
+            if not cand.local:  # our own full queue is the operator's limit: no waiting
+                self._busy_tried.add(peer)
+            logger.debug("%s is busy (%s); trying the next candidate", label, rejected.code)
+            return "busy"
         if isinstance(hint, int | float):
             self._busy_hints.append(float(hint))
         if not accepted and not cand.local and peer not in self._redialled \
-                and isinstance(exc, PeerConnectionLost):
+                and _stale_connection(exc, was_connected=was_connected):
             # Often a stale connection to a peer that restarted: drop it and dial again
             # once before blaming the peer.
             self._redialled.add(peer)
@@ -322,7 +347,7 @@ class Placement:
             with trio.move_on_after(deadline_s):
                 async with engine.stream(req) as chunks:
                     yield _Attempt(served_by=r.local.peer_id, served_by_name=r.local.name,
-                                   local=True, events=_local_events(chunks))
+                                   local=True, events=local_events(chunks))
             return
         wire_req = to_wire_request(req, request_id=r.transport.next_request_id(),
                                    deadline_s=deadline_s, session=self.session)
@@ -330,13 +355,13 @@ class Placement:
         try:
             async with r.transport.request(cand.peer_id, wire_req) as remote:
                 queued_there = 0
+                r.loads.accepted(cand.peer_id, remote.accepted.load, wall=time.time())
                 if remote.accepted.load is not None:
-                    r.loads.hints[cand.peer_id] = (remote.accepted.load, time.time())
                     queued_there = remote.accepted.load.queued
                 yield _Attempt(
                     served_by=cand.peer_id, served_by_name=cand.name or cand.peer_id,
                     local=False,
-                    events=_silence_limited(
+                    events=silence_limited(
                         remote.events(), cand.peer_id,
                         first_token_s=first_token_limit(r.settings.first_token_timeout_s,
                                                         queued_there, loaded=cand.loaded),
@@ -346,34 +371,11 @@ class Placement:
             r.loads.finished(cand.peer_id)
 
 
-async def _local_events(chunks: AsyncIterator[Event]) -> AsyncGenerator[Event, None]:
-    async for item in chunks:
-        yield item
-        if isinstance(item, Done):
-            return
-
-
-async def _silence_limited(events: AsyncGenerator[Event, None], peer: str, *,
-                           first_token_s: float, stall_s: float
-                           ) -> AsyncGenerator[Event, None]:
-    """The peer's events; a peer silent for ``first_token_s`` before its first frame, or
-    for ``stall_limit`` after it, has failed the request (PeerTimeout): a frozen peer
-    keeps its TCP connection open, so only silence tells."""
-    async with contextlib.aclosing(events) as evs:
-        first = True
-        gap: float | None = None  # smoothed time between frames
-        last = 0.0
-        while True:
-            limit = first_token_s if first else stall_limit(gap, stall_s)
-            with trio.move_on_after(limit) as waited:
-                ev = await anext(evs, None)
-            if waited.cancelled_caught:
-                raise PeerTimeout(peer, f"no {'first token' if first else 'token'} within "
-                                  f"{limit:g} s", phase="first_token" if first else "stall")
-            if ev is None:
-                return
-            now = trio.current_time()
-            if not first:
-                gap = smoothed_gap(gap, now - last)
-            first, last = False, now
-            yield ev
+def _stale_connection(exc: Exception, *, was_connected: bool) -> bool:
+    """Does ``exc``, before the peer accepted, look like a connection that died under us
+    (a restarted peer) rather than a peer that is down? A broken stream always may; a
+    failed stream open or negotiation may if we held a connection when we started."""
+    if isinstance(exc, PeerConnectionLost):
+        return True
+    return was_connected and (isinstance(exc, PeerUnavailable)
+                              or (isinstance(exc, PeerTimeout) and exc.phase == "open"))

@@ -65,7 +65,8 @@ class Membership:
         self._p2p = p2p
         self._discovery = discovery
         self._on_peer_down = on_peer_down
-        self._connecting: set[str] = set()
+        # Dials in progress; a second caller waits for the first instead of failing.
+        self._connecting: dict[str, trio.Event] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._started = 0.0
@@ -228,9 +229,13 @@ class Membership:
     async def connect_peer(self, peer_id: str, addrs: list[str], source: Source) -> bool:
         """Note ``peer_id`` from ``source``, connect and fetch its node-info. True if healthy."""
         entry = self.registry.saw(peer_id, source, now=time.time(), addrs=addrs)
-        if entry is None or peer_id in self._connecting:
-            return entry is not None and entry.state is PeerState.HEALTHY
-        self._connecting.add(peer_id)
+        if entry is None:
+            return False
+        pending = self._connecting.get(peer_id)
+        if pending is not None:
+            await pending.wait()
+            return self._healthy(peer_id)
+        done = self._connecting[peer_id] = trio.Event()
         try:
             await self.host.connect(peer_id, entry.addrs)
             if self.dht is not None:
@@ -244,7 +249,11 @@ class Membership:
             self.registry.failed(peer_id, exc.message, now=time.time(),
                                  max_misses=self._p2p.heartbeat_misses)
         finally:
-            self._connecting.discard(peer_id)
+            del self._connecting[peer_id]
+            done.set()
+        return self._healthy(peer_id)
+
+    def _healthy(self, peer_id: str) -> bool:
         e = self.registry.get(peer_id)
         return e is not None and e.state is PeerState.HEALTHY
 

@@ -23,7 +23,7 @@ from ..inference.request import GenerationRequest
 from ..p2p.registry import PeerRegistry, PeerState
 from ..scheduling.breaker import BreakerConfig
 from ..scheduling.candidates import Candidate
-from ..scheduling.filter import NodeView, Policy, filter_candidates
+from ..scheduling.filter import Filtered, NodeView, Policy, filter_candidates
 from ..scheduling.mcda import Scored, Weights, apply_affinity, rank_by
 from .breakers import BreakerBook
 from .failover import Placement
@@ -72,9 +72,13 @@ class Router:
         return build_views(self.local, self.registry, self.breakers, self.loads,
                            now=trio.current_time(), wall=time.time())
 
+    def filtered(self, model: str) -> Filtered:
+        """Who could serve ``model`` now, and why each of the others cannot."""
+        return filter_candidates(self.views(), model, trio.current_time(), self.policy)
+
     def candidates(self, model: str) -> tuple[list[Candidate], dict[str, str]]:
         """Everyone who could serve ``model`` now, plus why the others cannot."""
-        filtered = filter_candidates(self.views(), model, trio.current_time(), self.policy)
+        filtered = self.filtered(model)
         return filtered.candidates, filtered.reasons()
 
     def ranked(self, cands: list[Candidate], session: str | None

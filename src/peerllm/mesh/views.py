@@ -8,6 +8,7 @@ hints, "busy, retry after" deadlines); ``build_views`` joins it with the registr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from ..p2p.registry import PeerRegistry, PeerState
 from ..scheduling.filter import NodeView, OfferedModel
@@ -24,6 +25,9 @@ def free_memory(res: wni.Resources) -> int:
 
 def total_memory(res: wni.Resources) -> int:
     return sum(g.vram_total_bytes for g in res.gpus) if res.gpus else res.ram_total_bytes
+
+
+MAX_BUSY_HINT_S: Final = 10.0
 
 
 @dataclass
@@ -46,13 +50,24 @@ class PeerLoads:
         else:
             self.in_flight[peer_id] = left
 
+    def busy(self, peer_id: str, wait_s: float, *, now: float) -> None:
+        """``peer_id`` said it is full for ``wait_s`` (capped: one hint must not shut a
+        peer out for long)."""
+        self.busy_until[peer_id] = now + min(max(wait_s, 0.0), MAX_BUSY_HINT_S)
+
+    def accepted(self, peer_id: str, load: Load | None, *, wall: float) -> None:
+        """``peer_id`` took a request: it has room, and this is its load."""
+        self.busy_until.pop(peer_id, None)
+        if load is not None:
+            self.hints[peer_id] = (load, wall)
+
     def forget_except(self, keep: set[str]) -> None:
         for table in (self.hints, self.busy_until):
             for peer_id in [p for p in table if p not in keep]:
                 del table[peer_id]
 
 
-def local_view(local: SelfView) -> NodeView:
+def local_view(local: SelfView, busy_for_s: float = 0.0) -> NodeView:
     res = local.resources()
     statuses = local.model_statuses()
     return NodeView(
@@ -63,13 +78,18 @@ def local_view(local: SelfView) -> NodeView:
         active=sum(m.active for m in statuses), queued=sum(m.queued for m in statuses),
         capacity=local.capacity(),
         tokens_per_second=max((m.tokens_per_second for m in statuses
-                               if m.tokens_per_second is not None), default=None))
+                               if m.tokens_per_second is not None), default=None),
+        busy_for_s=busy_for_s)
 
 
 def build_views(local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
                 loads: PeerLoads, *, now: float, wall: float) -> list[NodeView]:
     """This node (if it has an engine) and every peer with node-info, as of ``now``."""
-    out: list[NodeView] = [local_view(local)] if local.engine is not None else []
+    def busy_for(peer_id: str) -> float:
+        return max(0.0, loads.busy_until.get(peer_id, now) - now)
+
+    out: list[NodeView] = [local_view(local, busy_for(local.peer_id))] \
+        if local.engine is not None else []
     for e in registry.entries():
         info = e.info
         if info is None:
@@ -95,8 +115,8 @@ def build_views(local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
             active=load.active, queued=load.queued, capacity=load.capacity,
             rtt_ms=e.rtt_ms, tokens_per_second=info.performance.tokens_per_second,
             in_flight=loads.in_flight.get(e.peer_id, 0), breaker=breakers.get(e.peer_id, now),
-            busy_for_s=max(0.0, loads.busy_until.get(e.peer_id, now) - now)))
-    known = {e.peer_id for e in registry.entries()} | set(loads.in_flight)
+            busy_for_s=busy_for(e.peer_id)))
+    known = {e.peer_id for e in registry.entries()} | set(loads.in_flight) | {local.peer_id}
     breakers.forget_except(known)
     loads.forget_except(known)
     return out

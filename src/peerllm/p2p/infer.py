@@ -217,8 +217,8 @@ class RemoteGeneration:
 
         Raises:
             InferenceRejected: the peer sent an error frame (code, retryable).
-            RemoteProtocolError: the peer broke the protocol (or closed before Done).
-            PeerConnectionLost: the stream broke.
+            RemoteProtocolError: the peer broke the protocol.
+            PeerConnectionLost: the stream broke or closed before Done.
         """
         pending = 0
         while True:

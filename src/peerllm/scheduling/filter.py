@@ -66,6 +66,8 @@ class Exclusion:
     peer_id: str
     label: str  # its name, else its peer ID
     reason: str
+    busy_for_s: float = 0.0
+    """> 0: its only problem is that it asked us to wait this long (Retry-After)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,10 @@ class Filtered:
 
     def reasons(self) -> dict[str, str]:
         return {e.label: e.reason for e in self.excluded}
+
+    def busy(self) -> dict[str, float]:
+        """Peer -> seconds until it said it has room, for nodes excluded only for that."""
+        return {e.peer_id: e.busy_for_s for e in self.excluded if e.busy_for_s > 0}
 
 
 def _gib(n: int) -> str:
@@ -105,11 +111,17 @@ def degraded(view: NodeView) -> bool:
     return low_memory or view.queued > max(view.capacity, 1)
 
 
+def busy_reason(view: NodeView) -> str | None:
+    if view.busy_for_s > 0:
+        return f"busy: retry in {view.busy_for_s:.1f} s"
+    return None
+
+
 def exclusion_reason(view: NodeView, model: OfferedModel, now: float, policy: Policy
                      ) -> str | None:
     """Why ``view`` may not get a request for ``model`` now (None: it may)."""
     if view.local:  # our own engine: no network, no breaker, our info is always current
-        return memory_shortfall(view, model)
+        return busy_reason(view) or memory_shortfall(view, model)
     if not view.healthy:
         return view.state_reason or "not healthy"
     if view.info_age_s is None:
@@ -121,9 +133,7 @@ def exclusion_reason(view: NodeView, model: OfferedModel, now: float, policy: Po
         return f"does not speak {policy.protocol}"
     if not allows(view.breaker, now, policy.breaker):
         return f"circuit breaker {describe(view.breaker, now, policy.breaker)}"
-    if view.busy_for_s > 0:
-        return f"busy: asked us to retry in {view.busy_for_s:.1f} s"
-    return memory_shortfall(view, model)
+    return busy_reason(view) or memory_shortfall(view, model)
 
 
 def filter_candidates(views: Iterable[NodeView], model: str, now: float, policy: Policy
@@ -140,7 +150,9 @@ def filter_candidates(views: Iterable[NodeView], model: str, now: float, policy:
             continue
         reason = exclusion_reason(view, offered, now, policy)
         if reason is not None:
-            excluded.append(Exclusion(view.peer_id, view.name or view.peer_id, reason))
+            only_busy = reason == busy_reason(view)
+            excluded.append(Exclusion(view.peer_id, view.name or view.peer_id, reason,
+                                      busy_for_s=view.busy_for_s if only_busy else 0.0))
             continue
         out.append(Candidate(
             peer_id=view.peer_id, name=view.name, local=view.local, loaded=offered.loaded,

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from peerllm.errors import InvalidField
 from peerllm.inference.engine import ChatMessage, GenerationRequest, SamplingParams
-from peerllm.inference.request import InvalidField
 from peerllm.wire import limits
 
 
