@@ -20,6 +20,7 @@ from .sections import (
     NodeIdentityConfig,
     P2PConfig,
     SchedulingSettings,
+    is_loopback,
 )
 from .validate import choice, opt_path, set_field
 
@@ -52,6 +53,11 @@ class NodeConfig:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(name, f"expected a {cls.__name__}, "
                                   f"got {type(getattr(self, name)).__name__}")
+
+    @property
+    def api_exposed_without_auth(self) -> bool:
+        """The API binds beyond loopback while tokens are not required."""
+        return not self.auth.required and not is_loopback(self.api.host)
 
     @classmethod
     def from_yaml(cls, path: Path) -> NodeConfig:

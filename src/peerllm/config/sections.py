@@ -157,6 +157,16 @@ class DiscoveryConfig:
             )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an API host binds to this machine only (``localhost``, 127/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApiConfig:
     """Section ``api``: the local HTTP API (OpenAI/Ollama-style endpoints)."""
