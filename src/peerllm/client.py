@@ -26,6 +26,7 @@ class NodeClient:
         base_url: the daemon's API, as printed in its banner.
         timeout_s: how long one connect, read or write may take (not the whole request, so
             a long generation is fine as long as tokens keep coming).
+        token: an access token for a node that requires auth (sent as a bearer token).
         transport: an httpx transport to use instead of the network (tests pass
             ``httpx.MockTransport``).
 
@@ -37,10 +38,12 @@ class NodeClient:
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout_s: float = 300.0,
+                 token: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
-                                       trust_env=False, transport=transport)
+                                       trust_env=False, transport=transport, headers=headers)
         self.last_served_by: str | None = None  # who served the last chat/generate
 
     async def __aenter__(self) -> NodeClient:

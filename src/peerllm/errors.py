@@ -18,6 +18,7 @@
     ├── NoRoute                no node in the mesh can take the request (.reasons per candidate)
     ├── NodeNotRunning         no daemon answered at the HTTP API's URL (.url)
     ├── NodeApiError           a daemon answered with an error (.status, .code, .type, .message)
+    ├── AuthError              a request is not authorised (.reason, .status 401/403/429)
     └── InferenceError         (abstract) the local engine could not serve a request (.model_id)
         ├── ModelNotFound          no model with that id is configured here
         ├── ModelLoadError         the model file is missing, not GGUF, too big, or failed to load
@@ -207,6 +208,24 @@ class NodeApiError(PeerLLMError):
         self.code = code
         self.type = type
         self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class AuthError(PeerLLMError):
+    """A request is not authorised; ``reason`` is one of ``peerllm.auth.reasons``.
+
+    ``status`` is the HTTP status it maps to: 401 (no usable credential: missing,
+    malformed, forged, expired, revoked, untrusted issuer), 403 (a valid credential
+    without the role or the model) or 429 (over its rate; ``retry_after_s`` says when).
+    The message names the problem and never contains the token.
+    """
+
+    def __init__(self, reason: str, message: str, *, status: int,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.status = status
         self.retry_after_s = retry_after_s
 
 

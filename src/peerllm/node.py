@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from .auth import Authority
 from .config import NodeConfig
 from .errors import ModelNotFound
 from .events import Done, TokenChunk
@@ -53,7 +54,7 @@ class Node:
 
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
-                 router: Router) -> None:
+                 router: Router, authority: Authority) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -61,6 +62,7 @@ class Node:
         self.registry = registry
         self.membership = membership
         self.router = router
+        self.authority = authority
         self.metrics = Metrics()
         self.api_url: str | None = None  # set by whoever serves the HTTP API
         self._started_mono = trio.current_time()
@@ -112,7 +114,7 @@ class Node:
                                        if e.state is PeerState.HEALTHY),
                      "connected": len(self.host.connected_peers()),
                      "network": self.host.network_key.describe(),
-                     "api": self.api_url})
+                     "api": self.api_url}) | {"auth": self.auth_summary()}
 
     def status(self) -> Json:
         states: dict[str, int] = {}
@@ -120,7 +122,23 @@ class Node:
             states[e.state.value] = states.get(e.state.value, 0) + 1
         return {"status": "ok", "peer_id": self.peer_id, "name": self.name,
                 "uptime_seconds": round(trio.current_time() - self._started_mono, 3),
-                "peers": states, "connected": len(self.host.connected_peers())}
+                "peers": states, "connected": len(self.host.connected_peers()),
+                "auth": self.auth_summary(), "warnings": self.warnings()}
+
+    def auth_summary(self) -> Json:
+        """Whether tokens are required here, and whose (public facts only)."""
+        a = self.authority
+        return {"required": a.required, "issuer": a.issuer_id,
+                "trusted_issuers": sorted(a.trusted), "serve_peers": self.config.p2p.serve_peers}
+
+    def warnings(self) -> list[str]:
+        """What an operator should fix (shown at start and in ``/v1/node/status``)."""
+        out: list[str] = []
+        if self.config.api_exposed_without_auth:
+            out.append(f"the HTTP API on {self.config.api.host} is open to the network "
+                       "without auth (--insecure-no-auth): anyone who reaches it can use "
+                       "and manage this node; use --require-auth")
+        return out
 
     def peers(self) -> list[Json]:
         """One row per known peer (the ``peers --json`` rows), sorted by name."""
@@ -240,6 +258,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
     specs = model_specs(cfg)
+    authority = Authority(data_dir=data_dir, config=cfg.auth)
     try:
         async with AsyncExitStack() as stack:
             registry = await stack.enter_async_context(
@@ -253,7 +272,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
                 if cfg.discovery.dht else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht,
-                            Engine(registry) if registry is not None else None)
+                            Engine(registry) if registry is not None else None, authority)
             server = InferServer(self_peer_id=node.peer_id,
                                  generate=serve_generator(node.local, node.model_ids),
                                  load=node.local.load)
@@ -271,7 +290,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
 
 
 def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
-             dht: Dht | None, engine: Engine | None) -> Node:
+             dht: Dht | None, engine: Engine | None, authority: Authority) -> Node:
     """Build the mesh objects over their ports (no task starts here)."""
     p2p = cfg.p2p
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
@@ -293,7 +312,7 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
-                membership=membership, router=router)
+                membership=membership, router=router, authority=authority)
 
 
 def _info_handler(local: LocalNode) -> Any:

@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import management, ollama, openai
+from . import management, ollama, openai, tokens
+from .access import ErrorRenderer, guard_routes
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -43,6 +44,11 @@ class NodeHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def renderer_for(path: str) -> ErrorRenderer:
+    """Errors in the shape of the API a path belongs to (Ollama's under /api/)."""
+    return ollama.error_response if path.startswith("/api/") else openai.error_response
 
 
 def build_app(node: Node) -> ASGIApp:
@@ -85,7 +91,7 @@ def build_app(node: Node) -> ASGIApp:
         return _error(500, "internal error", "server_error")
 
     handlers: dict[Any, Any] = {HTTPException: not_found}
-    app = Starlette(routes=[
+    routes = guard_routes([
         Route("/v1/node/info", node_info, methods=["GET"]),
         Route("/v1/node/status", node_status, methods=["GET"]),
         Route("/v1/peers", peers, methods=["GET"]),
@@ -94,5 +100,7 @@ def build_app(node: Node) -> ASGIApp:
         *openai.routes(node),
         *management.routes(node),
         *ollama.routes(node),
-    ], exception_handlers=handlers)
+        *tokens.routes(node),
+    ], node.authority, renderer_for)
+    app = Starlette(routes=routes, exception_handlers=handlers)
     return NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name)

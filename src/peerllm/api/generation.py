@@ -14,6 +14,7 @@ task, and a client disconnect cancels them (the router's context exits).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -24,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..error_codes import http_status, rejection
 from ..errors import (
+    AuthError,
     InferenceError,
     InferenceRejected,
     LocalProtocolError,
@@ -37,12 +39,16 @@ from ..mesh.routed import Routed
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 
 if TYPE_CHECKING:
+    from ..auth import Principal
     from ..node import Node
 
 SESSION_HEADER: Final = "x-peerllm-session"
 
 def api_error(exc: PeerLLMError) -> ApiError:
     """The HTTP answer to an error raised while placing or running a request."""
+    if isinstance(exc, AuthError):
+        return ApiError(exc.status, exc.message, code=exc.reason,
+                        retry_after_s=exc.retry_after_s)
     if isinstance(exc, NoRoute):
         model = exc.model
         if not exc.known:
@@ -134,16 +140,19 @@ class Renderer(Protocol):
 class GenerationResponse(Response):
     """An ASGI response that places and runs one generation while it answers."""
 
-    def __init__(self, node: Node, gen: Generation, renderer: Renderer) -> None:
+    def __init__(self, node: Node, gen: Generation, renderer: Renderer, *,
+                 principal: Principal) -> None:
         super().__init__()
         self._node = node
         self._gen = gen
         self._renderer = renderer
+        self._principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            await _Run(self._node, self._gen, self._renderer, send).run(scope, receive)
+            run = _Run(self._node, self._gen, self._renderer, send, self._principal)
+            await run.run(scope, receive)
             nursery.cancel_scope.cancel()
 
 
@@ -156,8 +165,10 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
 class _Run:
     """The state of one generation response (kept off the Response for clarity)."""
 
-    def __init__(self, node: Node, gen: Generation, renderer: Renderer, send: Send) -> None:
+    def __init__(self, node: Node, gen: Generation, renderer: Renderer, send: Send,
+                 principal: Principal) -> None:
         self.node = node
+        self.principal = principal
         self.gen = gen
         self.r = renderer
         self.send = send
@@ -195,6 +206,8 @@ class _Run:
             return
         assert self.routed is not None and self.done is not None  # set on the success path
         routed, done = self.routed, self.done
+        self.node.authority.charge(self.principal, done.prompt_tokens + done.completion_tokens,
+                                   now=time.time())
         self.node.metrics.observe_request(
             model, "local" if routed.local else "remote", ttft_s=self.ttft_s,
             total_s=trio.current_time() - self.t0, tokens=done.completion_tokens)

@@ -16,6 +16,7 @@ from ..errors import ModelNotFound
 from ..inference.registry import ModelStatus
 from ..metrics import ModelSample
 from . import schemas
+from .access import require_model
 from .generation import Handler, endpoint, read_json
 from .openai import error_response, model_object
 from .schemas import ApiError, Json
@@ -66,6 +67,7 @@ def routes(node: Node) -> list[Route]:
 
     async def load(request: Request) -> Response:
         req = schemas.load_request(await read_json(request))
+        require_model(request, node.authority, req.model)
         engine = local_engine(req.model)
         st = await engine.registry.load(req.model)
         if req.warmup:
@@ -74,12 +76,14 @@ def routes(node: Node) -> list[Route]:
 
     async def unload(request: Request) -> Response:
         model = str(request.path_params["model_id"])
+        require_model(request, node.authority, model)
         engine = local_engine(model)
         await engine.registry.unload(model)
         return answer(model, engine.registry.status(model))
 
     async def warmup(request: Request) -> Response:
         model = str(request.path_params["model_id"])
+        require_model(request, node.authority, model)
         engine = local_engine(model)
         tokens = schemas.warmup_tokens(await read_json(request, optional=True),
                                        warmup_default(engine))

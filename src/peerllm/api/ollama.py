@@ -26,6 +26,7 @@ from ..inference.engine import SamplingParams
 from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas
+from .access import principal_of, require_model
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -205,13 +206,16 @@ def routes(node: Node) -> list[Route]:
 
     async def chat(request: Request) -> Response:
         gen = schemas.ollama_chat(await read_json(request), session_header=session(request))
-        return GenerationResponse(node, gen, _Renderer(chat=True))
+        require_model(request, node.authority, gen.request.model)
+        return GenerationResponse(node, gen, _Renderer(chat=True),
+                                  principal=principal_of(request))
 
     async def generate(request: Request) -> Response:
         body = await read_json(request)
         gen: Generation | None = schemas.ollama_generate(body, session_header=session(request))
         if gen is None:  # Ollama's "load the model" call: an empty prompt
             model = str(body["model"]).strip()
+            require_model(request, node.authority, model)
             require_known(model)
             if node.engine is not None:
                 try:
@@ -220,10 +224,13 @@ def routes(node: Node) -> list[Route]:
                     pass  # served by peers only: they load it on the first request
             return JSONResponse({"model": model, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "load"})
-        return GenerationResponse(node, gen, _Renderer(chat=False))
+        require_model(request, node.authority, gen.request.model)
+        return GenerationResponse(node, gen, _Renderer(chat=False),
+                                  principal=principal_of(request))
 
     async def embed(request: Request) -> Response:
         req = schemas.ollama_embed(await read_json(request))
+        require_model(request, node.authority, req.model)
         vectors = await node.embed(req.model, list(req.inputs))
         return JSONResponse({"model": req.model, "embeddings": vectors})
 

@@ -23,6 +23,7 @@ from ..events import Done
 from ..mesh.routed import Routed
 from ..scheduling.candidates import Candidate
 from . import schemas
+from .access import principal_of, require_model
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -147,15 +148,20 @@ def routes(node: Node) -> list[Route]:
 
     async def chat_completions(request: Request) -> Response:
         gen = schemas.openai_chat(await read_json(request), session_header=session(request))
-        return GenerationResponse(node, gen, _Renderer(gen, chat=True))
+        require_model(request, node.authority, gen.request.model)
+        return GenerationResponse(node, gen, _Renderer(gen, chat=True),
+                                  principal=principal_of(request))
 
     async def completions(request: Request) -> Response:
         gen = schemas.openai_completion(await read_json(request),
                                         session_header=session(request))
-        return GenerationResponse(node, gen, _Renderer(gen, chat=False))
+        require_model(request, node.authority, gen.request.model)
+        return GenerationResponse(node, gen, _Renderer(gen, chat=False),
+                                  principal=principal_of(request))
 
     async def embeddings(request: Request) -> Response:
         req = schemas.openai_embeddings(await read_json(request))
+        require_model(request, node.authority, req.model)
         vectors = await node.embed(req.model, list(req.inputs))
         data: list[Json] = [{"object": "embedding", "index": i,
                              "embedding": _floats_b64(v) if req.base64 else v}

@@ -15,17 +15,41 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from ..errors import ConfigError
 from .app import build_app
 
 if TYPE_CHECKING:
+    from ..config import NodeConfig
     from ..node import Node
 
 logger = logging.getLogger(__name__)
 
 
+def check_exposure(config: NodeConfig) -> None:
+    """Refuse a non-loopback API without auth unless explicitly allowed (then warn)."""
+    if not config.api_exposed_without_auth:
+        return
+    if not config.auth.insecure_no_auth:
+        raise ConfigError(
+            "api.host", f"the HTTP API would listen on {config.api.host}, reachable from the "
+            "network, without authentication; start with --require-auth (and create "
+            "tokens with `peerllm token create`), bind to 127.0.0.1, or pass "
+            "--insecure-no-auth if every machine that can reach it may use and manage "
+            "this node")
+    logger.warning("the HTTP API on %s is open to the network WITHOUT authentication "
+                   "(--insecure-no-auth): anyone who reaches it can use and manage this node",
+                   config.api.host)
+
+
 async def serve_api(node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-    """Serve until cancelled; ``task_status.started`` gets the base URL once bound."""
+    """Serve until cancelled; ``task_status.started`` gets the base URL once bound.
+
+    Raises:
+        ConfigError: the API would be open to the network without auth (and
+            ``auth.insecure_no_auth`` does not say that is wanted).
+    """
+    check_exposure(node.config)
     cfg = Config()
     host = node.config.api.host
     bind_host = f"[{host}]" if ":" in host else host

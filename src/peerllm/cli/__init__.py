@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
+from .auth import auth, token
 from .identity import identity
 from .models import models
 from .node import node
@@ -25,6 +26,8 @@ cli.add_command(identity)
 cli.add_command(models)
 cli.add_command(run)
 cli.add_command(route)
+cli.add_command(auth)
+cli.add_command(token)
 
 
 def main() -> None:

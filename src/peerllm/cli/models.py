@@ -7,15 +7,15 @@ import json
 import click
 from rich.table import Table
 
-from .common import api_url_option, console, fetch
+from .common import ApiTarget, api_url_option, console, fetch
 
 
 @click.command()
 @api_url_option()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def models(api_url: str, as_json: bool) -> None:
+def models(api: ApiTarget, as_json: bool) -> None:
     """List every model in the mesh with the nodes that serve it."""
-    doc = fetch(api_url, "/v1/models")
+    doc = fetch(api, "/v1/models")
     rows = []
     for m in doc.get("data", []):
         providers = (m.get("peerllm") or {}).get("providers", [])

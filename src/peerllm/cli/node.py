@@ -68,6 +68,16 @@ FLUSH_TIMEOUT_S = 0.5
 @click.option("--gpu-layers", type=int,
               help="GPU layers for models that do not say; -1 = all (default 0) "
                    "[env MODEL_GPU_LAYERS].")
+@click.option("--require-auth/--no-require-auth", "require_auth", default=None,
+              help="Every API request needs a token (see `peerllm token create`) "
+                   "[env PEERLLM_REQUIRE_AUTH].")
+@click.option("--trust-issuer", "trust_issuers", multiple=True,
+              help="Also accept tokens of this issuer (what `peerllm auth issuer` prints on "
+                   "another node; repeatable) [env PEERLLM_TRUSTED_ISSUERS].")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Allow an API on a non-loopback address without --require-auth.")
+@click.option("--serve-peers", type=click.Choice(["any", "trusted"]),
+              help="Run inference for any peer, or only trusted ones (default any).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def node(config_path: Path | None, **opts: Any) -> None:
     """Run a PeerLLM node: join the mesh and serve the local HTTP API.
@@ -77,7 +87,10 @@ def node(config_path: Path | None, **opts: Any) -> None:
     """
     cfg = build_config(config_path, flags_layer(opts))
     setup_logging(cfg.log_level)
+    from ..api.server import check_exposure
+
     try:
+        check_exposure(cfg)  # before anything starts: a refused config costs nothing
         trio.run(run_daemon, cfg)
     except PeerLLMError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
@@ -106,17 +119,21 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
                       ("max_queue", "inference.max_queue"), ("threads", "inference.n_threads"),
                       ("context_size", "inference.context_size"),
                       ("gpu_layers", "inference.gpu_layers"), ("mdns", "discovery.mdns"),
-                      ("dht", "discovery.dht")):
+                      ("dht", "discovery.dht"), ("require_auth", "auth.required"),
+                      ("serve_peers", "p2p.serve_peers")):
         if o[opt] is not None:
             put_dotted(flags, path, o[opt])
     for opt, path in (("tags", "node.tags"), ("listen", "p2p.listen"),
                       ("announce", "p2p.announce"), ("bootstrap", "p2p.bootstrap"),
                       ("mdns_interfaces", "discovery.mdns_interfaces"),
-                      ("models", "models.paths"), ("preload", "inference.preload")):
+                      ("models", "models.paths"), ("preload", "inference.preload"),
+                      ("trust_issuers", "auth.trusted_issuers")):
         if o[opt]:
             put_dotted(flags, path, list(o[opt]))
     if o["no_default_model"]:
         put_dotted(flags, "models.serve_default", False)
+    if o["insecure_no_auth"]:
+        put_dotted(flags, "auth.insecure_no_auth", True)
     if o["api_addr"] is not None:
         try:
             host, port = parse_api_address(o["api_addr"])
@@ -229,4 +246,9 @@ def _print_banner(n: Any) -> None:
         click.echo(f"  listen  : {a}")
     click.echo(f"  models  : {', '.join(n.model_ids()) or '(none)'}")
     click.echo(f"  api     : {n.api_url}")
+    auth = n.auth_summary()
+    click.echo(f"  auth    : {'tokens required' if auth['required'] else 'not required'}; "
+               f"issuer {auth['issuer']}")
+    for warning in n.warnings():
+        click.echo(f"  WARNING : {warning}")
     click.echo("ready", err=False)

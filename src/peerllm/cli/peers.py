@@ -10,7 +10,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from .common import api_url_option, console, fetch
+from .common import ApiTarget, api_url_option, console, fetch
 
 
 def _gib(n: int | None) -> str:
@@ -65,10 +65,10 @@ def _short_addr(addrs: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh the table live until Ctrl-C.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
-def peers(api_url: str, as_json: bool, watch: bool, interval: float) -> None:
+def peers(api: ApiTarget, as_json: bool, watch: bool, interval: float) -> None:
     """List the peers a running node knows about."""
     try:
-        doc = fetch(api_url, "/v1/peers")
+        doc = fetch(api, "/v1/peers")
         if as_json:
             click.echo(json.dumps(doc, indent=2))
             return
@@ -79,7 +79,7 @@ def peers(api_url: str, as_json: bool, watch: bool, interval: float) -> None:
         with Live(render_table(doc, time.time()), console=term, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(render_table(fetch(api_url, "/v1/peers"), time.time()),
+                live.update(render_table(fetch(api, "/v1/peers"), time.time()),
                             refresh=True)
     except KeyboardInterrupt:
         pass

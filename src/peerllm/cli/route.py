@@ -7,17 +7,17 @@ import json
 import click
 from rich.table import Table
 
-from .common import api_url_option, console, fetch
+from .common import ApiTarget, api_url_option, console, fetch
 
 
 @click.command()
 @api_url_option()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def route(api_url: str, model: str, as_json: bool) -> None:
+def route(api: ApiTarget, model: str, as_json: bool) -> None:
     """Explain the routing decision for MODEL: ranked candidates with each criterion's
     normalised value and weighted contribution, and every excluded peer with its reason."""
-    doc = fetch(api_url, "/v1/route", model=model)
+    doc = fetch(api, "/v1/route", model=model)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

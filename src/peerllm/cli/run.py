@@ -7,9 +7,8 @@ import sys
 import click
 import trio
 
-from ..client import NodeClient
 from ..errors import PeerLLMError
-from .common import api_url_option
+from .common import ApiTarget, api_url_option
 
 
 @click.command()
@@ -22,7 +21,7 @@ from .common import api_url_option
 @click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0, 5))
 @click.option("--seed", type=int, default=None)
 @click.option("--system", default=None, help="A system message (chat mode).")
-def run(api_url: str, model: str, prompt: str, chat: bool, max_tokens: int,
+def run(api: ApiTarget, model: str, prompt: str, chat: bool, max_tokens: int,
         temperature: float, seed: int | None, system: str | None) -> None:
     """Stream MODEL's answer to PROMPT; it runs wherever the mesh places it."""
     params: dict[str, object] = {"max_tokens": max_tokens, "temperature": temperature}
@@ -30,7 +29,7 @@ def run(api_url: str, model: str, prompt: str, chat: bool, max_tokens: int,
         params["seed"] = seed
 
     async def main() -> str | None:
-        async with NodeClient(api_url) as client:
+        async with api.client() as client:
             if chat:
                 messages = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt}]

@@ -18,6 +18,8 @@ Modules: ``validate`` (value checks), ``sections`` and ``inference`` (the sectio
 ``env`` (the variable table and its parsers), ``load`` (all layers in one call).
 """
 
+from .auth import ISSUER_ID_PATTERN as ISSUER_ID_PATTERN
+from .auth import AuthConfig as AuthConfig
 from .env import ENV_VARS as ENV_VARS
 from .env import EnvVar as EnvVar
 from .env import config_from_env as config_from_env
@@ -53,11 +55,13 @@ __all__ = [
     "DEFAULT_P2P_PORT",
     "ENV_VARS",
     "EVICTION_POLICIES",
+    "ISSUER_ID_PATTERN",
     "LOG_LEVELS",
     "MAX_RECORD_TTL_S",
     "SECTIONS",
     "STRATEGIES",
     "ApiConfig",
+    "AuthConfig",
     "DiscoveryConfig",
     "EnvVar",
     "EvictionPolicy",

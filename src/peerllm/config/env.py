@@ -80,6 +80,8 @@ TABLE: Final[tuple[EnvVar, ...]] = (
     EnvVar("PEERLLM_MDNS", "discovery.mdns", _bool, "1/0, true/false, yes/no, on/off"),
     EnvVar("PEERLLM_API", "api", _api, "host and port, as HOST:PORT"),
     EnvVar("PEERLLM_LOG_LEVEL", "log_level", _text),
+    EnvVar("PEERLLM_REQUIRE_AUTH", "auth.required", _bool, "1/0, true/false, yes/no, on/off"),
+    EnvVar("PEERLLM_TRUSTED_ISSUERS", "auth.trusted_issuers", _list, "comma-separated"),
     EnvVar("MODELS_DIR", "inference.models_dir", _text),
     EnvVar("MODELS_CONFIG_PATH", "inference.models_config_path", _text),
     EnvVar("MODEL_PRELOAD", "inference.preload", _list, "comma-separated"),

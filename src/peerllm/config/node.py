@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigError
+from .auth import AuthConfig
 from .inference import InferenceConfig
 from .layers import load_yaml_config
 from .sections import (
@@ -19,6 +20,7 @@ from .sections import (
     NodeIdentityConfig,
     P2PConfig,
     SchedulingSettings,
+    is_loopback,
 )
 from .validate import choice, opt_path, set_field
 
@@ -41,6 +43,7 @@ class NodeConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         set_field(self, "data_dir", opt_path("data_dir", self.data_dir))
@@ -50,6 +53,11 @@ class NodeConfig:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(name, f"expected a {cls.__name__}, "
                                   f"got {type(getattr(self, name)).__name__}")
+
+    @property
+    def api_exposed_without_auth(self) -> bool:
+        """The API binds beyond loopback while tokens are not required."""
+        return not self.auth.required and not is_loopback(self.api.host)
 
     @classmethod
     def from_yaml(cls, path: Path) -> NodeConfig:
@@ -69,6 +77,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "models": ModelsConfig,
     "scheduling": SchedulingSettings,
     "inference": InferenceConfig,
+    "auth": AuthConfig,
 }
 """Section name (the YAML key) -> its dataclass."""
 

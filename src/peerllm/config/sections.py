@@ -36,7 +36,10 @@ MAX_RECORD_TTL_S: Final = 24 * 3600.0
 STRATEGIES: Final = ("mcda", "round_robin", "weighted_round_robin", "least_connections",
                      "latency", "random")
 
+SERVE_PEERS: Final = ("any", "trusted")
+
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
+_PEER_ID: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,64}")  # base58btc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,8 @@ class P2PConfig:
     announce: tuple[str, ...] = ()  # addresses to advertise instead of the listen ones
     bootstrap: tuple[str, ...] = ()  # full multiaddrs ending in /p2p/<peer-id>
     network_key: str | None = None  # private-network key, 64 hex chars; None = public
+    serve_peers: str = "any"  # any | trusted: who may run inference here (protocols/auth.md)
+    trusted_peers: tuple[str, ...] = ()  # peer IDs always served in serve_peers: trusted
     dial_timeout_s: float = 5.0
     call_timeout_s: float = 5.0
     heartbeat_interval_s: float = 5.0
@@ -83,6 +88,14 @@ class P2PConfig:
         set_field(self, "announce", multiaddrs("p2p.announce", self.announce, need_tcp=True))
         set_field(self, "bootstrap",
                   multiaddrs("p2p.bootstrap", self.bootstrap, need_peer_id=True))
+        set_field(self, "serve_peers", choice("p2p.serve_peers", self.serve_peers,
+                                              SERVE_PEERS))
+        peers = str_tuple("p2p.trusted_peers", self.trusted_peers)
+        for peer in peers:
+            if not _PEER_ID.fullmatch(peer):
+                raise ConfigError("p2p.trusted_peers", f"{peer[:80]!r} is not a peer ID "
+                                  "(12D3KooW..., see `peerllm identity`)")
+        set_field(self, "trusted_peers", peers)
         if self.network_key is not None:
             key = self.network_key
             if not isinstance(key, str):
@@ -142,6 +155,16 @@ class DiscoveryConfig:
                 f"must be less than discovery.record_ttl_s ({self.record_ttl_s:g}), or "
                 "records expire before they are republished",
             )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an API host binds to this machine only (``localhost``, 127/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 @dataclass(frozen=True, kw_only=True)

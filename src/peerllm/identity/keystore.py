@@ -40,12 +40,16 @@ REFUSAL: Final = (
 _POSIX: Final = os.name == "posix"
 
 
-def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+def load_or_create_key(path: Path, *, what: str = "node key", refusal: str = REFUSAL
+                       ) -> tuple[Ed25519PrivateKey, bool]:
     """Load the node's private key from ``path``, creating it if the file does not exist.
 
     Args:
         path: the key file (conventionally ``<data dir>/node.key``). Missing parent
             directories are created with mode 0700.
+        what: what the key is, for the log line when it is created ("issuer key").
+        refusal: appended to every "cannot use this file" error: what a new key would
+            change (the default says: the peer ID).
 
     Returns:
         ``(key, created)``; ``created`` is True when a new key (a new peer ID) was made.
@@ -56,7 +60,7 @@ def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
 
     Error handling: a key file readable by group or others is only logged as a warning.
     """
-    key = _load_existing(path)
+    key = _load_existing(path, refusal)
     if key is not None:
         return key, False
     key = generate_private_key()
@@ -69,13 +73,13 @@ def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
         atomic_write(path, pem, exclusive=True)
     except FileExistsError:
         # Another process created the key between our read and our write: use theirs.
-        theirs = _load_existing(path)
+        theirs = _load_existing(path, refusal)
         if theirs is not None:
             return theirs, False
-        raise IdentityError(path, "the key file vanished while being created" + REFUSAL) from None
+        raise IdentityError(path, "the key file vanished while being created" + refusal) from None
     except OSError as exc:
         raise IdentityError(path, f"cannot create the key file ({_reason(exc)})") from exc
-    logger.info("created a new node key at %s", path)
+    logger.info("created a new %s at %s", what, path)
     return key, True
 
 
@@ -141,7 +145,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _load_existing(path: Path) -> Ed25519PrivateKey | None:
+def _load_existing(path: Path, refusal: str) -> Ed25519PrivateKey | None:
     """Return the key stored at ``path``, or None if there is no file there at all."""
     # O_NONBLOCK: opening a FIFO planted at the key path must not hang the node.
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -150,28 +154,28 @@ def _load_existing(path: Path) -> Ed25519PrivateKey | None:
     except FileNotFoundError:
         if os.path.lexists(path):
             raise IdentityError(
-                path, "the key path is a symlink to a missing file" + REFUSAL
+                path, "the key path is a symlink to a missing file" + refusal
             ) from None
         return None
     except PermissionError as exc:
-        raise IdentityError(path, "cannot read the key file (permission denied)" + REFUSAL) from exc
+        raise IdentityError(path, "cannot read the key file (permission denied)" + refusal) from exc
     except OSError as exc:
-        raise IdentityError(path, f"cannot open the key file ({_reason(exc)})" + REFUSAL) from exc
+        raise IdentityError(path, f"cannot open the key file ({_reason(exc)})" + refusal) from exc
     try:
         mode = os.fstat(fd).st_mode
         data = _read_up_to(fd, MAX_KEY_FILE_BYTES + 1) if stat.S_ISREG(mode) else b""
     except OSError as exc:
-        raise IdentityError(path, f"cannot read the key file ({_reason(exc)})" + REFUSAL) from exc
+        raise IdentityError(path, f"cannot read the key file ({_reason(exc)})" + refusal) from exc
     finally:
         os.close(fd)
     if not stat.S_ISREG(mode):
-        raise IdentityError(path, "the key path is not a regular file" + REFUSAL)
+        raise IdentityError(path, "the key path is not a regular file" + refusal)
     if _POSIX and stat.S_IMODE(mode) & 0o077:
         logger.warning(
             "key file %s has mode %04o; only its owner should read it (chmod 600 %s)",
             path, stat.S_IMODE(mode), path,
         )
-    return _parse_key(path, data)
+    return _parse_key(path, data, refusal)
 
 
 def _read_up_to(fd: int, limit: int) -> bytes:
@@ -187,21 +191,21 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _parse_key(path: Path, data: bytes) -> Ed25519PrivateKey:
+def _parse_key(path: Path, data: bytes, refusal: str) -> Ed25519PrivateKey:
     if not data.strip():
-        raise IdentityError(path, "the key file is empty" + REFUSAL)
+        raise IdentityError(path, "the key file is empty" + refusal)
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise IdentityError(path, f"the key file is over {MAX_KEY_FILE_BYTES} bytes" + REFUSAL)
+        raise IdentityError(path, f"the key file is over {MAX_KEY_FILE_BYTES} bytes" + refusal)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:  # the PEM is encrypted
-        raise IdentityError(path, "the key file is encrypted; it must not be" + REFUSAL) from exc
+        raise IdentityError(path, "the key file is encrypted; it must not be" + refusal) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise IdentityError(
-            path, "the key file is not a valid PEM private key (corrupt or truncated)" + REFUSAL
+            path, "the key file is not a valid PEM private key (corrupt or truncated)" + refusal
         ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise IdentityError(
-            path, f"the key file holds a {type(key).__name__}, not an Ed25519 key" + REFUSAL
+            path, f"the key file holds a {type(key).__name__}, not an Ed25519 key" + refusal
         )
     return key

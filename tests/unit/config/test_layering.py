@@ -43,6 +43,8 @@ def test_env_maps_every_variable() -> None:
         "PEERLLM_MDNS": "off",
         "PEERLLM_API": "0.0.0.0:9000",
         "PEERLLM_LOG_LEVEL": "debug",
+        "PEERLLM_REQUIRE_AUTH": "yes",
+        "PEERLLM_TRUSTED_ISSUERS": f"ed25519:{'A' * 43}, {'ab' * 32}",
         "HOME": "/ignored",
     }
     layer = config_from_env(env)
@@ -55,6 +57,7 @@ def test_env_maps_every_variable() -> None:
                 "bootstrap": [f"/ip4/192.0.2.1/tcp/7470/p2p/{PEER}"], "network_key": KEY},
         "discovery": {"mdns": False},
         "api": {"host": "0.0.0.0", "port": 9000},
+        "auth": {"required": True, "trusted_issuers": [f"ed25519:{'A' * 43}", "ab" * 32]},
     }
     config_from_mapping(layer)  # and it validates
     node_vars = {name for name in ENV_VARS if not name.startswith(("MODEL_", "MODELS_"))}
