@@ -20,6 +20,7 @@ from peerllm import errors
 
 EXPECTED = [
     "ApiConfig",
+    "AuditConfig",
     "ChatMessage",
     "ConfigError",
     "DiscoveryConfig",

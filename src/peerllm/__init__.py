@@ -13,6 +13,7 @@ scheduling < p2p, inference < mesh < node < api, client < cli.
 from ._version import __version__ as __version__
 from .client import NodeClient as NodeClient
 from .config import ApiConfig as ApiConfig
+from .config import AuditConfig as AuditConfig
 from .config import DiscoveryConfig as DiscoveryConfig
 from .config import InferenceConfig as InferenceConfig
 from .config import ModelsConfig as ModelsConfig
@@ -56,6 +57,7 @@ from .node import open_node as open_node
 
 __all__ = [
     "ApiConfig",
+    "AuditConfig",
     "ChatMessage",
     "ConfigError",
     "DiscoveryConfig",

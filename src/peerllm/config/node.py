@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigError
+from .audit import AuditConfig
 from .inference import InferenceConfig
 from .layers import load_yaml_config
 from .sections import (
@@ -41,6 +42,7 @@ class NodeConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         set_field(self, "data_dir", opt_path("data_dir", self.data_dir))
@@ -69,6 +71,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "models": ModelsConfig,
     "scheduling": SchedulingSettings,
     "inference": InferenceConfig,
+    "audit": AuditConfig,
 }
 """Section name (the YAML key) -> its dataclass."""
 
