@@ -36,6 +36,7 @@ EXPECTED = [
     "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
+    "ModelBackend",
     "ModelBusy",
     "ModelLoadError",
     "ModelNotFound",

@@ -1,7 +1,8 @@
 """peerllm public API. Anything not re-exported here (or from peerllm.testing) may change.
 
-Run a node inside your trio program with ``open_node(NodeConfig(...))``, or talk to a
-running daemon with ``NodeClient``. ``open_generation`` takes a ``GenerationRequest``
+Run a node inside your trio program with ``open_node(NodeConfig(...))`` (optionally on
+your own model runtime, a ``ModelBackend``), or talk to a running daemon with
+``NodeClient``. ``open_generation`` takes a ``GenerationRequest``
 and streams ``TokenChunk`` then ``Done`` events. Every exception either can raise is exported here,
 and ``except PeerLLMError`` catches them all.
 
@@ -48,6 +49,7 @@ from .errors import RecordError as RecordError
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .events import Done as Done
 from .events import TokenChunk as TokenChunk
+from .inference.backend import ModelBackend as ModelBackend
 from .inference.request import ChatMessage as ChatMessage
 from .inference.request import GenerationRequest as GenerationRequest
 from .inference.request import SamplingParams as SamplingParams
@@ -73,6 +75,7 @@ __all__ = [
     "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
+    "ModelBackend",
     "ModelBusy",
     "ModelLoadError",
     "ModelNotFound",
