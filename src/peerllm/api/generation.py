@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..events import Done, TokenChunk
 from ..mesh.routed import Routed
+from .auditing import client_of, inference_line
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 
 if TYPE_CHECKING:
@@ -141,10 +142,15 @@ class GenerationResponse(Response):
         self._renderer = renderer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            await _Run(self._node, self._gen, self._renderer, send).run(scope, receive)
-            nursery.cancel_scope.cancel()
+        run = _Run(self._node, self._gen, self._renderer, send)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                await run.run(scope, receive)
+                nursery.cancel_scope.cancel()
+        finally:  # one audit line per request, however it ended
+            inference_line(self._node.audit, model=run.gen.request.model, routed=run.routed,
+                           done=run.done, err=run.err, started=run.t0, client=client_of(scope))
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
@@ -167,6 +173,7 @@ class _Run:
         self.parts: list[str] = []
         self.done: Done | None = None
         self.routed: Routed | None = None
+        self.err: ApiError | None = None  # what the client was told, if it failed
 
     async def run(self, scope: Scope, receive: Receive) -> None:
         model = self.gen.request.model
@@ -186,6 +193,7 @@ class _Run:
         if err is None and self.done is None:
             err = ApiError(504, "the generation ended before finishing (deadline passed)",
                            code="timeout")
+        self.err = err
         if err is not None:
             self.node.metrics.observe_error(model, err.status)
             if self.started:

@@ -26,6 +26,7 @@ from ..inference.engine import SamplingParams
 from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas
+from .auditing import managing
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -212,12 +213,13 @@ def routes(node: Node) -> list[Route]:
         gen: Generation | None = schemas.ollama_generate(body, session_header=session(request))
         if gen is None:  # Ollama's "load the model" call: an empty prompt
             model = str(body["model"]).strip()
-            require_known(model)
-            if node.engine is not None:
-                try:
-                    await node.engine.registry.load(model)
-                except ModelNotFound:
-                    pass  # served by peers only: they load it on the first request
+            with managing(node.audit, request.scope, "load", model):
+                require_known(model)
+                if node.engine is not None:
+                    try:
+                        await node.engine.registry.load(model)
+                    except ModelNotFound:
+                        pass  # served by peers only: they load it on the first request
             return JSONResponse({"model": model, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "load"})
         return GenerationResponse(node, gen, _Renderer(chat=False))
