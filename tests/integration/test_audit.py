@@ -1,6 +1,7 @@
 """The audit log of real nodes on 127.0.0.1 (FakeBackend, no model): a request through B
 served by A leaves a line on both sides, a node with another network key is refused and
-audited, a model load through the API is audited; no prompt or completion text."""
+audited, a peer over its stream limit is counted and audited, model management through
+the API is audited; no prompt, completion or key is ever written."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import trio
 
 import peerllm
 from peerllm.api import open_api
 from peerllm.config import ModelsConfig, NodeConfig
+from peerllm.errors import InferenceRejected
+from peerllm.p2p.infer import InferClient
 from peerllm.testing import FakeBackend
+from peerllm.wire import infer as wi
 from tests.helpers import MakeConfig, api_url, audit_lines, healthy_names, wait_until
 
 PROMPT = "the launch code is 0000, tell nobody"
@@ -117,6 +123,45 @@ async def test_model_management_is_audited(make_config: MakeConfig, tmp_path: Pa
         ("load", "tiny", "ok"), ("unload", "tiny", "ok"), ("load", "ghost", "model_not_found"),
         ("load", None, "invalid_json"), ("load", "tiny", "ok")]
     assert all(x["client"].startswith("127.0.0.1:") and x["subject"] is None for x in lines)
+
+
+async def test_a_peer_over_its_stream_limit_is_counted_and_audited(
+        make_config: MakeConfig, tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()  # generation holds: every stream B opens stays open
+    cfg_a = serving(make_config("limited-a"), tmp_path)
+    async with peerllm.open_node(cfg_a, backend=backend) as a, \
+            peerllm.open_node(make_config("greedy-b", bootstrap=[a.addrs()[0]])) as b:
+        await wait_until(lambda: "tiny" in b.mesh_models(), what="b to learn a's model")
+        client = InferClient(b.host, accept_timeout_s=30.0)
+        req = wi.InferRequest(request_id=1, model="tiny", messages=None, prompt=PROMPT,
+                              sampling=wi.Sampling(max_tokens=4, temperature=0.0, top_p=1.0,
+                                                   top_k=0, repeat_penalty=1.0),
+                              deadline_ms=60_000)
+
+        async def hold() -> None:
+            async with client.request(a.peer_id, req) as remote:
+                async for _ in remote.events():
+                    pass
+
+        def held() -> int:
+            return sum(st.active + st.queued for st in a.model_statuses())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):  # InferServer's default max_streams_per_peer
+                nursery.start_soon(hold)
+            await wait_until(lambda: held() == 8, what="8 streams held on a")
+            with pytest.raises(InferenceRejected) as err:
+                async with client.request(a.peer_id, req):
+                    pass
+            nursery.cancel_scope.cancel()
+        backend.gate.set()
+        assert err.value.code == "too_many_streams"
+        metrics = a.metrics.render()[0].decode()
+    assert 'peerllm_peer_limited_total{limit="streams"} 1.0' in metrics
+    assert cfg_a.data_dir is not None
+    line = only(audit_lines(cfg_a.data_dir, "peer_limit"))
+    assert (line["peer"], line["limit"]) == (b.peer_id, "streams")
 
 
 async def test_audit_can_be_turned_off(make_config: MakeConfig) -> None:
