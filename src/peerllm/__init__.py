@@ -7,8 +7,8 @@ and streams ``TokenChunk`` then ``Done`` events. Every exception either can rais
 and ``except PeerLLMError`` catches them all.
 
 Layers, innermost first (a module imports only its own layer or inner ones; the full
-table is in tests/test_layers.py): errors/error_codes/_types/events/config < identity, wire,
-scheduling < p2p, inference < mesh < node < api, client < cli.
+table is in tests/test_layers.py): errors/error_codes/_types/events/security_events/config/
+audit < identity, wire, scheduling < p2p, inference, metrics < mesh < node < api, client < cli.
 """
 
 from ._version import __version__ as __version__
