@@ -54,9 +54,9 @@ async def test_a_served_request_is_one_line_naming_the_asking_peer(
         await until_lines(audit, 1)
     [(event, line)] = audit.lines
     assert event is AuditEvent.INFERENCE
-    assert line == {"model": "m", "served_by": SRV, "forwarded_by": CLI, "client": None,
-                    "subject": None, "tokens_in": 1, "tokens_out": 2, "duration_ms": 250.0,
-                    "outcome": "ok"}
+    assert line == {"kind": "generation", "model": "m", "served_by": SRV,
+                    "forwarded_by": CLI, "client": None, "subject": None, "tokens_in": 1,
+                    "tokens_out": 2, "duration_ms": 250.0, "outcome": "ok"}
     assert PROMPT not in repr(audit.lines)
 
 

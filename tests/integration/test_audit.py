@@ -61,16 +61,16 @@ async def test_a_forwarded_request_is_audited_on_both_sides(make_config: MakeCon
         served = only(audit_lines(dir_a, "inference"))
         front = only(audit_lines(dir_b, "inference"))
     assert served["node"] == a.peer_id and front["node"] == b.peer_id
-    assert {k: served[k] for k in ("model", "served_by", "forwarded_by", "client", "subject",
-                                   "tokens_in", "tokens_out", "outcome")} == {
-        "model": "tiny", "served_by": a.peer_id, "forwarded_by": b.peer_id, "client": None,
-        "subject": None, "tokens_in": usage["prompt_tokens"], "tokens_out": 3,
-        "outcome": "ok"}
-    assert {k: front[k] for k in ("model", "served_by", "forwarded_by", "subject",
+    assert {k: served[k] for k in ("kind", "model", "served_by", "forwarded_by", "client",
+                                   "subject", "tokens_in", "tokens_out", "outcome")} == {
+        "kind": "generation", "model": "tiny", "served_by": a.peer_id,
+        "forwarded_by": b.peer_id, "client": None, "subject": None,
+        "tokens_in": usage["prompt_tokens"], "tokens_out": 3, "outcome": "ok"}
+    assert {k: front[k] for k in ("kind", "model", "served_by", "forwarded_by", "subject",
                                   "tokens_in", "tokens_out", "outcome")} == {
-        "model": "tiny", "served_by": a.peer_id, "forwarded_by": None, "subject": None,
-        "tokens_in": usage["prompt_tokens"], "tokens_out": usage["completion_tokens"],
-        "outcome": "ok"}
+        "kind": "generation", "model": "tiny", "served_by": a.peer_id, "forwarded_by": None,
+        "subject": None, "tokens_in": usage["prompt_tokens"],
+        "tokens_out": usage["completion_tokens"], "outcome": "ok"}
     assert front["client"].startswith("127.0.0.1:")
     assert front["duration_ms"] >= served["duration_ms"] > 0
     for data_dir in (dir_a, dir_b):
@@ -123,6 +123,22 @@ async def test_model_management_is_audited(make_config: MakeConfig, tmp_path: Pa
         ("load", "tiny", "ok"), ("unload", "tiny", "ok"), ("load", "ghost", "model_not_found"),
         ("load", None, "invalid_json"), ("load", "tiny", "ok")]
     assert all(x["client"].startswith("127.0.0.1:") and x["subject"] is None for x in lines)
+
+
+async def test_embeddings_are_inference_lines(make_config: MakeConfig, tmp_path: Path) -> None:
+    cfg = serving(make_config("embedder"), tmp_path)
+    async with peerllm.open_node(cfg, backend=FakeBackend()) as a, open_api(a), \
+            httpx.AsyncClient(base_url=api_url(a), trust_env=False) as http:
+        ok = await http.post("/v1/embeddings", json={"model": "tiny", "input": PROMPT})
+        assert ok.status_code == 200, ok.text
+        assert (await http.post("/api/embed", json={"model": "ghost", "input": "x"})
+                ).status_code == 404
+    assert cfg.data_dir is not None
+    lines = audit_lines(cfg.data_dir, "inference")
+    assert [(x["kind"], x["model"], x["served_by"], x["outcome"], x["tokens_in"])
+            for x in lines] == [("embedding", "tiny", a.peer_id, "ok", None),
+                                ("embedding", "ghost", None, "model_not_found", None)]
+    assert "launch code" not in (cfg.data_dir / "audit.log").read_text()
 
 
 async def test_a_peer_over_its_stream_limit_is_counted_and_audited(

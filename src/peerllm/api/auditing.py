@@ -1,14 +1,15 @@
 """The API's audit lines: one per inference request, one per model-management action.
 
 Kept apart from the routes so that each route adds one call: ``inference_line`` when a
-generation response ends (however it ends), ``managing`` around a load, unload or
-warmup. The subject field stays None until the API knows who asked (tokens).
+generation response ends (however it ends), ``embedding`` around an embedding request,
+``managing`` around a load, unload or warmup. The subject field stays None until the API
+knows who asked (tokens).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
@@ -32,7 +33,8 @@ def client_of(scope: Scope) -> str | None:
     client = scope.get("client")
     if not client:
         return None
-    return f"{client[0]}:{client[1]}"
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -67,25 +69,54 @@ def inference_line(audit: AuditSink, *, model: str, routed: Routed | None, done:
 
 
 @dataclass
-class Managed:
-    """The model a management action turned out to be about (known once parsed)."""
+class Target:
+    """The model an audited action turned out to be about (known once the body is read)."""
 
     model: str | None = None
 
 
 @contextmanager
-def managing(audit: AuditSink, scope: Scope, action: audit_events.ManagementAction,
-             model: str | None = None) -> Iterator[Managed]:
-    """Write a ``model_management`` line for the action run in the block (set
-    ``.model`` once the body is parsed); the block's exception passes through."""
-    act = Managed(model)
+def _outcome(record: Callable[[str], None]) -> Iterator[None]:
+    """Call ``record(outcome)`` when the block ends; its exception passes through."""
     outcome = audit_events.ERROR
     try:
-        yield act
+        yield
         outcome = audit_events.OK
     except BaseException as exc:
         outcome = outcome_of(exc)
         raise
     finally:
-        audit_events.model_management(audit, action=action, model=act.model,
+        record(outcome)
+
+
+@contextmanager
+def managing(audit: AuditSink, scope: Scope, action: audit_events.ManagementAction,
+             model: str | None = None) -> Iterator[Target]:
+    """Write a ``model_management`` line for the action run in the block (set
+    ``.model`` once the body is parsed); the block's exception passes through."""
+    target = Target(model)
+
+    def record(outcome: str) -> None:
+        audit_events.model_management(audit, action=action, model=target.model,
                                       client=client_of(scope), outcome=outcome)
+
+    with _outcome(record):
+        yield target
+
+
+@contextmanager
+def embedding(audit: AuditSink, scope: Scope, *, served_by: str) -> Iterator[Target]:
+    """Write an ``inference`` line (kind ``embedding``) for the embedding request run in
+    the block: embeddings run on this node only, so ``served_by`` is us (if it worked)."""
+    target, started = Target(), trio.current_time()
+
+    def record(outcome: str) -> None:
+        audit_events.inference(
+            audit, kind="embedding", model=target.model,
+            served_by=served_by if outcome == audit_events.OK else None,
+            forwarded_by=None, client=client_of(scope), subject=None, tokens_in=None,
+            tokens_out=None, duration_ms=(trio.current_time() - started) * 1000,
+            outcome=outcome)
+
+    with _outcome(record):
+        yield target

@@ -26,7 +26,7 @@ from ..inference.engine import SamplingParams
 from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas
-from .auditing import managing
+from .auditing import embedding, managing
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -225,8 +225,10 @@ def routes(node: Node) -> list[Route]:
         return GenerationResponse(node, gen, _Renderer(chat=False))
 
     async def embed(request: Request) -> Response:
-        req = schemas.ollama_embed(await read_json(request))
-        vectors = await node.embed(req.model, list(req.inputs))
+        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
+            req = schemas.ollama_embed(await read_json(request))
+            target.model = req.model
+            vectors = await node.embed(req.model, list(req.inputs))
         return JSONResponse({"model": req.model, "embeddings": vectors})
 
     async def tags(request: Request) -> Response:

@@ -23,6 +23,7 @@ from ..events import Done
 from ..mesh.routed import Routed
 from ..scheduling.candidates import Candidate
 from . import schemas
+from .auditing import embedding
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -155,8 +156,10 @@ def routes(node: Node) -> list[Route]:
         return GenerationResponse(node, gen, _Renderer(gen, chat=False))
 
     async def embeddings(request: Request) -> Response:
-        req = schemas.openai_embeddings(await read_json(request))
-        vectors = await node.embed(req.model, list(req.inputs))
+        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
+            req = schemas.openai_embeddings(await read_json(request))
+            target.model = req.model
+            vectors = await node.embed(req.model, list(req.inputs))
         data: list[Json] = [{"object": "embedding", "index": i,
                              "embedding": _floats_b64(v) if req.base64 else v}
                             for i, v in enumerate(vectors)]

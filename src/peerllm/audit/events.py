@@ -28,6 +28,7 @@ CANCELLED: Final = "cancelled"  # the caller went away, or the deadline passed
 ERROR: Final = "error"  # a failure with no error code of its own
 
 ManagementAction = Literal["load", "unload", "warmup"]
+InferenceKind = Literal["generation", "embedding"]
 
 
 # -- what peers do -----------------------------------------------------------------------
@@ -55,16 +56,18 @@ def peer_limit(sink: AuditSink, *, peer: str, limit: PeerLimit) -> None:
 
 # -- requests ----------------------------------------------------------------------------
 
-def inference(sink: AuditSink, *, model: str, served_by: str | None, forwarded_by: str | None,
-              client: str | None, subject: str | None, tokens_in: int | None,
-              tokens_out: int | None, duration_ms: float, outcome: str) -> None:
+def inference(sink: AuditSink, *, model: str | None, served_by: str | None,
+              forwarded_by: str | None, client: str | None, subject: str | None,
+              tokens_in: int | None, tokens_out: int | None, duration_ms: float,
+              outcome: str, kind: InferenceKind = "generation") -> None:
     """One inference request, as the node that took it saw it.
 
     Our API's requests have ``client`` set and ``forwarded_by`` None; a peer's request
     served here has ``forwarded_by`` = that peer and ``client`` None. ``served_by`` is
-    the node that answered (None when no node did).
+    the node that answered (None when no node did); ``model`` is None only when the
+    request body could not be read. Embeddings have no token counts (None).
     """
-    sink.record(AuditEvent.INFERENCE, model=model, served_by=served_by,
+    sink.record(AuditEvent.INFERENCE, kind=kind, model=model, served_by=served_by,
                 forwarded_by=forwarded_by, client=client, subject=subject,
                 tokens_in=tokens_in, tokens_out=tokens_out,
                 duration_ms=round(duration_ms, 1), outcome=outcome)
