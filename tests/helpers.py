@@ -1,6 +1,6 @@
 """Helpers every test folder shares: node configs, waiting for a condition, `peerllm`
-processes on 127.0.0.1, a multicast probe, Ed25519 doubles. Fixtures that use them are
-declared in the conftest.py files; nothing here is a fixture.
+processes on 127.0.0.1, a multicast probe, Ed25519 doubles, audit sinks and files.
+Fixtures that use them are declared in the conftest.py files; nothing here is a fixture.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 import peerllm
+from peerllm.audit import Field
 from peerllm.config import NodeConfig, config_from_mapping
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
+from peerllm.security_events import AuditEvent
 
 T = TypeVar("T")
 
@@ -277,3 +279,27 @@ class Signer:
 
 
 ALICE, MALLORY = Signer(1), Signer(2)
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+@dataclass
+class RecordingAudit:
+    """An ``AuditSink`` that keeps every line in memory: ``of(event)`` lists its fields."""
+
+    lines: list[tuple[AuditEvent, dict[str, Field]]] = field(default_factory=list)
+
+    def record(self, event: AuditEvent, /, **fields: Field) -> None:
+        self.lines.append((event, fields))
+
+    def of(self, event: AuditEvent) -> list[dict[str, Field]]:
+        return [f for e, f in self.lines if e is event]
+
+
+def audit_lines(data_dir: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The JSON lines of a node's audit.log (only ``event``'s, if given)."""
+    path = data_dir / "audit.log"
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text(encoding="ascii").splitlines()]
+    return [line for line in lines if event is None or line["event"] == event]

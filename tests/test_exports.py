@@ -20,6 +20,7 @@ from peerllm import errors
 
 EXPECTED = [
     "ApiConfig",
+    "AuditConfig",
     "AuthConfig",
     "AuthError",
     "ChatMessage",
@@ -37,6 +38,7 @@ EXPECTED = [
     "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
+    "ModelBackend",
     "ModelBusy",
     "ModelLoadError",
     "ModelNotFound",

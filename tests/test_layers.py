@@ -27,8 +27,9 @@ PACKAGE = "peerllm"
 # the facade (__init__), which re-exports node and client, so it sits beside client.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # Pure root modules plus config (frozen dataclasses and their parsers).
+    # audit is core, not pure: it writes the audit log file (one node's port into it).
     ("core", frozenset({"errors", "error_codes", "_types", "_version", "events", "limits",
-                        "config"})),
+                        "config", "security_events", "audit"})),
     ("pure", frozenset({"identity", "wire", "scheduling"})),
     # Adapters over one outside library each. metrics wraps prometheus_client and only
     # takes pushed samples, so mesh, node and api may all record into it.
@@ -44,7 +45,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
 INDEPENDENT_LAYERS = frozenset({"pure", "adapters"})
 # Pure code: no network, threads, clocks, processes or environment.
 PURE = frozenset({"wire", "scheduling", "errors", "error_codes", "_types", "events",
-                  "limits"})
+                  "limits", "security_events"})
 BANNED_IN_PURE = frozenset({
     "trio", "libp2p", "zeroconf", "llama_cpp", "socket", "time", "httpx", "httpcore", "anyio",
     "asyncio", "os", "threading", "subprocess", "select", "selectors", "psutil", "pynvml",

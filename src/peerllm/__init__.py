@@ -1,18 +1,20 @@
 """peerllm public API. Anything not re-exported here (or from peerllm.testing) may change.
 
-Run a node inside your trio program with ``open_node(NodeConfig(...))``, or talk to a
-running daemon with ``NodeClient``. ``open_generation`` takes a ``GenerationRequest``
+Run a node inside your trio program with ``open_node(NodeConfig(...))`` (optionally on
+your own model runtime, a ``ModelBackend``), or talk to a running daemon with
+``NodeClient``. ``open_generation`` takes a ``GenerationRequest``
 and streams ``TokenChunk`` then ``Done`` events. Every exception either can raise is exported here,
 and ``except PeerLLMError`` catches them all.
 
 Layers, innermost first (a module imports only its own layer or inner ones; the full
-table is in tests/test_layers.py): errors/error_codes/_types/events/config < identity, wire,
-scheduling < p2p, inference < mesh < node < api, client < cli.
+table is in tests/test_layers.py): errors/error_codes/_types/events/security_events/config/
+audit < identity, wire, scheduling < p2p, inference, metrics < mesh < node < api, client < cli.
 """
 
 from ._version import __version__ as __version__
 from .client import NodeClient as NodeClient
 from .config import ApiConfig as ApiConfig
+from .config import AuditConfig as AuditConfig
 from .config import AuthConfig as AuthConfig
 from .config import DiscoveryConfig as DiscoveryConfig
 from .config import InferenceConfig as InferenceConfig
@@ -49,6 +51,7 @@ from .errors import RecordError as RecordError
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .events import Done as Done
 from .events import TokenChunk as TokenChunk
+from .inference.backend import ModelBackend as ModelBackend
 from .inference.request import ChatMessage as ChatMessage
 from .inference.request import GenerationRequest as GenerationRequest
 from .inference.request import SamplingParams as SamplingParams
@@ -58,6 +61,7 @@ from .node import open_node as open_node
 
 __all__ = [
     "ApiConfig",
+    "AuditConfig",
     "AuthConfig",
     "AuthError",
     "ChatMessage",
@@ -75,6 +79,7 @@ __all__ = [
     "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
+    "ModelBackend",
     "ModelBusy",
     "ModelLoadError",
     "ModelNotFound",

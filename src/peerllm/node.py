@@ -15,17 +15,22 @@ from typing import Any
 
 import trio
 
+from .audit import NULL_AUDIT, AuditSink, open_audit_log
+from .audit import events as audit_events
 from .auth import Authority
 from .config import NodeConfig
+from .config.audit import AUDIT_FILE
 from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
+from .inference.backend import ModelBackend
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
+from .mesh.audited import audit_served
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, peer_row
 from .mesh.explain import explain
@@ -43,6 +48,7 @@ from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
+from .security_events import PeerLimit, PeerLimitHook
 from .wire import infer as wi
 from .wire import nodeinfo as wni
 
@@ -54,7 +60,8 @@ class Node:
 
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
-                 router: Router, authority: Authority) -> None:
+                 router: Router, authority: Authority, audit: AuditSink = NULL_AUDIT
+                 ) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -64,6 +71,7 @@ class Node:
         self.router = router
         self.authority = authority
         self.metrics = Metrics()
+        self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
         self.api_url: str | None = None  # set by whoever serves the HTTP API
         self._started_mono = trio.current_time()
 
@@ -238,7 +246,8 @@ def model_specs(cfg: NodeConfig) -> list[ModelSpec]:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+async def open_node(config: NodeConfig | None = None, *,
+                    backend: ModelBackend | None = None) -> AsyncIterator[Node]:
     """Run a full PeerLLM node inside the caller's trio program.
 
     The node is listening and announcing when the block is entered; leaving the block
@@ -247,7 +256,8 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     ``config.data_dir`` None the data dir is the platform default
     (``peerllm.identity.default_data_dir()``); pass ``data_dir=default_data_dir(os.environ)``,
     or build the config with ``peerllm.config.load_config(environ=os.environ)``, to honour
-    the variables.
+    the variables. ``backend`` is the model runtime (None: llama.cpp;
+    ``peerllm.testing.FakeBackend`` in tests).
 
     Raises:
         IdentityError: the key or identity file is corrupt or unreadable.
@@ -261,21 +271,28 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     authority = Authority(data_dir=data_dir, config=cfg.auth)
     try:
         async with AsyncExitStack() as stack:
+            audit: AuditSink = stack.enter_context(open_audit_log(
+                data_dir / AUDIT_FILE, node=identity.peer_id, max_bytes=cfg.audit.max_bytes,
+                backups=cfg.audit.backups, rate_per_s=cfg.audit.lines_per_s)) \
+                if cfg.audit.enabled else NULL_AUDIT
             registry = await stack.enter_async_context(
-                open_registry(specs, config=cfg.inference)) \
+                open_registry(specs, config=cfg.inference, backend=backend)) \
                 if specs else None
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
                 network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
-                max_peers=cfg.p2p.max_peers))
-            dht: Dht | None = await stack.enter_async_context(open_dht(host, identity)) \
-                if cfg.discovery.dht else None
+                max_peers=cfg.p2p.max_peers, audit=audit))
+            dht: Dht | None = await stack.enter_async_context(
+                open_dht(host, identity, audit=audit)) if cfg.discovery.dht else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht,
-                            Engine(registry) if registry is not None else None, authority)
-            server = InferServer(self_peer_id=node.peer_id,
-                                 generate=serve_generator(node.local, node.model_ids),
-                                 load=node.local.load)
+                            Engine(registry) if registry is not None else None, authority,
+                            audit)
+            server = InferServer(
+                self_peer_id=node.peer_id, load=node.local.load,
+                generate=audit_served(serve_generator(node.local, node.model_ids), audit,
+                                      served_by=node.peer_id),
+                on_limited=_on_peer_limited(node))
             host.set_handler(wi.PROTOCOL_ID, server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
             await nursery.start(node.membership.run)
@@ -290,7 +307,8 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
 
 
 def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
-             dht: Dht | None, engine: Engine | None, authority: Authority) -> Node:
+             dht: Dht | None, engine: Engine | None, authority: Authority,
+             audit: AuditSink) -> Node:
     """Build the mesh objects over their ports (no task starts here)."""
     p2p = cfg.p2p
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
@@ -301,7 +319,7 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
                            self_peer_id=host.peer_id, clock=trio.current_time)
     membership = Membership(
         local=local, host=host, dht=dht, registry=registry,
-        info_client=NodeInfoClient(host, call_timeout_s=p2p.call_timeout_s),
+        info_client=NodeInfoClient(host, call_timeout_s=p2p.call_timeout_s, audit=audit),
         known_peers=KnownPeers(data_dir / "known_peers.json",
                                limit=cfg.discovery.known_peers_max),
         p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down)
@@ -312,7 +330,18 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
-                membership=membership, router=router, authority=authority)
+                membership=membership, router=router, authority=authority,
+                audit=audit)
+
+
+def _on_peer_limited(node: Node) -> PeerLimitHook:
+    """What p2p/ calls when a per-peer limit refuses a peer: a metric and an audit line."""
+
+    def hook(peer: str, limit: PeerLimit) -> None:
+        node.metrics.observe_peer_limited(limit)
+        audit_events.peer_limit(node.audit, peer=peer, limit=limit)
+
+    return hook
 
 
 def _info_handler(local: LocalNode) -> Any:

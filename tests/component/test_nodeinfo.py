@@ -15,9 +15,11 @@ from peerllm.errors import ErrorCode, PeerConnectionLost, PeerTimeout, RemotePro
 from peerllm.identity import Identity
 from peerllm.p2p.nodeinfo import NodeInfoClient, serve_node_info
 from peerllm.p2p.streams import ByteStream, receive_event
+from peerllm.security_events import AuditEvent
 from peerllm.testing import MemoryNetwork, make_identity, make_node_info, open_memory_network
 from peerllm.wire import nodeinfo as wni
 from peerllm.wire.framing import FrameDecoder, encode_frame
+from tests.helpers import RecordingAudit
 
 SERVER = make_identity("server", seed=1)
 MALLORY = make_identity("mallory", seed=2)
@@ -61,12 +63,17 @@ async def test_a_forged_answer_is_refused_and_the_stream_dropped(
         autojump_clock: trio.abc.Clock, net: MemoryNetwork, signer: Identity,
         info: wni.NodeInfo, why: str) -> None:
     serve(net, signer=signer, info=info)
-    client = NodeInfoClient(net.opener("client"), call_timeout_s=CALL_S)
+    audit = RecordingAudit()
+    client = NodeInfoClient(net.opener("client"), call_timeout_s=CALL_S, audit=audit)
     for expected_streams in (1, 2):  # a failed call drops the stream; the next opens anew
         with pytest.raises(RemoteProtocolError, match=why) as err:
             await client.fetch(SERVER.peer_id)
         assert err.value.code is ErrorCode.BAD_SIGNATURE
         assert len(net.opened) == expected_streams
+    lines = audit.of(AuditEvent.INVALID_RECORD)
+    assert [(x["kind"], x["peer"], x["key"]) for x in lines] == [
+        ("node_info", SERVER.peer_id, None)] * 2
+    assert all(why in str(x["reason"]) for x in lines)
 
 
 async def test_a_tampered_body_fails_the_signature_check(

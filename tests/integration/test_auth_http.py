@@ -178,3 +178,38 @@ def test_a_daemon_on_a_wildcard_address_without_auth_refuses_to_start(tmp_path: 
     assert proc.returncode != 0
     assert "without authentication" in proc.stderr and "--require-auth" in proc.stderr
     assert not (tmp_path / "node.key").exists()  # refused before anything started
+
+
+async def test_refusals_and_subjects_reach_the_audit_log_and_metrics(
+        make_config: MakeConfig) -> None:
+    async with peerllm.open_node(auth_required(make_config("audited"))) as node, \
+            open_api(node) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        now = int(time.time())
+        other = peerllm.auth.Authority(data_dir=node.data_dir / "elsewhere",
+                                       config=AuthConfig())
+        foreign = other.create_token(subject="eve", roles=[Role.ADMIN], ttl_s=60, now=now)[0]
+        slow, claims = node.authority.create_token(subject="slow", roles=[Role.USER],
+                                                   ttl_s=60, now=now, requests_per_min=1)
+        admin = node.authority.create_token(subject="root", roles=[Role.ADMIN], ttl_s=60,
+                                            now=now)[0]
+        assert (await call(http, "GET", "/v1/models", foreign)).status_code == 401
+        assert (await call(http, "GET", "/v1/models", slow)).status_code == 200
+        assert (await call(http, "GET", "/v1/models", slow)).status_code == 429
+        made = await http.post("/v1/auth/tokens", json={"role": "user", "name": "app"},
+                               headers={"authorization": f"Bearer {admin}"})
+        assert made.status_code == 201
+        metrics = (await call(http, "GET", "/metrics", admin)).text
+    lines = [json.loads(x) for x in (node.data_dir / "audit.log").read_text().splitlines()]
+    failure = next(x for x in lines if x["event"] == "auth_failure")
+    assert (failure["reason"], failure["route"], failure["token_id"]) == (
+        "untrusted_issuer", "/v1/models", None)
+    assert failure["client"].startswith("127.0.0.1")
+    limited = next(x for x in lines if x["event"] == "rate_limited")
+    assert (limited["scope"], limited["subject"], limited["token_id"]) == (
+        "token_requests", "slow", claims.id)
+    created = next(x for x in lines if x["event"] == "token_created")
+    assert (created["subject"], created["roles"], created["by"]) == ("app", ["user"], "root")
+    text = (node.data_dir / "audit.log").read_text()
+    assert foreign not in text and slow not in text and made.json()["token"] not in text
+    assert 'peerllm_auth_failures_total{reason="untrusted_issuer"} 1.0' in metrics
+    assert 'peerllm_rate_limited_total{scope="token_requests"} 1.0' in metrics

@@ -71,15 +71,25 @@ def principal_of(request: Request) -> Principal:
     return found if isinstance(found, Principal) else Principal(ANONYMOUS)
 
 
+RefusalHook = Callable[[Request, AuthError, Principal | None], None]
+"""(request, refusal, the principal if the token was valid): metrics and audit."""
+
+
 def require_model(request: Request, authority: Authority, model: str) -> None:
     """Raises AuthError(forbidden_model) if the caller's token does not cover ``model``."""
-    authority.authorize(principal_of(request), Role.USER, model=model)
+    principal = principal_of(request)
+    try:
+        authority.authorize(principal, Role.USER, model=model)
+    except AuthError as exc:
+        hook = getattr(request.state, "on_refusal", None)
+        if hook is not None:
+            hook(request, exc, principal)
+        raise
 
 
 def guard_routes(routes: Sequence[Route], authority: Authority,
                  render: Callable[[str], ErrorRenderer],
-                 on_refusal: Callable[[Request, AuthError], None] | None = None
-                 ) -> list[Route]:
+                 on_refusal: RefusalHook | None = None) -> list[Route]:
     """``routes`` with every endpoint behind the guard for its role in ROUTE_ROLES.
 
     ``render(path)`` gives the error renderer in that path's API shape; ``on_refusal``
@@ -101,18 +111,20 @@ def guard_routes(routes: Sequence[Route], authority: Authority,
 
 
 def _guard(endpoint: Handler, role: Role, authority: Authority, render: ErrorRenderer,
-           on_refusal: Callable[[Request, AuthError], None] | None) -> Handler:
+           on_refusal: RefusalHook | None) -> Handler:
     async def guarded(request: Request) -> Response:
         now = time.time()
+        principal: Principal | None = None
         try:
             principal = authority.authenticate(request.headers.get("authorization"), now=now)
             authority.authorize(principal, role)
             authority.admit(principal, now=now)
         except AuthError as exc:
             if on_refusal is not None:
-                on_refusal(request, exc)
+                on_refusal(request, exc, principal)
             return render(api_error(exc))
         request.state.principal = principal
+        request.state.on_refusal = on_refusal
         return await endpoint(request)
 
     return guarded

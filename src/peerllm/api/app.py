@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import management, ollama, openai, tokens
 from .access import ErrorRenderer, guard_routes
+from .auditing import report_refusal
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -101,6 +102,7 @@ def build_app(node: Node) -> ASGIApp:
         *management.routes(node),
         *ollama.routes(node),
         *tokens.routes(node),
-    ], node.authority, renderer_for)
+    ], node.authority, renderer_for,
+        lambda request, exc, principal: report_refusal(node, request, exc, principal))
     app = Starlette(routes=routes, exception_handlers=handlers)
     return NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name)

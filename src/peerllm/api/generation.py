@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..events import Done, TokenChunk
 from ..mesh.routed import Routed
+from .auditing import client_of, inference_line
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 
 if TYPE_CHECKING:
@@ -149,11 +150,16 @@ class GenerationResponse(Response):
         self._principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            run = _Run(self._node, self._gen, self._renderer, send, self._principal)
-            await run.run(scope, receive)
-            nursery.cancel_scope.cancel()
+        run = _Run(self._node, self._gen, self._renderer, send, self._principal)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                await run.run(scope, receive)
+                nursery.cancel_scope.cancel()
+        finally:  # one audit line per request, however it ended
+            inference_line(self._node.audit, model=run.gen.request.model, routed=run.routed,
+                           done=run.done, err=run.err, started=run.t0, client=client_of(scope),
+                           subject=self._principal.subject)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
@@ -178,6 +184,7 @@ class _Run:
         self.parts: list[str] = []
         self.done: Done | None = None
         self.routed: Routed | None = None
+        self.err: ApiError | None = None  # what the client was told, if it failed
 
     async def run(self, scope: Scope, receive: Receive) -> None:
         model = self.gen.request.model
@@ -197,6 +204,7 @@ class _Run:
         if err is None and self.done is None:
             err = ApiError(504, "the generation ended before finishing (deadline passed)",
                            code="timeout")
+        self.err = err
         if err is not None:
             self.node.metrics.observe_error(model, err.status)
             if self.started:
@@ -208,6 +216,8 @@ class _Run:
         routed, done = self.routed, self.done
         self.node.authority.charge(self.principal, done.prompt_tokens + done.completion_tokens,
                                    now=time.time())
+        self.node.metrics.observe_subject(self.principal.subject, tokens_in=done.prompt_tokens,
+                                          tokens_out=done.completion_tokens)
         self.node.metrics.observe_request(
             model, "local" if routed.local else "remote", ttft_s=self.ttft_s,
             total_s=trio.current_time() - self.t0, tokens=done.completion_tokens)

@@ -17,6 +17,7 @@ from ..inference.registry import ModelStatus
 from ..metrics import ModelSample
 from . import schemas
 from .access import require_model
+from .auditing import managing
 from .generation import Handler, endpoint, read_json
 from .openai import error_response, model_object
 from .schemas import ApiError, Json
@@ -66,28 +67,32 @@ def routes(node: Node) -> list[Route]:
         return JSONResponse(model_object(node, model) | {"local": True} | status_document(st))
 
     async def load(request: Request) -> Response:
-        req = schemas.load_request(await read_json(request))
-        require_model(request, node.authority, req.model)
-        engine = local_engine(req.model)
-        st = await engine.registry.load(req.model)
-        if req.warmup:
-            st = await engine.registry.warmup(req.model, warmup_default(engine))
-        return answer(req.model, st)
+        with managing(node.audit, request.scope, "load") as act:
+            req = schemas.load_request(await read_json(request))
+            act.model = req.model
+            require_model(request, node.authority, req.model)
+            engine = local_engine(req.model)
+            st = await engine.registry.load(req.model)
+            if req.warmup:
+                st = await engine.registry.warmup(req.model, warmup_default(engine))
+            return answer(req.model, st)
 
     async def unload(request: Request) -> Response:
         model = str(request.path_params["model_id"])
-        require_model(request, node.authority, model)
-        engine = local_engine(model)
-        await engine.registry.unload(model)
-        return answer(model, engine.registry.status(model))
+        with managing(node.audit, request.scope, "unload", model):
+            require_model(request, node.authority, model)
+            engine = local_engine(model)
+            await engine.registry.unload(model)
+            return answer(model, engine.registry.status(model))
 
     async def warmup(request: Request) -> Response:
         model = str(request.path_params["model_id"])
-        require_model(request, node.authority, model)
-        engine = local_engine(model)
-        tokens = schemas.warmup_tokens(await read_json(request, optional=True),
-                                       warmup_default(engine))
-        return answer(model, await engine.registry.warmup(model, tokens))
+        with managing(node.audit, request.scope, "warmup", model):
+            require_model(request, node.authority, model)
+            engine = local_engine(model)
+            tokens = schemas.warmup_tokens(await read_json(request, optional=True),
+                                           warmup_default(engine))
+            return answer(model, await engine.registry.warmup(model, tokens))
 
     async def status(request: Request) -> Response:
         model = str(request.path_params["model_id"])

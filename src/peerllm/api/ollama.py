@@ -27,6 +27,7 @@ from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas
 from .access import principal_of, require_model
+from .auditing import embedding, managing
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -215,13 +216,14 @@ def routes(node: Node) -> list[Route]:
         gen: Generation | None = schemas.ollama_generate(body, session_header=session(request))
         if gen is None:  # Ollama's "load the model" call: an empty prompt
             model = str(body["model"]).strip()
-            require_model(request, node.authority, model)
-            require_known(model)
-            if node.engine is not None:
-                try:
-                    await node.engine.registry.load(model)
-                except ModelNotFound:
-                    pass  # served by peers only: they load it on the first request
+            with managing(node.audit, request.scope, "load", model):
+                require_model(request, node.authority, model)
+                require_known(model)
+                if node.engine is not None:
+                    try:
+                        await node.engine.registry.load(model)
+                    except ModelNotFound:
+                        pass  # served by peers only: they load it on the first request
             return JSONResponse({"model": model, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "load"})
         require_model(request, node.authority, gen.request.model)
@@ -229,9 +231,11 @@ def routes(node: Node) -> list[Route]:
                                   principal=principal_of(request))
 
     async def embed(request: Request) -> Response:
-        req = schemas.ollama_embed(await read_json(request))
-        require_model(request, node.authority, req.model)
-        vectors = await node.embed(req.model, list(req.inputs))
+        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
+            req = schemas.ollama_embed(await read_json(request))
+            target.model = req.model
+            require_model(request, node.authority, req.model)
+            vectors = await node.embed(req.model, list(req.inputs))
         return JSONResponse({"model": req.model, "embeddings": vectors})
 
     async def tags(request: Request) -> Response:

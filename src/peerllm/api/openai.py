@@ -24,6 +24,7 @@ from ..mesh.routed import Routed
 from ..scheduling.candidates import Candidate
 from . import schemas
 from .access import principal_of, require_model
+from .auditing import embedding
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -160,9 +161,11 @@ def routes(node: Node) -> list[Route]:
                                   principal=principal_of(request))
 
     async def embeddings(request: Request) -> Response:
-        req = schemas.openai_embeddings(await read_json(request))
-        require_model(request, node.authority, req.model)
-        vectors = await node.embed(req.model, list(req.inputs))
+        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
+            req = schemas.openai_embeddings(await read_json(request))
+            target.model = req.model
+            require_model(request, node.authority, req.model)
+            vectors = await node.embed(req.model, list(req.inputs))
         data: list[Json] = [{"object": "embedding", "index": i,
                              "embedding": _floats_b64(v) if req.base64 else v}
                             for i, v in enumerate(vectors)]

@@ -9,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..audit import events as audit_events
 from ..auth import Role, TokenClaims
 from ..auth.tokens import TOKEN_ID
+from .access import principal_of
 from .generation import Handler, endpoint, read_json
 from .openai import error_response
 from .schemas import ApiError, Json
@@ -77,6 +79,10 @@ def routes(node: Node) -> list[Route]:
             token, claims = authority.create_token(now=int(time.time()), **args)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
+        audit_events.token_created(
+            node.audit, token_id=claims.id, subject=claims.subject,
+            roles=[r.label for r in claims.roles], models=claims.models,
+            expires_at=claims.expires_at, by=principal_of(request).subject)
         return JSONResponse(token_document(claims, revoked=False) | {"token": token},
                             status_code=201)
 
@@ -90,6 +96,8 @@ def routes(node: Node) -> list[Route]:
         if not TOKEN_ID.fullmatch(token_id):
             raise ApiError(400, "token id: expected 1-64 of [A-Za-z0-9_-]", param="token_id")
         rev = authority.revoke(token_id, now=int(time.time()))
+        audit_events.token_revoked(node.audit, token_id=token_id,
+                                   by=principal_of(request).subject)
         return JSONResponse({"id": rev.token_id, "issuer": rev.issuer, "revoked": True,
                              "until": rev.expires_at})
 

@@ -8,16 +8,17 @@ and validates the result once::
     # = config_from_mapping(merge_layers(load_yaml_config(path), config_from_env(env), flags))
 
 Every section (``node``, ``p2p``, ``discovery``, ``api``, ``models``, ``scheduling``,
-``inference``) is a frozen dataclass that checks itself with the one set of checks in
-``validate``. Every check raises ConfigError whose ``key`` is the dotted setting name
-(``inference.max_queue``), or the environment variable's name for values that came
-from one. Nothing in here reads ``os.environ``: the environment is a parameter.
+``inference``, ``audit``) is a frozen dataclass that checks itself with the one set of
+checks in ``validate``. Every check raises ConfigError whose ``key`` is the dotted
+setting name (``inference.max_queue``), or the environment variable's name for values
+that came from one. Nothing in here reads ``os.environ``: the environment is a parameter.
 
-Modules: ``validate`` (value checks), ``sections`` and ``inference`` (the sections),
-``node`` (NodeConfig, building it from a mapping), ``layers`` (YAML files, merging),
-``env`` (the variable table and its parsers), ``load`` (all layers in one call).
+Modules: ``validate`` (value checks), ``sections``, ``inference`` and ``audit`` (the
+sections), ``node`` (NodeConfig, building it from a mapping), ``layers`` (YAML files,
+merging), ``env`` (the variable table and its parsers), ``load`` (all layers in one call).
 """
 
+from .audit import AuditConfig as AuditConfig
 from .auth import ISSUER_ID_PATTERN as ISSUER_ID_PATTERN
 from .auth import AuthConfig as AuthConfig
 from .env import ENV_VARS as ENV_VARS
@@ -61,6 +62,7 @@ __all__ = [
     "SECTIONS",
     "STRATEGIES",
     "ApiConfig",
+    "AuditConfig",
     "AuthConfig",
     "DiscoveryConfig",
     "EnvVar",

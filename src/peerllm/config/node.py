@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigError
+from .audit import AuditConfig
 from .auth import AuthConfig
 from .inference import InferenceConfig
 from .layers import load_yaml_config
@@ -43,6 +44,7 @@ class NodeConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
@@ -77,6 +79,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "models": ModelsConfig,
     "scheduling": SchedulingSettings,
     "inference": InferenceConfig,
+    "audit": AuditConfig,
     "auth": AuthConfig,
 }
 """Section name (the YAML key) -> its dataclass."""

@@ -17,8 +17,11 @@ from libp2p.peer.id import ID
 from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
+from ..audit import NULL_AUDIT, AuditSink
+from ..audit import events as audit_events
 from ..errors import RecordError
 from ..identity import Identity, peer_id_of, verify
+from ..security_events import RecordKind
 from ..wire.records import (
     NAMESPACE,
     NameClaim,
@@ -44,13 +47,21 @@ ONE_HOP_TIMEOUT_S = 1.5
 
 
 class RecordValidator(Validator):
-    """libp2p validator for the /peerllm/ namespace: signed, unexpired, matching keys."""
+    """libp2p validator for the /peerllm/ namespace: signed, unexpired, matching keys.
+
+    libp2p does not say who sent the value, so the audit line names no peer.
+    """
+
+    def __init__(self, audit: AuditSink = NULL_AUDIT) -> None:
+        self._audit = audit
 
     def validate(self, key: str, value: bytes) -> None:
         try:
             open_record(key, value, now=time.time(), verify=verify, peer_id_of=peer_id_of)
         except RecordError as exc:
             logger.debug("rejected DHT record %s: %s", key, exc)
+            audit_events.invalid_record(self._audit, kind=RecordKind.DHT, peer=None, key=key,
+                                        reason=str(exc))
             raise ValueError(f"invalid peerllm record: {exc}") from exc
 
     def select(self, key: str, values: list[bytes]) -> int:
@@ -72,13 +83,15 @@ class RecordValidator(Validator):
 class Dht:
     """Our use of py-libp2p's KadDHT in server mode."""
 
-    def __init__(self, host: P2PHost, identity: Identity) -> None:
+    def __init__(self, host: P2PHost, identity: Identity, *,
+                 audit: AuditSink = NULL_AUDIT) -> None:
         self._host = host
         self._identity = identity
+        self._audit = audit
         # Created before any dial: Identify caches protocols at connect time, and a
         # peer identified before the DHT existed is silently not added (notes §4.1).
         self.kad = KadDHT(host.libp2p, DHTMode.SERVER, strict_validation=True)
-        self.kad.register_validator(NAMESPACE, RecordValidator())
+        self.kad.register_validator(NAMESPACE, RecordValidator(audit))
         self._seq = int(time.time() * 1000)
 
     def _next_seq(self) -> int:
@@ -150,6 +163,8 @@ class Dht:
                                    peer_id_of=peer_id_of)
             except RecordError as exc:
                 logger.info("DHT returned an invalid record for %s: %s", key, exc)
+                audit_events.invalid_record(self._audit, kind=RecordKind.DHT, peer=None,
+                                            key=key, reason=str(exc))
                 return None
         return None
 
@@ -183,6 +198,8 @@ class Dht:
                                              peer_id_of=peer_id_of))
                 except RecordError as exc:
                     logger.info("peer %s returned an invalid record for %s: %s", peer, key, exc)
+                    audit_events.invalid_record(self._audit, kind=RecordKind.DHT,
+                                                peer=str(peer), key=key, reason=str(exc))
 
         with trio.move_on_after(ONE_HOP_TIMEOUT_S):
             async with trio.open_nursery() as nursery:
@@ -222,7 +239,8 @@ class Dht:
 
 
 @asynccontextmanager
-async def open_dht(host: P2PHost, identity: Identity) -> AsyncIterator[Dht]:
-    dht = Dht(host, identity)
+async def open_dht(host: P2PHost, identity: Identity, *,
+                   audit: AuditSink = NULL_AUDIT) -> AsyncIterator[Dht]:
+    dht = Dht(host, identity, audit=audit)
     async with background_trio_service(dht.kad):
         yield dht

@@ -29,7 +29,10 @@ from libp2p.security.pnet.protector import new_protected_conn
 from libp2p.transport.tcp.tcp import TCP, TCPListener
 from multiaddr import Multiaddr
 
+from ..audit import NULL_AUDIT, AuditSink
+from ..audit import events as audit_events
 from ..errors import NetworkKeyMismatch
+from ..security_events import Direction
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +126,10 @@ def _remote(conn: IRawConnection) -> str:
 class GatedTCP(TCP):
     """libp2p TCP transport whose connections must pass the network gate first."""
 
-    def __init__(self, key: NetworkKey) -> None:
+    def __init__(self, key: NetworkKey, *, audit: AuditSink = NULL_AUDIT) -> None:
         super().__init__()
         self._key = key
+        self._audit = audit
 
     async def dial(self, maddr: Multiaddr) -> IRawConnection:
         conn = await super().dial(maddr)
@@ -136,6 +140,9 @@ class GatedTCP(TCP):
             peer = str(maddr.value_for_protocol("p2p") or maddr)
             if exc.mismatch:
                 logger.warning("refused connection to %s: %s", maddr, exc.reason)
+                audit_events.network_key_mismatch(self._audit, peer=peer,
+                                                  direction=Direction.OUTBOUND,
+                                                  reason=exc.reason)
                 raise NetworkKeyMismatch(peer, exc.reason) from exc
             logger.info("dial to %s failed at the network gate: %s", maddr, exc.reason)
             raise
@@ -146,7 +153,7 @@ class GatedTCP(TCP):
     def create_listener(
         self, handler_function: Callable[[IRawConnection], Awaitable[None]]
     ) -> TCPListener:
-        key = self._key
+        key, audit = self._key, self._audit
 
         async def gated(conn: IRawConnection) -> None:
             try:
@@ -154,6 +161,10 @@ class GatedTCP(TCP):
             except GateRefused as exc:
                 log = logger.warning if exc.mismatch else logger.info
                 log("refused inbound connection from %s: %s", _remote(conn), exc.reason)
+                if exc.mismatch:
+                    audit_events.network_key_mismatch(audit, peer=_remote(conn),
+                                                      direction=Direction.INBOUND,
+                                                      reason=exc.reason)
                 await _close_quietly(conn)
                 return
             except Exception as exc:  # a broken socket during the prelude: nothing to serve

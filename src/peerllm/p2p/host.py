@@ -29,6 +29,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from ..audit import NULL_AUDIT, AuditSink
 from ..errors import NetworkKeyMismatch, PeerTimeout, PeerUnavailable
 from ..identity import Identity, to_libp2p_keypair
 from .gate import GatedTCP, NetworkKey
@@ -307,8 +308,10 @@ def _describe(exc: BaseException) -> str:
 @asynccontextmanager
 async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequence[str] = (),
                     network_key: str | None = None, dial_timeout_s: float = 5.0,
-                    max_peers: int = 200) -> AsyncIterator[P2PHost]:
-    """Run a libp2p host for ``identity`` until the block exits.
+                    max_peers: int = 200, audit: AuditSink = NULL_AUDIT
+                    ) -> AsyncIterator[P2PHost]:
+    """Run a libp2p host for ``identity`` until the block exits (network-gate refusals
+    are written to ``audit``).
 
     Raises:
         PeerLLMError subclasses are not raised here; a listen failure surfaces as
@@ -335,7 +338,7 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
             keypair, noise_privkey=create_x25519_key_pair().private_key)},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=listen_addrs,
-        transports=[GatedTCP(key)],
+        transports=[GatedTCP(key, audit=audit)],
         connection_config=conn_cfg,
         announce_addrs=[multiaddr.Multiaddr(a) for a in announce] or None,
     )

@@ -21,6 +21,7 @@ import trio
 
 from ..errors import InferenceRejected, PeerConnectionLost, PeerTimeout, RemoteProtocolError
 from ..events import Done, FinishReason, TokenChunk
+from ..security_events import PeerLimit, PeerLimitHook
 from ..wire import infer as wi
 from ..wire.framing import CLOSED
 from .streams import CLOSE_GRACE_S, ByteStream, StreamOpener, receive_event
@@ -66,8 +67,10 @@ class InferServer:
 
     def __init__(self, *, self_peer_id: str, generate: Generator,
                  max_streams_per_peer: int = 8,
-                 load: Callable[[], wi.Load] | None = None) -> None:
+                 load: Callable[[], wi.Load] | None = None,
+                 on_limited: PeerLimitHook | None = None) -> None:
         self._self = self_peer_id
+        self._on_limited = on_limited  # metrics + audit, wired by node.py
         self._generate = generate
         self._load = load
         self._per_peer = max_streams_per_peer
@@ -90,6 +93,8 @@ class InferServer:
         active = self._active.get(peer, 0)
         if active >= self._per_peer:
             # A busy server, not a broken one: the client may try elsewhere or later.
+            if self._on_limited is not None:
+                self._on_limited(peer, PeerLimit.STREAMS)
             await stream.send_all(proto.send(wi.Error(
                 request_id=request.request_id, code="too_many_streams",
                 message=f"at most {self._per_peer} concurrent requests per peer",

@@ -10,6 +10,8 @@ from typing import Any
 
 import trio
 
+from ..audit import NULL_AUDIT, AuditSink
+from ..audit import events as audit_events
 from ..errors import (
     ErrorCode,
     PeerConnectionLost,
@@ -19,6 +21,7 @@ from ..errors import (
     RemoteProtocolError,
 )
 from ..identity import Identity, peer_id_of, verify
+from ..security_events import RecordKind
 from ..wire.framing import CLOSED, FrameDecoder, encode_frame
 from ..wire.nodeinfo import (
     MAX_INFO_FRAME_BYTES,
@@ -98,8 +101,10 @@ class NodeInfoClient:
     long-lived stream; a failed call drops it and the next call opens a fresh one.
     """
 
-    def __init__(self, opener: StreamOpener, *, call_timeout_s: float) -> None:
+    def __init__(self, opener: StreamOpener, *, call_timeout_s: float,
+                 audit: AuditSink = NULL_AUDIT) -> None:
         self._opener = opener
+        self._audit = audit
         self._timeout = call_timeout_s
         self._channels: dict[str, _Channel] = {}
         self._ids = itertools.count(1)
@@ -138,8 +143,13 @@ class NodeInfoClient:
                                           ErrorCode._value2member_map_ else ErrorCode.INTERNAL)
             if not isinstance(msg, InfoResponse) or msg.request_id != request_id:
                 raise RemoteProtocolError("node-info answer does not match the request")
-            info = open_response(msg, expected_peer_id=peer_id, peer_id_of=peer_id_of,
-                                 verify=verify)
+            try:
+                info = open_response(msg, expected_peer_id=peer_id, peer_id_of=peer_id_of,
+                                     verify=verify)
+            except RemoteProtocolError as exc:  # forged, or signed by someone else
+                audit_events.invalid_record(self._audit, kind=RecordKind.NODE_INFO,
+                                            peer=peer_id, key=None, reason=str(exc))
+                raise
             return info, rtt_ms
         raise PeerTimeout(peer_id, f"no node-info answer within {self._timeout} s", phase="call")
 

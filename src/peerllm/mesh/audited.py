@@ -1,0 +1,98 @@
+"""One audit line per request a peer asked us to serve: a wrapper around the serving
+generator (``serving.serve_generator``), composed in node.py.
+
+The wrapper passes the chunks on through a tap that counts tokens and notes the Done,
+so neither the infer protocol (p2p/infer.py) nor the serving code needs to know the
+audit log exists. It sees no text: only counts, the model and who asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from ..audit import AuditSink
+from ..audit import events as audit_events
+from ..errors import InferenceRejected, PeerConnectionLost
+from ..events import Done, TokenChunk
+from ..p2p.infer import Generator
+from ..wire import infer as wi
+
+_BUFFER: Final = 64  # as the serving generator's own channel: the server batches from it
+
+
+@dataclass
+class _Tally:
+    tokens_out: int = 0
+    done: Done | None = None
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The audit outcome of a request that ended with ``exc`` (nurseries wrap it in
+    groups): the refusal's code, ``connection_lost``, or ``cancelled`` (the peer reset
+    the stream or its deadline passed)."""
+    leaves: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if isinstance(cur, BaseExceptionGroup):
+            todo.extend(cur.exceptions)
+        else:
+            leaves.append(cur)
+    rejected = next((x for x in leaves if isinstance(x, InferenceRejected)), None)
+    if rejected is not None:
+        return rejected.code
+    if any(isinstance(x, PeerConnectionLost) for x in leaves):
+        return "connection_lost"
+    if any(isinstance(x, trio.Cancelled) for x in leaves):
+        return audit_events.CANCELLED
+    return audit_events.ERROR
+
+
+async def _tap(items: trio.MemoryReceiveChannel[TokenChunk | Done],
+               out: trio.MemorySendChannel[TokenChunk | Done], tally: _Tally) -> None:
+    async with out:
+        async for item in items:
+            if isinstance(item, Done):
+                tally.done = item
+            else:
+                tally.tokens_out += item.n_tokens
+            await out.send(item)
+            if isinstance(item, Done):
+                return
+
+
+def audit_served(generate: Generator, audit: AuditSink, *, served_by: str) -> Generator:
+    """``generate``, writing an ``inference`` line (forwarded_by = the asking peer) for
+    every request it is given, whether it is served, refused or abandoned."""
+
+    @asynccontextmanager
+    async def served(req: wi.InferRequest, peer: str
+                     ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
+        started = trio.current_time()
+        tally = _Tally()
+        outcome = audit_events.CANCELLED
+        try:
+            async with generate(req, peer) as items, trio.open_nursery() as nursery:
+                send, recv = trio.open_memory_channel[TokenChunk | Done](_BUFFER)
+                nursery.start_soon(_tap, items, send, tally)
+                yield recv
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            raise
+        else:
+            outcome = audit_events.OK if tally.done is not None else audit_events.CANCELLED
+        finally:
+            done = tally.done
+            audit_events.inference(
+                audit, model=req.model, served_by=served_by, forwarded_by=peer, client=None,
+                subject=None, tokens_in=None if done is None else done.prompt_tokens,
+                tokens_out=tally.tokens_out if done is None else done.completion_tokens,
+                duration_ms=(trio.current_time() - started) * 1000, outcome=outcome)
+
+    return served
