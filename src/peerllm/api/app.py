@@ -12,6 +12,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import management, ollama, openai
+from .origin import BrowserGuard, BrowserPolicy
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -95,4 +96,7 @@ def build_app(node: Node) -> ASGIApp:
         *management.routes(node),
         *ollama.routes(node),
     ], exception_handlers=handlers)
-    return NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name)
+    # The browser guard is outermost: a refused request reaches nothing, not even the
+    # node headers (origin.py).
+    return BrowserGuard(NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name),
+                        policy=BrowserPolicy.from_config(node.config.api))
