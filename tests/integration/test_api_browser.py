@@ -5,6 +5,7 @@ origin the operator allowed gets CORS. The model is registered but never loaded.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -107,3 +108,26 @@ def test_clients_that_are_not_browsers_are_unaffected(node: tuple[Daemon, httpx.
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "model_not_found"
     assert d.peers_json()["self"]["node"]["name"] == "guarded"  # the CLI, too
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_request_without_host_is_http_1_0_and_accepted(node: tuple[Daemon, httpx.Client]
+                                                         ) -> None:
+    d, _ = node
+    old = raw_request(d.api_port, b"GET /v1/node/status HTTP/1.0\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in old
+    # Without Host, an Origin is still checked.
+    evil = raw_request(d.api_port, b"GET /v1/node/status HTTP/1.0\r\nOrigin: " + EVIL.encode()
+                       + b"\r\n\r\n")
+    assert evil.startswith(b"HTTP/1.1 403")
+    # HTTP/1.1 needs a Host: h11 answers 400 before the guard sees the request.
+    assert raw_request(d.api_port, b"GET /v1/node/status HTTP/1.1\r\nConnection: close"
+                       b"\r\n\r\n").startswith(b"HTTP/1.1 400")

@@ -1,8 +1,8 @@
 """Browser-borne requests: foreign ``Origin``s and ``Host`` names are refused; the origins
 in ``api.cors_origins`` get proper CORS.
 
-Two attacks need nothing but a browser on the node's machine, whether or not auth is
-on (a token in the browser would not stop either):
+Two attacks need nothing but a browser on a machine that reaches the node, and they aim
+at the loopback API, where auth is usually off; the guard runs whether or not it is on:
 
 * **Cross-site requests.** Any web page can POST to ``http://127.0.0.1:7471`` as a
   "simple" request (``text/plain`` or a form) with no preflight: the browser sends it,
@@ -47,8 +47,8 @@ request reaches no route and learns nothing, not even the node id):
 
 Content type: **not** enforced. Requiring ``application/json`` on POST would stop
 simple cross-site requests too, but the ``Origin`` rule already does, and it would break
-``curl -d '{...}'`` (which sends ``application/x-www-form-urlencoded``), used all over
-our own docs and by many scripts; the official openai and ollama clients send
+``curl -d '{...}'`` (which sends ``application/x-www-form-urlencoded``), as in our own
+README and many scripts; the official openai and ollama clients send
 ``application/json`` either way. Browsers older than the ``Origin``-on-POST rule
 (Firefox before 70, 2019) are not defended against.
 """
