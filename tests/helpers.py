@@ -1,11 +1,14 @@
 """Helpers every test folder shares: node configs, waiting for a condition, `peerllm`
-processes on 127.0.0.1, a multicast probe, Ed25519 doubles, audit sinks and files.
+processes on 127.0.0.1, a multicast probe, Ed25519 doubles, audit sinks and files,
+self-signed TLS certificates.
 Fixtures that use them are declared in the conftest.py files; nothing here is a fixture.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import ipaddress
 import json
 import os
 import random
@@ -21,9 +24,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 import peerllm
@@ -150,14 +157,17 @@ class Daemon:
     def addr(self) -> str:
         return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
-    def start(self, *extra: str, timeout_s: float = 60.0, default_model: bool = False) -> None:
+    def start(self, *extra: str, timeout_s: float = 60.0, default_model: bool = False,
+              env: dict[str, str] | None = None) -> None:
+        """Start and wait for "ready"; ``env`` adds variables to a clean environment."""
         args = ["node", "--data-dir", str(self.data_dir), "--name", self.name,
                 "--listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
                 "--api", f"127.0.0.1:{self.api_port}", *extra]
         if not default_model:
             args.append("--no-default-model")
         self.proc = subprocess.Popen(peerllm_cmd(*args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=clean_env())
+                                     stderr=subprocess.STDOUT, text=True,
+                                     env=clean_env(**(env or {})))
         self.banner = []
         deadline = time.monotonic() + timeout_s
         assert self.proc.stdout is not None
@@ -303,3 +313,37 @@ def audit_lines(data_dir: Path, event: str | None = None) -> list[dict[str, Any]
         return []
     lines = [json.loads(line) for line in path.read_text(encoding="ascii").splitlines()]
     return [line for line in lines if event is None or line["event"] == event]
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path  # PEM; also the CA bundle a client verifies the server with
+    key: Path  # PEM, unencrypted unless made with a passphrase
+
+
+def self_signed_cert(directory: Path, *, passphrase: bytes | None = None) -> TlsFiles:
+    """A fresh P-256 certificate for 127.0.0.1, ::1 and localhost, valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peerllm test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase
+        else serialization.NoEncryption())
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem")
+    files.cert.write_bytes(cert.public_bytes(Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            encryption))
+    files.key.chmod(0o600)
+    return files

@@ -261,9 +261,11 @@ async def open_node(config: NodeConfig | None = None, *,
 
     Raises:
         IdentityError: the key or identity file is corrupt or unreadable.
-        ConfigError: a setting is unusable (e.g. a bad models.yaml).
+        ConfigError: a setting is unusable (e.g. a bad models.yaml, or a network key
+            file that is gone or no longer holds a key).
     """
     cfg = config or NodeConfig()
+    network_key = cfg.p2p.resolve_network_key()  # a bad key file stops us before any I/O
     data_dir = cfg.data_dir or default_data_dir()
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
@@ -280,7 +282,7 @@ async def open_node(config: NodeConfig | None = None, *,
                 if specs else None
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
-                network_key=cfg.p2p.network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
+                network_key=network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
                 max_peers=cfg.p2p.max_peers, audit=audit))
             dht: Dht | None = await stack.enter_async_context(
                 open_dht(host, identity, audit=audit)) if cfg.discovery.dht else None

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import management, ollama, openai, tokens
 from .access import ErrorRenderer, guard_routes
 from .auditing import report_refusal
+from .origin import BrowserGuard, BrowserPolicy
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -105,4 +106,7 @@ def build_app(node: Node) -> ASGIApp:
     ], node.authority, renderer_for,
         lambda request, exc, principal: report_refusal(node, request, exc, principal))
     app = Starlette(routes=routes, exception_handlers=handlers)
-    return NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name)
+    # The browser guard is outermost: a refused request reaches nothing, not even the
+    # node headers (origin.py).
+    return BrowserGuard(NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name),
+                        policy=BrowserPolicy.from_config(node.config.api))

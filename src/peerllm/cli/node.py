@@ -39,8 +39,26 @@ FLUSH_TIMEOUT_S = 0.5
 @click.option("--listen", multiple=True, help="libp2p listen multiaddr (repeatable).")
 @click.option("--announce", multiple=True, help="Address to announce instead (repeatable).")
 @click.option("--bootstrap", multiple=True, help="Peer multiaddr ending in /p2p/<id> (repeatable).")
-@click.option("--network-key", help="Private network key: 64 hex characters.")
+@click.option("--network-key",
+              help="Private network key: 64 hex characters. Other local users can see it "
+                   "in `ps`: prefer --network-key-file [env PEERLLM_NETWORK_KEY].")
+@click.option("--network-key-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="File holding the private network key: 64 hex characters or a libp2p "
+                   "swarm.key; keep it mode 600 [env PEERLLM_NETWORK_KEY_FILE].")
 @click.option("--api", "api_addr", help="HTTP API address HOST:PORT (default 127.0.0.1:7471).")
+@click.option("--api-tls-cert", type=click.Path(path_type=Path, dir_okay=False),
+              help="Serve the API over https with this PEM certificate chain (needs "
+                   "--api-tls-key) [env PEERLLM_API_TLS_CERT].")
+@click.option("--api-tls-key", type=click.Path(path_type=Path, dir_okay=False),
+              help="PEM private key of --api-tls-cert [env PEERLLM_API_TLS_KEY].")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Web origin whose pages may call the API from a browser, e.g. "
+                   "http://localhost:3000 (repeatable; '*' = any page; default none) "
+                   "[env PEERLLM_API_CORS_ORIGINS].")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Host name the API answers to besides IP addresses, localhost and the "
+                   "--api host (repeatable; refuses DNS rebinding) "
+                   "[env PEERLLM_API_ALLOWED_HOSTS].")
 @click.option("--mdns/--no-mdns", default=None, help="LAN discovery over mDNS (default on).")
 @click.option("--mdns-interface", "mdns_interfaces", multiple=True,
               help="Bind mDNS to this interface IP (repeatable; default all).")
@@ -108,7 +126,9 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
     ``config_path``) as the top settings layer, shaped like the YAML file."""
     flags: dict[str, Any] = {}
     for opt, path in (("data_dir", "data_dir"), ("models_dir", "inference.models_dir"),
-                      ("models_config", "inference.models_config_path")):
+                      ("models_config", "inference.models_config_path"),
+                      ("network_key_file", "p2p.network_key_file"),
+                      ("api_tls_cert", "api.tls_cert"), ("api_tls_key", "api.tls_key")):
         if o[opt] is not None:
             put_dotted(flags, path, str(o[opt]))
     for opt, path in (("name", "node.name"), ("location", "node.location"),
@@ -127,7 +147,9 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
                       ("announce", "p2p.announce"), ("bootstrap", "p2p.bootstrap"),
                       ("mdns_interfaces", "discovery.mdns_interfaces"),
                       ("models", "models.paths"), ("preload", "inference.preload"),
-                      ("trust_issuers", "auth.trusted_issuers")):
+                      ("trust_issuers", "auth.trusted_issuers"),
+                      ("cors_origins", "api.cors_origins"),
+                      ("allowed_hosts", "api.allowed_hosts")):
         if o[opt]:
             put_dotted(flags, path, list(o[opt]))
     if o["no_default_model"]:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from ..errors import ConfigError
+from .keyfiles import HEX64, read_network_key_file, read_secret_file
+from .origins import allowed_hosts_setting, cors_origins_setting
 from .validate import (
     DEFAULT_P2P_PORT,
     QUOTE_HINT,
@@ -22,6 +25,7 @@ from .validate import (
     fraction,
     integer,
     multiaddrs,
+    opt_path,
     opt_str,
     positive_float,
     set_field,
@@ -38,7 +42,6 @@ STRATEGIES: Final = ("mcda", "round_robin", "weighted_round_robin", "least_conne
 
 SERVE_PEERS: Final = ("any", "trusted")
 
-_HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
 _PEER_ID: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,64}")  # base58btc
 
 
@@ -70,7 +73,10 @@ class P2PConfig:
     listen: tuple[str, ...] = (f"/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}",)  # TCP multiaddrs
     announce: tuple[str, ...] = ()  # addresses to advertise instead of the listen ones
     bootstrap: tuple[str, ...] = ()  # full multiaddrs ending in /p2p/<peer-id>
-    network_key: str | None = None  # private-network key, 64 hex chars; None = public
+    # Private-network key, 64 hex chars; None = public. Kept out of repr(): a config
+    # printed in a traceback or a debug line must not carry the secret.
+    network_key: str | None = field(default=None, repr=False)
+    network_key_file: Path | None = None  # file holding the key instead (keyfiles.py)
     serve_peers: str = "any"  # any | trusted: who may run inference here (protocols/auth.md)
     trusted_peers: tuple[str, ...] = ()  # peer IDs always served in serve_peers: trusted
     dial_timeout_s: float = 5.0
@@ -96,27 +102,50 @@ class P2PConfig:
                 raise ConfigError("p2p.trusted_peers", f"{peer[:80]!r} is not a peer ID "
                                   "(12D3KooW..., see `peerllm identity`)")
         set_field(self, "trusted_peers", peers)
-        if self.network_key is not None:
-            key = self.network_key
-            if not isinstance(key, str):
-                raise ConfigError(
-                    "p2p.network_key",
-                    f"must be a string of 64 hex characters, got {type(key).__name__}"
-                    + QUOTE_HINT,
-                )
-            if not _HEX64.fullmatch(key.strip()):
-                raise ConfigError(
-                    "p2p.network_key",
-                    f"must be exactly 64 hex characters (0-9, a-f), got {len(key.strip())} "
-                    "characters; generate one with: openssl rand -hex 32",
-                )
-            set_field(self, "network_key", key.strip().lower())
+        self._check_network_key()
         for name in ("dial_timeout_s", "call_timeout_s", "heartbeat_interval_s",
                      "peer_stale_s"):
             set_field(self, name, positive_float(f"p2p.{name}", getattr(self, name)))
         set_field(self, "heartbeat_misses",
                   integer("p2p.heartbeat_misses", self.heartbeat_misses, 1))
         set_field(self, "max_peers", integer("p2p.max_peers", self.max_peers, 1))
+
+    def _check_network_key(self) -> None:
+        key, path = self.network_key, opt_path("p2p.network_key_file", self.network_key_file)
+        set_field(self, "network_key_file", path)
+        if key is not None and path is not None:
+            raise ConfigError("p2p.network_key", "give the private network key once: "
+                              "p2p.network_key or p2p.network_key_file, not both")
+        if path is not None:
+            # Read now so that a bad file stops the node before it starts, blamed on the
+            # layer that named it; resolve_network_key reads it again where it is used.
+            read_network_key_file("p2p.network_key_file", path, warn=False)
+        if key is None:
+            return
+        if not isinstance(key, str):
+            raise ConfigError(
+                "p2p.network_key",
+                f"must be a string of 64 hex characters, got {type(key).__name__}" + QUOTE_HINT)
+        if not HEX64.fullmatch(key.strip()):
+            raise ConfigError(
+                "p2p.network_key",
+                f"must be exactly 64 hex characters (0-9, a-f), got {len(key.strip())} "
+                "characters; generate one with: openssl rand -hex 32")
+        set_field(self, "network_key", key.strip().lower())
+
+    def resolve_network_key(self) -> str | None:
+        """The private network key as 64 hex characters (None = the open network): the
+        ``network_key`` setting, or what ``network_key_file`` holds, read now.
+
+        The one place a node gets its key from; the file is read on every call (it may
+        have been rotated since the config was built).
+
+        Raises:
+            ConfigError: ``p2p.network_key_file``; the file cannot be read or holds no key.
+        """
+        if self.network_key_file is None:
+            return self.network_key
+        return read_network_key_file("p2p.network_key_file", self.network_key_file, warn=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +202,14 @@ class ApiConfig:
 
     host: str = DEFAULT_API_HOST  # interface to bind; loopback unless told otherwise
     port: int = DEFAULT_API_PORT  # 0 = any free port
+    # Web origins whose pages may call the API from a browser (CORS), e.g.
+    # "http://localhost:3000"; "*" = any page. () = none: browser pages are refused.
+    cors_origins: tuple[str, ...] = ()
+    # Host names the API answers to besides IP addresses, localhost and api.host (the
+    # Host header check against DNS rebinding); "*" = any name.
+    allowed_hosts: tuple[str, ...] = ()
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the API is https
+    tls_key: Path | None = None  # PEM private key of tls_cert (a file, never inline)
 
     def __post_init__(self) -> None:
         host = string("api.host", self.host)
@@ -182,6 +219,25 @@ class ApiConfig:
             raise ConfigError("api.host", f"{self.host!r} is not a host name or IP address")
         set_field(self, "host", host)
         set_field(self, "port", integer("api.port", self.port, 0, 65535))
+        set_field(self, "cors_origins", cors_origins_setting(self.cors_origins))
+        set_field(self, "allowed_hosts", allowed_hosts_setting(self.allowed_hosts))
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        cert = opt_path("api.tls_cert", self.tls_cert)
+        key = opt_path("api.tls_key", self.tls_key)
+        if (cert is None) != (key is None):
+            given, missing = ("api.tls_cert", "api.tls_key") if key is None \
+                else ("api.tls_key", "api.tls_cert")
+            raise ConfigError(missing, f"{given} is set but {missing} is not; give both "
+                              "(the certificate chain and its private key) or neither")
+        # Readable now, so a typo stops the node before it starts; the API loads the
+        # pair (and says if they do not match) when it binds.
+        if cert is not None and key is not None:
+            read_secret_file("api.tls_cert", cert, what="TLS certificate")
+            read_secret_file("api.tls_key", key, what="TLS key")
+        set_field(self, "tls_cert", cert)
+        set_field(self, "tls_key", key)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import IRawConnection
@@ -56,7 +56,7 @@ class GateRefused(Exception):
 class NetworkKey:
     """A 32-byte private-network key (or none = the open network)."""
 
-    key: bytes | None
+    key: bytes | None = field(repr=False)  # a secret: never in a repr, a log or a traceback
 
     @classmethod
     def from_hex(cls, text: str | None) -> NetworkKey:

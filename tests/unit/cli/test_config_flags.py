@@ -74,3 +74,33 @@ def test_the_cli_resolves_the_data_dir_from_the_environment(environ: pytest.Monk
     environ.setenv("PEERLLM_DATA_DIR", str(tmp_path / "mine"))
     assert config_for().data_dir == tmp_path / "mine"
     assert config_for("--data-dir", str(tmp_path / "flag")).data_dir == tmp_path / "flag"
+
+
+def test_every_browser_tls_and_key_file_flag_sets_its_key(environ: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    key, cert, tls_key = (tmp_path / name for name in ("network.key", "c.pem", "k.pem"))
+    key.write_text("ab" * 32)
+    cert.write_text("cert")
+    tls_key.write_text("key")
+    cfg = config_for("--network-key-file", str(key), "--api-tls-cert", str(cert),
+                     "--api-tls-key", str(tls_key), "--cors-origin", "http://localhost:3000",
+                     "--cors-origin", "https://app.example", "--allowed-host", "node-1.lan")
+    assert cfg.p2p.network_key_file == key
+    assert cfg.p2p.resolve_network_key() == "ab" * 32
+    assert (cfg.api.tls_cert, cfg.api.tls_key) == (cert, tls_key)
+    assert cfg.api.cors_origins == ("http://localhost:3000", "https://app.example")
+    assert cfg.api.allowed_hosts == ("node-1.lan",)
+
+
+def test_a_flag_key_and_a_file_key_are_refused_before_starting(environ: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    key = tmp_path / "network.key"
+    key.write_text("ab" * 32)
+    environ.setenv("PEERLLM_NETWORK_KEY_FILE", str(key))
+    data = tmp_path / "data"
+    result = CliRunner().invoke(cli, ["node", "--data-dir", str(data), "--network-key",
+                                      "cd" * 32])
+    assert result.exit_code == 1
+    assert "not both" in result.output
+    assert "cd" * 32 not in result.output and "ab" * 32 not in result.output
+    assert not data.exists(), "nothing may start (no identity made)"

@@ -42,6 +42,8 @@ def test_env_maps_every_variable() -> None:
         "PEERLLM_NETWORK_KEY": KEY,
         "PEERLLM_MDNS": "off",
         "PEERLLM_API": "0.0.0.0:9000",
+        "PEERLLM_API_CORS_ORIGINS": "http://localhost:3000, https://app.example",
+        "PEERLLM_API_ALLOWED_HOSTS": "node-1.lan",
         "PEERLLM_LOG_LEVEL": "debug",
         "PEERLLM_REQUIRE_AUTH": "yes",
         "PEERLLM_TRUSTED_ISSUERS": f"ed25519:{'A' * 43}, {'ab' * 32}",
@@ -56,12 +58,39 @@ def test_env_maps_every_variable() -> None:
         "p2p": {"listen": ["/ip4/0.0.0.0/tcp/1", "/ip4/0.0.0.0/tcp/2"],
                 "bootstrap": [f"/ip4/192.0.2.1/tcp/7470/p2p/{PEER}"], "network_key": KEY},
         "discovery": {"mdns": False},
-        "api": {"host": "0.0.0.0", "port": 9000},
+        "api": {"host": "0.0.0.0", "port": 9000,
+                "cors_origins": ["http://localhost:3000", "https://app.example"],
+                "allowed_hosts": ["node-1.lan"]},
         "auth": {"required": True, "trusted_issuers": [f"ed25519:{'A' * 43}", "ab" * 32]},
     }
     config_from_mapping(layer)  # and it validates
+    # The file-valued ones (they must name files that exist) are in the next test.
+    files = {"PEERLLM_NETWORK_KEY_FILE", "PEERLLM_API_TLS_CERT", "PEERLLM_API_TLS_KEY"}
     node_vars = {name for name in ENV_VARS if not name.startswith(("MODEL_", "MODELS_"))}
-    assert node_vars == {k for k in env if k != "HOME"} | {"NODE_NAME"}
+    assert node_vars == {k for k in env if k != "HOME"} | {"NODE_NAME"} | files
+
+
+def test_env_names_the_secret_files(tmp_path: Path) -> None:
+    key, cert, tls_key = tmp_path / "network.key", tmp_path / "c.pem", tmp_path / "k.pem"
+    for path in (key, cert, tls_key):
+        path.write_text(KEY)
+    env = {"PEERLLM_NETWORK_KEY_FILE": str(key), "PEERLLM_API_TLS_CERT": str(cert),
+           "PEERLLM_API_TLS_KEY": str(tls_key)}
+    assert config_from_env(env) == {
+        "p2p": {"network_key_file": str(key)},
+        "api": {"tls_cert": str(cert), "tls_key": str(tls_key)}}
+    cfg = load_config(environ=env)
+    assert (cfg.p2p.network_key_file, cfg.api.tls_cert, cfg.api.tls_key) == (key, cert, tls_key)
+    assert cfg.p2p.network_key is None  # the file is read where the key is used
+    assert cfg.p2p.resolve_network_key() == KEY
+
+
+def test_env_blames_the_variable_for_a_missing_key_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"PEERLLM_NETWORK_KEY_FILE": str(tmp_path / "nope")})
+    assert info.value.key == "PEERLLM_NETWORK_KEY_FILE"
+    assert f"network key file {tmp_path / 'nope'} does not exist" in info.value.message
+    assert "(sets p2p.network_key_file)" in info.value.message
 
 
 def test_env_ignores_unrelated_and_blank_variables() -> None:
