@@ -48,6 +48,7 @@ EXPECTED = [
     "NodeIdentityConfig",
     "NodeNotRunning",
     "P2PConfig",
+    "PeerBusy",
     "PeerConnectionLost",
     "PeerError",
     "PeerLLMError",

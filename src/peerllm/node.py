@@ -20,13 +20,14 @@ from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
+from .inference.backend import ModelBackend
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
 from .mesh.breakers import BreakerBook
-from .mesh.documents import Json, info_document, peer_row
+from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.explain import explain
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
@@ -38,6 +39,7 @@ from .p2p.dht import Dht, open_dht
 from .p2p.host import P2PHost, open_host
 from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
+from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState
 from .scheduling.candidates import Candidate
@@ -53,7 +55,7 @@ class Node:
 
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
-                 router: Router) -> None:
+                 router: Router, infer_server: InferServer, info_rate: PeerRate) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -61,6 +63,8 @@ class Node:
         self.registry = registry
         self.membership = membership
         self.router = router
+        self.infer_server = infer_server
+        self.info_rate = info_rate  # node-info requests per peer, over all its streams
         self.metrics = Metrics()
         self.api_url: str | None = None  # set by whoever serves the HTTP API
         self._started_mono = trio.current_time()
@@ -112,7 +116,9 @@ class Node:
                                        if e.state is PeerState.HEALTHY),
                      "connected": len(self.host.connected_peers()),
                      "network": self.host.network_key.describe(),
-                     "api": self.api_url})
+                     "api": self.api_url},
+            limits=limits_doc(self.config, infer=self.infer_server.statistics(),
+                              info_refused=self.info_rate.refused))
 
     def status(self) -> Json:
         states: dict[str, int] = {}
@@ -219,8 +225,7 @@ def model_specs(cfg: NodeConfig) -> list[ModelSpec]:
                       gpu_layers=inference.gpu_layers)
 
 
-@asynccontextmanager
-async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+def open_node(config: NodeConfig | None = None) -> AbstractAsyncContextManager[Node]:
     """Run a full PeerLLM node inside the caller's trio program.
 
     The node is listening and announcing when the block is entered; leaving the block
@@ -235,7 +240,16 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
         IdentityError: the key or identity file is corrupt or unreadable.
         ConfigError: a setting is unusable (e.g. a bad models.yaml).
     """
-    cfg = config or NodeConfig()
+    return open_node_with_backend(config or NodeConfig(), backend=None)
+
+
+@asynccontextmanager
+async def open_node_with_backend(cfg: NodeConfig, *, backend: ModelBackend | None
+                                 ) -> AsyncIterator[Node]:
+    """``open_node`` with ``backend`` running the models instead of llama.cpp (None: llama.cpp).
+
+    For tests (``peerllm.testing.FakeBackend``); not part of the public facade.
+    """
     data_dir = cfg.data_dir or default_data_dir()
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
@@ -243,7 +257,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     try:
         async with AsyncExitStack() as stack:
             registry = await stack.enter_async_context(
-                open_registry(specs, config=cfg.inference)) \
+                open_registry(specs, config=cfg.inference, backend=backend)) \
                 if specs else None
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
@@ -254,11 +268,8 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht,
                             Engine(registry) if registry is not None else None)
-            server = InferServer(self_peer_id=node.peer_id,
-                                 generate=serve_generator(node.local, node.model_ids),
-                                 load=node.local.load)
-            host.set_handler(wi.PROTOCOL_ID, server.handle)
-            host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
+            host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
+            host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
             await nursery.start(node.membership.run)
             try:
                 yield node
@@ -286,6 +297,12 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         known_peers=KnownPeers(data_dir / "known_peers.json",
                                limit=cfg.discovery.known_peers_max),
         p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down)
+    # Per-peer limits of the libp2p side, whatever the peer (protocols/*.md "limits").
+    infer_server = InferServer(
+        self_peer_id=host.peer_id, generate=serve_generator(local, local.model_ids),
+        load=local.load, max_streams_per_peer=p2p.max_streams_per_peer,
+        stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers))
+    info_rate = PeerRate(p2p.peer_info_requests_per_s, max_peers=p2p.max_peers)
     router = Router(
         local=local, registry=registry, breakers=breakers,
         transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0)),
@@ -293,11 +310,13 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
-                membership=membership, router=router)
+                membership=membership, router=router, infer_server=infer_server,
+                info_rate=info_rate)
 
 
-def _info_handler(local: LocalNode) -> Any:
+def _info_handler(local: LocalNode, rate: PeerRate) -> Any:
     async def handler(stream: Any) -> None:
-        await serve_node_info(stream, identity=local.identity, current_info=local.node_info)
+        await serve_node_info(stream, identity=local.identity, current_info=local.node_info,
+                              rate=rate)
 
     return handler

@@ -1,11 +1,11 @@
 """The local inference engine: stream tokens for a request from a model in the registry.
 
 Generation runs in ``trio.to_thread.run_sync`` (never abandoned) while holding a context
-from the model's SlotLimiter (our own requests before peers', priority.py); the thread pushes text back with
-``trio.from_thread.run(send.send, chunk)`` through a small buffered channel, so a slow
-consumer slows generation down instead of growing a buffer. The thread polls a
-``threading.Event`` (also set when the waiting task is cancelled) between tokens and
-returns early, which frees the model for the next request within one token.
+from the model's SlotLimiter (our own requests before peers', priority.py); the thread
+pushes text back with ``trio.from_thread.run(send.send, chunk)`` through a small buffered
+channel, so a slow consumer slows generation down instead of growing a buffer. The thread
+polls a ``threading.Event`` (also set when the waiting task is cancelled) between tokens
+and returns early, which frees the model for the next request within one token.
 """
 
 from __future__ import annotations

@@ -123,5 +123,5 @@ async def test_a_slot_granted_as_its_waiter_is_cancelled_is_passed_on() -> None:
 
 @pytest.mark.parametrize(("total", "peer_limit"), [(0, None), (2, 0), (2, 3)])
 def test_bad_sizes_are_refused(total: int, peer_limit: int | None) -> None:
-    with pytest.raises(ValueError, match="total|peer_limit"):
+    with pytest.raises(ValueError, match=r"total|peer_limit"):
         SlotLimiter(total, peer_limit=peer_limit)
