@@ -6,6 +6,7 @@ Fixtures that use them are declared in the conftest.py files; nothing here is a 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import ipaddress
@@ -35,7 +36,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 
 import peerllm
 from peerllm.audit import Field
-from peerllm.config import NodeConfig, config_from_mapping
+from peerllm.config import InferenceConfig, ModelsConfig, NodeConfig, config_from_mapping
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
 from peerllm.security_events import AuditEvent
 
@@ -66,6 +67,25 @@ def node_config(root: Path, name: str, *, bootstrap: list[str] | None = None,
         "api": {"host": "127.0.0.1", "port": 0},
         "models": {"serve_default": serve_default},
     })
+
+
+FAKE_MODEL = "fake"
+"""The model id of ``with_fake_model``'s file, served by a FakeBackend node."""
+
+
+def with_fake_model(cfg: NodeConfig, *, api: dict[str, Any] | None = None,
+                    **inference: Any) -> NodeConfig:
+    """``cfg`` serving one fake GGUF file (FAKE_MODEL) in its data dir, for
+    ``peerllm.testing.open_node_with_backend(cfg, backend=FakeBackend(...))``; ``inference``
+    and ``api`` are settings of those sections."""
+    assert cfg.data_dir is not None
+    path = cfg.data_dir / f"{FAKE_MODEL}.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF" + bytes(1024))
+    return dataclasses.replace(
+        cfg, models=ModelsConfig(serve_default=False, paths=(str(path),)),
+        inference=InferenceConfig(warmup_tokens=0, cache_size_gb=1.0, **inference),
+        api=dataclasses.replace(cfg.api, **(api or {})))
 
 
 def api_url(node: peerllm.Node) -> str:

@@ -52,6 +52,7 @@ EXPECTED = [
     "NodeIdentityConfig",
     "NodeNotRunning",
     "P2PConfig",
+    "PeerBusy",
     "PeerConnectionLost",
     "PeerError",
     "PeerLLMError",

@@ -41,6 +41,7 @@ from .errors import NetworkKeyMismatch as NetworkKeyMismatch
 from .errors import NodeApiError as NodeApiError
 from .errors import NodeNotRunning as NodeNotRunning
 from .errors import NoRoute as NoRoute
+from .errors import PeerBusy as PeerBusy
 from .errors import PeerConnectionLost as PeerConnectionLost
 from .errors import PeerError as PeerError
 from .errors import PeerLLMError as PeerLLMError
@@ -93,6 +94,7 @@ __all__ = [
     "NodeIdentityConfig",
     "NodeNotRunning",
     "P2PConfig",
+    "PeerBusy",
     "PeerConnectionLost",
     "PeerError",
     "PeerLLMError",

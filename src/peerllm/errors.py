@@ -11,6 +11,7 @@
     │   ├── PeerUnavailable        dial failed, no address, refused
     │   ├── PeerTimeout            a dial or call ran past its deadline (.phase)
     │   ├── PeerConnectionLost     the connection or stream broke mid-call
+    │   ├── PeerBusy               the peer is up but refused the call for now (a per-peer limit)
     │   └── NetworkKeyMismatch     the peer belongs to another private network
     ├── DiscoveryError         a discovery mechanism could not start
     ├── InvalidField           a request value is bad or over a limit (.field); a ValueError too
@@ -122,6 +123,13 @@ class PeerTimeout(PeerError):
 
 class PeerConnectionLost(PeerError):
     """The connection or stream to the peer broke in the middle of a call."""
+
+
+class PeerBusy(PeerError):
+    """The peer answered but refused the call for now (over a per-peer limit of its own).
+
+    Not a failure of the peer: it is up and keeps the stream open; ask again later.
+    """
 
 
 class NetworkKeyMismatch(PeerError):

@@ -32,7 +32,7 @@ from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
 from .mesh.audited import audit_served
 from .mesh.breakers import BreakerBook
-from .mesh.documents import Json, info_document, peer_row
+from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.explain import explain
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
@@ -44,6 +44,7 @@ from .p2p.dht import Dht, open_dht
 from .p2p.host import P2PHost, open_host
 from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
+from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState
 from .scheduling.candidates import Candidate
@@ -60,7 +61,8 @@ class Node:
 
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
-                 router: Router, authority: Authority, audit: AuditSink = NULL_AUDIT
+                 router: Router, authority: Authority, infer_server: InferServer,
+                 info_rate: PeerRate, metrics: Metrics, audit: AuditSink = NULL_AUDIT
                  ) -> None:
         self.config = config
         self.data_dir = data_dir
@@ -70,7 +72,9 @@ class Node:
         self.membership = membership
         self.router = router
         self.authority = authority
-        self.metrics = Metrics()
+        self.infer_server = infer_server
+        self.info_rate = info_rate  # node-info requests per peer, over all its streams
+        self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
         self.api_url: str | None = None  # set by whoever serves the HTTP API
         self._started_mono = trio.current_time()
@@ -122,7 +126,9 @@ class Node:
                                        if e.state is PeerState.HEALTHY),
                      "connected": len(self.host.connected_peers()),
                      "network": self.host.network_key.describe(),
-                     "api": self.api_url}) | {"auth": self.auth_summary()}
+                     "api": self.api_url},
+            limits=limits_doc(self.config, infer=self.infer_server.statistics(),
+                              info_refused=self.info_rate.refused)) | {"auth": self.auth_summary()}
 
     def status(self) -> Json:
         states: dict[str, int] = {}
@@ -290,13 +296,8 @@ async def open_node(config: NodeConfig | None = None, *,
             node = _compose(cfg, data_dir, identity, host, dht,
                             Engine(registry) if registry is not None else None, authority,
                             audit)
-            server = InferServer(
-                self_peer_id=node.peer_id, load=node.local.load,
-                generate=audit_served(serve_generator(node.local, node.model_ids), audit,
-                                      served_by=node.peer_id),
-                on_limited=_on_peer_limited(node))
-            host.set_handler(wi.PROTOCOL_ID, server.handle)
-            host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
+            host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
+            host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
             await nursery.start(node.membership.run)
             try:
                 yield node
@@ -325,6 +326,16 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         known_peers=KnownPeers(data_dir / "known_peers.json",
                                limit=cfg.discovery.known_peers_max),
         p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down)
+    # Per-peer limits of the libp2p side, whatever the peer (protocols/*.md "limits").
+    metrics = Metrics()
+    infer_server = InferServer(
+        self_peer_id=host.peer_id, load=local.load,
+        generate=audit_served(serve_generator(local, local.model_ids), audit,
+                              served_by=host.peer_id),
+        max_streams_per_peer=p2p.max_streams_per_peer,
+        stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers),
+        on_limited=_on_peer_limited(metrics, audit))
+    info_rate = PeerRate(p2p.peer_info_requests_per_s, max_peers=p2p.max_peers)
     router = Router(
         local=local, registry=registry, breakers=breakers,
         transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0)),
@@ -333,21 +344,28 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
                 membership=membership, router=router, authority=authority,
-                audit=audit)
+                infer_server=infer_server, info_rate=info_rate, metrics=metrics, audit=audit)
 
 
-def _on_peer_limited(node: Node) -> PeerLimitHook:
+def open_node_with_backend(cfg: NodeConfig, *, backend: ModelBackend | None
+                           ) -> AbstractAsyncContextManager[Node]:
+    """``open_node(cfg, backend=backend)``, under the name peerllm.testing exports."""
+    return open_node(cfg, backend=backend)
+
+
+def _on_peer_limited(metrics: Metrics, audit: AuditSink) -> PeerLimitHook:
     """What p2p/ calls when a per-peer limit refuses a peer: a metric and an audit line."""
 
     def hook(peer: str, limit: PeerLimit) -> None:
-        node.metrics.observe_peer_limited(limit)
-        audit_events.peer_limit(node.audit, peer=peer, limit=limit)
+        metrics.observe_peer_limited(limit)
+        audit_events.peer_limit(audit, peer=peer, limit=limit)
 
     return hook
 
 
-def _info_handler(local: LocalNode) -> Any:
+def _info_handler(local: LocalNode, rate: PeerRate) -> Any:
     async def handler(stream: Any) -> None:
-        await serve_node_info(stream, identity=local.identity, current_info=local.node_info)
+        await serve_node_info(stream, identity=local.identity, current_info=local.node_info,
+                              rate=rate)
 
     return handler

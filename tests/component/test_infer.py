@@ -19,6 +19,7 @@ from peerllm.errors import (
 )
 from peerllm.events import Done, TokenChunk
 from peerllm.p2p.infer import REQUEST_READ_TIMEOUT_S, InferClient, InferServer
+from peerllm.p2p.limits import PeerRate
 from peerllm.p2p.streams import ByteStream, receive_event
 from peerllm.testing import (
     DONE,
@@ -43,12 +44,16 @@ def request(rid: int = 1, *, deadline_ms: int = 60_000) -> wi.InferRequest:
 
 
 @asynccontextmanager
-async def serving(steps: list[Step], *, per_peer: int = 8
+async def serving(steps: list[Step], *, per_peer: int = 8, streams_per_s: float | None = None,
+                  servers: list[InferServer] | None = None,
                   ) -> AsyncIterator[tuple[MemoryNetwork, InferClient, ScriptedGenerator]]:
     generator = ScriptedGenerator(steps)
     async with open_memory_network() as net:
+        rate = None if streams_per_s is None else PeerRate(streams_per_s, max_peers=8)
         server = InferServer(self_peer_id=SRV, generate=generator, load=lambda: LOAD,
-                             max_streams_per_peer=per_peer)
+                             max_streams_per_peer=per_peer, stream_rate=rate)
+        if servers is not None:
+            servers.append(server)
         net.serve(SRV, wi.PROTOCOL_ID, server.handle)
         yield net, InferClient(net.opener(CLI), accept_timeout_s=ACCEPT_S), generator
 
@@ -212,6 +217,30 @@ async def test_too_many_streams_from_one_peer_are_refused_as_retryable(
         await trio.testing.wait_all_tasks_blocked()  # the server has seen both resets
         async with client.request(SRV, request(5)) as remote:  # slots are given back
             assert remote.accepted.served_by == SRV
+
+
+async def test_new_streams_over_the_per_peer_rate_are_refused_as_busy_with_retry_after(
+        autojump_clock: trio.abc.Clock) -> None:
+    servers: list[InferServer] = []
+    async with serving(["a", DONE], streams_per_s=4, servers=servers) as (net, client, gen):
+        for rid in range(1, 5):  # a burst of 4 at one instant is allowed
+            _, events = await ask(client, rid)
+            assert isinstance(events[-1], Done)
+        with pytest.raises(InferenceRejected) as err:
+            await ask(client, 5)
+        refusal = err.value
+        assert (refusal.code, refusal.retryable, refusal.peer_id) == ("busy", True, SRV)
+        assert refusal.retry_after_s == pytest.approx(0.25)  # one stream at 4/s
+        assert "4 new infer streams per second per peer" in refusal.message
+        other = InferClient(net.opener("another"), accept_timeout_s=ACCEPT_S)
+        _, events = await ask(other, 6)  # per peer: another peer is served
+        assert isinstance(events[-1], Done)
+        await trio.sleep(refusal.retry_after_s)
+        _, events = await ask(client, 7)  # and the first again after its Retry-After
+        assert isinstance(events[-1], Done)
+    stats = servers[0].statistics()
+    assert (stats.refused_stream_rate, stats.refused_too_many_streams) == (1, 0)
+    assert gen.outcomes == ["done"] * 6  # the refused stream never reached the engine
 
 
 async def test_a_refusal_before_accepting_reaches_the_client_as_inference_rejected(

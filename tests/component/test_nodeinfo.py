@@ -1,19 +1,35 @@
 """NodeInfoClient and serve_node_info over in-memory streams on a virtual clock: signed
-answers verified, forged ones refused, bad frames and silent servers handled."""
+answers verified, forged ones refused, bad frames and silent servers handled, the
+per-peer request rate."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import struct
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
 
-from peerllm.errors import ErrorCode, PeerConnectionLost, PeerTimeout, RemoteProtocolError
+from peerllm.config import NodeConfig
+from peerllm.errors import (
+    ErrorCode,
+    PeerBusy,
+    PeerConnectionLost,
+    PeerTimeout,
+    RemoteProtocolError,
+)
 from peerllm.identity import Identity
+from peerllm.mesh.membership import Membership
+from peerllm.p2p.known_peers import KnownPeers
+from peerllm.p2p.limits import PeerRate
 from peerllm.p2p.nodeinfo import NodeInfoClient, serve_node_info
+from peerllm.p2p.registry import PeerRegistry, PeerState, Source
 from peerllm.p2p.streams import ByteStream, receive_event
 from peerllm.security_events import AuditEvent
 from peerllm.testing import MemoryNetwork, make_identity, make_node_info, open_memory_network
@@ -129,3 +145,48 @@ async def test_bad_frames_get_an_error_and_a_reset_and_the_server_keeps_answerin
     client = NodeInfoClient(net.opener("client"), call_timeout_s=CALL_S)
     info, _ = await client.fetch(SERVER.peer_id)
     assert info.peer_id == SERVER.peer_id
+
+
+async def test_requests_over_the_per_peer_rate_get_busy_and_the_stream_stays_open(
+        autojump_clock: trio.abc.Clock, net: MemoryNetwork) -> None:
+    rate = PeerRate(2, max_peers=8)
+    net.serve(SERVER.peer_id, wni.PROTOCOL_ID, functools.partial(
+        serve_node_info, identity=SERVER, current_info=lambda: info_of(SERVER), rate=rate))
+    client = NodeInfoClient(net.opener("client"), call_timeout_s=CALL_S)
+    for _ in range(2):  # the burst
+        await client.fetch(SERVER.peer_id)
+    with pytest.raises(PeerBusy) as err:
+        await client.fetch(SERVER.peer_id)
+    assert err.value.peer_id == SERVER.peer_id
+    assert "at most 2 node-info requests per second per peer" in err.value.message
+    other = NodeInfoClient(net.opener("other"), call_timeout_s=CALL_S)
+    await other.fetch(SERVER.peer_id)  # per peer: someone else is answered
+    await trio.sleep(0.5)
+    info, _ = await client.fetch(SERVER.peer_id)  # refilled, on the same stream
+    assert info.peer_id == SERVER.peer_id
+    assert len([o for o in net.opened if o[0] == "client"]) == 1
+    assert rate.refused == 1
+
+
+async def test_a_busy_node_info_answer_is_no_failure_for_membership(
+        autojump_clock: trio.abc.Clock, net: MemoryNetwork) -> None:
+    rate = PeerRate(1, max_peers=8)
+    net.serve(SERVER.peer_id, wni.PROTOCOL_ID, functools.partial(
+        serve_node_info, identity=SERVER, current_info=lambda: info_of(SERVER), rate=rate))
+    cfg = NodeConfig()
+    registry = PeerRegistry("client", stale_after_s=1e9, max_peers=8)
+    registry.saw(SERVER.peer_id, Source.BOOTSTRAP, now=time.time())
+    membership = Membership(
+        local=cast(Any, SimpleNamespace(name="client")), host=cast(Any, None), dht=None,
+        registry=registry, info_client=NodeInfoClient(net.opener("client"),
+                                                      call_timeout_s=CALL_S),
+        known_peers=KnownPeers(Path("/nonexistent/known_peers.json"), limit=8),
+        p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None)
+    await membership.refresh_peer(SERVER.peer_id)
+    first = registry.get(SERVER.peer_id)
+    assert first is not None and first.state is PeerState.HEALTHY and first.info is not None
+    await membership.refresh_peer(SERVER.peer_id)  # over the rate: answered BUSY
+    assert rate.refused == 1
+    entry = registry.get(SERVER.peer_id)
+    assert entry is not None and entry.state is PeerState.HEALTHY
+    assert entry.consecutive_failures == 0 and entry.info == first.info  # kept as it was

@@ -6,13 +6,22 @@ response byte is sent, so everything that fails during placement or before the f
 token (no route, busy, bad request) still becomes a proper 4xx/5xx JSON error. Once the
 stream has started, a failure becomes an in-band error event.
 
-The whole generation runs inside the ASGI call of :class:`GenerationResponse`, in the
-request's own task: the router's cancel scopes and nurseries are entered and left in one
-task, and a client disconnect cancels them (the router's context exits).
+The generation runs inside the ASGI call of :class:`GenerationResponse`, in a task of
+its own (the router's cancel scopes and nurseries are entered and left in that one
+task); a client disconnect cancels it (the router's context exits). The response's own
+task only writes: hypercorn's trio worker writes to the socket inside a *shielded*
+cancel scope (``hypercorn/trio/tcp_server.py`` ``protocol_send``), so an ASGI ``send`` to
+a client that stopped reading blocks beyond the reach of any cancellation, model slot
+and all, for as long as the client keeps the connection open. The generation therefore
+hands its messages to the writer over a small channel; when the writer has not taken one
+for ``api.stall_timeout_s``, the generation is dropped (its model slot goes to the next
+request at once) and, when the write returns, the response ends without its last
+chunk: hypercorn closes the connection.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -21,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import trio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..error_codes import http_status, rejection
 from ..errors import (
@@ -43,7 +52,13 @@ if TYPE_CHECKING:
     from ..auth import Principal
     from ..node import Node
 
+logger = logging.getLogger(__name__)
+
 SESSION_HEADER: Final = "x-peerllm-session"
+WRITE_AHEAD: Final = 8
+"""ASGI messages a generation may get ahead of the socket writer: enough to ride out a
+slow write, few enough that a client that stopped reading is noticed within one stall
+timeout of the kernel's socket buffers filling up."""
 
 def api_error(exc: PeerLLMError) -> ApiError:
     """The HTTP answer to an error raised while placing or running a request."""
@@ -150,16 +165,59 @@ class GenerationResponse(Response):
         self._principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run = _Run(self._node, self._gen, self._renderer, send, self._principal)
+        to_writer, messages = trio.open_memory_channel[Message](WRITE_AHEAD)
+        handoff = _Handoff(to_writer, self._node.config.api.stall_timeout_s,
+                           client=scope.get("client"))
+        run = _Run(self._node, self._gen, self._renderer, handoff.send, self._principal)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                await run.run(scope, receive)
+                nursery.start_soon(self._generate, run, handoff, scope, receive)
+                async with messages:
+                    async for message in messages:
+                        await send(message)  # may block past cancellation: see module doc
+                        if handoff.stalled:
+                            break  # no more of a dropped response: hypercorn closes it
                 nursery.cancel_scope.cancel()
         finally:  # one audit line per request, however it ended
             inference_line(self._node.audit, model=run.gen.request.model, routed=run.routed,
                            done=run.done, err=run.err, started=run.t0, client=client_of(scope),
                            subject=self._principal.subject)
+
+    @staticmethod
+    async def _generate(run: _Run, handoff: _Handoff, scope: Scope, receive: Receive) -> None:
+        with handoff.scope:
+            async with handoff.channel:
+                await run.run(scope, receive)
+
+
+class _Handoff:
+    """The generation's ``send``: a message to the writer, or a drop once it stalls."""
+
+    def __init__(self, channel: trio.MemorySendChannel[Message], stall_s: float, *,
+                 client: object) -> None:
+        self.channel = channel
+        self.scope = trio.CancelScope()  # around the generation; cancelled on a stall
+        self.stalled = False
+        self._stall_s = stall_s
+        self._client = client
+
+    async def send(self, message: Message) -> None:
+        with trio.move_on_after(self._stall_s):
+            await self.channel.send(message)
+            return
+        self.stalled = True
+        logger.warning("HTTP client %s has not read the response for %g s "
+                       "(api.stall_timeout_s): dropping it, its generation stops",
+                       _address(self._client), self._stall_s)
+        self.scope.cancel()
+        await trio.lowlevel.checkpoint()  # raises Cancelled: the generation unwinds
+
+
+def _address(client: object) -> str:
+    if isinstance(client, tuple | list) and len(client) == 2:
+        return f"{client[0]}:{client[1]}"
+    return "(unknown)"
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

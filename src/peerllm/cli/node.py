@@ -79,6 +79,9 @@ FLUSH_TIMEOUT_S = 0.5
               help="Generations at once per model (default 1) [env MODEL_MAX_CONCURRENT].")
 @click.option("--max-queue", type=int,
               help="Requests waiting per model (default 8) [env MODEL_MAX_QUEUE].")
+@click.option("--peer-share", type=float,
+              help="Share of each model's slots peers may hold at once, 0..1 (default 1; "
+                   "our own requests always go first) [env MODEL_PEER_SHARE].")
 @click.option("--threads", type=int, help="llama.cpp threads [env MODEL_THREADS].")
 @click.option("--context-size", type=int,
               help="Context size for models that do not say (default 2048) "
@@ -136,7 +139,9 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
                       ("default_model", "inference.default_model"),
                       ("cache_size_gb", "inference.cache_size_gb"),
                       ("max_concurrent", "inference.max_concurrent"),
-                      ("max_queue", "inference.max_queue"), ("threads", "inference.n_threads"),
+                      ("max_queue", "inference.max_queue"),
+                      ("peer_share", "inference.peer_share"),
+                      ("threads", "inference.n_threads"),
                       ("context_size", "inference.context_size"),
                       ("gpu_layers", "inference.gpu_layers"), ("mdns", "discovery.mdns"),
                       ("dht", "discovery.dht"), ("require_auth", "auth.required"),

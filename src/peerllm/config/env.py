@@ -95,6 +95,7 @@ TABLE: Final[tuple[EnvVar, ...]] = (
     EnvVar("MODEL_CACHE_SIZE_GB", "inference.cache_size_gb", _float),
     EnvVar("MODEL_MAX_CONCURRENT", "inference.max_concurrent", _int),
     EnvVar("MODEL_MAX_QUEUE", "inference.max_queue", _int),
+    EnvVar("MODEL_PEER_SHARE", "inference.peer_share", _float),
     EnvVar("MODEL_EVICTION_POLICY", "inference.eviction_policy", _text),
     EnvVar("MODEL_LOAD_TIMEOUT_SECONDS", "inference.load_timeout_s", _float),
     EnvVar("MODEL_INFERENCE_TIMEOUT_SECONDS", "inference.inference_timeout_s", _float),

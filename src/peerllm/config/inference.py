@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
+from ..errors import ConfigError
 from .validate import (
     boolean,
     choice,
+    fraction,
     integer,
     opt_path,
     opt_str,
@@ -42,7 +45,10 @@ class InferenceConfig:
     default_model: str | None = None  # served when a request names no model; None = first model
     cache_size_gb: float | None = None  # memory budget for loaded models; None = 75% of RAM
     max_concurrent: int = 1  # generations running at once per model (one llama context each)
-    max_queue: int = 8  # requests waiting per model before ModelBusy
+    max_queue: int = 8  # requests waiting per model before ModelBusy (ours counted apart)
+    # Share of a model's slots that peers' requests may hold at once (0 < share <= 1;
+    # at least one slot). Our own requests always go first in the queue (priority.py).
+    peer_share: float = 1.0
     eviction_policy: EvictionPolicy = "lru"  # which idle model to unload when the budget is full
     load_timeout_s: float = 120.0
     inference_timeout_s: float = 300.0  # per request: queueing, loading and generation
@@ -65,6 +71,11 @@ class InferenceConfig:
         set_field(self, "max_concurrent", integer("inference.max_concurrent",
                                                   self.max_concurrent, 1))
         set_field(self, "max_queue", integer("inference.max_queue", self.max_queue, 0))
+        set_field(self, "peer_share", fraction("inference.peer_share", self.peer_share,
+                                               high=1.0))
+        if self.peer_share == 0:
+            raise ConfigError("inference.peer_share", "must be > 0 (peers always get at "
+                              "least one slot; 1 = no slots reserved for our own requests)")
         set_field(self, "eviction_policy", choice("inference.eviction_policy",
                                                   self.eviction_policy, EVICTION_POLICIES,
                                                   fold_case=True))
@@ -79,6 +90,11 @@ class InferenceConfig:
         set_field(self, "gpu_layers", integer("inference.gpu_layers", self.gpu_layers, -1))
         set_field(self, "context_size", integer("inference.context_size",
                                                 self.context_size, 16))
+
+    @property
+    def peer_slots(self) -> int:
+        """How many of a model's ``max_concurrent`` slots peers may hold at once."""
+        return max(1, math.floor(self.peer_share * self.max_concurrent + 1e-9))
 
     def cache_size_bytes(self, total_ram_bytes: int) -> int:
         """The memory budget for loaded models on a machine with this much RAM."""

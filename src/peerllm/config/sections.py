@@ -85,6 +85,12 @@ class P2PConfig:
     heartbeat_misses: int = 2  # missed heartbeats before a peer counts as down
     peer_stale_s: float = 30.0  # unheard-from peers are dropped after this
     max_peers: int = 200
+    # Per-peer limits on what any remote peer may ask of us (over them: a retryable
+    # "busy" refusal). Defaults sit far above what our own nodes send (a heartbeat every
+    # 5 s, a node-info refresh after each request).
+    max_streams_per_peer: int = 8  # infer requests served at once for one peer
+    peer_streams_per_s: float = 20.0  # new infer streams per second per peer (burst: same)
+    peer_info_requests_per_s: float = 10.0  # node-info requests per second per peer (burst: same)
 
     def __post_init__(self) -> None:
         listen = multiaddrs("p2p.listen", self.listen, need_tcp=True)
@@ -109,6 +115,11 @@ class P2PConfig:
         set_field(self, "heartbeat_misses",
                   integer("p2p.heartbeat_misses", self.heartbeat_misses, 1))
         set_field(self, "max_peers", integer("p2p.max_peers", self.max_peers, 1))
+        set_field(self, "max_streams_per_peer",
+                  integer("p2p.max_streams_per_peer", self.max_streams_per_peer, 1))
+        for name in ("peer_streams_per_s", "peer_info_requests_per_s"):
+            set_field(self, name, positive_float(f"p2p.{name}", getattr(self, name),
+                                                 what="a number per second"))
 
     def _check_network_key(self) -> None:
         key, path = self.network_key, opt_path("p2p.network_key_file", self.network_key_file)
@@ -210,6 +221,9 @@ class ApiConfig:
     allowed_hosts: tuple[str, ...] = ()
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the API is https
     tls_key: Path | None = None  # PEM private key of tls_cert (a file, never inline)
+    # A streamed response whose client stops reading for this long is dropped: the
+    # generation stops and its model slot goes to the next request.
+    stall_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         host = string("api.host", self.host)
@@ -221,6 +235,8 @@ class ApiConfig:
         set_field(self, "port", integer("api.port", self.port, 0, 65535))
         set_field(self, "cors_origins", cors_origins_setting(self.cors_origins))
         set_field(self, "allowed_hosts", allowed_hosts_setting(self.allowed_hosts))
+        set_field(self, "stall_timeout_s", positive_float("api.stall_timeout_s",
+                                                          self.stall_timeout_s))
         self._check_tls()
 
     def _check_tls(self) -> None:

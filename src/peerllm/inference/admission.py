@@ -16,6 +16,7 @@ import trio
 from ..errors import InvalidInferenceRequest
 from .backend import ModelInstance
 from .loading import ModelLoader
+from .priority import Origin
 from .slots import LoadedModel, ModelSlot, ema
 from .specs import ModelSpec
 
@@ -33,10 +34,12 @@ class ModelSource(Protocol):
 class Admission:
     """One request's place in a model's queue. Release it (``with``) when done."""
 
-    def __init__(self, source: ModelSource, loader: ModelLoader, slot: ModelSlot) -> None:
+    def __init__(self, source: ModelSource, loader: ModelLoader, slot: ModelSlot, *,
+                 origin: Origin) -> None:
         self._source = source
         self._loader = loader
         self.slot = slot
+        self.origin = origin
         self._released = False
 
     @property
@@ -47,6 +50,8 @@ class Admission:
         if not self._released:
             self._released = True
             self.slot.pending -= 1
+            if self.origin == "local":
+                self.slot.pending_local -= 1
 
     def __enter__(self) -> Admission:
         return self
@@ -61,13 +66,15 @@ class Admission:
         Raises:
             ModelLoadError, InferenceCancelled.
 
+        Local requests are given a context before peers' (``priority.SlotLimiter``).
+
         Cancellation: leaves the queue (or stops waiting for the load) at once.
         """
         slot = self.slot
         if slot.spec.type == "embedding" and not embedding:
             raise InvalidInferenceRequest(slot.spec.id, "this is an embedding model; it "
                                           "cannot generate text")
-        async with slot.limiter:
+        async with slot.limiter.hold(self.origin):
             loaded = await self._source.ensure_loaded(slot)
             instance = await self._checkout(loaded, embedding)
             slot.active += 1

@@ -1,11 +1,11 @@
 """The local inference engine: stream tokens for a request from a model in the registry.
 
 Generation runs in ``trio.to_thread.run_sync`` (never abandoned) while holding a context
-from the model's CapacityLimiter; the thread pushes text back with
-``trio.from_thread.run(send.send, chunk)`` through a small buffered channel, so a slow
-consumer slows generation down instead of growing a buffer. The thread polls a
-``threading.Event`` (also set when the waiting task is cancelled) between tokens and
-returns early, which frees the model for the next request within one token.
+from the model's SlotLimiter (our own requests before peers', priority.py); the thread
+pushes text back with ``trio.from_thread.run(send.send, chunk)`` through a small buffered
+channel, so a slow consumer slows generation down instead of growing a buffer. The thread
+polls a ``threading.Event`` (also set when the waiting task is cancelled) between tokens
+and returns early, which frees the model for the next request within one token.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..events import Done, TokenChunk
 from ._concurrency import reraise_unwrapped, stop_check
 from .admission import Admission
 from .backend import GenerationOutcome, ModelInstance
+from .priority import Origin
 from .registry import ModelRegistry
 from .request import ChatMessage as ChatMessage
 from .request import GenerationRequest as GenerationRequest
@@ -88,8 +89,13 @@ class Engine:
         return self._registry
 
     @asynccontextmanager
-    async def stream(self, req: GenerationRequest) -> AsyncIterator[GenerationStream]:
+    async def stream(self, req: GenerationRequest, *, origin: Origin = "local"
+                     ) -> AsyncIterator[GenerationStream]:
         """Start generating ``req``; iterate the yielded stream for the output.
+
+        ``origin`` says who placed the request: "local" (our own users, through our
+        router or the library) goes before "peer" (forwarded by a peer, mesh.serving)
+        in the model's queue, and may queue even when peers filled it.
 
         The request is admitted before anything is yielded, so a full queue fails here.
         Everything later (waiting in the queue, loading the model, generating) happens
@@ -104,7 +110,7 @@ class Engine:
         done with the model, which is at most one token (or one prompt evaluation) later.
         """
         accepted = trio.current_time()
-        admission = self._registry.admit(req.model)
+        admission = self._registry.admit(req.model, origin=origin)
         send, receive = trio.open_memory_channel[_Item](CHANNEL_SIZE)
         stop = threading.Event()
         with admission, receive:

@@ -4,8 +4,10 @@ Create it with ``open_registry``: loads, preloads and frees run as tasks in the
 registry's nursery, so a load shared by several waiting requests survives any one of
 them going away, and leaving the ``async with`` frees every model.
 
-Per model: a ``CapacityLimiter(max_concurrent)`` (one llama context per running
-request) and at most ``max_queue`` more requests waiting for it; past that, ModelBusy.
+Per model: a ``SlotLimiter(max_concurrent)`` (one llama context per running request;
+our own requests before peers', peers capped at ``peer_slots``) and at most ``max_queue``
+more requests waiting for it; past that, ModelBusy. Our own requests are counted on
+their own against that bound, so peers filling the queue never make one of ours busy.
 Memory: each load reserves an estimate (memory.py) against the cache budget, evicting
 idle models by the configured policy when it would not fit. The load itself (which file,
 opening it, the benchmark) is loading.py's; a request's hold on a model is admission.py's.
@@ -36,6 +38,7 @@ from .admission import Admission
 from .backend import ModelBackend, ModelInstance
 from .loading import ModelLoader, record_benchmark
 from .memory import CacheEntry, estimate_memory_bytes, pick_victims
+from .priority import Origin, SlotLimiter
 from .slots import LoadedModel, LoadJob, ModelSlot, gib
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus
@@ -101,8 +104,9 @@ class ModelRegistry:
         """
         if spec.id in self._slots:
             raise ValueError(f"model {spec.id!r} is already registered")
-        self._slots[spec.id] = ModelSlot(spec=spec,
-                                     limiter=trio.CapacityLimiter(self._config.max_concurrent))
+        cfg = self._config
+        self._slots[spec.id] = ModelSlot(
+            spec=spec, limiter=SlotLimiter(cfg.max_concurrent, peer_limit=cfg.peer_slots))
 
     def spec(self, model_id: str) -> ModelSpec:
         return self._slot(model_id).spec
@@ -205,8 +209,12 @@ class ModelRegistry:
 
     # -- admission (used by the engine) ------------------------------------------------
 
-    def admit(self, model_id: str) -> Admission:
+    def admit(self, model_id: str, *, origin: Origin = "local") -> Admission:
         """Take a place in the model's queue, or fail at once.
+
+        ``origin`` "peer" is a request forwarded by a peer: it counts every request
+        admitted against ``max_concurrent + max_queue``; a "local" one (our own router)
+        counts only the local ones, so it can always queue behind peers.
 
         Raises:
             ModelNotFound, ModelBusy (queue full), InferenceCancelled (registry closed).
@@ -215,12 +223,15 @@ class ModelRegistry:
         if self._closed:
             raise InferenceCancelled(model_id, "the inference engine is shutting down")
         cfg = self._config
-        if slot.pending >= cfg.max_concurrent + cfg.max_queue:
+        ahead = slot.pending_local if origin == "local" else slot.pending
+        if ahead >= cfg.max_concurrent + cfg.max_queue:
             per_request = slot.request_s if slot.request_s is not None else DEFAULT_REQUEST_S
-            waves = (slot.pending - cfg.max_concurrent) // cfg.max_concurrent + 1
+            waves = (ahead - cfg.max_concurrent) // cfg.max_concurrent + 1
             raise ModelBusy(model_id, retry_after_s=round(max(0.5, per_request * waves), 1))
         slot.pending += 1
-        return Admission(self, self._loader, slot)
+        if origin == "local":
+            slot.pending_local += 1
+        return Admission(self, self._loader, slot, origin=origin)
 
     # -- loading -----------------------------------------------------------------------
 

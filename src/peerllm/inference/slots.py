@@ -11,6 +11,7 @@ import trio
 from ..errors import ModelLoadError
 from .backend import ModelInstance
 from .catalog import GGUF_MAGIC
+from .priority import SlotLimiter
 from .specs import ModelSpec, ModelType
 
 ModelState = Literal["available", "loading", "loaded", "failed"]
@@ -70,7 +71,7 @@ class LoadJob:
 @dataclass(eq=False)
 class ModelSlot:
     spec: ModelSpec
-    limiter: trio.CapacityLimiter
+    limiter: SlotLimiter
     loaded: LoadedModel | None = None
     job: LoadJob | None = None  # the load in flight
     error: str | None = None
@@ -79,6 +80,7 @@ class ModelSlot:
     estimate_bytes: int | None = None
     load_seconds: float | None = None
     pending: int = 0  # admitted: queued + active
+    pending_local: int = 0  # of which placed by our own router (origin "local")
     active: int = 0
     uses: int = 0
     last_used: float = 0.0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import NodeConfig
+from ..p2p.infer import InferServerStatistics
 from ..p2p.registry import PeerEntry
 from ..wire import nodeinfo as wni
 
@@ -29,7 +31,26 @@ def load_doc(load: wni.Load) -> Json:
     return {"active": load.active, "queued": load.queued, "capacity": load.capacity}
 
 
-def info_document(info: wni.NodeInfo, *, uptime_s: float, network: Json) -> Json:
+def limits_doc(cfg: NodeConfig, *, infer: InferServerStatistics,
+               info_refused: int) -> Json:
+    """Who may use this node how much: the per-peer limits of the libp2p side, the share
+    of each model's slots peers may hold, and the refusals so far. Local JSON only (not
+    part of the signed NodeInfo)."""
+    p2p, inference = cfg.p2p, cfg.inference
+    return {
+        "max_streams_per_peer": p2p.max_streams_per_peer,
+        "peer_streams_per_s": p2p.peer_streams_per_s,
+        "peer_info_requests_per_s": p2p.peer_info_requests_per_s,
+        "peer_share": inference.peer_share,
+        "peer_slots_per_model": inference.peer_slots,
+        "api_stall_timeout_s": cfg.api.stall_timeout_s,
+        "refused": {"too_many_streams": infer.refused_too_many_streams,
+                    "stream_rate": infer.refused_stream_rate, "info_rate": info_refused},
+    }
+
+
+def info_document(info: wni.NodeInfo, *, uptime_s: float, network: Json,
+                  limits: Json) -> Json:
     """The ``GET /v1/node/info`` document (also ``self`` in ``peers --json``)."""
     return {
         "node": {
@@ -55,6 +76,7 @@ def info_document(info: wni.NodeInfo, *, uptime_s: float, network: Json) -> Json
         "load": load_doc(info.load),
         "performance": {"tokens_per_second": info.performance.tokens_per_second,
                         "ttft_ms": info.performance.ttft_ms},
+        "limits": limits,
     }
 
 

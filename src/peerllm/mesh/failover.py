@@ -345,7 +345,7 @@ class Placement:
             if engine is None:  # a local candidate exists only with an engine
                 raise RuntimeError("local candidate without an engine")
             with trio.move_on_after(deadline_s):
-                async with engine.stream(req) as chunks:
+                async with engine.stream(req, origin="local") as chunks:
                     yield _Attempt(served_by=r.local.peer_id, served_by_name=r.local.name,
                                    local=True, events=local_events(chunks))
             return

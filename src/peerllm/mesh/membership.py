@@ -18,6 +18,7 @@ from ..config import DiscoveryConfig, P2PConfig
 from ..errors import (
     DiscoveryError,
     NetworkKeyMismatch,
+    PeerBusy,
     PeerConnectionLost,
     PeerError,
     PeerUnavailable,
@@ -261,6 +262,10 @@ class Membership:
         """Ask one peer for its node-info now and record the outcome."""
         try:
             info, rtt_ms = await self.info_client.fetch(peer_id)
+        except PeerBusy:
+            # It answered: up, just over its node-info rate for us. Keep what it last said.
+            logger.debug("peer %s is over its node-info rate; keeping its last info", peer_id)
+            return
         except (PeerError, ProtocolError) as exc:
             if isinstance(exc, PeerUnavailable | PeerConnectionLost) \
                     and not self.host.is_connected(peer_id):

@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from ..inference.engine import GenerationStream
+from ..inference.priority import Origin
 from ..inference.registry import ModelStatus
 from ..inference.request import GenerationRequest
 from ..p2p.infer import RemoteGeneration
@@ -37,7 +38,8 @@ class InferTransport(Protocol):
 class LocalEngine(Protocol):
     """This node's own inference engine (inference.engine.Engine)."""
 
-    def stream(self, req: GenerationRequest) -> AbstractAsyncContextManager[GenerationStream]: ...
+    def stream(self, req: GenerationRequest, *, origin: Origin
+               ) -> AbstractAsyncContextManager[GenerationStream]: ...
 
 
 class SelfView(Protocol):

@@ -65,7 +65,9 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generat
         gen_req = from_wire_request(req)
         send, recv = trio.open_memory_channel[TokenChunk | Done](64)
         try:
-            async with engine.stream(gen_req) as chunks, trio.open_nursery() as nursery:
+            # "peer": our own users' requests go first on our engine (inference.priority).
+            async with engine.stream(gen_req, origin="peer") as chunks, \
+                    trio.open_nursery() as nursery:
                 async def forward() -> None:
                     async with send:
                         try:

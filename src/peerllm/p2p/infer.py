@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -24,6 +26,7 @@ from ..events import Done, FinishReason, TokenChunk
 from ..security_events import PeerLimit, PeerLimitHook
 from ..wire import infer as wi
 from ..wire.framing import CLOSED
+from .limits import PeerRate
 from .streams import CLOSE_GRACE_S, ByteStream, StreamOpener, receive_event
 
 logger = logging.getLogger(__name__)
@@ -62,19 +65,45 @@ async def _send_best_effort(stream: ByteStream, data: bytes) -> None:
             logger.debug("could not tell %s why its stream ends", stream.peer_id)
 
 
+@dataclass(frozen=True, kw_only=True)
+class InferServerStatistics:
+    """What an InferServer is doing and has refused (for ``/v1/node/info``)."""
+
+    active_streams: int
+    peers: int  # peers with at least one stream being served
+    refused_too_many_streams: int
+    refused_stream_rate: int
+
+
 class InferServer:
-    """Serves infer streams with ``generate``; one instance per node."""
+    """Serves infer streams with ``generate``; one instance per node.
+
+    Per-peer limits, whatever the peer: at most ``max_streams_per_peer`` requests served
+    at once (``too_many_streams``) and, with ``stream_rate``, at most that many new
+    streams per second (``busy``). Both refusals are retryable error frames with a
+    ``retry_after_ms``: the caller's router moves on and counts no failure against us.
+    """
 
     def __init__(self, *, self_peer_id: str, generate: Generator,
-                 max_streams_per_peer: int = 8,
+                 max_streams_per_peer: int = 8, stream_rate: PeerRate | None = None,
                  load: Callable[[], wi.Load] | None = None,
                  on_limited: PeerLimitHook | None = None) -> None:
+        if max_streams_per_peer < 1:
+            raise ValueError(f"max_streams_per_peer must be >= 1, got {max_streams_per_peer}")
         self._self = self_peer_id
         self._on_limited = on_limited  # metrics + audit, wired by node.py
         self._generate = generate
         self._load = load
         self._per_peer = max_streams_per_peer
+        self._rate = stream_rate
         self._active: dict[str, int] = {}
+        self._refused_streams = 0
+
+    def statistics(self) -> InferServerStatistics:
+        return InferServerStatistics(
+            active_streams=sum(self._active.values()), peers=len(self._active),
+            refused_too_many_streams=self._refused_streams,
+            refused_stream_rate=self._rate.refused if self._rate is not None else 0)
 
     async def handle(self, stream: ByteStream) -> None:
         """Serve one stream: read the request, admit it, stream the answer, close.
@@ -90,18 +119,14 @@ class InferServer:
         request = await self._read_request(stream, proto)
         if request is None:
             return
-        active = self._active.get(peer, 0)
-        if active >= self._per_peer:
+        refusal = self._refusal(peer, request.request_id)
+        if refusal is not None:
             # A busy server, not a broken one: the client may try elsewhere or later.
-            if self._on_limited is not None:
-                self._on_limited(peer, PeerLimit.STREAMS)
-            await stream.send_all(proto.send(wi.Error(
-                request_id=request.request_id, code="too_many_streams",
-                message=f"at most {self._per_peer} concurrent requests per peer",
-                retryable=True, retry_after_ms=TOO_MANY_STREAMS_RETRY_MS)))
+            logger.debug("refusing an infer stream from %s: %s", peer, refusal.message)
+            await stream.send_all(proto.send(refusal))
             await stream.aclose()
             return
-        self._active[peer] = active + 1
+        self._active[peer] = self._active.get(peer, 0) + 1
         try:
             await self._serve(stream, proto, request)
         finally:
@@ -110,6 +135,30 @@ class InferServer:
                 self._active.pop(peer, None)
             else:
                 self._active[peer] = left
+
+    def _refusal(self, peer: str, request_id: int) -> wi.Error | None:
+        """The error frame for a request over a per-peer limit, or None to serve it.
+
+        The concurrency check comes first: a stream refused for it spends no rate token.
+        """
+        if self._active.get(peer, 0) >= self._per_peer:
+            self._refused_streams += 1
+            if self._on_limited is not None:
+                self._on_limited(peer, PeerLimit.STREAMS)
+            return wi.Error(request_id=request_id, code="too_many_streams",
+                            message=f"at most {self._per_peer} concurrent requests per peer",
+                            retryable=True, retry_after_ms=TOO_MANY_STREAMS_RETRY_MS)
+        wait = self._rate.check(peer) if self._rate is not None else None
+        if wait is None:
+            return None
+        assert self._rate is not None  # a wait comes only from a rate
+        if self._on_limited is not None:
+            self._on_limited(peer, PeerLimit.STREAM_RATE)
+        retry_ms = min(wi.MAX_DEADLINE_MS, max(1, math.ceil(wait * 1000)))
+        return wi.Error(request_id=request_id, code="busy",
+                        message=f"at most {self._rate.per_s:g} new infer streams per second "
+                                f"per peer; retry in {retry_ms} ms",
+                        retryable=True, retry_after_ms=retry_ms)
 
     async def _read_request(self, stream: ByteStream, proto: wi.ServerStream
                             ) -> wi.InferRequest | None:

@@ -1,9 +1,11 @@
-"""The /peerllm/node-info/1.0.0 protocol on byte streams: signed answers, reused streams."""
+"""The /peerllm/node-info/1.0.0 protocol on byte streams: signed answers, reused streams,
+and a per-peer request rate (over it, an ``error`` BUSY answer; the stream stays open)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from ..audit import NULL_AUDIT, AuditSink
 from ..audit import events as audit_events
 from ..errors import (
     ErrorCode,
+    PeerBusy,
     PeerConnectionLost,
     PeerError,
     PeerTimeout,
@@ -36,6 +39,7 @@ from ..wire.nodeinfo import (
     message_to_map,
     open_response,
 )
+from .limits import PeerRate
 from .streams import ByteStream, StreamOpener, receive_event
 
 logger = logging.getLogger(__name__)
@@ -56,8 +60,13 @@ async def _receive(stream: ByteStream, decoder: FrameDecoder) -> Message | None:
 
 
 async def serve_node_info(stream: ByteStream, *, identity: Identity,
-                          current_info: Callable[[], NodeInfo]) -> None:
+                          current_info: Callable[[], NodeInfo],
+                          rate: PeerRate | None = None) -> None:
     """Answer info requests on one stream until the peer closes it (or idles).
+
+    ``rate`` (shared by all of a node's node-info streams) limits the requests each peer
+    may make per second, over every stream it opens; one over it is answered with an
+    ``error`` BUSY for its id, and the stream goes on.
 
     Raises:
         RemoteProtocolError: a malformed frame or an unexpected message; we first tell
@@ -79,6 +88,14 @@ async def serve_node_info(stream: ByteStream, *, identity: Identity,
             if not isinstance(msg, InfoRequest):
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__} from a client",
                                           code=ErrorCode.UNKNOWN_MESSAGE)
+            wait = rate.check(stream.peer_id) if rate is not None else None
+            if wait is not None:
+                assert rate is not None  # a wait comes only from a rate
+                await _send(stream, ErrorResponse(
+                    request_id=msg.request_id, code=int(ErrorCode.BUSY),
+                    message=f"at most {rate.per_s:g} node-info requests per second per "
+                            f"peer; retry in {math.ceil(wait * 1000)} ms"))
+                continue
             await _send(stream, make_response(msg.request_id, current_info(),
                                               public_key=identity.public_key,
                                               sign=identity.sign))
@@ -113,6 +130,7 @@ class NodeInfoClient:
         """Return the peer's verified NodeInfo and the round-trip time in ms.
 
         Raises:
+            PeerBusy: the peer is over its node-info rate for us; the stream stays open.
             PeerTimeout, PeerUnavailable, PeerConnectionLost, NetworkKeyMismatch: the
                 peer could not be asked.
             RemoteProtocolError: the peer answered with something invalid or unsigned.
@@ -124,6 +142,8 @@ class NodeInfoClient:
         try:
             async with channel.lock:
                 return await self._call(channel, peer_id)
+        except PeerBusy:
+            raise  # an answer on a healthy stream: keep it
         except (PeerError, ProtocolError):
             await self.drop(peer_id)
             raise
@@ -137,6 +157,9 @@ class NodeInfoClient:
             rtt_ms = (trio.current_time() - started) * 1000
             if msg is None:
                 raise PeerConnectionLost(peer_id, "node-info stream closed by the peer")
+            if isinstance(msg, ErrorResponse) and msg.code == ErrorCode.BUSY \
+                    and msg.request_id == request_id:
+                raise PeerBusy(peer_id, f"refused node-info for now: {msg.message}")
             if isinstance(msg, ErrorResponse):
                 raise RemoteProtocolError(f"peer refused node-info: {msg.message}",
                                           code=ErrorCode(msg.code) if msg.code in

@@ -41,6 +41,8 @@ class FakeInstance:
     def encode(self, *, messages: Sequence[ChatMessage] | None, prompt: str | None,
                resume_text: str) -> EncodedPrompt:
         text = prompt if prompt is not None else " ".join(m.content for m in messages or ())
+        with self.backend.lock:
+            self.backend.prompts.append(text)  # encoded right before it generates
         n = len(text.split()) + 1
         return EncodedPrompt(tokens=tuple(range(n + len(resume_text.split()))), prompt_tokens=n)
 
@@ -89,7 +91,8 @@ class FakeBackend:
 
     ``gate`` (set by default) holds generation while cleared; ``hang_paths`` are files
     whose load blocks until stopped (then raises ModelLoadError); ``opened`` lists every
-    instance in load order.
+    instance in load order; ``prompts`` the prompt text (the chat messages' contents
+    joined by spaces) of every generation, in the order they started.
     """
 
     def __init__(self, *, tokens: Sequence[str] | None = None, open_s: float = 0.0,
@@ -99,6 +102,8 @@ class FakeBackend:
         self.token_s = token_s
         self.hang_paths: set[Path] = set()
         self.opened: list[FakeInstance] = []
+        self.prompts: list[str] = []
+        self.lock = threading.Lock()  # prompts is appended to from worker threads
         self.gate = threading.Event()
         self.gate.set()
 

@@ -31,11 +31,12 @@ def test_every_inference_flag_sets_its_key(environ: pytest.MonkeyPatch, tmp_path
     cfg = config_for("--models-dir", str(tmp_path), "--models-config", str(tmp_path / "m.yaml"),
                      "--preload", "a", "--preload", "b", "--default-model", "a",
                      "--cache-size-gb", "2.5", "--max-concurrent", "2", "--max-queue", "0",
-                     "--threads", "3", "--context-size", "4096", "--gpu-layers", "-1")
+                     "--peer-share", "0.5", "--threads", "3", "--context-size", "4096",
+                     "--gpu-layers", "-1")
     assert cfg.inference == InferenceConfig(
         models_dir=tmp_path, models_config_path=tmp_path / "m.yaml", preload=("a", "b"),
-        default_model="a", cache_size_gb=2.5, max_concurrent=2, max_queue=0, n_threads=3,
-        context_size=4096, gpu_layers=-1)
+        default_model="a", cache_size_gb=2.5, max_concurrent=2, max_queue=0, peer_share=0.5,
+        n_threads=3, context_size=4096, gpu_layers=-1)
 
 
 def test_flags_beat_env_beat_file(environ: pytest.MonkeyPatch, tmp_path: Path) -> None:

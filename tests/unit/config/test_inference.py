@@ -38,6 +38,7 @@ def test_defaults() -> None:
     assert (cfg.max_concurrent, cfg.max_queue, cfg.eviction_policy) == (1, 8, "lru")
     assert (cfg.load_timeout_s, cfg.inference_timeout_s, cfg.warmup_tokens) == (120.0, 300.0, 16)
     assert cfg.use_extra_bufts is False
+    assert (cfg.peer_share, cfg.peer_slots) == (1.0, 1)
     assert cfg.cache_size_bytes(8 * 1024**3) == 6 * 1024**3
     assert InferenceConfig(cache_size_gb=1.5).cache_size_bytes(1) == int(1.5 * 1024**3)
 
@@ -48,7 +49,8 @@ def test_defaults() -> None:
     ("n_threads", 0), ("cache_size_gb", 0), ("use_extra_bufts", "no"), ("gpu_layers", -2),
     ("context_size", 8), ("preload", "a,b"), ("default_model", ""), ("max_queue", 1.5),
     ("models_dir", ""), ("models_config_path", 3), ("preload", ["a", ""]),
-    ("cache_size_gb", float("nan")), ("max_concurrent", True),
+    ("cache_size_gb", float("nan")), ("max_concurrent", True), ("peer_share", 0),
+    ("peer_share", 1.5), ("peer_share", "half"),
 ])
 def test_bad_value_names_the_dotted_key(field: str, value: Any) -> None:
     with pytest.raises(ConfigError) as info:
@@ -111,6 +113,7 @@ ALL_SET = {
     "MODEL_INFERENCE_TIMEOUT_SECONDS": "60.5", "MODEL_WARMUP_TOKENS": "0",
     "MODELS_CONFIG_PATH": "/etc/peerllm/models.yaml", "MODEL_USE_EXTRA_BUFTS": "on",
     "MODEL_THREADS": "3", "MODEL_GPU_LAYERS": "-1", "MODEL_CONTEXT_SIZE": "4096",
+    "MODEL_PEER_SHARE": "0.5",
 }
 
 
@@ -122,7 +125,15 @@ def test_every_documented_variable_sets_its_key() -> None:
         cache_size_gb=12.5, max_concurrent=2, max_queue=0, eviction_policy="lfu",
         load_timeout_s=30.0, inference_timeout_s=60.5, warmup_tokens=0,
         models_config_path=Path("/etc/peerllm/models.yaml"), use_extra_bufts=True,
-        n_threads=3, gpu_layers=-1, context_size=4096)
+        n_threads=3, gpu_layers=-1, context_size=4096, peer_share=0.5)
+
+
+@pytest.mark.parametrize(("max_concurrent", "share", "slots"), [
+    (1, 0.1, 1), (1, 1.0, 1), (2, 0.5, 1), (3, 0.5, 1), (4, 0.5, 2), (4, 0.75, 3),
+    (10, 0.3, 3), (8, 1.0, 8)])
+def test_peer_slots_is_the_share_rounded_down_but_at_least_one(
+        max_concurrent: int, share: float, slots: int) -> None:
+    assert InferenceConfig(max_concurrent=max_concurrent, peer_share=share).peer_slots == slots
 
 
 def test_env_layer_is_text_parsed_into_the_section() -> None:

@@ -8,11 +8,12 @@ events — without a model.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from peerllm.config import InferenceConfig
 from peerllm.errors import (
@@ -25,7 +26,8 @@ from peerllm.errors import (
     ModelNotFound,
 )
 from peerllm.events import Done, TokenChunk
-from peerllm.inference.engine import Engine, GenerationRequest, SamplingParams
+from peerllm.inference.engine import Engine, GenerationRequest, GenerationStream, SamplingParams
+from peerllm.inference.priority import Origin
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec
 from peerllm.testing import FakeBackend
@@ -151,6 +153,86 @@ async def test_full_queue_raises_busy_at_once(tmp_path: Path) -> None:
                 assert isinstance(done, Done)
                 assert (done.finish_reason, done.completion_tokens) == ("length", 4)
         assert (reg.status("a").active, reg.status("a").queued) == (0, 0)
+
+
+def prompt_req(prompt: str, *, max_tokens: int = 2) -> GenerationRequest:
+    return GenerationRequest(model="a", prompt=prompt,
+                             params=SamplingParams(max_tokens=max_tokens))
+
+
+async def wait_generating(backend: FakeBackend, n: int) -> None:
+    await wait_until(lambda: len(backend.prompts) >= n, what=f"{n} generation(s) started")
+
+
+async def enter_in_order(stack: AsyncExitStack, engine: Engine, prompts: list[str],
+                         origin: Origin) -> list[GenerationStream]:
+    """Start the streams one after another, each queued before the next starts (trio
+    may run newly spawned tasks in any order)."""
+    streams = []
+    for prompt in prompts:
+        streams.append(await stack.enter_async_context(
+            engine.stream(prompt_req(prompt), origin=origin)))
+        await trio.testing.wait_all_tasks_blocked()
+    return streams
+
+
+async def test_our_own_requests_run_before_the_peers_queued_ahead_of_them(
+        tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    config = InferenceConfig(warmup_tokens=0, max_queue=8, cache_size_gb=1.0)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend, config) \
+            as (engine, reg), AsyncExitStack() as stack:
+        await reg.load("a")
+        streams = await enter_in_order(stack, engine, ["peer0", "peer1", "peer2"], "peer")
+        await wait_generating(backend, 1)
+        streams += await enter_in_order(stack, engine, ["local"], "local")
+        assert (reg.status("a").active, reg.status("a").queued) == (1, 3)
+        backend.gate.set()
+        for stream in streams:
+            assert isinstance([i async for i in stream][-1], Done)
+    assert backend.prompts == ["peer0", "local", "peer1", "peer2"]
+
+
+async def test_peers_filling_the_queue_never_make_our_own_request_busy(
+        tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    config = InferenceConfig(warmup_tokens=0, max_queue=1, cache_size_gb=1.0)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend, config) \
+            as (engine, reg), AsyncExitStack() as stack:
+        await reg.load("a")
+        # One running, one queued: the queue is full for peers...
+        await enter_in_order(stack, engine, ["peer0", "peer1"], "peer")
+        with pytest.raises(ModelBusy):
+            await stack.enter_async_context(engine.stream(prompt_req("peer2"), origin="peer"))
+        # ...but ours are counted on their own, against a queue of the same size.
+        local = await enter_in_order(stack, engine, ["local0", "local1"], "local")
+        with pytest.raises(ModelBusy):
+            await stack.enter_async_context(engine.stream(prompt_req("local2")))
+        assert (reg.status("a").active, reg.status("a").queued) == (1, 3)
+        backend.gate.set()
+        for stream in local:
+            assert isinstance([i async for i in stream][-1], Done)
+    assert backend.prompts[:3] == ["peer0", "local0", "local1"]
+
+
+async def test_peer_share_keeps_slots_for_our_own_requests(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    config = InferenceConfig(warmup_tokens=0, max_concurrent=2, peer_share=0.5,
+                             cache_size_gb=1.0)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend, config) \
+            as (engine, reg), AsyncExitStack() as stack:
+        await reg.load("a")
+        await enter_in_order(stack, engine, ["peer0", "peer1"], "peer")
+        await wait_generating(backend, 1)
+        await enter_in_order(stack, engine, ["local"], "local")
+        await wait_generating(backend, 2)
+        # One slot for peers: the second peer waits although the engine runs two at once.
+        assert backend.prompts == ["peer0", "local"]
+        assert (reg.status("a").active, reg.status("a").queued) == (2, 1)
+        backend.gate.set()
 
 
 async def test_leaving_the_stream_stops_generation_at_the_next_token(tmp_path: Path) -> None:

@@ -69,8 +69,9 @@ class _FullEngine:
         self.calls = 0
 
     @asynccontextmanager
-    async def stream(self, req: Any) -> AsyncIterator[Any]:
+    async def stream(self, req: Any, *, origin: str) -> AsyncIterator[Any]:
         self.calls += 1
+        assert origin == "local"  # our router places our own users' requests
         raise ModelBusy(req.model, retry_after_s=2.0)
         yield  # pragma: no cover
 
