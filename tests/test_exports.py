@@ -20,6 +20,8 @@ from peerllm import errors
 
 EXPECTED = [
     "ApiConfig",
+    "AuthConfig",
+    "AuthError",
     "ChatMessage",
     "ConfigError",
     "DiscoveryConfig",

@@ -13,6 +13,7 @@ scheduling < p2p, inference < mesh < node < api, client < cli.
 from ._version import __version__ as __version__
 from .client import NodeClient as NodeClient
 from .config import ApiConfig as ApiConfig
+from .config import AuthConfig as AuthConfig
 from .config import DiscoveryConfig as DiscoveryConfig
 from .config import InferenceConfig as InferenceConfig
 from .config import ModelsConfig as ModelsConfig
@@ -20,6 +21,7 @@ from .config import NodeConfig as NodeConfig
 from .config import NodeIdentityConfig as NodeIdentityConfig
 from .config import P2PConfig as P2PConfig
 from .config import SchedulingSettings as SchedulingSettings
+from .errors import AuthError as AuthError
 from .errors import ConfigError as ConfigError
 from .errors import DiscoveryError as DiscoveryError
 from .errors import IdentityError as IdentityError
@@ -56,6 +58,8 @@ from .node import open_node as open_node
 
 __all__ = [
     "ApiConfig",
+    "AuthConfig",
+    "AuthError",
     "ChatMessage",
     "ConfigError",
     "DiscoveryConfig",
