@@ -5,6 +5,7 @@ declared in the conftest.py files; nothing here is a fixture.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 import peerllm
-from peerllm.config import NodeConfig, config_from_mapping
+from peerllm.config import AuthConfig, ModelsConfig, NodeConfig, config_from_mapping
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
 
 T = TypeVar("T")
@@ -57,6 +58,39 @@ def node_config(root: Path, name: str, *, bootstrap: list[str] | None = None,
         "api": {"host": "127.0.0.1", "port": 0},
         "models": {"serve_default": serve_default},
     })
+
+
+FAKE_MODEL = "fake-model"
+"""The model a node made with ``with_fake_model`` serves (peerllm.testing.FakeBackend)."""
+
+
+def with_fake_model(cfg: NodeConfig, *, auth: dict[str, Any] | None = None) -> NodeConfig:
+    """``cfg`` serving FAKE_MODEL from a sparse GGUF file in its data dir (run the node
+    with ``open_node(cfg, backend=FakeBackend())``), with ``auth`` settings if given."""
+    assert cfg.data_dir is not None
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.data_dir / f"{FAKE_MODEL}.gguf"
+    with path.open("wb") as fh:
+        fh.write(b"GGUF")
+        fh.truncate(1024 * 1024)
+    return dataclasses.replace(cfg, models=ModelsConfig(serve_default=False,
+                                                        paths=(str(path),)),
+                               auth=AuthConfig(**(auth or {})))
+
+
+def issuer_of(data_dir: Path) -> str:
+    """The issuer id of the node that will run in ``data_dir`` (its key is made now)."""
+    from peerllm.auth import issuer_id_of
+    from peerllm.auth.authority import ISSUER_KEY_FILE, load_issuer_key
+
+    return issuer_id_of(load_issuer_key(data_dir / ISSUER_KEY_FILE))
+
+
+def peer_of(data_dir: Path) -> str:
+    """The peer ID of the node that will run in ``data_dir`` (its key is made now)."""
+    from peerllm.identity import KEY_FILE_NAME, load_or_create_key, peer_id_of, public_key_bytes
+
+    return peer_id_of(public_key_bytes(load_or_create_key(data_dir / KEY_FILE_NAME)[0]))
 
 
 def api_url(node: peerllm.Node) -> str:

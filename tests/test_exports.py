@@ -37,6 +37,7 @@ EXPECTED = [
     "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
+    "ModelBackend",
     "ModelBusy",
     "ModelLoadError",
     "ModelNotFound",

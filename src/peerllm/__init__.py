@@ -49,6 +49,7 @@ from .errors import RecordError as RecordError
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .events import Done as Done
 from .events import TokenChunk as TokenChunk
+from .inference.backend import ModelBackend as ModelBackend
 from .inference.request import ChatMessage as ChatMessage
 from .inference.request import GenerationRequest as GenerationRequest
 from .inference.request import SamplingParams as SamplingParams
@@ -75,6 +76,7 @@ __all__ = [
     "InvalidField",
     "InvalidInferenceRequest",
     "LocalProtocolError",
+    "ModelBackend",
     "ModelBusy",
     "ModelLoadError",
     "ModelNotFound",

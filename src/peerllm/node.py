@@ -15,19 +15,25 @@ from typing import Any
 
 import trio
 
+from .auth import Authority, Principal
+from .auth.credentials import NodeCredentials
+from .auth.usage import UsageLedger
 from .config import NodeConfig
 from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
+from .inference.backend import ModelBackend
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
+from .mesh.accounting import Accounting
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, peer_row
 from .mesh.explain import explain
+from .mesh.forwarding import ForwardedRequests
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.routed import Routed
@@ -47,13 +53,16 @@ from .wire import nodeinfo as wni
 
 __all__ = ["NameLookup", "Node", "open_node"]
 
+USAGE_DIR = "usage"
+
 
 class Node:
     """A running PeerLLM node. Create with :func:`open_node`; do not instantiate directly."""
 
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
-                 router: Router) -> None:
+                 router: Router, authority: Authority, credentials: NodeCredentials,
+                 usage: UsageLedger) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -61,6 +70,9 @@ class Node:
         self.registry = registry
         self.membership = membership
         self.router = router
+        self.authority = authority  # tokens, trust, revocations, rates (the API's too)
+        self.credentials = credentials  # our node certificate, delegations, receipts
+        self.usage = usage  # usage totals and receipts (GET /v1/usage)
         self.metrics = Metrics()
         self.api_url: str | None = None  # set by whoever serves the HTTP API
         self._started_mono = trio.current_time()
@@ -134,16 +146,25 @@ class Node:
 
     # -- inference -------------------------------------------------------------------
 
-    def open_generation(self, req: GenerationRequest, *, session: str | None = None
+    def open_generation(self, req: GenerationRequest, *, session: str | None = None,
+                        principal: Principal | None = None
                         ) -> AbstractAsyncContextManager[Routed]:
         """``async with node.open_generation(req) as routed``: place ``req`` on the best
         node (this one or a peer) and stream its output from ``routed.events()``.
 
+        ``principal`` is whom the request acts for, as ``node.authority`` verified it
+        (the API passes its caller's): a peer that serves it gets a delegation naming
+        the principal's token, never the token, and usage counts it under its subject.
+        None: the node acts for itself (anonymous to peers). Authorising the principal
+        for this node's own engine is the caller's job (the API does it per route).
+
         Raises:
             NoRoute: no node can serve the model (``reasons`` per candidate).
-            InferenceRejected: a refusal that retrying elsewhere cannot fix.
+            InferenceRejected: a refusal that retrying elsewhere cannot fix; code
+                unauthorized / forbidden / rate_limited when every replica that could
+                serve it refused this principal.
         """
-        return self.router.open(req, session=session)
+        return self.router.open(req, session=session, principal=principal)
 
     def mesh_models(self) -> dict[str, list[Candidate]]:
         """Every model served anywhere in the mesh, with the nodes that serve it."""
@@ -220,7 +241,8 @@ def model_specs(cfg: NodeConfig) -> list[ModelSpec]:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+async def open_node(config: NodeConfig | None = None, *,
+                    backend: ModelBackend | None = None) -> AsyncIterator[Node]:
     """Run a full PeerLLM node inside the caller's trio program.
 
     The node is listening and announcing when the block is entered; leaving the block
@@ -229,10 +251,11 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     ``config.data_dir`` None the data dir is the platform default
     (``peerllm.identity.default_data_dir()``); pass ``data_dir=default_data_dir(os.environ)``,
     or build the config with ``peerllm.config.load_config(environ=os.environ)``, to honour
-    the variables.
+    the variables. ``backend`` is the model runtime (None: llama.cpp); tests pass
+    ``peerllm.testing.FakeBackend()``.
 
     Raises:
-        IdentityError: the key or identity file is corrupt or unreadable.
+        IdentityError: the key, issuer key or identity file is corrupt or unreadable.
         ConfigError: a setting is unusable (e.g. a bad models.yaml).
     """
     cfg = config or NodeConfig()
@@ -240,10 +263,13 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
     specs = model_specs(cfg)
+    authority = Authority(data_dir=data_dir, config=cfg.auth)
+    # Honour the revocations kept on disk before anything is served.
+    authority.revocations.rescan(now=time.time())
     try:
         async with AsyncExitStack() as stack:
             registry = await stack.enter_async_context(
-                open_registry(specs, config=cfg.inference)) \
+                open_registry(specs, config=cfg.inference, backend=backend)) \
                 if specs else None
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
@@ -253,9 +279,13 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
                 if cfg.discovery.dht else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht,
-                            Engine(registry) if registry is not None else None)
+                            Engine(registry) if registry is not None else None, authority)
+            forwarded = ForwardedRequests(
+                authority=authority, credentials=node.credentials, usage=node.usage,
+                serve_peers=cfg.p2p.serve_peers, trusted_peers=cfg.p2p.trusted_peers)
             server = InferServer(self_peer_id=node.peer_id,
-                                 generate=serve_generator(node.local, node.model_ids),
+                                 generate=serve_generator(node.local, node.model_ids,
+                                                          forwarded=forwarded),
                                  load=node.local.load)
             host.set_handler(wi.PROTOCOL_ID, server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
@@ -271,9 +301,12 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
 
 
 def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
-             dht: Dht | None, engine: Engine | None) -> Node:
+             dht: Dht | None, engine: Engine | None, authority: Authority) -> Node:
     """Build the mesh objects over their ports (no task starts here)."""
     p2p = cfg.p2p
+    credentials = NodeCredentials(node_key=identity.private_key, peer_id=host.peer_id,
+                                  issuer_key=authority.issuer_key)
+    usage = UsageLedger(data_dir / USAGE_DIR)
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
                       private_network=host.network_key.key is not None)
     registry = PeerRegistry(host.peer_id, stale_after_s=p2p.peer_stale_s,
@@ -291,9 +324,11 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0)),
         links=host, hooks=membership, settings=cfg.scheduling,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
-                      max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)))
+                      max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)),
+        accounting=Accounting(credentials=credentials, usage=usage))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
-                membership=membership, router=router)
+                membership=membership, router=router, authority=authority,
+                credentials=credentials, usage=usage)
 
 
 def _info_handler(local: LocalNode) -> Any:
