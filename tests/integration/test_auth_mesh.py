@@ -13,10 +13,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import peerllm
+from peerllm import NodeClient
+from peerllm.api import open_api
 from peerllm.auth import Principal, Role
 from peerllm.auth.delegation import make_delegation
 from peerllm.auth.receipts import read_receipt
@@ -117,6 +120,18 @@ async def test_a_token_through_b_is_served_by_a_with_a_receipt_both_count(
         assert [(p["peer"], p["relation"]) for p in b.usage.rows("peer")] == \
             [(a.peer_id, "served_by")]
         assert closed(b, a)
+        # What the operator sees on B, through the API and the client the CLI uses.
+        async with open_api(b) as url, NodeClient(url) as client, \
+                httpx.AsyncClient(base_url=url, trust_env=False) as http:
+            doc = await client.usage("subject")
+            assert doc["node"] == {"peer_id": b.peer_id, "name": "b"}
+            assert {k: doc["rows"][0][k] for k in row} == row
+            assert doc["total"]["requests"] == 1
+            by_peer = (await http.get("/v1/usage", params={"by": "peer"})).json()
+            assert [(r["peer"], r["relation"], r["requests"]) for r in by_peer["rows"]] == \
+                [(a.peer_id, "served_by", 1)]
+            bad = await http.get("/v1/usage", params={"by": "colour"})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "by"
 
 
 async def test_a_counts_the_rate_of_a_forwarded_token_itself(make_config: MakeConfig,

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import management, ollama, openai
+from . import management, ollama, openai, usage
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -94,5 +94,6 @@ def build_app(node: Node) -> ASGIApp:
         *openai.routes(node),
         *management.routes(node),
         *ollama.routes(node),
+        *usage.routes(node),
     ], exception_handlers=handlers)
     return NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name)

@@ -11,6 +11,7 @@ from .node import node
 from .peers import peers
 from .route import route
 from .run import run
+from .usage import usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,7 @@ cli.add_command(identity)
 cli.add_command(models)
 cli.add_command(run)
 cli.add_command(route)
+cli.add_command(usage)
 
 
 def main() -> None:
