@@ -36,7 +36,13 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 
 import peerllm
 from peerllm.audit import Field
-from peerllm.config import InferenceConfig, ModelsConfig, NodeConfig, config_from_mapping
+from peerllm.config import (
+    AuthConfig,
+    InferenceConfig,
+    ModelsConfig,
+    NodeConfig,
+    config_from_mapping,
+)
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
 from peerllm.security_events import AuditEvent
 
@@ -74,7 +80,7 @@ FAKE_MODEL = "fake"
 
 
 def with_fake_model(cfg: NodeConfig, *, api: dict[str, Any] | None = None,
-                    **inference: Any) -> NodeConfig:
+                    auth: dict[str, Any] | None = None, **inference: Any) -> NodeConfig:
     """``cfg`` serving one fake GGUF file (FAKE_MODEL) in its data dir, for
     ``peerllm.testing.open_node_with_backend(cfg, backend=FakeBackend(...))``; ``inference``
     and ``api`` are settings of those sections."""
@@ -85,7 +91,22 @@ def with_fake_model(cfg: NodeConfig, *, api: dict[str, Any] | None = None,
     return dataclasses.replace(
         cfg, models=ModelsConfig(serve_default=False, paths=(str(path),)),
         inference=InferenceConfig(warmup_tokens=0, cache_size_gb=1.0, **inference),
-        api=dataclasses.replace(cfg.api, **(api or {})))
+        api=dataclasses.replace(cfg.api, **(api or {})), auth=AuthConfig(**(auth or {})))
+
+
+def issuer_of(data_dir: Path) -> str:
+    """The issuer id of the node that will run in ``data_dir`` (its key is made now)."""
+    from peerllm.auth import issuer_id_of
+    from peerllm.auth.authority import ISSUER_KEY_FILE, load_issuer_key
+
+    return issuer_id_of(load_issuer_key(data_dir / ISSUER_KEY_FILE))
+
+
+def peer_of(data_dir: Path) -> str:
+    """The peer ID of the node that will run in ``data_dir`` (its key is made now)."""
+    from peerllm.identity import KEY_FILE_NAME, load_or_create_key, peer_id_of, public_key_bytes
+
+    return peer_id_of(public_key_bytes(load_or_create_key(data_dir / KEY_FILE_NAME)[0]))
 
 
 def api_url(node: peerllm.Node) -> str:

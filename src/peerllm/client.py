@@ -76,6 +76,12 @@ class NodeClient:
         doc: dict[str, Any] = await self.get("/v1/models")
         return list(doc["data"])
 
+    async def usage(self, by: str = "subject") -> dict[str, Any]:
+        """The node's usage totals by ``subject``, ``peer`` or ``model`` (``GET /v1/usage``):
+        ``{"by", "rows": [...], "total": {...}, "node": {...}}``."""
+        doc: dict[str, Any] = await self.get("/v1/usage", by=by)
+        return doc
+
     async def route(self, model: str) -> dict[str, Any]:
         """Where a request for ``model`` would run, and why (``peerllm route``)."""
         doc: dict[str, Any] = await self.get("/v1/route", model=model)

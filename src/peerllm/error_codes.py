@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .errors import (
+    AuthError,
     InferenceCancelled,
     InferenceError,
     InferenceRejected,
@@ -43,10 +44,22 @@ ERROR_KINDS: Final[Mapping[str, ErrorKind]] = {k.code: k for k in (
     # Another replica may well succeed (a model that failed to load here, say).
     ErrorKind("internal", 503, retryable=True),
     ErrorKind("cancelled", 502, retryable=False),
+    # Refusals about who asks, not about the server's health (protocols/auth.md): the
+    # credential will not get better by retrying here, but another replica may decide
+    # otherwise (it may trust other issuers); over a rate, later may work.
+    ErrorKind("unauthorized", 401, retryable=False),
+    ErrorKind("forbidden", 403, retryable=False),
+    ErrorKind("rate_limited", 429, retryable=True),
 )}
 
 BUSY_CODES: Final = frozenset({"busy", "too_many_streams"})
 """A healthy peer with no room right now: never a breaker failure."""
+
+REFUSAL_CODES: Final = frozenset({"unauthorized", "forbidden", "rate_limited"})
+"""A healthy peer that will not serve this caller: never a breaker failure; the router
+tries another replica and, when none takes it, answers with the refusal."""
+
+_REFUSAL_OF_STATUS: Final = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
 
 # Our engine's exceptions, most specific first.
 _CODE_OF: Final[tuple[tuple[type[InferenceError], str], ...]] = (
@@ -76,3 +89,11 @@ def rejection(exc: InferenceError) -> InferenceRejected:
     return InferenceRejected(code, message, retryable=ERROR_KINDS[code].retryable,
                              retry_after_s=exc.retry_after_s if isinstance(exc, ModelBusy)
                              else None)
+
+
+def auth_rejection(exc: AuthError) -> InferenceRejected:
+    """The refusal a peer gets for a forwarded request that ``exc`` refuses; the message
+    starts with the reason (``revoked: ...``)."""
+    code = _REFUSAL_OF_STATUS.get(exc.status, "forbidden")
+    return InferenceRejected(code, str(exc), retryable=ERROR_KINDS[code].retryable,
+                             retry_after_s=exc.retry_after_s)

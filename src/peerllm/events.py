@@ -32,6 +32,8 @@ class Done:
     excluded); ``completion_tokens`` counts every generated token, including those of a
     stop string that was cut from the output (so it can exceed the sum of the chunks'
     ``n_tokens``). Times are from when the serving engine accepted the request.
+    ``receipt`` is the serving peer's signed receipt of a forwarded request (the JWT as
+    received; protocols/auth.md), None for local generations.
     """
 
     finish_reason: FinishReason
@@ -40,3 +42,4 @@ class Done:
     ttft_ms: float | None  # None when no text was produced
     total_ms: float
     model: str
+    receipt: str | None = None

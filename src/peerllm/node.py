@@ -17,7 +17,9 @@ import trio
 
 from .audit import NULL_AUDIT, AuditSink, open_audit_log
 from .audit import events as audit_events
-from .auth import Authority
+from .auth import Authority, Principal
+from .auth.credentials import NodeCredentials
+from .auth.usage import UsageLedger
 from .config import NodeConfig
 from .config.audit import AUDIT_FILE
 from .errors import ModelNotFound
@@ -30,10 +32,12 @@ from .inference.engine import Engine
 from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
+from .mesh.accounting import Accounting
 from .mesh.audited import audit_served
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.explain import explain
+from .mesh.forwarding import ForwardedRequests
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.routed import Routed
@@ -55,15 +59,17 @@ from .wire import nodeinfo as wni
 
 __all__ = ["NameLookup", "Node", "open_node"]
 
+USAGE_DIR = "usage"
+
 
 class Node:
     """A running PeerLLM node. Create with :func:`open_node`; do not instantiate directly."""
 
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
-                 router: Router, authority: Authority, infer_server: InferServer,
-                 info_rate: PeerRate, metrics: Metrics, audit: AuditSink = NULL_AUDIT
-                 ) -> None:
+                 router: Router, authority: Authority, credentials: NodeCredentials,
+                 usage: UsageLedger, infer_server: InferServer, info_rate: PeerRate,
+                 metrics: Metrics, audit: AuditSink = NULL_AUDIT) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -71,7 +77,9 @@ class Node:
         self.registry = registry
         self.membership = membership
         self.router = router
-        self.authority = authority
+        self.authority = authority  # tokens, trust, revocations, rates (the API's too)
+        self.credentials = credentials  # our node certificate, delegations, receipts
+        self.usage = usage  # usage totals and receipts (GET /v1/usage)
         self.infer_server = infer_server
         self.info_rate = info_rate  # node-info requests per peer, over all its streams
         self.metrics = metrics
@@ -166,16 +174,25 @@ class Node:
 
     # -- inference -------------------------------------------------------------------
 
-    def open_generation(self, req: GenerationRequest, *, session: str | None = None
+    def open_generation(self, req: GenerationRequest, *, session: str | None = None,
+                        principal: Principal | None = None
                         ) -> AbstractAsyncContextManager[Routed]:
         """``async with node.open_generation(req) as routed``: place ``req`` on the best
         node (this one or a peer) and stream its output from ``routed.events()``.
 
+        ``principal`` is whom the request acts for, as ``node.authority`` verified it
+        (the API passes its caller's): a peer that serves it gets a delegation naming
+        the principal's token, never the token, and usage counts it under its subject.
+        None: the node acts for itself (anonymous to peers). Authorising the principal
+        for this node's own engine is the caller's job (the API does it per route).
+
         Raises:
             NoRoute: no node can serve the model (``reasons`` per candidate).
-            InferenceRejected: a refusal that retrying elsewhere cannot fix.
+            InferenceRejected: a refusal that retrying elsewhere cannot fix; code
+                unauthorized / forbidden / rate_limited when every replica that could
+                serve it refused this principal.
         """
-        return self.router.open(req, session=session)
+        return self.router.open(req, session=session, principal=principal)
 
     def mesh_models(self) -> dict[str, list[Candidate]]:
         """Every model served anywhere in the mesh, with the nodes that serve it."""
@@ -262,11 +279,11 @@ async def open_node(config: NodeConfig | None = None, *,
     ``config.data_dir`` None the data dir is the platform default
     (``peerllm.identity.default_data_dir()``); pass ``data_dir=default_data_dir(os.environ)``,
     or build the config with ``peerllm.config.load_config(environ=os.environ)``, to honour
-    the variables. ``backend`` is the model runtime (None: llama.cpp;
-    ``peerllm.testing.FakeBackend`` in tests).
+    the variables. ``backend`` is the model runtime (None: llama.cpp); tests pass
+    ``peerllm.testing.FakeBackend()``.
 
     Raises:
-        IdentityError: the key or identity file is corrupt or unreadable.
+        IdentityError: the key, issuer key or identity file is corrupt or unreadable.
         ConfigError: a setting is unusable (e.g. a bad models.yaml, or a network key
             file that is gone or no longer holds a key).
     """
@@ -277,6 +294,8 @@ async def open_node(config: NodeConfig | None = None, *,
                              location=cfg.node.location, tags=cfg.node.tags)
     specs = model_specs(cfg)
     authority = Authority(data_dir=data_dir, config=cfg.auth)
+    # Honour the revocations kept on disk before anything is served.
+    authority.revocations.rescan(now=time.time())
     try:
         async with AsyncExitStack() as stack:
             audit: AuditSink = stack.enter_context(open_audit_log(
@@ -314,6 +333,9 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
              audit: AuditSink) -> Node:
     """Build the mesh objects over their ports (no task starts here)."""
     p2p = cfg.p2p
+    credentials = NodeCredentials(node_key=identity.private_key, peer_id=host.peer_id,
+                                  issuer_key=authority.issuer_key)
+    usage = UsageLedger(data_dir / USAGE_DIR)
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
                       private_network=host.network_key.key is not None)
     registry = PeerRegistry(host.peer_id, stale_after_s=p2p.peer_stale_s,
@@ -330,8 +352,10 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
     metrics = Metrics()
     infer_server = InferServer(
         self_peer_id=host.peer_id, load=local.load,
-        generate=audit_served(serve_generator(local, local.model_ids), audit,
-                              served_by=host.peer_id),
+        generate=audit_served(serve_generator(local, local.model_ids, forwarded=ForwardedRequests(
+            authority=authority, credentials=credentials, usage=usage,
+            serve_peers=p2p.serve_peers, trusted_peers=p2p.trusted_peers)), audit,
+            served_by=host.peer_id),
         max_streams_per_peer=p2p.max_streams_per_peer,
         stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers),
         on_limited=_on_peer_limited(metrics, audit))
@@ -341,10 +365,12 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0)),
         links=host, hooks=membership, settings=cfg.scheduling,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
-                      max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)))
+                      max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)),
+        accounting=Accounting(credentials=credentials, usage=usage))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
                 membership=membership, router=router, authority=authority,
-                infer_server=infer_server, info_rate=info_rate, metrics=metrics, audit=audit)
+                credentials=credentials, usage=usage, infer_server=infer_server,
+                info_rate=info_rate, metrics=metrics, audit=audit)
 
 
 def open_node_with_backend(cfg: NodeConfig, *, backend: ModelBackend | None

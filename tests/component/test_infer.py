@@ -94,6 +94,14 @@ async def test_a_generation_streams_chunks_then_done(autojump_clock: trio.abc.Cl
     assert [peer for _, peer in generator.requests] == [CLI]  # the server knows who asked
 
 
+async def test_the_done_frame_carries_the_servers_receipt(autojump_clock: trio.abc.Clock) -> None:
+    done = Done(finish_reason="stop", prompt_tokens=4, completion_tokens=1, ttft_ms=1.0,
+                total_ms=2.0, model="m", receipt="head.claims.sig")
+    async with serving(["a", done]) as (_, client, _generator):
+        _, events = await ask(client)
+    assert events[-1] == done
+
+
 async def test_leaving_mid_stream_stops_the_generation(autojump_clock: trio.abc.Clock) -> None:
     async with serving(["a", *[0.1, "b"] * 1000, DONE]) as (_, client, generator):
         async with client.request(SRV, request()) as remote, \

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from peerllm.api.generation import api_error
-from peerllm.error_codes import BUSY_CODES, ERROR_KINDS, http_status, rejection
+from peerllm.error_codes import (
+    BUSY_CODES,
+    ERROR_KINDS,
+    REFUSAL_CODES,
+    auth_rejection,
+    http_status,
+    rejection,
+)
 from peerllm.errors import (
+    AuthError,
     InferenceCancelled,
     InferenceError,
     InferenceRejected,
@@ -59,3 +67,17 @@ def test_an_unknown_code_from_a_newer_peer_still_gets_a_status() -> None:
 def test_our_own_protocol_error_is_a_400_not_the_peers_fault() -> None:
     err = api_error(LocalProtocolError("messages: at most 256"))
     assert err.status == 400 and "messages" in err.message
+
+
+@pytest.mark.parametrize(("status", "code", "retryable"), [
+    (401, "unauthorized", False), (403, "forbidden", False), (429, "rate_limited", True)])
+def test_an_auth_refusal_keeps_its_status_through_the_wire(status: int, code: str,
+                                                           retryable: bool) -> None:
+    exc = AuthError("revoked", "token t1 was revoked", status=status,
+                    retry_after_s=2.0 if status == 429 else None)
+    rejected = auth_rejection(exc)
+    assert (rejected.code, rejected.retryable) == (code, retryable)
+    assert rejected.message == "revoked: token t1 was revoked"  # the reason comes first
+    assert code in wi.ERROR_CODES and code in REFUSAL_CODES
+    assert api_error(rejected).status == status
+    assert rejected.retry_after_s == exc.retry_after_s

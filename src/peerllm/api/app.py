@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import management, ollama, openai, tokens
+from . import management, ollama, openai, tokens, usage
 from .access import ErrorRenderer, guard_routes
 from .auditing import report_refusal
 from .origin import BrowserGuard, BrowserPolicy
@@ -103,6 +103,7 @@ def build_app(node: Node) -> ASGIApp:
         *management.routes(node),
         *ollama.routes(node),
         *tokens.routes(node),
+        *usage.routes(node),
     ], node.authority, renderer_for,
         lambda request, exc, principal: report_refusal(node, request, exc, principal))
     app = Starlette(routes=routes, exception_handlers=handlers)

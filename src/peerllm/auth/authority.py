@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..config import AuthConfig
 from ..errors import AuthError, ConfigError
 from ..identity import load_or_create_key
+from .delegation import NodeCert, ReplayCache, read_delegation, read_node_cert
 from .issuers import IssuerId, issuer_id_of, parse_issuer_id
-from .jws import refuse
+from .jws import check_times, refuse
 from .ledger import TokenLedger
 from .quota import QuotaBook
 from .reasons import Reason
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 ISSUER_KEY_FILE: Final = "issuer.key"
 AUTH_DIR: Final = "auth"
 ANONYMOUS: Final = "anonymous"
+SERVE_TRUSTED: Final = "trusted"  # p2p.serve_peers: only vouched-for peers get inference
+MAX_CERT_CACHE: Final = 1024
 _ISSUER_REFUSAL: Final = (
     "; refusing to start — restore the file or remove it to create a NEW issuer key "
     "(every token it issued stops working)"
@@ -109,6 +112,8 @@ class Authority:
         self.ledger = TokenLedger(data_dir / AUTH_DIR / "tokens")
         self.verifier = TokenVerifier(self.trusted, self.revocations)
         self.quotas = QuotaBook()
+        self.replays = ReplayCache()
+        self._certs: dict[tuple[str, str], NodeCert] = {}  # verified (cert, peer)
 
     # -- requests --------------------------------------------------------------------
 
@@ -158,6 +163,79 @@ class Authority:
         if c is not None:
             self.quotas.charge_tokens(f"{c.issuer}/{c.id}", tokens,
                                       tokens_per_min=c.tokens_per_min, now=now)
+
+    # -- requests forwarded by peers (protocols/auth.md, "Forwarded requests") -------
+
+    def principal_for_peer(self, delegation: str | None, *, peer: str, self_peer: str,
+                           serve_peers: str, trusted_peers: Collection[str], now: float
+                           ) -> Principal:
+        """Whom a request that ``peer`` forwarded to us (``self_peer``) acts for.
+
+        ``peer`` is the connection's authenticated remote peer, never something the
+        request says. In order: the delegation (if any) must verify with ``peer``'s node
+        key, be for us, be current and unused; in ``serve_peers: trusted`` the peer must
+        be vouched for (a certificate by an issuer we trust, or in ``trusted_peers``);
+        then the delegated token must be from an issuer we trust, current, not revoked
+        here, and vouched for by a trusted forwarder. Where auth is not required, a
+        token that fails those last checks (or none) makes the request anonymous, as on
+        the HTTP API; a bad delegation is refused whatever the mode.
+
+        Raises:
+            AuthError: bad_delegation, untrusted_peer (403), and where auth is required
+                missing, untrusted_issuer, expired, revoked; rate_limited when the
+                replay cache is full.
+        """
+        d = None
+        if delegation is not None:
+            d = read_delegation(delegation, peer=peer, audience=self_peer, now=now)
+            self.replays.use(d, now=now)
+        distrust = None if peer in trusted_peers else self._forwarder_distrust(
+            None if d is None else d.cert, peer, now)
+        if serve_peers == SERVE_TRUSTED and distrust is not None:
+            raise refuse(Reason.UNTRUSTED_PEER, f"this node serves only trusted peers "
+                         f"(p2p.serve_peers: trusted) and {peer} is not one: {distrust}")
+        token = None if d is None else d.token
+        try:
+            if token is None:
+                raise refuse(Reason.MISSING, "the forwarded request carries no token (the "
+                             "forwarding node does not require one)")
+            self._check_delegated(token, now)
+            if distrust is not None:
+                raise refuse(Reason.UNTRUSTED_PEER, f"forwarder {peer} may not vouch for "
+                             f"tokens here: {distrust}")
+        except AuthError:
+            if self.required:
+                raise
+            return Principal(ANONYMOUS, via=peer)
+        return Principal(token.subject, token, via=peer)
+
+    def _check_delegated(self, token: TokenClaims, now: float) -> None:
+        """The checks of TokenVerifier.verify that need no signature (the forwarder
+        verified that; we cannot, having only the facts)."""
+        if token.issuer not in self.trusted:
+            raise refuse(Reason.UNTRUSTED_ISSUER, f"the token's issuer {token.issuer!r} is "
+                         "not trusted by this node (see --trust-issuer)")
+        check_times({"iat": token.issued_at, "exp": token.expires_at}, now=now,
+                    what="token")
+        if self.revocations.is_revoked(token.issuer, token.id):
+            raise refuse(Reason.REVOKED, f"token {token.id} was revoked")
+
+    def _forwarder_distrust(self, cert: str | None, peer: str, now: float) -> str | None:
+        """Why ``peer`` is not vouched for by ``cert``, or None if it is."""
+        if cert is None:
+            return "it sent no node certificate"
+        known = self._certs.get((cert, peer))
+        if known is None:
+            try:
+                known = read_node_cert(cert, peer=peer, trusted=self.trusted, now=now)
+            except AuthError as exc:
+                return exc.message
+            if len(self._certs) >= MAX_CERT_CACHE:
+                self._certs.pop(next(iter(self._certs)))
+            self._certs[(cert, peer)] = known
+        if known.expires_at <= now:
+            return "its node certificate expired"
+        return None
 
     # -- our own tokens --------------------------------------------------------------
 

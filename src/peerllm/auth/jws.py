@@ -34,15 +34,16 @@ def encode(key: Ed25519PrivateKey, claims: dict[str, Any], *, typ: str, kid: str
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": typ, "kid": kid})
 
 
-def unverified_header(token: object, *, what: str) -> dict[str, Any]:
+def unverified_header(token: object, *, what: str, max_chars: int = MAX_JWT_CHARS
+                      ) -> dict[str, Any]:
     """The header of ``token`` (not yet trusted: only to pick the key to verify with).
 
     Raises:
-        AuthError(malformed): not a compact EdDSA JWT of reasonable size.
+        AuthError(malformed): not a compact EdDSA JWT of at most ``max_chars``.
     """
-    if not isinstance(token, str) or not token or len(token) > MAX_JWT_CHARS:
+    if not isinstance(token, str) or not token or len(token) > max_chars:
         raise refuse(Reason.MALFORMED, f"the {what} is not a JWT of at most "
-                     f"{MAX_JWT_CHARS} characters")
+                     f"{max_chars} characters")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -54,7 +55,7 @@ def unverified_header(token: object, *, what: str) -> dict[str, Any]:
 
 
 def decode(token: str, key: Ed25519PublicKey, *, typ: str, what: str,
-           audience: str | None = None) -> dict[str, Any]:
+           audience: str | None = None, max_chars: int = MAX_JWT_CHARS) -> dict[str, Any]:
     """The claims of ``token`` once its signature by ``key`` verifies.
 
     Times are NOT checked here (callers pass their own clock to ``check_times``).
@@ -62,7 +63,7 @@ def decode(token: str, key: Ed25519PublicKey, *, typ: str, what: str,
     Raises:
         AuthError: malformed (wrong ``typ``, bad JSON, wrong audience) or forged.
     """
-    header = unverified_header(token, what=what)
+    header = unverified_header(token, what=what, max_chars=max_chars)
     if header.get("typ") != typ:
         raise refuse(Reason.MALFORMED, f"the {what} has typ {str(header.get('typ'))[:32]!r}, "
                      f"expected {typ!r}")

@@ -12,6 +12,7 @@ from .node import node
 from .peers import peers
 from .route import route
 from .run import run
+from .usage import usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +29,7 @@ cli.add_command(run)
 cli.add_command(route)
 cli.add_command(auth)
 cli.add_command(token)
+cli.add_command(usage)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .keys import generate_private_key as generate_private_key
 from .keys import peer_id_of as peer_id_of
 from .keys import public_key_bytes as public_key_bytes
+from .keys import public_key_of as public_key_of
 from .keys import sign as sign
 from .keys import to_libp2p_keypair as to_libp2p_keypair
 from .keys import verify as verify
@@ -30,6 +31,7 @@ __all__ = [
     "load_or_create_key",
     "peer_id_of",
     "public_key_bytes",
+    "public_key_of",
     "sign",
     "to_libp2p_keypair",
     "validate_name",

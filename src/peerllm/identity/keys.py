@@ -45,6 +45,28 @@ def peer_id_of(public_key: bytes) -> PeerId:
     return PeerId(str(ID.from_pubkey(libp2p_key).to_base58()))
 
 
+def public_key_of(peer_id: str) -> bytes:
+    """Return the raw Ed25519 public key an Ed25519 peer ID embeds (the inverse of
+    ``peer_id_of``: such IDs are identity multihashes of the key, not hashes).
+
+    Peer IDs come from peers, so this is strict and never returns a key that does not
+    map back to exactly ``peer_id``.
+
+    Raises:
+        ValueError: ``peer_id`` is not base58, not an identity multihash, or not an
+            Ed25519 key's.
+    """
+    try:
+        key = ID.from_base58(peer_id).extract_public_key() if isinstance(peer_id, str) \
+            else None
+    except ValueError as exc:
+        raise ValueError("not a base58 peer ID") from exc
+    raw = key.to_bytes() if isinstance(key, libp2p_ed25519.Ed25519PublicKey) else b""
+    if len(raw) != PUBLIC_KEY_BYTES or peer_id_of(raw) != peer_id:
+        raise ValueError("not the peer ID of an Ed25519 key")
+    return raw
+
+
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
     """Return the 64-byte Ed25519 signature of ``message``."""
     return key.sign(message)

@@ -9,6 +9,8 @@ decides what happens next:
   gets a 400 naming the limit; the peer is not blamed;
 * a peer that says "busy" / "too many streams" is healthy: the request moves on, the
   peer is left alone until its Retry-After, and its breaker is untouched;
+* a peer that refuses the caller (unauthorized / forbidden / rate_limited) is healthy
+  too: the request moves on, and if nobody takes it the caller gets that refusal;
 * a stale connection (a restarted peer) is dropped and the same peer redialled once;
 * anything else the peer did counts against its breaker.
 """
@@ -27,8 +29,9 @@ from typing import Final, Protocol
 
 import trio
 
+from ..auth import Principal
 from ..config import SchedulingSettings
-from ..error_codes import BUSY_CODES, rejection
+from ..error_codes import BUSY_CODES, REFUSAL_CODES, rejection
 from ..errors import (
     InferenceError,
     InferenceRejected,
@@ -49,7 +52,7 @@ from ..scheduling.filter import Filtered
 from ..scheduling.mcda import Scored, prefer_loaded
 from ..scheduling.timeouts import first_token_limit
 from .breakers import BreakerBook
-from .ports import InferTransport, Links, PeerHooks, SelfView
+from .ports import InferTransport, Links, PeerHooks, RequestAccounting, SelfView
 from .routed import Event, Item, Routed
 from .serving import to_wire_request
 from .timed_events import local_events, silence_limited
@@ -64,6 +67,8 @@ MIN_BUSY_WAIT_S: Final = 0.05
 DISCOVER_WAIT_S: Final = 30.0  # finding a model nobody known serves, in the DHT
 REDISCOVER_WAIT_S: Final = 5.0  # how long a request whose candidates all failed waits for
 # membership to bring a provider back (a restarted replica's redial; not a slow DHT walk)
+# Which refusal a caller hears when several replicas refused: the one closest to a yes.
+_REFUSAL_RANK: Final = {"unauthorized": 0, "forbidden": 1, "rate_limited": 2}
 
 
 @dataclass
@@ -72,6 +77,7 @@ class _Attempt:
     served_by_name: str
     local: bool
     events: AsyncGenerator[Event, None]
+    request_id: int | None = None  # the infer request id sent to a peer
 
 
 class Placer(Protocol):
@@ -85,6 +91,7 @@ class Placer(Protocol):
     hooks: PeerHooks
     settings: SchedulingSettings
     rng: random.Random
+    accounting: RequestAccounting | None
 
     def filtered(self, model: str) -> Filtered: ...
 
@@ -98,11 +105,12 @@ class Placement:
     """The attempts of one request; reports every outcome on ``send`` or ``failure``."""
 
     def __init__(self, router: Placer, req: GenerationRequest, *, session: str | None,
-                 deadline_s: float, routed: Routed,
-                 send: trio.MemorySendChannel[Item]) -> None:
+                 deadline_s: float, routed: Routed, send: trio.MemorySendChannel[Item],
+                 principal: Principal | None = None) -> None:
         self.r = router
         self.req = req
         self.session = session
+        self.principal = principal  # whom the request acts for (None: the node itself)
         self.deadline_s = deadline_s
         self.routed = routed
         self.send = send
@@ -115,6 +123,7 @@ class Placement:
         self._busy_hints: list[float] = []
         self._busy_tried: set[str] = set()  # said "busy" to this request
         self._busy_waited = 0.0
+        self._refusal: InferenceRejected | None = None  # the best "not for you" heard
         self._started = 0.0
         self._text = ""  # delivered to the caller so far
         self._tokens = 0
@@ -151,6 +160,11 @@ class Placement:
                 waits = {p: w for p, w in filtered.busy().items() if p != self.r.local.peer_id}
                 if await self._wait_for_busy(waits):
                     continue
+                if self._refusal is not None:
+                    # Replicas answered and refused this caller: that is the answer (a
+                    # 401/403/429 at the API), not "no route".
+                    await self.fail(self._refusal)
+                    return
                 if not waits and not self._discovered:
                     await self._rediscover(model)
                     continue
@@ -213,7 +227,8 @@ class Placement:
 
     async def _try(self, cand: Candidate, left_s: float) -> str:
         """One attempt on ``cand``: "done", "next" (try another), "busy" (it is full; try
-        another, no backoff) or "retry_same" (redialled: try it again)."""
+        another, no backoff), "refused" (not for this caller; try another, no backoff)
+        or "retry_same" (redialled: try it again)."""
         r, label = self.r, cand.name or cand.peer_id
         try:
             req = self._attempt_request()
@@ -245,7 +260,7 @@ class Placement:
                             self._tokens += ev.n_tokens
                             await self.send.send(ev)
                         else:
-                            await self._finished(cand, ev)
+                            await self._finished(cand, ev, attempt.request_id)
                             return "done"
         except LocalProtocolError as exc:
             # Our encoder refused our own request: no peer can take it, none is to blame.
@@ -275,10 +290,15 @@ class Placement:
                         self._tokens)
         self.placed.set()
 
-    async def _finished(self, cand: Candidate, done: Done) -> None:
+    async def _finished(self, cand: Candidate, done: Done, request_id: int | None) -> None:
         self.r.breakers.record(cand.peer_id, ok=True)
         if self.session is not None:
             self.r.remember_affinity(self.session, cand.peer_id)
+        if self.r.accounting is not None:
+            # This attempt's own Done: its receipt counts this attempt's tokens only.
+            served_by = self.r.local.peer_id if cand.local else cand.peer_id
+            self.r.accounting.finished(self.principal, done, served_by=served_by,
+                                       request_id=request_id)
         # A resumed attempt counts only its own tokens (its prompt_tokens exclude
         # resume_text): report it all.
         await self.send.send(dataclasses.replace(done, completion_tokens=self._tokens)
@@ -289,6 +309,17 @@ class Placement:
         r, label, peer = self.r, cand.name or cand.peer_id, cand.peer_id
         rejected = exc if isinstance(exc, InferenceRejected) else (
             rejection(exc) if isinstance(exc, InferenceError) else None)
+        if rejected is not None and rejected.code in REFUSAL_CODES:
+            # A healthy peer that will not serve this caller; another replica may (it
+            # may trust other issuers). Never its breaker's business.
+            r.breakers.release_trial(peer, attempted_at)
+            self._reasons[label] = str(exc)
+            if self._refusal is None or _REFUSAL_RANK.get(rejected.code, 0) \
+                    > _REFUSAL_RANK.get(self._refusal.code, 0):
+                self._refusal = rejected
+            logger.info("%s refused %s for this caller (%s); trying the next candidate",
+                        label, self.req.model, rejected.message)
+            return "refused"
         if rejected is not None and not rejected.retryable:
             r.breakers.release_trial(peer, attempted_at)  # it did answer
             await self.fail(rejected)
@@ -349,8 +380,11 @@ class Placement:
                     yield _Attempt(served_by=r.local.peer_id, served_by_name=r.local.name,
                                    local=True, events=local_events(chunks))
             return
+        # A delegation per attempt, for this candidate only (protocols/auth.md).
+        auth = None if r.accounting is None else r.accounting.delegation(
+            self.principal, audience=cand.peer_id)
         wire_req = to_wire_request(req, request_id=r.transport.next_request_id(),
-                                   deadline_s=deadline_s, session=self.session)
+                                   deadline_s=deadline_s, session=self.session, auth=auth)
         r.loads.started(cand.peer_id)
         try:
             async with r.transport.request(cand.peer_id, wire_req) as remote:
@@ -360,7 +394,7 @@ class Placement:
                     queued_there = remote.accepted.load.queued
                 yield _Attempt(
                     served_by=cand.peer_id, served_by_name=cand.name or cand.peer_id,
-                    local=False,
+                    local=False, request_id=wire_req.request_id,
                     events=silence_limited(
                         remote.events(), cand.peer_id,
                         first_token_s=first_token_limit(r.settings.first_token_timeout_s,

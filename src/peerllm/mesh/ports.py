@@ -9,6 +9,8 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from ..auth import Principal
+from ..events import Done
 from ..inference.engine import GenerationStream
 from ..inference.priority import Origin
 from ..inference.registry import ModelStatus
@@ -69,3 +71,42 @@ class PeerHooks(Protocol):
     def after_remote_request(self, peer_id: str) -> None: ...
 
     async def discover(self, model: str) -> None: ...
+
+
+class RequestAccounting(Protocol):
+    """The forwarding side of each placed request (mesh.accounting.Accounting)."""
+
+    def delegation(self, principal: Principal | None, *, audience: str) -> str | None:
+        """The ``req.auth`` for one attempt on peer ``audience`` (None: send none)."""
+        ...
+
+    def finished(self, principal: Principal | None, done: Done, *, served_by: str,
+                 request_id: int | None) -> None:
+        """A request ended with ``done`` on ``served_by`` (us, or a peer: check its
+        receipt); count it."""
+        ...
+
+
+class ForwardedGate(Protocol):
+    """The serving side of peers' requests (mesh.forwarding.ForwardedRequests)."""
+
+    def principal(self, req: wi.InferRequest, peer: str) -> Principal:
+        """Whom ``peer``'s request acts for, once it may use the model.
+
+        Raises:
+            InferenceRejected: unauthorized / forbidden / rate_limited.
+        """
+        ...
+
+    def admit(self, principal: Principal) -> None:
+        """Count the request against the principal's rates.
+
+        Raises:
+            InferenceRejected: rate_limited.
+        """
+        ...
+
+    def finished(self, req: wi.InferRequest, peer: str, principal: Principal, done: Done
+                 ) -> Done:
+        """The request ended: charge its tokens, count it; ``done`` with our receipt."""
+        ...

@@ -16,6 +16,7 @@ from typing import Final
 
 import trio
 
+from ..auth import Principal
 from ..config import SchedulingSettings
 from ..errors import InferenceRejected, InvalidInferenceRequest, PeerLLMError
 from ..inference._concurrency import reraise_unwrapped
@@ -27,7 +28,7 @@ from ..scheduling.filter import Filtered, NodeView, Policy, filter_candidates
 from ..scheduling.mcda import Scored, Weights, apply_affinity, rank_by
 from .breakers import BreakerBook
 from .failover import Placement
-from .ports import InferTransport, Links, PeerHooks, SelfView
+from .ports import InferTransport, Links, PeerHooks, RequestAccounting, SelfView
 from .routed import Item, Routed
 from .views import PeerLoads, build_views
 
@@ -48,7 +49,8 @@ class Router:
     def __init__(self, *, local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
                  transport: InferTransport, links: Links, hooks: PeerHooks,
                  settings: SchedulingSettings, policy: Policy,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 accounting: RequestAccounting | None = None) -> None:
         self.local = local
         self.registry = registry
         self.breakers = breakers
@@ -58,6 +60,7 @@ class Router:
         self.settings = settings
         self.policy = policy
         self.rng = rng or random.Random()
+        self.accounting = accounting  # None: no delegations, receipts or usage
         st = settings
         self.weights = Weights(free_memory=st.weight_free_memory, load=st.weight_load,
                                latency=st.weight_latency, throughput=st.weight_throughput)
@@ -110,21 +113,27 @@ class Router:
 
     @asynccontextmanager
     async def open(self, req: GenerationRequest, *, session: str | None = None,
-                   deadline_s: float = DEFAULT_DEADLINE_S) -> AsyncIterator[Routed]:
+                   deadline_s: float = DEFAULT_DEADLINE_S,
+                   principal: Principal | None = None) -> AsyncIterator[Routed]:
         """Place ``req`` and yield its stream once a node accepted it.
 
         Failures before the first token move on to the next candidate; a stream that
         breaks after tokens were delivered resumes on another replica from the text
-        already produced, so the caller sees one uninterrupted answer.
+        already produced, so the caller sees one uninterrupted answer. ``principal`` is
+        whom the request acts for (the API's verified caller): peers get a delegation
+        for it, and usage is counted under its subject; None acts for the node itself
+        (anonymous to peers).
 
         Raises:
             NoRoute: nobody could take the request (reasons per candidate).
-            InferenceRejected: a non-retryable refusal (e.g. bad_request).
+            InferenceRejected: a non-retryable refusal (e.g. bad_request), or the
+                refusal (unauthorized / forbidden / rate_limited) of the replicas that
+                refused this caller when no replica took it.
         """
         send, recv = trio.open_memory_channel[Item](64)
         routed = Routed(model=req.model, _recv=recv)
         placement = Placement(self, req, session=session, deadline_s=deadline_s,
-                              routed=routed, send=send)
+                              routed=routed, send=send, principal=principal)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, placement, send)

@@ -16,11 +16,11 @@ from ..events import Done, TokenChunk
 from ..inference.request import ChatMessage, GenerationRequest, SamplingParams
 from ..p2p.infer import Generator
 from ..wire import infer as wi
-from .ports import SelfView
+from .ports import ForwardedGate, SelfView
 
 
 def to_wire_request(req: GenerationRequest, *, request_id: int, deadline_s: float,
-                    session: str | None) -> wi.InferRequest:
+                    session: str | None, auth: str | None = None) -> wi.InferRequest:
     p = req.params
     return wi.InferRequest(
         request_id=request_id, model=req.model,
@@ -31,7 +31,7 @@ def to_wire_request(req: GenerationRequest, *, request_id: int, deadline_s: floa
                              top_k=p.top_k, repeat_penalty=p.repeat_penalty, stop=p.stop,
                              seed=p.seed),
         deadline_ms=max(1, min(int(deadline_s * 1000), wi.MAX_DEADLINE_MS)),
-        resume_text=req.resume_text, session=session)
+        resume_text=req.resume_text, session=session, auth=auth)
 
 
 def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
@@ -48,21 +48,28 @@ def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
         raise InferenceRejected("bad_request", str(exc), retryable=False) from exc
 
 
-def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generator:
+def serve_generator(local: SelfView, served: Callable[[], list[str]], *,
+                    forwarded: ForwardedGate | None = None) -> Generator:
     """The InferServer's generator: run a peer's request on the local engine.
 
-    ``served`` lists the model ids this node serves right now.
+    ``served`` lists the model ids this node serves right now; ``forwarded`` decides
+    whom each request acts for and may refuse it (None: every peer is served, with no
+    receipt).
     """
 
     @asynccontextmanager
     async def generate(req: wi.InferRequest, peer: str
                        ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
+        # Who asks comes first: a peer we do not serve learns nothing else from us.
+        principal = forwarded.principal(req, peer) if forwarded is not None else None
         engine = local.engine
         if engine is None or req.model not in served():
             raise InferenceRejected("model_not_found",
                                     f"{local.name} does not serve {req.model}",
                                     retryable=False)
         gen_req = from_wire_request(req)
+        if forwarded is not None and principal is not None:
+            forwarded.admit(principal)  # after the checks that cost the caller nothing
         send, recv = trio.open_memory_channel[TokenChunk | Done](64)
         try:
             # "peer": our own users' requests go first on our engine (inference.priority).
@@ -72,6 +79,9 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]]) -> Generat
                     async with send:
                         try:
                             async for item in chunks:
+                                if isinstance(item, Done) and forwarded is not None \
+                                        and principal is not None:
+                                    item = forwarded.finished(req, peer, principal, item)
                                 await send.send(item)
                                 if isinstance(item, Done):
                                     return

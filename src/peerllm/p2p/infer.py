@@ -226,7 +226,7 @@ async def _pump(stream: ByteStream, proto: wi.ServerStream,
             await stream.send_all(proto.send(wi.Done(
                 request_id=rid, finish_reason=last.finish_reason,
                 prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-                ttft_ms=last.ttft_ms, total_ms=last.total_ms)))
+                ttft_ms=last.ttft_ms, total_ms=last.total_ms, receipt=last.receipt)))
             return
 
 
@@ -287,7 +287,8 @@ class RemoteGeneration:
                 yield Done(finish_reason=_FINISH_REASONS.get(event.finish_reason, "cancelled"),
                            prompt_tokens=event.prompt_tokens,
                            completion_tokens=event.completion_tokens, ttft_ms=event.ttft_ms,
-                           total_ms=event.total_ms, model=self._model)
+                           total_ms=event.total_ms, model=self._model,
+                           receipt=event.receipt)
                 return
             elif isinstance(event, wi.Error):
                 raise _remote_error(event, self.peer)

@@ -119,7 +119,35 @@ def test_run_fails_when_the_stream_reports_an_error(stub: Stub) -> None:
     assert err.strip() == "Error: HTTP 200: the serving peer failed"
 
 
-@pytest.mark.parametrize("command", [["models"], ["route", "m"], ["peers"], ["run", "m", "x"]])
+USAGE = {"object": "usage", "node": {"peer_id": "12D3KooWnodeabcdefgh", "name": "box"},
+         "by": "peer", "rows": [
+             {"peer": "12D3KooWa", "relation": "served_by", "requests": 2, "tokens_in": 10,
+              "tokens_out": 6, "gen_s": 1.25},
+             {"peer": "12D3KooWb", "relation": "forwarded_by", "requests": 1, "tokens_in": 5,
+              "tokens_out": 3, "gen_s": 0.5}],
+         "total": {"requests": 3, "tokens_in": 15, "tokens_out": 9, "gen_s": 1.75}}
+
+
+def test_usage_asks_by_what_and_prints_json_or_a_table(stub: Stub) -> None:
+    stub.json("/v1/usage", USAGE)
+    code, out, _ = invoke("usage", "--by", "peer", "--json", "--api", stub.url)
+    assert (code, json.loads(out)) == (0, USAGE)
+    assert stub.seen[0][:2] == ("/v1/usage", {"by": ["peer"]})
+    code, out, _ = invoke("usage", "--by", "peer", "--api", stub.url)
+    assert code == 0
+    lines = [line.split() for line in out.splitlines() if "12D3KooW" in line or "total" in line]
+    assert ["12D3KooWa", "served_by", "2", "10", "6", "1.25"] in [
+        [c for c in row if c not in "│┃"] for row in lines]
+    assert any("total" in row and "1.75" in row for row in lines)
+
+
+def test_usage_refuses_an_unknown_grouping() -> None:
+    code, _, err = invoke("usage", "--by", "colour")
+    assert code == 2 and "colour" in err
+
+
+@pytest.mark.parametrize("command", [["models"], ["route", "m"], ["peers"], ["run", "m", "x"],
+                                     ["usage"]])
 def test_no_daemon_is_one_line_error(command: list[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = invoke(*command, "--api", url)

@@ -99,6 +99,8 @@ _ids = st.integers(min_value=1, max_value=2**63 - 1)
 _u = st.integers(min_value=0, max_value=2**63 - 1)
 _short = st.text(min_size=1, max_size=30)
 _f = st.floats(min_value=0, max_value=1e12, allow_nan=False)
+# A JWT's alphabet, up to the cap (the codec does not parse it: auth/ does).
+_jwt = st.none() | st.text(st.sampled_from("abcXYZ019-_."), min_size=1, max_size=inf.MAX_AUTH_CHARS)
 samplings = st.builds(
     inf.Sampling,
     max_tokens=st.integers(1, inf.MAX_TOKENS_CAP),
@@ -127,6 +129,7 @@ requests = st.one_of(
         deadline_ms=st.integers(1, inf.MAX_DEADLINE_MS),
         resume_text=st.text(max_size=40),
         session=st.none() | _short,
+        auth=_jwt,
     ),
     st.builds(
         inf.InferRequest,
@@ -138,6 +141,7 @@ requests = st.one_of(
         deadline_ms=st.integers(1, inf.MAX_DEADLINE_MS),
         resume_text=st.text(max_size=40),
         session=st.none() | _short,
+        auth=_jwt,
     ),
 )
 messages = st.one_of(
@@ -155,6 +159,7 @@ messages = st.one_of(
         completion_tokens=_u,
         ttft_ms=st.none() | _f,
         total_ms=_f,
+        receipt=_jwt,
     ),
     st.builds(
         inf.Error,
@@ -280,6 +285,27 @@ def test_missing_key_is_an_error_but_unknown_keys_are_ignored() -> None:
     assert inf.message_from_map(m) == REQUEST
     del m["resume_text"]
     expect_remote(m, "resume_text: missing")
+
+
+def test_auth_and_receipt_are_optional_keys_sent_only_when_set() -> None:
+    # Older peers neither send nor expect them: absent and nil both read as None.
+    assert "auth" not in inf.message_to_map(REQUEST)
+    assert "receipt" not in inf.message_to_map(DONE)
+    signed = dataclasses.replace(REQUEST, auth="h.p.s")
+    assert inf.message_to_map(signed)["auth"] == "h.p.s"
+    assert inf.message_from_map(map_of(REQUEST, auth=None)) == REQUEST
+    assert inf.message_from_map(map_of(DONE, receipt="r.e.c")) == dataclasses.replace(
+        DONE, receipt="r.e.c")
+
+
+@pytest.mark.parametrize(("msg", "key"), [(REQUEST, "auth"), (DONE, "receipt")])
+def test_auth_and_receipt_limits(msg: inf.Message, key: str) -> None:
+    expect_remote(map_of(msg, **{key: "x" * (inf.MAX_AUTH_CHARS + 1)}),
+                  f"{key}: str length 8193 outside 1..8192")
+    expect_remote(map_of(msg, **{key: ""}), f"{key}: str length 0")
+    expect_remote(map_of(msg, **{key: b"h.p.s"}), f"{key}: expected str, got bytes")
+    with pytest.raises(LocalProtocolError):
+        inf.message_to_map(dataclasses.replace(msg, **{key: "x" * (inf.MAX_AUTH_CHARS + 1)}))
 
 
 def test_too_many_messages_is_too_large() -> None:

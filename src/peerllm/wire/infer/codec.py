@@ -17,6 +17,7 @@ from ..load import load_to_map, read_load
 from .messages import (
     ERROR_CODES,
     FINISH_REASONS,
+    MAX_AUTH_CHARS,
     MAX_CODE_LEN,
     MAX_DEADLINE_MS,
     MAX_ERROR_MESSAGE_CHARS,
@@ -78,6 +79,8 @@ def message_to_map(msg: Message) -> dict[str, Any]:
             resume_text=msg.resume_text,
             session=msg.session,
         )
+        if msg.auth is not None:  # optional: absent from older clients, and when unsigned
+            m["auth"] = msg.auth
     elif isinstance(msg, Accepted):
         m.update(t="accepted", id=msg.request_id, served_by=msg.served_by, model=msg.model)
         if msg.load is not None:
@@ -94,6 +97,8 @@ def message_to_map(msg: Message) -> dict[str, Any]:
             ttft_ms=None if msg.ttft_ms is None else _as_float(msg.ttft_ms),
             total_ms=_as_float(msg.total_ms),
         )
+        if msg.receipt is not None:
+            m["receipt"] = msg.receipt
     elif isinstance(msg, Error):
         if msg.code not in ERROR_CODES:
             raise LocalProtocolError(f"error code {msg.code!r} is not one of {sorted(ERROR_CODES)}")
@@ -191,6 +196,7 @@ def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
         raise FieldError("session", f"must be nil or 1..{limits.MAX_SESSION_CHARS} chars")
     s = r.get_map("sampling")
     return InferRequest(
+        auth=_opt_jwt(r, m, "auth"),
         request_id=r.get_int("id", lo=1),
         model=r.get_str("model", max_len=limits.MAX_MODEL_ID_CHARS, min_len=1),
         messages=messages,
@@ -208,6 +214,13 @@ def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
         resume_text=resume_text,
         session=session,
     )
+
+
+def _opt_jwt(r: MapReader, m: dict[str, Any], key: str) -> str | None:
+    """An optional key that older peers do not send at all: absent or nil is None."""
+    if m.get(key) is None:
+        return None
+    return r.get_str(key, max_len=MAX_AUTH_CHARS, min_len=1)
 
 
 def _accepted(r: MapReader, m: dict[str, Any]) -> Accepted:
@@ -243,6 +256,7 @@ def _done(r: MapReader, m: dict[str, Any]) -> Done:
         completion_tokens=r.get_int("completion_tokens"),
         ttft_ms=r.get_opt_float("ttft_ms"),
         total_ms=r.get_float("total_ms"),
+        receipt=_opt_jwt(r, m, "receipt"),
     )
 
 

@@ -33,6 +33,8 @@ MAX_ID_LEN: Final = 256
 MAX_ERROR_MESSAGE_CHARS: Final = 1024
 MAX_LOAD_COUNT: Final = 1_000_000  # accepted.load counts (active, queued, capacity)
 MAX_CODE_LEN: Final = 64
+MAX_AUTH_CHARS: Final = 8192
+"""Largest ``auth`` of a request and ``receipt`` of a Done (compact JWTs, protocols/auth.md)."""
 MAX_TOP_K: Final = limits.MAX_TOP_K
 MAX_TEMPERATURE: Final = limits.MAX_TEMPERATURE
 MAX_REPEAT_PENALTY: Final = limits.MAX_REPEAT_PENALTY
@@ -84,6 +86,9 @@ class InferRequest:
     """Text already delivered to the user; the server continues after it, never repeats it."""
     session: str | None = None
     """Affinity key (1..256 chars): requests of one conversation share it."""
+    auth: str | None = None
+    """Optional: the forwarding node's delegation JWT (1..MAX_AUTH_CHARS chars), saying
+    whom the request acts for (protocols/auth.md); None for none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +123,8 @@ class Done:
     ttft_ms: float | None
     """Time from reading the request to the first token; None if no token was produced."""
     total_ms: float
+    receipt: str | None = None
+    """Optional: the server's signed receipt of what it served (1..MAX_AUTH_CHARS chars)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
