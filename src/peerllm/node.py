@@ -34,6 +34,7 @@ from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, peer_row
 from .mesh.explain import explain
 from .mesh.forwarding import ForwardedRequests
+from .mesh.gossip import RevocationGossip
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.routed import Routed
@@ -46,14 +47,17 @@ from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState
+from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
 from .wire import infer as wi
 from .wire import nodeinfo as wni
+from .wire import revocations as wrev
 
 __all__ = ["NameLookup", "Node", "open_node"]
 
 USAGE_DIR = "usage"
+REVOCATION_PUSH_S = 120.0  # the longest an inbound revocation push may take
 
 
 class Node:
@@ -62,7 +66,7 @@ class Node:
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
                  router: Router, authority: Authority, credentials: NodeCredentials,
-                 usage: UsageLedger) -> None:
+                 usage: UsageLedger, gossip: RevocationGossip) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -73,6 +77,7 @@ class Node:
         self.authority = authority  # tokens, trust, revocations, rates (the API's too)
         self.credentials = credentials  # our node certificate, delegations, receipts
         self.usage = usage  # usage totals and receipts (GET /v1/usage)
+        self.gossip = gossip  # spreads revocations to and from peers
         self.metrics = Metrics()
         self.api_url: str | None = None  # set by whoever serves the HTTP API
         self._started_mono = trio.current_time()
@@ -289,6 +294,9 @@ async def open_node(config: NodeConfig | None = None, *,
                                  load=node.local.load)
             host.set_handler(wi.PROTOCOL_ID, server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local))
+            host.set_handler(wrev.PROTOCOL_ID, RevocationServer(node.gossip.on_records).handle,
+                             timeout_s=REVOCATION_PUSH_S)
+            await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             try:
                 yield node
@@ -307,6 +315,8 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
     credentials = NodeCredentials(node_key=identity.private_key, peer_id=host.peer_id,
                                   issuer_key=authority.issuer_key)
     usage = UsageLedger(data_dir / USAGE_DIR)
+    gossip = RevocationGossip(book=authority.revocations, trusted=authority.trusted,
+                              opener=host, links=host)
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
                       private_network=host.network_key.key is not None)
     registry = PeerRegistry(host.peer_id, stale_after_s=p2p.peer_stale_s,
@@ -318,7 +328,8 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         info_client=NodeInfoClient(host, call_timeout_s=p2p.call_timeout_s),
         known_peers=KnownPeers(data_dir / "known_peers.json",
                                limit=cfg.discovery.known_peers_max),
-        p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down)
+        p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down,
+        on_peer_connected=gossip.peer_connected)
     router = Router(
         local=local, registry=registry, breakers=breakers,
         transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0)),
@@ -328,7 +339,7 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         accounting=Accounting(credentials=credentials, usage=usage))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
                 membership=membership, router=router, authority=authority,
-                credentials=credentials, usage=usage)
+                credentials=credentials, usage=usage, gossip=gossip)
 
 
 def _info_handler(local: LocalNode) -> Any:
