@@ -33,11 +33,12 @@ from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
 from .mesh.accounting import Accounting
-from .mesh.audited import audit_served
+from .mesh.audited import SubjectNotes, audit_served
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.explain import explain
 from .mesh.forwarding import ForwardedRequests
+from .mesh.gossip import RevocationGossip
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.routed import Routed
@@ -51,15 +52,18 @@ from .p2p.known_peers import KnownPeers
 from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState
+from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
 from .security_events import PeerLimit, PeerLimitHook
 from .wire import infer as wi
 from .wire import nodeinfo as wni
+from .wire import revocations as wrev
 
 __all__ = ["NameLookup", "Node", "open_node"]
 
 USAGE_DIR = "usage"
+REVOCATION_PUSH_S = 120.0  # the longest an inbound revocation push may take
 
 
 class Node:
@@ -68,8 +72,9 @@ class Node:
     def __init__(self, *, config: NodeConfig, data_dir: Path, local: LocalNode,
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
                  router: Router, authority: Authority, credentials: NodeCredentials,
-                 usage: UsageLedger, infer_server: InferServer, info_rate: PeerRate,
-                 metrics: Metrics, audit: AuditSink = NULL_AUDIT) -> None:
+                 usage: UsageLedger, gossip: RevocationGossip, infer_server: InferServer,
+                 info_rate: PeerRate, metrics: Metrics, audit: AuditSink = NULL_AUDIT
+                 ) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -80,6 +85,7 @@ class Node:
         self.authority = authority  # tokens, trust, revocations, rates (the API's too)
         self.credentials = credentials  # our node certificate, delegations, receipts
         self.usage = usage  # usage totals and receipts (GET /v1/usage)
+        self.gossip = gossip  # spreads revocations to and from peers
         self.infer_server = infer_server
         self.info_rate = info_rate  # node-info requests per peer, over all its streams
         self.metrics = metrics
@@ -317,6 +323,9 @@ async def open_node(config: NodeConfig | None = None, *,
                             audit)
             host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
+            host.set_handler(wrev.PROTOCOL_ID, RevocationServer(node.gossip.on_records).handle,
+                             timeout_s=REVOCATION_PUSH_S)
+            await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             try:
                 yield node
@@ -336,6 +345,8 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
     credentials = NodeCredentials(node_key=identity.private_key, peer_id=host.peer_id,
                                   issuer_key=authority.issuer_key)
     usage = UsageLedger(data_dir / USAGE_DIR)
+    gossip = RevocationGossip(book=authority.revocations, trusted=authority.trusted,
+                              opener=host, links=host)
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
                       private_network=host.network_key.key is not None)
     registry = PeerRegistry(host.peer_id, stale_after_s=p2p.peer_stale_s,
@@ -347,15 +358,18 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         info_client=NodeInfoClient(host, call_timeout_s=p2p.call_timeout_s, audit=audit),
         known_peers=KnownPeers(data_dir / "known_peers.json",
                                limit=cfg.discovery.known_peers_max),
-        p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down)
+        p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down,
+        on_peer_connected=gossip.peer_connected)
     # Per-peer limits of the libp2p side, whatever the peer (protocols/*.md "limits").
     metrics = Metrics()
+    subjects = SubjectNotes()
+    forwarded = ForwardedRequests(authority=authority, credentials=credentials, usage=usage,
+                                  serve_peers=p2p.serve_peers, trusted_peers=p2p.trusted_peers)
     infer_server = InferServer(
         self_peer_id=host.peer_id, load=local.load,
-        generate=audit_served(serve_generator(local, local.model_ids, forwarded=ForwardedRequests(
-            authority=authority, credentials=credentials, usage=usage,
-            serve_peers=p2p.serve_peers, trusted_peers=p2p.trusted_peers)), audit,
-            served_by=host.peer_id),
+        generate=audit_served(serve_generator(local, local.model_ids, forwarded=forwarded,
+                                              subjects=subjects),
+                              audit, served_by=host.peer_id, subjects=subjects),
         max_streams_per_peer=p2p.max_streams_per_peer,
         stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers),
         on_limited=_on_peer_limited(metrics, audit))
@@ -369,7 +383,7 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         accounting=Accounting(credentials=credentials, usage=usage))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
                 membership=membership, router=router, authority=authority,
-                credentials=credentials, usage=usage, infer_server=infer_server,
+                credentials=credentials, usage=usage, gossip=gossip, infer_server=infer_server,
                 info_rate=info_rate, metrics=metrics, audit=audit)
 
 

@@ -64,7 +64,7 @@ async def test_a_forwarded_request_is_audited_on_both_sides(make_config: MakeCon
     assert {k: served[k] for k in ("kind", "model", "served_by", "forwarded_by", "client",
                                    "subject", "tokens_in", "tokens_out", "outcome")} == {
         "kind": "generation", "model": "tiny", "served_by": a.peer_id,
-        "forwarded_by": b.peer_id, "client": None, "subject": None,
+        "forwarded_by": b.peer_id, "client": None, "subject": "anonymous",
         "tokens_in": usage["prompt_tokens"], "tokens_out": 3, "outcome": "ok"}
     assert {k: front[k] for k in ("kind", "model", "served_by", "forwarded_by", "subject",
                                   "tokens_in", "tokens_out", "outcome")} == {

@@ -29,7 +29,15 @@ from peerllm.inference.request import GenerationRequest, SamplingParams
 from peerllm.mesh.serving import to_wire_request
 from peerllm.node import Node
 from peerllm.testing import FakeBackend
-from tests.helpers import FAKE_MODEL, MakeConfig, issuer_of, peer_of, wait_until, with_fake_model
+from tests.helpers import (
+    FAKE_MODEL,
+    MakeConfig,
+    audit_lines,
+    issuer_of,
+    peer_of,
+    wait_until,
+    with_fake_model,
+)
 
 REQ = GenerationRequest(model=FAKE_MODEL, prompt="one two three",
                         params=SamplingParams(max_tokens=4, temperature=0.0))
@@ -235,3 +243,32 @@ async def test_serve_peers_trusted_serves_peers_a_trusted_issuer_vouches_for(
         routed, _, _ = await generate(b)  # B's node certificate vouched for it
         assert routed.served_by == a.peer_id
         assert a.usage.recent()[-1].peer == b.peer_id
+
+
+async def test_a_token_on_the_front_nodes_api_is_honoured_by_the_serving_node(
+        make_config: MakeConfig, tmp_path: Path) -> None:
+    """Through HTTP: B's caller holds a token of B's issuer; A requires auth and trusts
+    B's issuer, so it serves the forwarded request as that subject, via B."""
+    b_issuer = issuer_of(tmp_path / "b")
+    async with mesh(make_config, tmp_path,
+                    a_auth={"required": True, "trusted_issuers": [b_issuer]}) as (a, b, _), \
+            open_api(b) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        token, claims = b.authority.create_token(subject="carol", roles=[Role.USER],
+                                                 ttl_s=600, now=int(time.time()))
+        resp = await http.post("/v1/chat/completions", json={
+            "model": FAKE_MODEL, "max_tokens": 3,
+            "messages": [{"role": "user", "content": "hello there"}]},
+            headers={"authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-peerllm-served-by"] == a.peer_id
+        # A counted it for carol, forwarded by B (its own ledger, from the delegation).
+        rows = {r["subject"]: r for r in a.usage.rows("subject")}
+        assert rows["carol"]["requests"] == 1
+        lines = [x for x in audit_lines(a.data_dir, "inference") if x["subject"] == "carol"]
+        assert len(lines) == 1 and lines[0]["forwarded_by"] == b.peer_id
+        assert token not in (a.data_dir / "audit.log").read_text()
+        assert lines[0]["tokens_out"] == resp.json()["usage"]["completion_tokens"]
+        # B kept A's signed receipt of it under the same subject.
+        front = {r["subject"]: r for r in b.usage.rows("subject")}
+        assert front["carol"]["requests"] == 1 and claims.subject == "carol"
+        assert closed(b, a)

@@ -79,7 +79,7 @@ def api_error(exc: PeerLLMError) -> ApiError:
         status = http_status(exc.code, retryable=exc.retryable)
         retry = exc.retry_after_s if exc.retry_after_s is not None else 1.0
         return ApiError(status, exc.message, param="model" if status == 404 else None,
-                        code=exc.code, retry_after_s=retry if status == 503 else None)
+                        code=exc.code, retry_after_s=retry if status in (429, 503) else None)
     if isinstance(exc, LocalProtocolError):  # ours: the request cannot be sent to a peer
         return ApiError(400, str(exc), code="bad_request")
     if isinstance(exc, PeerError | ProtocolError):
@@ -248,8 +248,8 @@ class _Run:
         model = self.gen.request.model
         err: ApiError | None = None
         try:
-            async with self.node.open_generation(self.gen.request,
-                                                 session=self.gen.session) as routed:
+            async with self.node.open_generation(self.gen.request, session=self.gen.session,
+                                                 principal=self.principal) as routed:
                 self.routed = routed
                 # Errors while streaming are caught in here, so the router's context exits
                 # normally rather than seeing them (and trying another candidate).

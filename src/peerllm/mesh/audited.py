@@ -66,9 +66,29 @@ async def _tap(items: trio.MemoryReceiveChannel[TokenChunk | Done],
                 return
 
 
-def audit_served(generate: Generator, audit: AuditSink, *, served_by: str) -> Generator:
+class SubjectNotes:
+    """Whom each request in flight acts for, noted by the serving generator once it has
+    checked the request's delegation, read back by the audit wrapper around it.
+
+    Keyed by the request object itself (the same object passes through both), so a
+    peer's choice of request ids cannot mix two requests up.
+    """
+
+    def __init__(self) -> None:
+        self._by_request: dict[int, str] = {}
+
+    def note(self, req: wi.InferRequest, subject: str) -> None:
+        self._by_request[id(req)] = subject
+
+    def take(self, req: wi.InferRequest) -> str | None:
+        return self._by_request.pop(id(req), None)
+
+
+def audit_served(generate: Generator, audit: AuditSink, *, served_by: str,
+                 subjects: SubjectNotes | None = None) -> Generator:
     """``generate``, writing an ``inference`` line (forwarded_by = the asking peer) for
-    every request it is given, whether it is served, refused or abandoned."""
+    every request it is given, whether it is served, refused or abandoned; the subject
+    is what ``generate`` noted in ``subjects``."""
 
     @asynccontextmanager
     async def served(req: wi.InferRequest, peer: str
@@ -91,7 +111,8 @@ def audit_served(generate: Generator, audit: AuditSink, *, served_by: str) -> Ge
             done = tally.done
             audit_events.inference(
                 audit, model=req.model, served_by=served_by, forwarded_by=peer, client=None,
-                subject=None, tokens_in=None if done is None else done.prompt_tokens,
+                subject=subjects.take(req) if subjects is not None else None,
+                tokens_in=None if done is None else done.prompt_tokens,
                 tokens_out=tally.tokens_out if done is None else done.completion_tokens,
                 duration_ms=(trio.current_time() - started) * 1000, outcome=outcome)
 

@@ -15,7 +15,7 @@ from ..auth.credentials import NodeCredentials
 from ..auth.receipts import Receipt
 from ..auth.usage import UsageLedger, UsageRecord
 from ..error_codes import auth_rejection
-from ..errors import AuthError
+from ..errors import AuthError, InferenceRejected
 from ..events import Done
 from ..wire import infer as wi
 
@@ -53,7 +53,7 @@ class ForwardedRequests:
         try:
             self._authority.admit(principal, now=self._clock())
         except AuthError as exc:
-            raise auth_rejection(exc) from exc
+            raise _for_wire(auth_rejection(exc)) from exc
 
     def finished(self, req: wi.InferRequest, peer: str, principal: Principal, done: Done
                  ) -> Done:
@@ -77,4 +77,14 @@ class ForwardedRequests:
     def _refused(exc: AuthError, req: wi.InferRequest, peer: str) -> Exception:
         logger.info("refused request %d for %s from %s: %s", req.request_id, req.model,
                     peer, exc)
-        return auth_rejection(exc)
+        return _for_wire(auth_rejection(exc))
+
+
+def _for_wire(rejected: InferenceRejected) -> InferenceRejected:
+    """``rejected`` with a Retry-After the error frame can carry: a token far over its
+    tokens-per-minute can owe hours, but ``retry_after_ms`` stops at MAX_DEADLINE_MS (an
+    error frame we cannot encode would reset the stream and look like a broken peer)."""
+    cap = wi.MAX_DEADLINE_MS / 1000
+    if rejected.retry_after_s is not None and rejected.retry_after_s > cap:
+        rejected.retry_after_s = cap
+    return rejected

@@ -18,8 +18,10 @@ from ..inference.registry import ModelStatus
 from ..inference.resources import GpuProbe, probe_resources
 from ..wire import infer as wi
 from ..wire import nodeinfo as wni
+from ..wire import revocations as wrev
 
-FEATURES: Final = ("node-info", "dht-records", "mdns", "network-gate", "infer")
+FEATURES: Final = ("node-info", "dht-records", "mdns", "network-gate", "infer", "revocations",
+                   "receipts")
 
 
 class LocalNode:
@@ -92,7 +94,8 @@ class LocalNode:
             issued_at=time.time(),
             seq=self._seq,
             addrs=tuple(self.addrs()),
-            capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID),
+            capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID,
+                                                     wrev.PROTOCOL_ID),
                                           features=FEATURES, private_network=self._private),
             resources=self.resources(),
             models=tuple(wni.ModelInfo(id=m.id, loaded=m.state == "loaded",

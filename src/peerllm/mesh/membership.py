@@ -56,7 +56,8 @@ class Membership:
     def __init__(self, *, local: LocalNode, host: P2PHost, dht: Dht | None,
                  registry: PeerRegistry, info_client: NodeInfoClient, known_peers: KnownPeers,
                  p2p: P2PConfig, discovery: DiscoveryConfig,
-                 on_peer_down: Callable[[str], None]) -> None:
+                 on_peer_down: Callable[[str], None],
+                 on_peer_connected: Callable[[str], None] | None = None) -> None:
         self.local = local
         self.host = host
         self.dht = dht
@@ -66,6 +67,7 @@ class Membership:
         self._p2p = p2p
         self._discovery = discovery
         self._on_peer_down = on_peer_down
+        self._on_peer_connected = on_peer_connected  # every new connection, either way
         # Dials in progress; a second caller waits for the first instead of failing.
         self._connecting: dict[str, trio.Event] = {}
         self._wake = trio.Event()
@@ -110,6 +112,8 @@ class Membership:
         if ev.inbound:
             self.registry.saw(ev.peer_id, Source.INBOUND, now=now)
         self.registry.set_connected(ev.peer_id, True, now=now)
+        if self._on_peer_connected is not None:
+            self._on_peer_connected(ev.peer_id)
         if ev.peer_id not in self._connecting:
             nursery.start_soon(self._welcome, ev.peer_id)
 

@@ -6,6 +6,7 @@ reaches into a god object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -110,3 +111,25 @@ class ForwardedGate(Protocol):
                  ) -> Done:
         """The request ended: charge its tokens, count it; ``done`` with our receipt."""
         ...
+
+
+class ConnectedPeers(Protocol):
+    """Whom we hold a connection to right now (p2p.host.P2PHost)."""
+
+    def connected_peers(self) -> list[str]: ...
+
+
+class RevocationStore(Protocol):
+    """The revocations this node honours (auth.revocations.RevocationBook)."""
+
+    version: int  # bumped whenever a record is added
+
+    def records(self) -> list[str]: ...
+
+    def add(self, record: str, *, now: float, persist: bool = True) -> object | None:
+        """Keep ``record``; None if it was known. Raises AuthError if it is refused."""
+        ...
+
+    def rescan(self, *, now: float) -> Sequence[object]: ...
+
+    def prune(self, now: float) -> None: ...

@@ -16,6 +16,7 @@ from ..events import Done, TokenChunk
 from ..inference.request import ChatMessage, GenerationRequest, SamplingParams
 from ..p2p.infer import Generator
 from ..wire import infer as wi
+from .audited import SubjectNotes
 from .ports import ForwardedGate, SelfView
 
 
@@ -49,12 +50,13 @@ def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
 
 
 def serve_generator(local: SelfView, served: Callable[[], list[str]], *,
-                    forwarded: ForwardedGate | None = None) -> Generator:
+                    forwarded: ForwardedGate | None = None,
+                    subjects: SubjectNotes | None = None) -> Generator:
     """The InferServer's generator: run a peer's request on the local engine.
 
     ``served`` lists the model ids this node serves right now; ``forwarded`` decides
     whom each request acts for and may refuse it (None: every peer is served, with no
-    receipt).
+    receipt); the subject it finds is noted in ``subjects`` (for the audit line).
     """
 
     @asynccontextmanager
@@ -62,6 +64,8 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]], *,
                        ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
         # Who asks comes first: a peer we do not serve learns nothing else from us.
         principal = forwarded.principal(req, peer) if forwarded is not None else None
+        if principal is not None and subjects is not None:
+            subjects.note(req, principal.subject)
         engine = local.engine
         if engine is None or req.model not in served():
             raise InferenceRejected("model_not_found",

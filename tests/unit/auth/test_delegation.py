@@ -3,12 +3,16 @@ and Authority.principal_for_peer's decisions for forwarded requests."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peerllm.auth import Authority, Principal, Reason, Role
 from peerllm.auth.credentials import NodeCredentials
@@ -292,3 +296,65 @@ def test_serve_peers_trusted_serves_only_vouched_for_peers(tmp_path: Path) -> No
         forwarded(a, None, peer=C.peer, serve_peers="trusted")
     assert forwarded(a, None, peer=C.peer, serve_peers="trusted",
                      trusted_peers=(C.peer,)).via == C.peer
+
+
+# -- hostile input: a clear refusal, never a crash ---------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+_keys = st.sampled_from(["iss", "aud", "iat", "exp", "jti", "sub", "tid", "tiss", "tiat",
+                         "texp", "roles", "models", "rpm", "tpm", "cert", "rid", "model",
+                         "tokens_in", "tokens_out", "gen_s"])
+_good = {"iss": B.peer, "aud": A.peer, "iat": NOW, "exp": NOW + 60, "jti": "j",
+         "sub": "alice", "tid": "t", "tiss": "ed25519:" + "A" * 43, "tiat": NOW,
+         "texp": NOW + 60, "roles": ["user"], "rid": 1, "model": "m", "tokens_in": 1,
+         "tokens_out": 1, "gen_s": 0.5}
+
+
+@settings(deadline=None, max_examples=300)
+@given(changes=st.dictionaries(_keys, _json, max_size=6),
+       typ=st.sampled_from(["peerllm-delegation", "peerllm-receipt", "peerllm-token", "x"]))
+def test_hostile_claims_signed_by_the_right_key_are_refused_cleanly(
+        tmp_path_factory: pytest.TempPathFactory, changes: dict[str, object], typ: str) -> None:
+    # Signed as raw JSON: PyJWT's encoder itself refuses some of these claims.
+    payload = json.dumps({**_good, **changes}).encode()
+    text = jwt.PyJWS().encode(payload, B.key, algorithm="EdDSA",
+                              headers={"typ": typ, "kid": B.peer})
+    a = _fuzz_authority(tmp_path_factory)
+    try:
+        forwarded(a, text)
+    except AuthError:
+        pass
+    try:
+        read_receipt(text, server=B.peer, client=A.peer)
+    except AuthError:
+        pass
+
+
+@settings(deadline=None, max_examples=300)
+@given(text=st.text(max_size=200) | st.binary(max_size=200).map(
+    lambda b: ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=")
+                       for p in (b[:40], b[40:120], b[120:]))))
+def test_garbage_delegations_and_receipts_are_refused_cleanly(
+        tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    a = _fuzz_authority(tmp_path_factory)
+    with pytest.raises(AuthError):
+        forwarded(a, text)
+    with pytest.raises(AuthError):
+        read_receipt(text, server=B.peer, client=A.peer)
+    with pytest.raises(AuthError):
+        a.revocations.add(text, now=NOW)
+
+
+_AUTHORITIES: dict[str, Authority] = {}
+
+
+def _fuzz_authority(factory: pytest.TempPathFactory) -> Authority:
+    # One per session: hypothesis runs many examples per test and keys are slow to make.
+    if "a" not in _AUTHORITIES:
+        _AUTHORITIES["a"] = authority(factory.mktemp("fuzz"), required=True)
+    return _AUTHORITIES["a"]

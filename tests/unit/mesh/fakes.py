@@ -187,12 +187,15 @@ def written_off(*peers: str, refused: tuple[str, ...] = ()) -> PeerRegistry:
     return registry
 
 
-def make_membership(registry: PeerRegistry, links: FakeLinks, dht: FakeDht) -> Membership:
+def make_membership(registry: PeerRegistry, links: FakeLinks, dht: FakeDht,
+                    connected: list[str] | None = None) -> Membership:
+    """``connected`` collects the peers the on_peer_connected hook heard of."""
     cfg = NodeConfig()
     return Membership(
         local=cast(Any, SimpleNamespace(name="self")), host=cast(Any, links),
         dht=cast(Any, dht), registry=registry, info_client=cast(Any, FakeInfoClient()),
         known_peers=KnownPeers(Path("/nonexistent/known_peers.json"), limit=8),
-        p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None)
+        p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None,
+        on_peer_connected=None if connected is None else connected.append)
 
 

@@ -4,6 +4,8 @@ walking the DHT. The host, node-info client and DHT are small fakes."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import trio
 
 from peerllm.p2p.host import ConnectionEvent
@@ -38,3 +40,15 @@ async def test_a_written_off_peer_that_connects_again_is_asked_for_node_info_at_
     assert entry is not None and entry.state is PeerState.HEALTHY
     assert entry.info is not None and entry.info.boot_nonce == b"\x02" * 16  # the new process
     assert trio.current_time() == 0  # not at the next heartbeat
+
+
+async def test_every_new_connection_is_told_to_the_hook(autojump_clock: trio.abc.Clock) -> None:
+    connected: list[str] = []
+    membership = make_membership(written_off("p"), FakeLinks(up=set()), FakeDht(), connected)
+    async with trio.open_nursery() as nursery:
+        kinds: list[tuple[Literal["connected", "disconnected"], bool]] = [
+            ("connected", True), ("disconnected", True), ("connected", False)]
+        for kind, inbound in kinds:
+            membership._on_connection_event(ConnectionEvent(
+                kind=kind, peer_id="p", inbound=inbound, addr=None), nursery)
+    assert connected == ["p", "p"]  # each (re)connection, either direction; not the drop
