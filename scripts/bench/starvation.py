@@ -69,7 +69,8 @@ def load_of(api: str) -> dict[str, int]:
     return info["load"] if info else {"active": 0, "queued": 0, "capacity": 0}
 
 
-def start_nodes(group: ProcessGroup, logs: Path, src: Path) -> tuple[str, str]:
+def start_nodes(group: ProcessGroup, logs: Path, src: Path, owner_args: list[str]
+                ) -> tuple[str, str]:
     p2p_a, api_a, p2p_b, api_b = free_ports(4)
     env = clean_env(PYTHONPATH=str(src), MODEL_WARMUP_TOKENS="0")
 
@@ -81,7 +82,7 @@ def start_nodes(group: ProcessGroup, logs: Path, src: Path) -> tuple[str, str]:
                     logs / f"{name}.log", env=env)
 
     a, b = f"http://127.0.0.1:{api_a}", f"http://127.0.0.1:{api_b}"
-    spawn("owner", p2p_a, api_a, "--preload", MODEL)
+    spawn("owner", p2p_a, api_a, "--preload", MODEL, *owner_args)
     info = wait_until(lambda: (doc := get_json(a + "/v1/node/info")) and any(
         m["id"] == MODEL and m["loaded"] for m in doc["models"]) and doc, timeout_s=120)
     if not info:
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--stall-tokens", type=int, default=1500)
     ap.add_argument("--drain-timeout", type=float, default=120.0)
     ap.add_argument("--scenarios", default="flood,stall")
+    ap.add_argument("--owner-args", default="",
+                    help="extra flags for node A, e.g. '--max-concurrent 2 --peer-share 0.5'")
     ap.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     args = ap.parse_args()
     slug = timestamp_slug()
@@ -199,7 +202,7 @@ def main() -> None:
         "logs_dir": str(logs), "flood": [], "stall": []}
     scenarios = set(args.scenarios.split(","))
     with managed_processes() as group:
-        a, b = start_nodes(group, logs, args.src)
+        a, b = start_nodes(group, logs, args.src, args.owner_args.split())
         completion(a, 8, timeout_s=120, tag="warmup")
         for run in range(args.runs):
             if "flood" in scenarios:

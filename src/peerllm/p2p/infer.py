@@ -148,10 +148,9 @@ class InferServer:
             return wi.Error(request_id=request_id, code="too_many_streams",
                             message=f"at most {self._per_peer} concurrent requests per peer",
                             retryable=True, retry_after_ms=TOO_MANY_STREAMS_RETRY_MS)
-        wait = self._rate.check(peer) if self._rate is not None else None
-        if wait is None:
+        wait = None if self._rate is None else self._rate.check(peer)
+        if self._rate is None or wait is None:
             return None
-        assert self._rate is not None  # a wait comes only from a rate
         if self._on_limited is not None:
             self._on_limited(peer, PeerLimit.STREAM_RATE)
         retry_ms = min(wi.MAX_DEADLINE_MS, max(1, math.ceil(wait * 1000)))

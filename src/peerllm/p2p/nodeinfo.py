@@ -88,9 +88,8 @@ async def serve_node_info(stream: ByteStream, *, identity: Identity,
             if not isinstance(msg, InfoRequest):
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__} from a client",
                                           code=ErrorCode.UNKNOWN_MESSAGE)
-            wait = rate.check(stream.peer_id) if rate is not None else None
-            if wait is not None:
-                assert rate is not None  # a wait comes only from a rate
+            wait = None if rate is None else rate.check(stream.peer_id)
+            if rate is not None and wait is not None:
                 await _send(stream, ErrorResponse(
                     request_id=msg.request_id, code=int(ErrorCode.BUSY),
                     message=f"at most {rate.per_s:g} node-info requests per second per "
