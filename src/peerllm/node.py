@@ -346,7 +346,7 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
                                   issuer_key=authority.issuer_key)
     usage = UsageLedger(data_dir / USAGE_DIR)
     gossip = RevocationGossip(book=authority.revocations, trusted=authority.trusted,
-                              opener=host, links=host)
+                              opener=host, links=host, audit=audit)
     local = LocalNode(identity=identity, peer_id=host.peer_id, engine=engine, addrs=host.addrs,
                       private_network=host.network_key.key is not None)
     registry = PeerRegistry(host.peer_id, stale_after_s=p2p.peer_stale_s,

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 import peerllm
 from peerllm.api import open_api
 from peerllm.api.access import ROUTE_ROLES
 from peerllm.auth import Role
 from peerllm.config import AuthConfig, NodeConfig
-from tests.helpers import MakeConfig, clean_env, free_port, peerllm_cmd
+from tests.helpers import (
+    MakeConfig,
+    audit_lines,
+    clean_env,
+    free_port,
+    peerllm_cmd,
+    wait_for_value,
+)
 
 # A body that passes each route's reader, so a granted call reaches its handler.
 BODIES = {"/v1/chat/completions": {"model": "nosuch", "messages": [
@@ -54,8 +62,6 @@ async def test_every_route_needs_exactly_its_role(make_config: MakeConfig) -> No
         tokens = {role: node.authority.create_token(subject=role.label, roles=[role],
                                                     ttl_s=600, now=now)[0] for role in Role}
         for (method, path), needed in ROUTE_ROLES.items():
-            if path == "/v1/usage":
-                continue  # served once the usage ledger is there
             resp = await call(http, method, path, None)
             assert resp.status_code == 401, (method, path, resp.text)
             for role, token in tokens.items():
@@ -78,7 +84,7 @@ async def test_the_route_table_is_every_route_of_the_app(make_config: MakeConfig
         while not hasattr(app, "routes"):  # through the middlewares to the Starlette app
             app = app.app  # type: ignore[attr-defined]
         served = {(m, r.path) for r in app.routes for m in r.methods - {"HEAD"}}
-    assert served == set(ROUTE_ROLES) - {("GET", "/v1/usage")} or served == set(ROUTE_ROLES)
+    assert served == set(ROUTE_ROLES)
 
 
 async def test_refusals_are_in_each_apis_shape_and_name_the_reason(make_config: MakeConfig
@@ -215,3 +221,44 @@ async def test_refusals_and_subjects_reach_the_audit_log_and_metrics(
     assert foreign not in text and slow not in text and made.json()["token"] not in text
     assert 'peerllm_auth_failures_total{reason="untrusted_issuer"} 1.0' in metrics
     assert 'peerllm_rate_limited_total{scope="token_requests"} 1.0' in metrics
+
+
+async def test_cli_revocation_reaches_the_running_node_and_its_audit_log(
+        make_config: MakeConfig, tmp_path: Path) -> None:
+    async with peerllm.open_node(auth_required(make_config("running"))) as node, \
+            open_api(node) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        env = clean_env(PEERLLM_DATA_DIR=str(node.data_dir))
+        made = await trio.to_thread.run_sync(lambda: subprocess.run(
+            peerllm_cmd("token", "create", "--role", "readonly", "--name", "ops"), env=env,
+            capture_output=True, text=True, check=True).stdout)
+        token = made.strip().splitlines()[-1]
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        peers = await trio.to_thread.run_sync(lambda: subprocess.run(
+            peerllm_cmd("peers", "--json", "--api", url, "--token-file", str(token_file)),
+            env=clean_env(), capture_output=True, text=True))
+        assert peers.returncode == 0, peers.stderr
+        assert json.loads(peers.stdout)["self"]["node"]["peer_id"] == node.peer_id
+        refused = await trio.to_thread.run_sync(lambda: subprocess.run(
+            peerllm_cmd("peers", "--json", "--api", url), env=clean_env(),
+            capture_output=True, text=True))
+        assert refused.returncode != 0 and "401" in refused.stderr
+        token_id = json.loads(await trio.to_thread.run_sync(lambda: subprocess.run(
+            peerllm_cmd("token", "list", "--json"), env=env, capture_output=True, text=True,
+            check=True).stdout))[0]["jti"]
+        await trio.to_thread.run_sync(lambda: subprocess.run(
+            peerllm_cmd("token", "revoke", token_id), env=env, check=True,
+            capture_output=True))
+
+        async def refused_now() -> bool | None:
+            resp = await call(http, "GET", "/v1/node/info", token)
+            return True if resp.status_code == 401 else None
+
+        await wait_for_value(refused_now, timeout_s=10, what="the revocation to be honoured")
+    lines = audit_lines(node.data_dir)
+    revoked = [x for x in lines if x["event"] == "token_revoked"]
+    assert {x["by"] for x in revoked} == {"cli", "revocations folder"}
+    assert all(x["token_id"] == token_id for x in revoked)
+    assert [x["by"] for x in lines if x["event"] == "token_created"] == ["cli"]
+    assert token not in (node.data_dir / "audit.log").read_text()

@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from ..audit import NULL_AUDIT, AuditSink, open_audit_log
+from ..audit import events as audit_events
 from ..auth import Authority, Role
+from ..config import NodeConfig
+from ..config.audit import AUDIT_FILE
 from ..errors import PeerLLMError
 from .common import build_config, console, data_dir_of
 
@@ -25,6 +30,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RATE = re.compile(r"(\d+)\s*(?:/\s*(?:min|m))?")
+CLI = "cli"  # "by" of the audit lines of token actions taken on the command line
 
 
 def parse_duration(text: str) -> int:
@@ -57,12 +63,39 @@ def _data_dir_options(fn: _F) -> _F:
                         help="YAML config file (for data_dir and auth.issuer_key_file).")(fn)
 
 
+def _config(config_path: Path | None, data_dir: Path | None) -> NodeConfig:
+    return build_config(config_path, {"data_dir": str(data_dir)} if data_dir else {})
+
+
 def _authority(config_path: Path | None, data_dir: Path | None) -> Authority:
-    cfg = build_config(config_path, {"data_dir": str(data_dir)} if data_dir else {})
+    cfg = _config(config_path, data_dir)
     try:
         return Authority(data_dir=data_dir_of(cfg), config=cfg.auth)
     except PeerLLMError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def _audit(config_path: Path | None, data_dir: Path | None) -> Iterator[AuditSink]:
+    """The node's audit log in its data dir (the CLI's token actions belong in it too)."""
+    cfg = _config(config_path, data_dir)
+    root = data_dir_of(cfg)
+    if not cfg.audit.enabled:
+        yield NULL_AUDIT
+        return
+    try:
+        with open_audit_log(root / AUDIT_FILE, node=_peer_id(root),
+                            max_bytes=cfg.audit.max_bytes, backups=cfg.audit.backups,
+                            rate_per_s=cfg.audit.lines_per_s) as sink:
+            yield sink
+    except PeerLLMError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _peer_id(root: Path) -> str:
+    from ..identity import KEY_FILE_NAME, load_or_create_key, peer_id_of, public_key_bytes
+
+    return peer_id_of(public_key_bytes(load_or_create_key(root / KEY_FILE_NAME)[0]))
 
 
 def _when(ts: int) -> str:
@@ -117,6 +150,10 @@ def create(config_path: Path | None, data_dir: Path | None, role: str, models: t
         raise click.BadParameter(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot record the token: {exc}") from exc
+    with _audit(config_path, data_dir) as sink:
+        audit_events.token_created(sink, token_id=claims.id, subject=claims.subject,
+                                   roles=[r.label for r in claims.roles], models=claims.models,
+                                   expires_at=claims.expires_at, by=CLI)
     if as_json:
         click.echo(json.dumps(claims.to_claims() | {"token": tok}))
         return
@@ -164,6 +201,9 @@ def revoke(config_path: Path | None, data_dir: Path | None, token_id: str) -> No
         raise click.BadParameter(f"{token_id!r} is not a token id (see `peerllm token list`)")
     known = a.ledger.get(token_id)
     rev = a.revoke(token_id, now=int(time.time()))
+    with _audit(config_path, data_dir) as sink:
+        audit_events.token_revoked(sink, token_id=token_id, by=CLI,
+                                   subject=known.subject if known else None)
     click.echo(f"revoked token {token_id}" + ("" if known else
                " (not issued from this data dir; revoked anyway)")
                + f"; the record lasts until {_when(rev.expires_at)}")

@@ -19,6 +19,8 @@ from typing import Final
 
 import trio
 
+from ..audit import NULL_AUDIT, AuditSink
+from ..audit import events as audit_events
 from ..auth.jws import unverified_header
 from ..errors import AuthError, PeerError, ProtocolError
 from ..p2p.revocations import push_records
@@ -33,13 +35,19 @@ PRUNE_S: Final = 300.0  # how often records of tokens that expired anyway are fo
 PUSH_TIMEOUT_S: Final = 20.0
 
 
+FOLDER = "revocations folder"
+"""The ``by`` of a revocation read from the data dir (what ``peerllm token revoke`` writes)."""
+
+
 class RevocationGossip:
     """Keeps ``book`` and our peers' books in step (see the module docstring)."""
 
     def __init__(self, *, book: RevocationStore, trusted: Collection[str],
                  opener: StreamOpener, links: ConnectedPeers,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, audit: AuditSink = NULL_AUDIT
+                 ) -> None:
         self._book = book
+        self._audit = audit
         self._trusted = frozenset(trusted)
         self._opener = opener
         self._links = links
@@ -91,6 +99,7 @@ class RevocationGossip:
             self._known.add(record)
             if added is not None:
                 new.append(record)
+                audit_events.token_revoked(self._audit, token_id=added.token_id, by=peer)
         if new:
             logger.info("honouring %d revocation(s) from %s", len(new), peer)
             self._relay(new, exclude=peer)
@@ -104,7 +113,9 @@ class RevocationGossip:
             now = trio.current_time()
             if now - last_scan >= RESCAN_S:
                 last_scan = now
-                self._book.rescan(now=self._clock())
+                for rev in self._book.rescan(now=self._clock()):  # `peerllm token revoke`
+                    audit_events.token_revoked(self._audit, token_id=rev.token_id,
+                                               by=FOLDER)
             if now - last_prune >= PRUNE_S:
                 last_prune = now
                 self._book.prune(self._clock())

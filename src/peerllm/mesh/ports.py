@@ -119,6 +119,13 @@ class ConnectedPeers(Protocol):
     def connected_peers(self) -> list[str]: ...
 
 
+class RevokedToken(Protocol):
+    """One revocation record, as the store gives it back (auth.revocations.Revocation)."""
+
+    @property
+    def token_id(self) -> str: ...
+
+
 class RevocationStore(Protocol):
     """The revocations this node honours (auth.revocations.RevocationBook)."""
 
@@ -126,10 +133,10 @@ class RevocationStore(Protocol):
 
     def records(self) -> list[str]: ...
 
-    def add(self, record: str, *, now: float, persist: bool = True) -> object | None:
+    def add(self, record: str, *, now: float, persist: bool = True) -> RevokedToken | None:
         """Keep ``record``; None if it was known. Raises AuthError if it is refused."""
         ...
 
-    def rescan(self, *, now: float) -> Sequence[object]: ...
+    def rescan(self, *, now: float) -> Sequence[RevokedToken]: ...
 
     def prune(self, now: float) -> None: ...
