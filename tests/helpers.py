@@ -82,7 +82,7 @@ FAKE_MODEL = "fake"
 def with_fake_model(cfg: NodeConfig, *, api: dict[str, Any] | None = None,
                     auth: dict[str, Any] | None = None, **inference: Any) -> NodeConfig:
     """``cfg`` serving one fake GGUF file (FAKE_MODEL) in its data dir, for
-    ``peerllm.testing.open_node_with_backend(cfg, backend=FakeBackend(...))``; ``inference``
+    ``peerllm.open_node(cfg, backend=FakeBackend(...))``; ``inference``
     and ``api`` are settings of those sections."""
     assert cfg.data_dir is not None
     path = cfg.data_dir / f"{FAKE_MODEL}.gguf"

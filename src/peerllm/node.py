@@ -387,12 +387,6 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
                 info_rate=info_rate, metrics=metrics, audit=audit)
 
 
-def open_node_with_backend(cfg: NodeConfig, *, backend: ModelBackend | None
-                           ) -> AbstractAsyncContextManager[Node]:
-    """``open_node(cfg, backend=backend)``, under the name peerllm.testing exports."""
-    return open_node(cfg, backend=backend)
-
-
 def _on_peer_limited(metrics: Metrics, audit: AuditSink) -> PeerLimitHook:
     """What p2p/ calls when a per-peer limit refuses a peer: a metric and an audit line."""
 

@@ -15,7 +15,7 @@ import trio
 import peerllm
 from peerllm.api import open_api
 from peerllm.node import Node
-from peerllm.testing import FakeBackend, open_node_with_backend
+from peerllm.testing import FakeBackend
 from tests.helpers import FAKE_MODEL, MakeConfig, api_url, wait_until, with_fake_model
 
 FLOOD = 8
@@ -36,7 +36,7 @@ async def test_a_peer_flooding_us_does_not_starve_our_own_request(
     # ~2 s per flood request: queued behind all eight, ours would wait ~16 s.
     backend = FakeBackend(token_s=0.005)
     cfg_a = with_fake_model(make_config("owner"), max_concurrent=1, max_queue=FLOOD)
-    async with open_node_with_backend(cfg_a, backend=backend) as a, \
+    async with peerllm.open_node(cfg_a, backend=backend) as a, \
             peerllm.open_node(make_config("flooder", bootstrap=[a.addrs()[0]])) as b:
         await wait_until(lambda: FAKE_MODEL in b.mesh_models(), what="b to see a's model")
         async with trio.open_nursery() as flood:
@@ -66,7 +66,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_frees_the_model(
     cfg = with_fake_model(make_config("owner"), max_concurrent=1,
                           api={"stall_timeout_s": 1.0})
     caplog.set_level(logging.WARNING, logger="peerllm.api")
-    async with open_node_with_backend(cfg, backend=backend) as node, open_api(node), \
+    async with peerllm.open_node(cfg, backend=backend) as node, open_api(node), \
             httpx.AsyncClient(base_url=api_url(node), trust_env=False, timeout=60) as http:
         host, port = api_url(node).removeprefix("http://").split(":")
         body = json.dumps({"model": FAKE_MODEL, "prompt": "never read", "max_tokens": 32768,

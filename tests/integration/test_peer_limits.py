@@ -8,7 +8,7 @@ import trio
 
 import peerllm
 from peerllm.api import open_api
-from peerllm.testing import FakeBackend, open_node_with_backend
+from peerllm.testing import FakeBackend
 from tests.helpers import (
     FAKE_MODEL,
     MakeConfig,
@@ -25,7 +25,7 @@ async def test_streams_over_the_per_peer_limit_are_refused_and_retried_without_b
     cfg_a = with_fake_model(make_config("server", max_streams_per_peer=2,
                                         peer_info_requests_per_s=50.0),
                             max_concurrent=1)
-    async with open_node_with_backend(cfg_a, backend=backend) as a, open_api(a), \
+    async with peerllm.open_node(cfg_a, backend=backend) as a, open_api(a), \
             peerllm.open_node(make_config("client", bootstrap=[a.addrs()[0]])) as b:
         await wait_until(lambda: FAKE_MODEL in b.mesh_models(), what="b to see a's model")
         texts: dict[int, str] = {}

@@ -22,7 +22,7 @@ Engine without llama.cpp:
   ``autojump_clock`` do not mix (the clock jumps while a thread works): use real time
   with it, and ``ScriptedGenerator`` for virtual-time tests.
 
-* ``open_node_with_backend(config, backend=FakeBackend(...))`` — a real node (libp2p
+* ``peerllm.open_node(config, backend=FakeBackend(...))`` — a real node (libp2p
   host, router, HTTP API with ``peerllm.api.open_api``) whose models run on the fake;
   serve a file that starts with ``GGUF`` (``models.paths``).
 
@@ -40,7 +40,6 @@ Example, a component test on autojump_clock::
 
 from __future__ import annotations
 
-from ..node import open_node_with_backend as open_node_with_backend
 from ._backend import FakeBackend as FakeBackend
 from ._backend import FakeInstance as FakeInstance
 from ._memory import MemoryByteStream as MemoryByteStream
@@ -73,5 +72,4 @@ __all__ = [
     "make_node_info",
     "memory_peer_pair",
     "open_memory_network",
-    "open_node_with_backend",
 ]
