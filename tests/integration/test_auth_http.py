@@ -262,3 +262,16 @@ async def test_cli_revocation_reaches_the_running_node_and_its_audit_log(
     assert all(x["token_id"] == token_id for x in revoked)
     assert [x["by"] for x in lines if x["event"] == "token_created"] == ["cli"]
     assert token not in (node.data_dir / "audit.log").read_text()
+
+
+async def test_an_insecure_open_api_says_so_in_its_status(make_config: MakeConfig) -> None:
+    cfg = make_config("open")
+    cfg = dataclasses.replace(cfg, api=dataclasses.replace(cfg.api, host="0.0.0.0"),
+                              auth=AuthConfig(insecure_no_auth=True))
+    async with peerllm.open_node(cfg) as node, open_api(node) as url:
+        port = url.rsplit(":", 1)[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     trust_env=False) as http:
+            status = (await http.get("/v1/node/status")).json()
+    assert status["auth"]["required"] is False
+    assert any("without auth" in w and "--require-auth" in w for w in status["warnings"])
