@@ -62,7 +62,7 @@ def read_secret_file(key: str, path: Path, *, what: str) -> bytes:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise ConfigError(key, f"{what} {path} is not a regular file")
-        data = _read_up_to(fd, MAX_SECRET_FILE_BYTES + 1)
+        data = read_up_to(fd, MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {what} {path} ({exc.strerror or exc})") from None
     finally:
@@ -147,7 +147,8 @@ def read_network_key_file(key: str, path: Path, *, warn: bool) -> str:
         raise ConfigError(key, f"network key file {path}: {exc}") from None
 
 
-def _read_up_to(fd: int, limit: int) -> bytes:
+def read_up_to(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes from ``fd`` (a bounded read of a file that may be huge)."""
     chunks: list[bytes] = []
     size = 0
     while size < limit and (chunk := os.read(fd, limit - size)):

@@ -26,6 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..config.keyfiles import read_up_to
 from ..errors import IdentityError
 from .keys import generate_private_key
 
@@ -163,7 +164,7 @@ def _load_existing(path: Path, refusal: str) -> Ed25519PrivateKey | None:
         raise IdentityError(path, f"cannot open the key file ({_reason(exc)})" + refusal) from exc
     try:
         mode = os.fstat(fd).st_mode
-        data = _read_up_to(fd, MAX_KEY_FILE_BYTES + 1) if stat.S_ISREG(mode) else b""
+        data = read_up_to(fd, MAX_KEY_FILE_BYTES + 1) if stat.S_ISREG(mode) else b""
     except OSError as exc:
         raise IdentityError(path, f"cannot read the key file ({_reason(exc)})" + refusal) from exc
     finally:
@@ -176,15 +177,6 @@ def _load_existing(path: Path, refusal: str) -> Ed25519PrivateKey | None:
             path, stat.S_IMODE(mode), path,
         )
     return _parse_key(path, data, refusal)
-
-
-def _read_up_to(fd: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit and (chunk := os.read(fd, limit - size)):
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _reason(exc: OSError) -> str:
