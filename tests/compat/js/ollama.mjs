@@ -56,7 +56,7 @@ const cases = {
     const format = { type: "object", properties: { name: { type: "string" } },
                      required: ["name"] };
     const r = await client(baseUrl).chat({
-      model, format, options: { temperature: 0, num_predict: 64 },
+      model, format, options: { temperature: 0, num_predict: 128 },
       messages: [{ role: "user", content: "Give a JSON object with a name." }] });
     return { content: r.message.content, done_reason: r.done_reason };
   },

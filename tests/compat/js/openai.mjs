@@ -56,7 +56,7 @@ const cases = {
     const schema = { type: "object", properties: { name: { type: "string" } },
                      required: ["name"], additionalProperties: false };
     const r = await client(baseUrl).chat.completions.create({
-      model, temperature: 0, max_tokens: 64,
+      model, temperature: 0, max_tokens: 128,
       messages: [{ role: "user", content: "Give a JSON object with a name." }],
       response_format: { type: "json_schema", json_schema: { name: "person", schema, strict: true } },
     });
