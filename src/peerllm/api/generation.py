@@ -84,7 +84,10 @@ def api_error(exc: PeerLLMError) -> ApiError:
         return ApiError(400, str(exc), code="bad_request")
     if isinstance(exc, PeerError | ProtocolError):
         return ApiError(502, f"the serving peer failed: {exc}", code="peer_error")
-    return ApiError(500, f"{type(exc).__name__}: {exc}", code="internal")
+    # A PeerLLMError we have no answer for is a bug of ours: the details go to the log,
+    # never to the client (they may name files, peers or internals).
+    logger.error("no HTTP answer for %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return ApiError(500, "internal error (the node's log has the details)", code="internal")
 
 
 def single_error(exc: BaseException) -> PeerLLMError | None:
