@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import management, ollama, ollama_unsupported, openai, tokens, usage
 from .access import ErrorRenderer, guard_routes
 from .auditing import report_refusal
+from .limits import RequestLimits
 from .origin import BrowserGuard, BrowserPolicy
 from .schemas import ApiError
 
@@ -118,6 +119,10 @@ def build_app(node: Node) -> ASGIApp:
         lambda request, exc, principal: report_refusal(node, request, exc, principal))
     app = Starlette(routes=routes, exception_handlers=handlers)
     # The browser guard is outermost: a refused request reaches nothing, not even the
-    # node headers (origin.py).
-    return BrowserGuard(NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name),
-                        policy=BrowserPolicy.from_config(node.config.api))
+    # node headers (origin.py). The limits count every request that gets past it.
+    api = node.config.api
+    limited = RequestLimits(app, body_timeout_s=api.body_timeout_s,
+                            max_open=api.max_open_requests, render=renderer_for)
+    return BrowserGuard(NodeHeaders(limited, node_id=node.identity.node_id,
+                                    node_name=node.name),
+                        policy=BrowserPolicy.from_config(api))

@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -120,11 +120,19 @@ async def read_json(request: Request, *, optional: bool = False) -> Json:
         raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
                        code="request_too_large")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
-                           code="request_too_large")
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
+                               code="request_too_large")
+    except ClientDisconnect:
+        # Routine (a client gave up, a flood of them closed): one quiet line, no
+        # traceback. The answer is never sent; it only ends the handler cleanly.
+        logger.debug("HTTP client %s disconnected before sending the whole body",
+                     _address(request.scope.get("client")))
+        raise ApiError(400, "the client disconnected before sending the whole body",
+                       code="client_disconnected") from None
     if optional and not body.strip():
         return {}
     return parse_body(bytes(body))

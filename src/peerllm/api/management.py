@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..auth import Role
 from ..errors import ModelNotFound
 from ..inference.registry import ModelStatus
 from ..metrics import ModelSample
 from . import schemas
-from ..auth import Role
 from .access import principal_of, require_model
 from .auditing import managing
 from .generation import Handler, endpoint, read_json
