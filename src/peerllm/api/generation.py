@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -121,11 +122,13 @@ async def read_json(request: Request, *, optional: bool = False) -> Json:
                        code="request_too_large")
     body = bytearray()
     try:
-        async for part in request.stream():
-            body += part
-            if len(body) > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
-                               code="request_too_large")
+        # aclosing: leaving early (413) closes starlette's stream here, not in the GC
+        async with aclosing(request.stream()) as parts:
+            async for part in parts:
+                body += part
+                if len(body) > MAX_BODY_BYTES:
+                    raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} "
+                                        "bytes", code="request_too_large")
     except ClientDisconnect:
         # Routine (a client gave up, a flood of them closed): one quiet line, no
         # traceback. The answer is never sent; it only ends the handler cleanly.

@@ -10,7 +10,10 @@ every connection. So both are enforced here, as ASGI middleware in front of the 
   the body being unread); once the body is in, ``receive`` is the server's own again
   (a streaming response waits on it for the disconnect);
 - past ``api.max_open_requests`` requests being read or answered, a request is refused
-  503 with Retry-After before anything reads its body.
+  503 with Retry-After before anything reads its body;
+- a response that starts before its request's body was read to the end (413, 408, 503,
+  or any early refusal) says ``Connection: close``: the server closes the connection
+  anyway, and a client told so does not try to reuse it (httpx would, and fail).
 
 Idle connections (and slow headers) are hypercorn's: closed after its keep-alive timeout.
 """
@@ -44,28 +47,50 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        body = BodyDeadline(receive, trio.current_time() + self.body_timeout_s,
+                            self.body_timeout_s, expected=_has_body(scope))
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and body.unread:
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
         if self.open >= self.max_open:
             err = ApiError(503, f"this node is answering {self.max_open} HTTP requests "
                                 "already (api.max_open_requests); retry shortly",
                            code="overloaded", retry_after_s=1.0)
-            await self._render(scope["path"])(err)(scope, receive, send)
+            await self._render(scope["path"])(err)(scope, receive, send_closing)
             return
         self.open += 1
         try:
-            deadline = trio.current_time() + self.body_timeout_s
-            await self.app(scope, BodyDeadline(receive, deadline, self.body_timeout_s), send)
+            await self.app(scope, body, send_closing)
         finally:
             self.open -= 1
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 class BodyDeadline:
     """``receive`` with a deadline on the request body (see the module doc)."""
 
-    def __init__(self, receive: Receive, deadline: float, timeout_s: float) -> None:
+    def __init__(self, receive: Receive, deadline: float, timeout_s: float, *,
+                 expected: bool) -> None:
         self._receive = receive
         self._deadline = deadline
         self._timeout_s = timeout_s
         self._body_done = False
+        self._expected = expected  # the request announced a body
+
+    @property
+    def unread(self) -> bool:
+        """The request announced a body and it has not been read to its end."""
+        return self._expected and not self._body_done
 
     async def __call__(self) -> Message:
         if self._body_done:
