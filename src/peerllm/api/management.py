@@ -35,10 +35,13 @@ def status_document(st: ModelStatus, *, full_path: bool = False) -> Json:
     absolute path with ``full_path`` (admins only: a path tells a caller about the
     machine's layout and user names)."""
     path = None if st.path is None else str(st.path) if full_path else st.path.name
+    error = st.error
+    if error is not None and st.path is not None and not full_path:
+        error = error.replace(str(st.path), st.path.name)  # load errors name the file
     return {"state": st.state, "type": st.type, "memory_bytes": st.memory_bytes,
             "active": st.active, "queued": st.queued, "requests": st.requests,
             "tokens_generated": st.tokens_generated, "tokens_per_second": st.tokens_per_second,
-            "ttft_ms": st.ttft_ms, "load_seconds": st.load_seconds, "error": st.error,
+            "ttft_ms": st.ttft_ms, "load_seconds": st.load_seconds, "error": error,
             "path": path, "quant": st.quant,
             "chat_format": st.chat_format, "context_size": st.context_size,
             "tags": list(st.tags)}
