@@ -33,6 +33,7 @@ from peerllm.api import open_api
 from peerllm.api.access import ROUTE_ROLES
 from peerllm.api.ollama_unsupported import NOT_YET
 from peerllm.api.schemas import MAX_BODY_BYTES
+from peerllm.auth import Role
 from peerllm.testing import FakeBackend
 from tests.helpers import FAKE_MODEL, MakeConfig, node_config, wait_until, with_fake_model
 
@@ -60,7 +61,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     cfg = with_fake_model(node_config(tmp_path_factory.mktemp("hostile"), "target"),
-                          api={"body_timeout_s": 2.0})
+                          api={"body_timeout_s": 3.0})
     box: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException]
     box = queue.Queue()
 
@@ -483,3 +484,22 @@ async def test_api_tags_shows_the_file_size_on_a_node_without_the_model(
             (tag,) = (await http.get(f"{url}/api/tags")).json()["models"]
             sizes.append(tag["size"])
         assert sizes == [file_size] * 2
+
+
+async def test_only_an_admin_token_sees_the_model_files_full_path(make_config: MakeConfig
+                                                                  ) -> None:
+    cfg = with_fake_model(make_config("paths"), auth={"required": True})
+    assert cfg.models.paths
+    file = Path(cfg.models.paths[0])
+    async with peerllm.open_node(cfg, backend=FakeBackend()) as node, \
+            open_api(node) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        now = int(time.time())
+        shown = {}
+        for role in (Role.READONLY, Role.OPERATOR, Role.ADMIN):
+            token, _ = node.authority.create_token(subject=role.label, roles=[role],
+                                                   ttl_s=60, now=now)
+            resp = await http.get(f"/v1/models/{FAKE_MODEL}",
+                                  headers={"authorization": f"Bearer {token}"})
+            shown[role] = resp.json()["path"]
+    assert shown == {Role.READONLY: file.name, Role.OPERATOR: file.name,
+                     Role.ADMIN: str(file)}
