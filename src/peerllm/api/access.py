@@ -43,6 +43,10 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("GET", "/api/ps"): R,
     ("POST", "/api/show"): R,
     ("GET", "/api/version"): R,
+    # Ollama's "is it up" probe: readonly, not public, so a node that requires auth says
+    # nothing to a caller without a token (anonymous callers have every role when auth
+    # is off, which is when the probing tools run without tokens)
+    ("GET", "/"): R,
     # inference
     ("POST", "/v1/chat/completions"): U,
     ("POST", "/v1/completions"): U,
@@ -55,6 +59,12 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("POST", "/v1/models/{model_id:path}/warmup"): OP,
     ("POST", "/v1/models/{model_id:path}/unload"): OP,
     ("DELETE", "/v1/models/{model_id:path}"): OP,
+    # Ollama model management: 501 until model distribution lands (ollama_unsupported)
+    ("POST", "/api/pull"): OP,
+    ("POST", "/api/push"): OP,
+    ("POST", "/api/create"): OP,
+    ("POST", "/api/copy"): OP,
+    ("DELETE", "/api/delete"): OP,
     # tokens
     ("GET", "/v1/auth/tokens"): A,
     ("POST", "/v1/auth/tokens"): A,

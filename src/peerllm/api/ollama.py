@@ -132,7 +132,10 @@ def _facts(node: Node, model: str) -> _Facts:
     for e in node.registry.entries():
         for m in e.info.models if e.info is not None else ():
             if m.id == model:
-                return _Facts(size_bytes=m.size_bytes or 0, context_size=m.context_size,
+                # The file's size, as ours above; a node older than file_bytes only
+                # says how much memory the model needs.
+                return _Facts(size_bytes=m.file_bytes or m.size_bytes or 0,
+                              context_size=m.context_size,
                               chat_format=None)
     return _Facts(size_bytes=0, context_size=None, chat_format=None)
 

@@ -181,9 +181,12 @@ class LlamaInstance:
         except _Captured as captured:
             return captured.prompt, captured.stop
         except Exception as exc:  # chat handlers raise anything: KeyError, ValueError, ...
+            # The handler's exception is ours to read, not the client's: log it.
+            logger.info("model %s: chat format %s failed on a request: %s: %s",
+                        self._model_id, self._llm.chat_format, type(exc).__name__, exc)
             raise InvalidInferenceRequest(
-                self._model_id, f"chat format {self._llm.chat_format!r} failed: "
-                f"{type(exc).__name__}: {exc}") from exc
+                self._model_id, f"the model's chat format ({self._llm.chat_format}) cannot "
+                "render these messages") from exc
         raise InvalidInferenceRequest(self._model_id, f"chat format {self._llm.chat_format!r} "
                                       "is not a plain prompt template; peerllm cannot use it")
 

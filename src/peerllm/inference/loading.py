@@ -66,9 +66,10 @@ class ModelLoader:
                 return await self._load(slot)
         except ModelLoadError as exc:
             error = exc
-        except Exception as exc:  # a bug or an unexpected backend error: keep serving others
+        except Exception:  # a bug or an unexpected backend error: keep serving others
             logger.exception("loading model %s failed", model_id)
-            error = ModelLoadError(model_id, f"{type(exc).__name__}: {exc}")
+            error = ModelLoadError(model_id, "load failed unexpectedly (the serving node's "
+                                   "log has the details)")
         if scope.cancel_called:  # the deadline, or the backend saw the stop and gave up
             error = ModelLoadError(model_id, f"load timed out after {timeout:g}s "
                                    "(load_timeout_s)")

@@ -142,7 +142,7 @@ class ModelRegistry:
             ttft_ms=slot.ttft_ms, load_seconds=slot.load_seconds, error=slot.error,
             path=loaded.path if loaded else slot.path or spec.path,
             quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
-            context_size=spec.context_size, tags=spec.tags)
+            context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ class ModelStatus:
     chat_format: str | None
     context_size: int
     tags: tuple[str, ...]
+    file_bytes: int | None = None  # the model file's size (bundled: its chunks together)
 
 
 @dataclass(eq=False)

@@ -100,7 +100,8 @@ class LocalNode:
             resources=self.resources(),
             models=tuple(wni.ModelInfo(id=m.id, loaded=m.state == "loaded",
                                        context_size=m.context_size,
-                                       size_bytes=m.memory_bytes or None, tags=m.tags)
+                                       size_bytes=m.memory_bytes or None, tags=m.tags,
+                                       file_bytes=m.file_bytes)
                          for m in statuses),
             load=self.load(statuses),
             performance=wni.Performance(
