@@ -41,7 +41,8 @@ _STATUS: Final = {"stop": "completed", "length": "incomplete", "cancelled": "com
 
 
 def _usage(done: Done) -> Json:
-    return {"input_tokens": done.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+    return {"input_tokens": done.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": done.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": done.prompt_tokens + done.completion_tokens}
