@@ -66,6 +66,15 @@ async def test_responses_create_whole_and_streamed(node: peerllm.Node) -> None:
         assert text == whole.output_text  # greedy: the same text streamed or not
         assert [e.sequence_number for e in events] == list(range(len(events)))
 
+        # The client's stream helper accumulates the events into the final response.
+        async with client.responses.stream(model=MODEL, input="Say hello.",
+                                           instructions="Answer in one short sentence.",
+                                           max_output_tokens=64, temperature=0) as helper:
+            streamed = "".join([e.delta async for e in helper
+                                if e.type == "response.output_text.delta"])
+            final = await helper.get_final_response()
+        assert final.output_text == streamed and final.status == "completed"
+
 
 async def test_responses_errors(node: peerllm.Node) -> None:
     async with openai_for(node) as client:
