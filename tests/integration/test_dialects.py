@@ -26,11 +26,13 @@ TEXT = "".join(TOKENS)
 
 
 @asynccontextmanager
-async def mesh(make_config: MakeConfig, *, b_auth: dict[str, Any] | None = None
+async def mesh(make_config: MakeConfig, *, b_auth: dict[str, Any] | None = None,
+               backend: FakeBackend | None = None, **a_inference: Any
                ) -> AsyncIterator[tuple[Node, Node, httpx.AsyncClient]]:
-    """A serving FAKE_MODEL, B bootstrapped to A (with ``b_auth``), a client of B's API."""
-    async with peerllm.open_node(with_fake_model(make_config("a", dht=False)),
-                                 backend=FakeBackend(tokens=TOKENS)) as a:
+    """A serving FAKE_MODEL (with ``a_inference`` settings), B bootstrapped to A (with
+    ``b_auth``), a client of B's API."""
+    async with peerllm.open_node(with_fake_model(make_config("a", dht=False), **a_inference),
+                                 backend=backend or FakeBackend(tokens=TOKENS)) as a:
         b_cfg = make_config("b", dht=False, bootstrap=[a.addrs()[0]])
         b_cfg = dataclasses.replace(b_cfg, auth=AuthConfig(**(b_auth or {})))
         async with peerllm.open_node(b_cfg) as b, open_api(b) as url, \
@@ -188,3 +190,28 @@ async def test_a_token_in_x_api_key_is_accepted_and_none_is_an_anthropic_401(
         assert resp.status_code == 200, resp.text
         await wait_until(lambda: [x["subject"] for x in audit_lines(b.data_dir, "inference")]
                          == ["dora", "dora"], timeout_s=10, what="dora's two audit lines")
+
+
+async def test_a_failure_mid_stream_ends_each_stream_with_its_error_event(
+        make_config: MakeConfig) -> None:
+    # A's deadline cuts an endless generation after some tokens; B has no other replica
+    # to resume on, so the stream it already started ends with an in-band error.
+    async with mesh(make_config, backend=FakeBackend(token_s=0.01),
+                    inference_timeout_s=0.5) as (_, _, http):
+        got = sse((await http.post("/v1/messages", json={
+            "model": FAKE_MODEL, "max_tokens": 30000, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]})).text)
+        assert got[0][0] == "message_start" and "content_block_delta" in {n for n, _ in got}
+        name, data = got[-1]
+        assert name == "error" and data["type"] == "error"
+        # No replica could take over: a 503 had it come before the stream (NoRoute).
+        assert data["error"]["type"] == "overloaded_error"
+        assert "inference timed out" in data["error"]["message"]
+
+        got = sse((await http.post("/v1/responses", json={
+            "model": FAKE_MODEL, "max_output_tokens": 30000, "stream": True,
+            "input": "hi"})).text)
+        assert got[0][0] == "response.created"
+        name, data = got[-1]
+        assert name == data["type"] == "error" and data["code"] == "no_route"
+        assert data["sequence_number"] == len(got) - 1
