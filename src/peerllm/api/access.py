@@ -2,7 +2,8 @@
 
 Every route of the API has exactly one required role, here (``ROUTE_ROLES``); building
 the app fails for a route missing from the table, so a new route cannot ship unguarded.
-The guard authenticates the bearer token (``auth.Authority``), checks the role, counts
+The guard authenticates the bearer token (``auth.Authority``; ``credential_of`` reads
+it from ``Authorization`` or ``x-api-key``), checks the role, counts
 the request against the token's rate, and leaves the ``Principal`` on
 ``request.state.principal`` for the handlers, which check the model themselves
 (``require_model``) once they have read it from the body.
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, cast
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -51,6 +53,8 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("POST", "/v1/chat/completions"): U,
     ("POST", "/v1/completions"): U,
     ("POST", "/v1/embeddings"): U,
+    ("POST", "/v1/responses"): U,
+    ("POST", "/v1/messages"): U,
     ("POST", "/api/chat"): U,
     ("POST", "/api/generate"): U,  # an empty prompt loads the model, as any request would
     ("POST", "/api/embed"): U,
@@ -79,6 +83,17 @@ def principal_of(request: Request) -> Principal:
     """The caller of a guarded route (anonymous outside a guard, e.g. in tests)."""
     found = getattr(request.state, "principal", None)
     return found if isinstance(found, Principal) else Principal(ANONYMOUS)
+
+
+def credential_of(headers: Headers) -> str | None:
+    """The request's credential as an Authorization value: ``Authorization`` itself, or
+    else Anthropic's ``x-api-key`` (the ``anthropic`` client sends its key only there)
+    as a bearer token. Both present: ``Authorization`` wins."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        return authorization
+    api_key = (headers.get("x-api-key") or "").strip()
+    return f"Bearer {api_key}" if api_key else None
 
 
 RefusalHook = Callable[[Request, AuthError, Principal | None], None]
@@ -126,7 +141,7 @@ def _guard(endpoint: Handler, role: Role, authority: Authority, render: ErrorRen
         now = time.time()
         principal: Principal | None = None
         try:
-            principal = authority.authenticate(request.headers.get("authorization"), now=now)
+            principal = authority.authenticate(credential_of(request.headers), now=now)
             authority.authorize(principal, role)
             authority.admit(principal, now=now)
         except AuthError as exc:

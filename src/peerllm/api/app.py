@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import management, ollama, ollama_unsupported, openai, tokens, usage
+from . import anthropic, management, ollama, ollama_unsupported, openai, responses, tokens, usage
 from .access import ErrorRenderer, guard_routes
 from .auditing import report_refusal
 from .limits import RequestLimits
@@ -51,8 +51,13 @@ class NodeHeaders:
 
 
 def renderer_for(path: str) -> ErrorRenderer:
-    """Errors in the shape of the API a path belongs to (Ollama's under /api/)."""
-    return ollama.error_response if path.startswith("/api/") else openai.error_response
+    """Errors in the shape of the API a path belongs to (Ollama's under /api/,
+    Anthropic's for /v1/messages, OpenAI's elsewhere)."""
+    if path.startswith("/api/"):
+        return ollama.error_response
+    if path == "/v1/messages":
+        return anthropic.error_response
+    return openai.error_response
 
 
 def build_app(node: Node) -> ASGIApp:
@@ -110,6 +115,8 @@ def build_app(node: Node) -> ASGIApp:
         Route("/v1/peers/lookup", lookup, methods=["GET"]),
         Route("/v1/route", route, methods=["GET"]),
         *openai.routes(node),
+        *responses.routes(node),
+        *anthropic.routes(node),
         *management.routes(node),
         *ollama.routes(node),
         *ollama_unsupported.routes(),
