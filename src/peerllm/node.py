@@ -361,7 +361,8 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down,
         on_peer_connected=gossip.peer_connected)
     # Per-peer limits of the libp2p side, whatever the peer (protocols/*.md "limits").
-    metrics = Metrics()
+    # Only ids the mesh serves get a model label (the router is built below).
+    metrics = Metrics(serves=lambda model: router.serves(model))
     subjects = SubjectNotes()
     forwarded = ForwardedRequests(authority=authority, credentials=credentials, usage=usage,
                                   serve_peers=p2p.serve_peers, trusted_peers=p2p.trusted_peers)

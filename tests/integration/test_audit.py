@@ -20,7 +20,7 @@ from peerllm.api import open_api
 from peerllm.config import ModelsConfig, NodeConfig
 from peerllm.errors import InferenceRejected
 from peerllm.p2p.infer import InferClient
-from peerllm.testing import FakeBackend
+from peerllm.testing import FakeBackend, write_fake_gguf
 from peerllm.wire import infer as wi
 from tests.helpers import MakeConfig, api_url, audit_lines, healthy_names, wait_until
 
@@ -31,7 +31,7 @@ TOKENS = ("zebra ", "quokka ", "axolotl")  # what FakeBackend answers, to look f
 def serving(cfg: NodeConfig, tmp_path: Path, model: str = "tiny") -> NodeConfig:
     """``cfg`` serving one fake GGUF file as ``model``."""
     path = tmp_path / f"{model}.gguf"
-    path.write_bytes(b"GGUF" + bytes(60))
+    write_fake_gguf(path, 64)
     return dataclasses.replace(cfg, models=ModelsConfig(serve_default=False,
                                                         paths=(str(path),)))
 

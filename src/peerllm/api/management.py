@@ -6,16 +6,18 @@ the status route lists them, and the others say where the model lives.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._version import __version__
 from ..auth import Role
 from ..errors import ModelNotFound
 from ..inference.registry import ModelStatus
-from ..metrics import ModelSample
+from ..metrics import BreakerSample, ModelSample
 from . import schemas
 from .access import principal_of, require_model
 from .auditing import managing
@@ -26,6 +28,8 @@ from .schemas import ApiError, Json
 if TYPE_CHECKING:
     from ..inference.engine import Engine
     from ..node import Node
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WARMUP_TOKENS = 16
 
@@ -120,17 +124,37 @@ def routes(node: Node) -> list[Route]:
             raise _not_here(node, model)
         return JSONResponse(model_object(node, model) | {"local": False})
 
-    async def metrics(request: Request) -> Response:
+    refresh_failed = False
+
+    def refresh_gauges() -> None:
+        """Set the gauges from the node's state now (right before the scrape)."""
+        m = node.metrics
         if node.engine is not None:
-            node.metrics.set_models(
+            m.set_models(
                 ModelSample(model=st.id, load_seconds=st.load_seconds,
-                            memory_bytes=st.memory_bytes if st.state == "loaded" else 0)
+                            memory_bytes=st.memory_bytes if st.state == "loaded" else 0,
+                            active=st.active, queued=st.queued)
                 for st in node.engine.registry.list())
         states: dict[str, int] = {}
         for peer in node.peers():
             state = str(peer.get("state", "unknown"))
             states[state] = states.get(state, 0) + 1
-        node.metrics.set_peers(states)
+        m.set_peers(states)
+        m.set_breakers(BreakerSample(peer_id=e.peer_id, name=e.name or "",
+                                     state=node.router.breakers.state(e.peer_id))
+                       for e in node.registry.entries())
+        m.set_served_streams(node.infer_server.statistics().active_streams)
+        m.set_node_info(name=node.name, peer_id=node.peer_id, version=__version__)
+
+    async def metrics(request: Request) -> Response:
+        nonlocal refresh_failed
+        try:
+            refresh_gauges()
+        except Exception:  # a scrape must never 500: serve the counters, stale gauges
+            if not refresh_failed:
+                refresh_failed = True
+                logger.exception("refreshing the /metrics gauges failed; serving the "
+                                 "last values")
         body, content_type = node.metrics.render()
         return Response(body, headers={"content-type": content_type})
 

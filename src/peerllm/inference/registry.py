@@ -39,7 +39,7 @@ from .backend import ModelBackend, ModelInstance
 from .loading import ModelLoader, record_benchmark
 from .memory import CacheEntry, estimate_memory_bytes, pick_victims
 from .priority import Origin, SlotLimiter
-from .slots import LoadedModel, LoadJob, ModelSlot, gib
+from .slots import LoadedModel, LoadJob, ModelSlot, gib, startup_problem
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus
 from .specs import ModelSpec
@@ -105,8 +105,14 @@ class ModelRegistry:
         if spec.id in self._slots:
             raise ValueError(f"model {spec.id!r} is already registered")
         cfg = self._config
-        self._slots[spec.id] = ModelSlot(
+        slot = self._slots[spec.id] = ModelSlot(
             spec=spec, limiter=SlotLimiter(cfg.max_concurrent, peer_limit=cfg.peer_slots))
+        problem = startup_problem(spec)  # reads headers only: cheap even for big files
+        if problem is not None:
+            logger.warning("model %s is not served (not advertised to the mesh): %s",
+                           spec.id, problem)
+            slot.error = problem
+            slot.reject()
 
     def spec(self, model_id: str) -> ModelSpec:
         return self._slot(model_id).spec
@@ -142,7 +148,8 @@ class ModelRegistry:
             ttft_ms=slot.ttft_ms, load_seconds=slot.load_seconds, error=slot.error,
             path=loaded.path if loaded else slot.path or spec.path,
             quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
-            context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes)
+            context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
+            advertised=slot.advertised)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -270,6 +277,7 @@ class ModelRegistry:
             else:
                 slot.loaded = result
                 slot.error = None
+                slot.rejected = None
                 if self._closed:
                     self._retire(slot)
         finally:

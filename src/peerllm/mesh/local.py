@@ -58,7 +58,12 @@ class LocalNode:
         return probe_resources(self._gpus)
 
     def model_statuses(self) -> list[ModelStatus]:
-        return self._engine.registry.list() if self._engine is not None else []
+        """The models this node offers: node-info, the DHT, mDNS, routing and the API's
+        model lists all come from here. A model whose file is known bad is left out
+        (management still shows it, with its error, from the registry)."""
+        if self._engine is None:
+            return []
+        return [st for st in self._engine.registry.list() if st.advertised]
 
     def model_ids(self) -> list[str]:
         return [m.id for m in self.model_statuses()]

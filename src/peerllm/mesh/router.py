@@ -101,13 +101,21 @@ class Router:
         while len(self._affinity) > MAX_SESSIONS:  # oldest first (dicts keep insertion order)
             del self._affinity[next(iter(self._affinity))]
 
-    def known_models(self) -> dict[str, list[Candidate]]:
-        """Every model served anywhere in the mesh, with the nodes that can take it now."""
+    def served_models(self) -> set[str]:
+        """The ids of every model this node or a healthy peer's node-info serves."""
         models: set[str] = {m.id for m in self.local.model_statuses()}
         for e in self.registry.entries():
             if e.info is not None and e.state is PeerState.HEALTHY:
                 models.update(m.id for m in e.info.models)
-        return {m: self.candidates(m)[0] for m in sorted(models)}
+        return models
+
+    def serves(self, model: str) -> bool:
+        """Whether the mesh serves ``model`` (cheap: no scoring, no lookups)."""
+        return model in self.served_models()
+
+    def known_models(self) -> dict[str, list[Candidate]]:
+        """Every model served anywhere in the mesh, with the nodes that can take it now."""
+        return {m: self.candidates(m)[0] for m in sorted(self.served_models())}
 
     # -- placing a request -----------------------------------------------------------
 

@@ -24,7 +24,8 @@ Engine without llama.cpp:
 
 * ``peerllm.open_node(config, backend=FakeBackend(...))`` — a real node (libp2p
   host, router, HTTP API with ``peerllm.api.open_api``) whose models run on the fake;
-  serve a file that starts with ``GGUF`` (``models.paths``).
+  serve a file written by ``write_fake_gguf(path)`` (``models.paths``): a valid GGUF
+  header (``FAKE_GGUF``) and no tensors, which the node's header check accepts.
 
 Values: ``make_identity()`` (an in-memory node key) and ``make_node_info(peer_id)``.
 
@@ -42,6 +43,8 @@ from __future__ import annotations
 
 from ._backend import FakeBackend as FakeBackend
 from ._backend import FakeInstance as FakeInstance
+from ._gguf import FAKE_GGUF as FAKE_GGUF
+from ._gguf import write_fake_gguf as write_fake_gguf
 from ._memory import MemoryByteStream as MemoryByteStream
 from ._memory import MemoryNetwork as MemoryNetwork
 from ._memory import MemoryOpener as MemoryOpener
@@ -58,6 +61,7 @@ from ._values import make_node_info as make_node_info
 
 __all__ = [
     "DONE",
+    "FAKE_GGUF",
     "SILENT",
     "FakeBackend",
     "FakeInstance",
@@ -72,4 +76,5 @@ __all__ = [
     "make_node_info",
     "memory_peer_pair",
     "open_memory_network",
+    "write_fake_gguf",
 ]

@@ -90,7 +90,8 @@ class FakeBackend:
         token_s: seconds each token takes.
 
     ``gate`` (set by default) holds generation while cleared; ``hang_paths`` are files
-    whose load blocks until stopped (then raises ModelLoadError); ``opened`` lists every
+    whose load blocks until stopped (then raises ModelLoadError), ``refuse_paths`` files
+    it refuses to load as llama.cpp refuses a corrupt model; ``opened`` lists every
     instance in load order; ``prompts`` the prompt text (the chat messages' contents
     joined by spaces) of every generation, in the order they started.
     """
@@ -101,6 +102,7 @@ class FakeBackend:
         self.open_s = open_s
         self.token_s = token_s
         self.hang_paths: set[Path] = set()
+        self.refuse_paths: set[Path] = set()
         self.opened: list[FakeInstance] = []
         self.prompts: list[str] = []
         self.lock = threading.Lock()  # prompts is appended to from worker threads
@@ -119,6 +121,9 @@ class FakeBackend:
             while not should_stop():
                 time.sleep(0.001)
             raise ModelLoadError(options.model_id, "load was stopped")
+        if path in self.refuse_paths:
+            raise ModelLoadError(options.model_id, f"llama.cpp could not load {path}: "
+                                 "failed to load model")
         instance = FakeInstance(self, path, options)
         self.opened.append(instance)
         return instance

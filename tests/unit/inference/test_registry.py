@@ -30,17 +30,14 @@ from peerllm.inference.engine import Engine, GenerationRequest, GenerationStream
 from peerllm.inference.priority import Origin
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec
-from peerllm.testing import FakeBackend
+from peerllm.testing import FakeBackend, write_fake_gguf
 from tests.helpers import wait_until
 
 MB = 1024**2
 
 
 def gguf(path: Path, size: int = 1 * MB) -> Path:
-    with path.open("wb") as fh:
-        fh.write(b"GGUF")
-        fh.truncate(size)  # sparse: big sizes cost nothing
-    return path
+    return write_fake_gguf(path, size)
 
 
 def spec(model_id: str, path: Path, **kw: object) -> ModelSpec:
