@@ -41,7 +41,15 @@ from ..scheduling.mcda import Scored
 from ..wire import embed as we
 from .audited import outcome_of
 from .breakers import BreakerBook
-from .failover import DISCOVER_WAIT_S, REDISCOVER_WAIT_S, REFUSAL_RANK, stale_connection
+from .failover import (
+    DEFAULT_BUSY_BACKOFF_S,
+    DISCOVER_WAIT_S,
+    MAX_BUSY_WAIT_S,
+    MIN_BUSY_WAIT_S,
+    REDISCOVER_WAIT_S,
+    REFUSAL_RANK,
+    stale_connection,
+)
 from .ports import (
     EmbedTransport,
     ForwardedGate,
@@ -56,7 +64,6 @@ from .views import PeerLoads
 logger = logging.getLogger(__name__)
 
 _ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, InferenceError)
-DEFAULT_BUSY_BACKOFF_S: Final = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +114,7 @@ class EmbedPlacement:
         self._redialled: set[str] = set()
         self._discovered = False
         self._busy_hints: list[float] = []
+        self._busy_waited = 0.0
         self._refusal: InferenceRejected | None = None
         self._started = 0.0
 
@@ -129,7 +137,11 @@ class EmbedPlacement:
             if not ranked:
                 if self._refusal is not None:
                     raise self._refusal
-                busy = filtered.busy()
+                # Busy peers are healthy: wait for their Retry-After (within budget).
+                busy = {p: w for p, w in filtered.busy().items()
+                        if p != self.r.local.peer_id}
+                if await self._wait_for_busy(busy):
+                    continue
                 if not busy and not self._discovered:
                     await self._rediscover()
                     continue
@@ -152,6 +164,19 @@ class EmbedPlacement:
             placed = await self._try(cand, left)
             if placed is not None:
                 return placed
+
+    async def _wait_for_busy(self, waits: dict[str, float]) -> bool:
+        """Every candidate left said it is full: wait for the soonest Retry-After, while
+        the deadline and the busy-wait budget allow. True if we waited."""
+        if not waits:
+            return False
+        wait = max(MIN_BUSY_WAIT_S, min(waits.values()))
+        if wait >= self._left() or self._busy_waited + wait > MAX_BUSY_WAIT_S:
+            return False
+        await trio.sleep(wait)
+        self._busy_waited += wait
+        self._tried -= set(waits)
+        return True
 
     async def _rediscover(self) -> None:
         self._discovered = True
