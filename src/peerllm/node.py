@@ -145,6 +145,7 @@ class Node:
                      "network": self.host.network_key.describe(),
                      "api": self.api_url},
             limits=limits_doc(self.config, infer=self.infer_server.statistics(),
+                              embed=self.embed_server.statistics(),
                               info_refused=self.info_rate.refused)) | {"auth": self.auth_summary()}
 
     def status(self) -> Json:

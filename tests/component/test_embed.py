@@ -117,7 +117,7 @@ async def test_too_many_streams_from_one_peer_are_refused_retryably(
             ("too_many_streams", True, 0.2)
         embedder.gate.set()
         await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 1 and server.refused_streams == 1
+        assert len(got) == 1 and server.statistics().refused_too_many_streams == 1
 
 
 async def read_answer(raw: ByteStream) -> we.Message:

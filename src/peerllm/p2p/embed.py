@@ -22,7 +22,12 @@ from ..errors import InferenceRejected, PeerConnectionLost, PeerTimeout, RemoteP
 from ..security_events import PeerLimit, PeerLimitHook
 from ..wire import embed as we
 from ..wire import infer as wi
-from .infer import REQUEST_READ_TIMEOUT_S, TOO_MANY_STREAMS_RETRY_MS, remote_error
+from .infer import (
+    REQUEST_READ_TIMEOUT_S,
+    TOO_MANY_STREAMS_RETRY_MS,
+    InferServerStatistics,
+    remote_error,
+)
 from .limits import PeerRate
 from .streams import CLOSE_GRACE_S, ByteStream, StreamOpener, receive_event
 
@@ -85,6 +90,13 @@ class EmbedServer:
     @property
     def active_streams(self) -> int:
         return sum(self._active.values())
+
+    def statistics(self) -> InferServerStatistics:
+        """The same figures as the InferServer's, for embed streams."""
+        return InferServerStatistics(
+            active_streams=self.active_streams, peers=len(self._active),
+            refused_too_many_streams=self.refused_streams,
+            refused_stream_rate=self._rate.refused if self._rate is not None else 0)
 
     async def handle(self, stream: ByteStream) -> None:
         """Serve one stream: read the request, admit it, answer, close.
