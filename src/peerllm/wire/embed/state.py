@@ -69,7 +69,9 @@ class ClientSide(_Side):
         req = self.request
         if req is None or self.answered or isinstance(msg, EmbedRequest):
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} on an embed stream")
-        if msg.request_id not in (req.request_id, 0 if isinstance(msg, Error) else -1):
+        # An error with id 0 means "could not decode your request" (as in infer).
+        if msg.request_id != req.request_id and not (isinstance(msg, Error)
+                                                     and msg.request_id == 0):
             raise RemoteProtocolError(f"answer for request {msg.request_id}, "
                                       f"expected {req.request_id}")
         if isinstance(msg, Embeddings) and msg.count != len(req.inputs):
