@@ -25,7 +25,14 @@ from peerllm.errors import InferenceRejected, NoRoute
 from peerllm.node import Node
 from peerllm.testing import FakeBackend, fake_vector
 from peerllm.wire import embed as we
-from tests.helpers import FAKE_MODEL, MakeConfig, issuer_of, wait_until, with_fake_model
+from tests.helpers import (
+    FAKE_MODEL,
+    MakeConfig,
+    audit_lines,
+    issuer_of,
+    wait_until,
+    with_fake_model,
+)
 
 TEXTS = ["the cat sat", "on the mat", ""]
 TOKENS = sum(len(t.split()) + 1 for t in TEXTS)  # the fake model's count
@@ -47,9 +54,13 @@ def token_of(node: Node, subject: str = "alice") -> Principal:
 async def test_b_answers_every_embedding_route_with_a_s_vectors(make_config: MakeConfig
                                                                 ) -> None:
     a_cfg = with_fake_model(make_config("a", dht=False))
-    async with peerllm.open_node(a_cfg, backend=FakeBackend()) as a, \
-            peerllm.open_node(make_config("b", dht=False, bootstrap=[a.addrs()[0]])) as b, \
-            open_api(a) as a_url, open_api(b) as b_url, \
+    async with peerllm.open_node(a_cfg, backend=FakeBackend()) as a:
+        b_cfg = make_config("b", dht=False, bootstrap=[a.addrs()[0]])
+        await check_every_route(a, a_cfg, b_cfg)
+
+
+async def check_every_route(a: Node, a_cfg: NodeConfig, b_cfg: NodeConfig) -> None:
+    async with peerllm.open_node(b_cfg) as b, open_api(a) as a_url, open_api(b) as b_url, \
             httpx.AsyncClient(base_url=b_url, trust_env=False) as http, \
             httpx.AsyncClient(base_url=a_url, trust_env=False) as direct:
         await sees(b, a)
@@ -92,6 +103,18 @@ async def test_b_answers_every_embedding_route_with_a_s_vectors(make_config: Mak
         unknown = await http.post("/v1/embeddings", json={"model": "nope", "input": "x"})
         assert unknown.status_code == 404
         assert "nope" in unknown.json()["error"]["message"]
+    # Audit: B's lines name A as the server; A's name B as the peer that asked.
+    assert b_cfg.data_dir is not None and a_cfg.data_dir is not None
+    b_lines = {(x["kind"], x["served_by"], x["outcome"], x["forwarded_by"])
+               for x in audit_lines(b_cfg.data_dir, "inference")}
+    assert b_lines == {("embedding", a.peer_id, "ok", None),
+                       ("embedding", None, "invalid_value", None),  # no prompt
+                       ("embedding", None, "model_not_found", None)}
+    a_lines = [x for x in audit_lines(a_cfg.data_dir, "inference")
+               if x["forwarded_by"] == b.peer_id]
+    assert a_lines and all((x["kind"], x["served_by"], x["outcome"]) ==
+                           ("embedding", a.peer_id, "ok") for x in a_lines)
+    assert {x["tokens_in"] for x in a_lines} >= {TOKENS}
 
 
 async def test_a_forwarded_token_is_checked_charged_and_receipted_by_a(

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
+from ..errors import PeerLLMError
 from ..mesh.embedding import PlacedEmbeddings
 from .access import principal_of, require_model
 from .auditing import embedding
-from .generation import read_json
+from .generation import api_error, read_json
 from .schemas import Embedding
 
 if TYPE_CHECKING:
@@ -23,14 +24,20 @@ async def embed(node: Node, request: Request,
                 ) -> tuple[Embedding, PlacedEmbeddings]:
     """The parsed request and its vectors, computed wherever in the mesh the model is.
 
-    Raises: ApiError (a bad body, a caller who may not use the model) and the
-    PeerLLMErrors of ``Node.embed`` (the route's ``endpoint`` turns them into errors).
+    Raises:
+        ApiError: a bad body, a caller who may not use the model, or what
+            ``Node.embed`` raised, as the caller gets it.
     """
     with embedding(node.audit, request.scope) as target:
         req = parse(await read_json(request))
         target.model = req.model
         require_model(request, node.authority, req.model)
-        placed = await node.embed(req.model, req.inputs, principal=principal_of(request))
+        try:
+            placed = await node.embed(req.model, req.inputs, principal=principal_of(request))
+        except PeerLLMError as exc:
+            # As the caller will get it (an unknown model is a 404 model_not_found, not
+            # "no route"), so the audit line says the same.
+            raise api_error(exc) from exc
         target.served_by, target.tokens_in = placed.served_by, placed.prompt_tokens
     return req, placed
 
