@@ -136,7 +136,7 @@ async def test_embeddings_are_inference_lines(make_config: MakeConfig, tmp_path:
     assert cfg.data_dir is not None
     lines = audit_lines(cfg.data_dir, "inference")
     assert [(x["kind"], x["model"], x["served_by"], x["outcome"], x["tokens_in"])
-            for x in lines] == [("embedding", "tiny", a.peer_id, "ok", None),
+            for x in lines] == [("embedding", "tiny", a.peer_id, "ok", len(PROMPT.split()) + 1),
                                 ("embedding", "ghost", None, "model_not_found", None)]
     assert "launch code" not in (cfg.data_dir / "audit.log").read_text()
 

@@ -16,11 +16,14 @@ from typing import Any, Final
 from ..errors import InvalidField
 from ..inference.engine import ChatMessage, GenerationRequest, SamplingParams
 from ..inference.request import SEED_RANGE, utf8_size
-from ..wire.limits import MAX_PROMPT_CHARS, MAX_SESSION_CHARS
+from ..wire import limits
+from ..wire.limits import MAX_SESSION_CHARS
 
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
-MAX_EMBED_INPUTS: Final = 2048
-MAX_EMBED_CHARS: Final = MAX_PROMPT_CHARS  # all inputs of one embeddings request together
+# The embed protocol's request limits (wire.limits), so every request we accept can go to
+# a peer.
+MAX_EMBED_INPUTS: Final = limits.MAX_EMBED_INPUTS
+MAX_EMBED_CHARS: Final = limits.MAX_EMBED_CHARS
 
 _ROLE_ALIASES: Final = {"system": "system", "developer": "system", "user": "user",
                         "assistant": "assistant"}

@@ -58,6 +58,7 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("POST", "/api/chat"): U,
     ("POST", "/api/generate"): U,  # an empty prompt loads the model, as any request would
     ("POST", "/api/embed"): U,
+    ("POST", "/api/embeddings"): U,
     # model management
     ("POST", "/v1/models/load"): OP,
     ("POST", "/v1/models/{model_id:path}/warmup"): OP,

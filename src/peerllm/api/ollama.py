@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,7 +28,9 @@ from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas
 from .access import principal_of, require_model
-from .auditing import embedding, managing
+from .auditing import managing
+from .embeddings import embed as embeddings_of
+from .embeddings import served_headers
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -234,12 +237,18 @@ def routes(node: Node) -> list[Route]:
                                   principal=principal_of(request))
 
     async def embed(request: Request) -> Response:
-        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
-            req = schemas.ollama_embed(await read_json(request))
-            target.model = req.model
-            require_model(request, node.authority, req.model)
-            vectors = await node.embed(req.model, list(req.inputs))
-        return JSONResponse({"model": req.model, "embeddings": vectors})
+        started = trio.current_time()
+        req, placed = await embeddings_of(node, request, schemas.ollama_embed)
+        total_ns = int((trio.current_time() - started) * 1e9)
+        return JSONResponse({"model": req.model, "embeddings": placed.vectors,
+                             "total_duration": total_ns, "load_duration": 0,
+                             "prompt_eval_count": placed.prompt_tokens},
+                            headers=served_headers(placed))
+
+    async def embeddings(request: Request) -> Response:
+        """The legacy ``/api/embeddings``: one ``prompt``, one ``embedding``."""
+        _, placed = await embeddings_of(node, request, schemas.ollama_embeddings)
+        return JSONResponse({"embedding": placed.vectors[0]}, headers=served_headers(placed))
 
     async def tags(request: Request) -> Response:
         return JSONResponse({"models": [_tag(node, m, modified)
@@ -272,6 +281,7 @@ def routes(node: Node) -> list[Route]:
         Route("/api/chat", wrap(chat), methods=["POST"]),
         Route("/api/generate", wrap(generate), methods=["POST"]),
         Route("/api/embed", wrap(embed), methods=["POST"]),
+        Route("/api/embeddings", wrap(embeddings), methods=["POST"]),
         Route("/api/tags", wrap(tags), methods=["GET"]),
         Route("/api/ps", wrap(ps), methods=["GET"]),
         Route("/api/show", wrap(show), methods=["POST"]),

@@ -217,6 +217,14 @@ def ollama_embed(body: Mapping[str, Any]) -> Embedding:
     return Embedding(model=r.model_id(body), inputs=r.inputs(body.get("input"), "input"))
 
 
+def ollama_embeddings(body: Mapping[str, Any]) -> Embedding:
+    """The legacy ``POST /api/embeddings``: one ``prompt`` string (``input`` is /api/embed's)."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise r.bad("prompt", f"expected a string, got {r.kind(prompt)}")
+    return Embedding(model=r.model_id(body), inputs=r.inputs(prompt, "prompt"))
+
+
 def ollama_model_name(body: Mapping[str, Any]) -> str:
     """``/api/show`` names its model with ``model`` (or the older ``name``)."""
     use_name = body.get("model") is None and body.get("name") is not None

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidInferenceRequest, ModelLoadError
 from ..events import FinishReason
-from .backend import Benchmark, Emit, EncodedPrompt, GenerationOutcome, OpenOptions, StopCheck
+from .backend import (
+    Benchmark,
+    Embedded,
+    Emit,
+    EncodedPrompt,
+    GenerationOutcome,
+    OpenOptions,
+    StopCheck,
+)
 from .request import ChatMessage, SamplingParams
 from .stops import StopScanner
 
@@ -299,13 +307,15 @@ class LlamaInstance:
         return Benchmark(tokens=count, seconds=end - start, tokens_per_second=tps,
                          ttft_s=first - start)
 
-    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
+    def embed(self, inputs: Sequence[str]) -> Embedded:
         if not self._options.embedding:
             raise InvalidInferenceRequest(self._model_id, "not an embedding context")
         if not inputs:
-            return []
-        vectors = self._llm.embed(list(inputs), normalize=True, truncate=True)
-        return [[float(x) for x in vec] for vec in vectors]
+            return Embedded(vectors=[], prompt_tokens=0)
+        vectors, tokens = self._llm.embed(list(inputs), normalize=True, truncate=True,
+                                          return_count=True)
+        return Embedded(vectors=[[float(x) for x in vec] for vec in vectors],
+                        prompt_tokens=int(tokens))
 
     def close(self) -> None:
         self._llm.close()

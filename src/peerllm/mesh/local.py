@@ -16,6 +16,7 @@ from ..identity import Identity
 from ..inference.engine import Engine
 from ..inference.registry import ModelStatus
 from ..inference.resources import GpuProbe, probe_resources
+from ..wire import embed as we
 from ..wire import infer as wi
 from ..wire import nodeinfo as wni
 from ..wire import revocations as wrev
@@ -100,7 +101,7 @@ class LocalNode:
             seq=self._seq,
             addrs=tuple(self.addrs()),
             capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID,
-                                                     wrev.PROTOCOL_ID),
+                                                     we.PROTOCOL_ID, wrev.PROTOCOL_ID),
                                           features=FEATURES, private_network=self._private),
             resources=self.resources(),
             models=tuple(wni.ModelInfo(id=m.id, loaded=m.state == "loaded",

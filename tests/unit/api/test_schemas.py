@@ -262,6 +262,11 @@ def test_ollama_generate_rejects(patch: dict[str, Any], param: str) -> None:
 
 def test_ollama_embed_and_show() -> None:
     assert schemas.ollama_embed({"model": "m", "input": ["a"]}).inputs == ("a",)
+    # The legacy /api/embeddings: one prompt (a string), never a list or ``input``.
+    assert schemas.ollama_embeddings({"model": "m", "prompt": "a b"}).inputs == ("a b",)
+    for body in ({"model": "m", "input": "a"}, {"model": "m", "prompt": ["a"]}):
+        assert api_error(schemas.ollama_embeddings, body).param == "prompt"
+    assert api_error(schemas.ollama_embeddings, {"prompt": "a"}).param == "model"
     assert schemas.ollama_model_name({"name": "old"}) == "old"
     assert schemas.ollama_model_name({"model": "new", "name": "old"}) == "new"
     assert api_error(schemas.ollama_model_name, {}).param == "model"
