@@ -17,6 +17,7 @@ from ..inference.request import MIN_P, REPEAT_LAST_N
 from ..wire.limits import MAX_TOKENS
 from . import _readers as r
 from . import _structured as structured
+from ._keep_alive import keep_alive as keep_alive
 from ._readers import MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._readers import MAX_EMBED_INPUTS as MAX_EMBED_INPUTS
 from ._readers import ApiError as ApiError
@@ -36,6 +37,7 @@ class Generation:
     stream: bool
     include_usage: bool = False  # OpenAI stream_options.include_usage
     session: str | None = None  # sticky-routing key (OpenAI ``user`` or X-PeerLLM-Session)
+    keep_alive_s: float | None = None  # Ollama keep_alive (math.inf: forever); None: not given
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +45,7 @@ class Embedding:
     model: str
     inputs: tuple[str, ...]
     base64: bool = False  # OpenAI encoding_format "base64": little-endian float32
+    keep_alive_s: float | None = None  # Ollama keep_alive, as in Generation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +205,8 @@ def ollama_chat(body: Mapping[str, Any], *, session_header: str | None = None) -
     params = _ollama_params(body)
     request = r.generation_request(model=model, messages=messages, params=params)
     return Generation(request=request, stream=r.opt_bool(body, "stream", "stream", True),
-                      session=r.session(session_header, "X-PeerLLM-Session"))
+                      session=r.session(session_header, "X-PeerLLM-Session"),
+                      keep_alive_s=keep_alive(body))
 
 
 def ollama_generate(body: Mapping[str, Any], *, session_header: str | None = None
@@ -234,19 +238,22 @@ def ollama_generate(body: Mapping[str, Any], *, session_header: str | None = Non
     if raw:
         request = r.generation_request(model=model, prompt=(system or "") + prompt,
                                        params=params)
-        return Generation(request=request, stream=stream, session=session)
+        return Generation(request=request, stream=stream, session=session,
+                          keep_alive_s=keep_alive(body))
     turns = ((ChatMessage(role="system", content=system),) if system else ()) + (
         ChatMessage(role="user", content=prompt),)
     # Name the body's fields, not the turns we made of them.
     path_of = {"messages": "prompt", f"messages[{len(turns) - 1}].content": "prompt",
                "messages[0].content": "system" if system else "prompt"}
     request = r.generation_request(model=model, messages=turns, params=params, path_of=path_of)
-    return Generation(request=request, stream=stream, session=session)
+    return Generation(request=request, stream=stream, session=session,
+                      keep_alive_s=keep_alive(body))
 
 
 def ollama_embed(body: Mapping[str, Any]) -> Embedding:
     """``POST /api/embed``."""
-    return Embedding(model=r.model_id(body), inputs=r.inputs(body.get("input"), "input"))
+    return Embedding(model=r.model_id(body), inputs=r.inputs(body.get("input"), "input"),
+                     keep_alive_s=keep_alive(body))
 
 
 def ollama_model_name(body: Mapping[str, Any]) -> str:
