@@ -17,6 +17,9 @@ from ..errors import InvalidField
 
 MAX_REPEAT: Final = 256
 """Largest repetition count a schema may ask for (maxLength, minItems, a pattern's {n})."""
+MAX_PATTERN_EXPANSION: Final = 4096
+"""Largest product of a pattern's repetition counts: nested repetitions multiply when the
+converter writes them out, ``((a{256}){256}){256}`` would be 16 M characters."""
 MAX_GRAMMAR_CHARS: Final = 256 * 1024
 """Largest grammar a schema may compile to."""
 MAX_SCHEMA_DEPTH: Final = 32
@@ -58,6 +61,18 @@ def schema_to_gbnf(schema: str, *, field: str = "json_schema") -> str:
     return grammar
 
 
+def _check_pattern(pattern: str, path: str) -> None:
+    product = 1
+    for match in _QUANTIFIER.finditer(pattern):
+        counts = [int(g) for g in match.groups() if g]
+        if any(c > MAX_REPEAT for c in counts):
+            raise InvalidField(path, f"repetition {match.group(0)} is over {MAX_REPEAT}")
+        product *= max(1, *counts)
+    if product > MAX_PATTERN_EXPANSION:
+        raise InvalidField(path, "the repetitions together expand to more than "
+                                 f"{MAX_PATTERN_EXPANSION} (simplify the pattern)")
+
+
 def _check(node: Any, path: str, *, depth: int) -> None:
     """Refuse what would make the converter blow up before it runs."""
     if depth > MAX_SCHEMA_DEPTH:
@@ -73,11 +88,7 @@ def _check(node: Any, path: str, *, depth: int) -> None:
         if key in _COUNT_KEYS and isinstance(item, int) and item > MAX_REPEAT:
             raise InvalidField(where, f"at most {MAX_REPEAT} is supported, got {item}")
         if key == "pattern" and isinstance(item, str):
-            for match in _QUANTIFIER.finditer(item):
-                counts = [int(g) for g in match.groups() if g]
-                if any(c > MAX_REPEAT for c in counts):
-                    raise InvalidField(where, f"repetition {match.group(0)} is over "
-                                              f"{MAX_REPEAT}")
+            _check_pattern(item, where)
         if key == "$ref" and isinstance(item, str) and not item.startswith("#"):
             raise InvalidField(where, "only local references (#/...) are supported")
         _check(item, where, depth=depth + 1)

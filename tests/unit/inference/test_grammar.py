@@ -26,12 +26,18 @@ def test_any_object_and_a_schema_compile() -> None:
     (json.dumps({"items": {"type": "array", "minItems": 10**9}}), "s.items.minItems", "at most"),
     (json.dumps({"type": "string", "pattern": "^a{2,9999}$"}), "s.pattern", "repetition"),
     (json.dumps({"$ref": "file:///etc/passwd"}), "s.$ref", "local references"),
+    (json.dumps({"type": "string", "pattern": "((a{200}){200}){200}"}), "s.pattern", "expand"),
 ])
 def test_refusals_name_the_schema_path(schema: str, field: str, problem: str) -> None:
     with pytest.raises(InvalidField) as info:
         schema_to_gbnf(schema, field="s")
     assert info.value.field == field and problem in info.value.problem
     assert "Traceback" not in str(info.value)
+
+
+def test_common_patterns_compile() -> None:
+    for pattern in (r"^[a-z]{2,30}@[a-z]{2,30}\.com$", r"^\d{1,3}(\.\d{1,3}){3}$"):
+        assert schema_to_gbnf(json.dumps({"type": "string", "pattern": pattern}))
 
 
 def test_nesting_is_capped() -> None:
