@@ -93,4 +93,7 @@ async def test_keep_alive_needs_the_operator_role(
     assert (await http.post("/api/chat", json=chat(), headers=auth)).status_code == 200
     r = await http.post("/api/chat", json=chat(keep_alive=0), headers=auth)
     assert r.status_code == 403 and "operator" in r.json()["error"]
+    r = await http.post("/api/generate", json={"model": FAKE_MODEL, "keep_alive": 0},
+                        headers=auth)
+    assert r.status_code == 403
     assert state(node) == "loaded"

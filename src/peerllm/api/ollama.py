@@ -238,6 +238,7 @@ def routes(node: Node) -> list[Route]:
             with managing(node.audit, request.scope, "unload" if unload else "load", model):
                 require_model(request, node.authority, model)
                 require_known(model)
+                keep_alive(request, model, seconds)  # first: it checks the role
                 if node.engine is not None:
                     try:
                         if unload:
@@ -246,7 +247,6 @@ def routes(node: Node) -> list[Route]:
                             await node.engine.registry.load(model)
                     except ModelNotFound:
                         pass  # served by peers only: they load it on the first request
-                keep_alive(request, model, seconds)
             return JSONResponse({"model": model, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "unload" if unload else "load"})
         require_model(request, node.authority, gen.request.model)
