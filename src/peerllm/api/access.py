@@ -101,11 +101,14 @@ RefusalHook = Callable[[Request, AuthError, Principal | None], None]
 """(request, refusal, the principal if the token was valid): metrics and audit."""
 
 
-def require_model(request: Request, authority: Authority, model: str) -> None:
-    """Raises AuthError(forbidden_model) if the caller's token does not cover ``model``."""
+def require_model(request: Request, authority: Authority, model: str, *,
+                  role: Role = Role.USER) -> None:
+    """Raises AuthError(forbidden_model) if the caller's token does not cover ``model``,
+    or (forbidden_role) if it has less than ``role``: for what a request asks beyond its
+    route's role (Ollama's keep_alive manages the model, an operator's job)."""
     principal = principal_of(request)
     try:
-        authority.authorize(principal, Role.USER, model=model)
+        authority.authorize(principal, role, model=model)
     except AuthError as exc:
         hook = getattr(request.state, "on_refusal", None)
         if hook is not None:

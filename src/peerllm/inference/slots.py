@@ -90,6 +90,7 @@ class ModelSlot:
     active: int = 0
     uses: int = 0
     last_used: float = 0.0
+    keep_alive_s: float | None = None  # idle time before unloading; None: never (Ollama)
     tokens_generated: int = 0
     tokens_per_second: float | None = None
     ttft_ms: float | None = None

@@ -221,6 +221,11 @@ class Placement:
         if not self._tokens:
             return self.req
         p = self.req.params
+        if p.json_schema is not None:
+            # A grammar starts at the beginning of the answer; no replica can continue one
+            # (the engines refuse structured output with resume_text).
+            raise InvalidField("json_schema", "structured output cannot be resumed "
+                                              "mid-answer on another replica")
         return dataclasses.replace(
             self.req, resume_text=self.req.resume_text + self._text,
             params=dataclasses.replace(p, max_tokens=max(1, p.max_tokens - self._tokens)))

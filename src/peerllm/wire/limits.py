@@ -47,3 +47,13 @@ MAX_EMBED_DIMS: Final = 16384
 MAX_EMBED_VALUES: Final = 4 * 1024 * 1024
 """Floats in one embeddings answer (inputs x dims): 16 MiB of float32. A request whose
 answer would be larger is refused (``too_large``); split it into smaller batches."""
+MAX_PENALTY: Final = 2.0
+"""``presence_penalty`` and ``frequency_penalty`` are in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's)."""
+MAX_LOGIT_BIAS: Final = 300
+"""Entries in one ``logit_bias`` (OpenAI's cap)."""
+MAX_LOGIT_BIAS_VALUE: Final = 100.0
+"""A ``logit_bias`` value is in [-MAX_LOGIT_BIAS_VALUE, MAX_LOGIT_BIAS_VALUE]."""
+MAX_TOKEN_ID: Final = 2**31 - 1
+"""Largest token id a ``logit_bias`` may name (llama.cpp token ids are int32)."""
+MAX_JSON_SCHEMA_CHARS: Final = 16 * 1024
+"""A structured-output JSON schema, as JSON text."""

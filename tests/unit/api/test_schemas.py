@@ -68,7 +68,7 @@ def test_openai_chat_maps_everything() -> None:
                             ChatMessage(role="user", content="a\nb"),
                             ChatMessage(role="assistant", content=""))
     assert req.params == SamplingParams(max_tokens=7, temperature=0.0, top_p=0.5,
-                                        stop=("END",), seed=3)
+                                        stop=("END",), seed=3, frequency_penalty=0.2)
     assert gen.stream and gen.include_usage and gen.session == "alice"
 
 
@@ -227,7 +227,7 @@ def test_ollama_unlimited_num_predict() -> None:
     ({"options": {"top_p": 2}}, "options.top_p"),
     ({"options": {"stop": 3}}, "options.stop"),
     ({"options": {"stop": [""]}}, "options.stop"),
-    ({"format": "json"}, "format"),
+    ({"format": "yaml"}, "format"),
     ({"tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "messages[0].images"),
 ])
