@@ -45,6 +45,7 @@ from peerllm.config import (
 )
 from peerllm.inference.catalog import DEFAULT_MODEL_ID
 from peerllm.security_events import AuditEvent
+from peerllm.testing import write_fake_gguf
 
 T = TypeVar("T")
 
@@ -87,7 +88,7 @@ def with_fake_model(cfg: NodeConfig, *, api: dict[str, Any] | None = None,
     assert cfg.data_dir is not None
     path = cfg.data_dir / f"{FAKE_MODEL}.gguf"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"GGUF" + bytes(1024))
+    write_fake_gguf(path)
     return dataclasses.replace(
         cfg, models=ModelsConfig(serve_default=False, paths=(str(path),)),
         inference=InferenceConfig(warmup_tokens=0, cache_size_gb=1.0, **inference),

@@ -8,20 +8,29 @@ Label values that come from outside (a model a client asked for, a token's subje
 through ``BoundedLabels``: a safe charset and length (a lone surrogate in a label used to
 make every later ``/metrics`` fail with UnicodeEncodeError), and at most so many
 distinct values, the rest counted under ``_other`` — so a hostile client can neither
-break the exposition nor grow it without bound.
+break the exposition nor grow it without bound. A model id gets its own label only when
+the mesh serves it (the ``serves`` predicate the node passes in); every other id a
+client sends is counted under ``unknown``. Rendering is per metric family, so one
+family that cannot be rendered is left out (logged once) instead of failing the scrape.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
+from .scheduling.breaker import BreakerState
 from .security_events import AuthFailure, PeerLimit, RateLimitScope
+
+logger = logging.getLogger(__name__)
 
 Destination = Literal["local", "remote"]
 
@@ -31,6 +40,10 @@ _DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120
 
 OTHER: Final = "_other"
 """The label of every value past a BoundedLabels' limit."""
+UNKNOWN: Final = "unknown"
+"""The model label of every request for a model the mesh does not serve."""
+BREAKER_VALUES: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1,
+                         BreakerState.OPEN: 2}
 EMPTY: Final = "_empty"
 MAX_LABEL_CHARS: Final = 64
 MAX_SUBJECTS: Final = 50
@@ -69,12 +82,43 @@ class ModelSample:
     model: str
     memory_bytes: int
     load_seconds: float | None
+    active: int = 0
+    queued: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerSample:
+    """One known peer's circuit breaker, as the breaker gauge shows it."""
+
+    peer_id: str
+    name: str
+    state: BreakerState
+
+
+def _serves_all(model: str) -> bool:
+    return True
+
+
+class _Family(Collector):
+    """One metric family as a collector, so it renders (or fails) on its own."""
+
+    def __init__(self, family: Metric) -> None:
+        self._family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family
 
 
 class Metrics:
-    """The node's metrics. Every method is cheap and never blocks."""
+    """The node's metrics. Every method is cheap and never blocks.
 
-    def __init__(self) -> None:
+    ``serves(model)``: whether the mesh serves ``model`` right now (only those get their
+    own model label); the default, for a metrics object without a node, is every model.
+    """
+
+    def __init__(self, *, serves: Callable[[str], bool] = _serves_all) -> None:
+        self._serves = serves
+        self._failed: set[str] = set()  # families whose rendering failed (logged once)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("peerllm_requests", "Inference requests completed through the API",
@@ -94,7 +138,20 @@ class Metrics:
         self.model_load = Gauge("peerllm_model_load_seconds",
                                 "How long the last load of a local model took", ["model"],
                                 registry=r)
+        self.model_active = Gauge("peerllm_model_active",
+                                  "Generations running on a local model", ["model"],
+                                  registry=r)
+        self.model_queued = Gauge("peerllm_model_queue_depth",
+                                  "Requests waiting for a local model", ["model"], registry=r)
         self.peers = Gauge("peerllm_peers", "Known peers by state", ["state"], registry=r)
+        self.breakers = Gauge("peerllm_peer_breaker_state",
+                              "Each known peer's circuit breaker: 0 closed, 1 half-open, "
+                              "2 open", ["peer", "name"], registry=r)
+        self.served_streams = Gauge("peerllm_served_streams",
+                                    "Inference streams this node is serving for peers",
+                                    registry=r)
+        self.node_info = Gauge("peerllm_node_info", "This node's identity (always 1)",
+                               ["name", "peer_id", "version"], registry=r)
         self.routed = Counter("peerllm_routed_requests",
                               "Generations placed, by where they ran", ["destination"],
                               registry=r)
@@ -132,7 +189,7 @@ class Metrics:
     def observe_request(self, model: str, destination: Destination, *, ttft_s: float | None,
                         total_s: float, tokens: int) -> None:
         """Record one completed generation (``ttft_s`` is None when nothing was produced)."""
-        model = self._models(model)
+        model = self.model_label(model)
         self.requests.labels(model=model, destination=destination).inc()
         self.routed.labels(destination=destination).inc()
         if tokens > 0:
@@ -141,8 +198,14 @@ class Metrics:
             self.ttft.labels(model=model).observe(max(ttft_s, 0.0))
         self.duration.labels(model=model).observe(max(total_s, 0.0))
 
+    def model_label(self, model: str) -> str:
+        """``model``'s label: its own when the mesh serves it, else ``unknown``."""
+        if not self._serves(model):
+            return UNKNOWN
+        return self._models(model)  # bounded anyway: node-info is a peer's word
+
     def observe_error(self, model: str, status: int) -> None:
-        self.request_errors.labels(model=self._models(model), status=str(status)).inc()
+        self.request_errors.labels(model=self.model_label(model), status=str(status)).inc()
 
     def observe_auth_failure(self, reason: AuthFailure) -> None:
         self.auth_failures.labels(reason=AuthFailure(reason).value).inc()
@@ -164,11 +227,14 @@ class Metrics:
 
     def set_models(self, samples: Iterable[ModelSample]) -> None:
         """Replace the model gauges: models that are gone lose their series."""
-        self.model_memory.clear()
-        self.model_load.clear()
+        gauges = (self.model_memory, self.model_load, self.model_active, self.model_queued)
+        for gauge in gauges:
+            gauge.clear()
         for s in samples:  # our own models: the same label as their requests, unbounded
             model = safe_label(s.model)
             self.model_memory.labels(model=model).set(s.memory_bytes)
+            self.model_active.labels(model=model).set(s.active)
+            self.model_queued.labels(model=model).set(s.queued)
             if s.load_seconds is not None:
                 self.model_load.labels(model=model).set(s.load_seconds)
 
@@ -178,6 +244,42 @@ class Metrics:
         for state, count in states.items():
             self.peers.labels(state=state).set(count)
 
+    def set_breakers(self, samples: Iterable[BreakerSample]) -> None:
+        """Replace the breaker gauge (one series per known peer: bounded by max_peers)."""
+        self.breakers.clear()
+        for s in samples:
+            self.breakers.labels(peer=safe_label(s.peer_id), name=safe_label(s.name)).set(
+                BREAKER_VALUES[s.state])
+
+    def set_served_streams(self, active: int) -> None:
+        self.served_streams.set(active)
+
+    def set_node_info(self, *, name: str, peer_id: str, version: str) -> None:
+        self.node_info.clear()
+        self.node_info.labels(name=safe_label(name), peer_id=safe_label(peer_id),
+                              version=safe_label(version)).set(1)
+
     def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus text exposition and its content type; never raises.
+
+        Each family renders on its own: one that fails (a label no encoder takes, a
+        collector that breaks) is left out and logged once, and the rest is served.
+        """
+        parts: list[bytes] = []
+        try:
+            families = list(self.registry.collect())
+        except Exception:  # a broken collector must not take the whole scrape down
+            self._failed_once("<collect>")
+            return b"", CONTENT_TYPE_LATEST
+        for family in families:
+            try:
+                parts.append(generate_latest(_Family(family)))
+            except Exception:  # any failure: leave this family out
+                self._failed_once(family.name)
+        return b"".join(parts), CONTENT_TYPE_LATEST
+
+    def _failed_once(self, family: str) -> None:
+        if family not in self._failed:
+            self._failed.add(family)
+            logger.error("metric family %s could not be rendered; it is left out of "
+                         "/metrics", family)

@@ -8,7 +8,7 @@ The HTTP API is not started here: the daemon (cli/node.py) serves it next to the
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from .auth.credentials import NodeCredentials
 from .auth.usage import UsageLedger
 from .config import NodeConfig
 from .config.audit import AUDIT_FILE
-from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
@@ -36,6 +35,7 @@ from .mesh.accounting import Accounting
 from .mesh.audited import SubjectNotes, audit_served
 from .mesh.breakers import BreakerBook
 from .mesh.documents import Json, info_document, limits_doc, peer_row
+from .mesh.embedding import PlacedEmbeddings, serve_embedder
 from .mesh.explain import explain
 from .mesh.forwarding import ForwardedRequests
 from .mesh.gossip import RevocationGossip
@@ -46,6 +46,7 @@ from .mesh.router import Router, breaker_config
 from .mesh.serving import serve_generator
 from .metrics import Metrics
 from .p2p.dht import Dht, open_dht
+from .p2p.embed import EmbedClient, EmbedServer
 from .p2p.host import P2PHost, open_host
 from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
@@ -56,6 +57,7 @@ from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
 from .security_events import PeerLimit, PeerLimitHook
+from .wire import embed as we
 from .wire import infer as wi
 from .wire import nodeinfo as wni
 from .wire import revocations as wrev
@@ -73,8 +75,8 @@ class Node:
                  host: P2PHost, registry: PeerRegistry, membership: Membership,
                  router: Router, authority: Authority, credentials: NodeCredentials,
                  usage: UsageLedger, gossip: RevocationGossip, infer_server: InferServer,
-                 info_rate: PeerRate, metrics: Metrics, audit: AuditSink = NULL_AUDIT
-                 ) -> None:
+                 embed_server: EmbedServer, info_rate: PeerRate, metrics: Metrics,
+                 audit: AuditSink = NULL_AUDIT) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -87,6 +89,7 @@ class Node:
         self.usage = usage  # usage totals and receipts (GET /v1/usage)
         self.gossip = gossip  # spreads revocations to and from peers
         self.infer_server = infer_server
+        self.embed_server = embed_server
         self.info_rate = info_rate  # node-info requests per peer, over all its streams
         self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
@@ -142,6 +145,7 @@ class Node:
                      "network": self.host.network_key.describe(),
                      "api": self.api_url},
             limits=limits_doc(self.config, infer=self.infer_server.statistics(),
+                              embed=self.embed_server.statistics(),
                               info_refused=self.info_rate.refused)) | {"auth": self.auth_summary()}
 
     def status(self) -> Json:
@@ -204,16 +208,21 @@ class Node:
         """Every model served anywhere in the mesh, with the nodes that serve it."""
         return self.router.known_models()
 
-    async def embed(self, model: str, inputs: list[str]) -> list[list[float]]:
-        """Embeddings from a local model.
+    async def embed(self, model: str, inputs: Sequence[str], *,
+                    principal: Principal | None = None) -> PlacedEmbeddings:
+        """One vector per input (in order) from ``model``, wherever in the mesh it is
+        served, with the tokens read and who computed them.
+
+        Placed like a generation (ranking, breakers, failover to another replica before
+        the answer); ``principal`` as in :meth:`open_generation`.
 
         Raises:
-            ModelNotFound: this node does not serve ``model`` (embeddings are local only).
+            NoRoute: no node can serve the model (``reasons`` per candidate).
+            InferenceRejected: a refusal that retrying elsewhere cannot fix (a batch
+                over the protocol's limits: ``too_large``), or every replica's refusal
+                of this principal.
         """
-        engine = self.engine
-        if engine is None or model not in self.model_ids():
-            raise ModelNotFound(model)
-        return await engine.embed(model, inputs)
+        return await self.router.embed(model, inputs, principal=principal)
 
     async def chat(self, model: str, messages: list[dict[str, str]], *,
                    session: str | None = None, **params: Any) -> AsyncIterator[str]:
@@ -322,6 +331,7 @@ async def open_node(config: NodeConfig | None = None, *,
                             Engine(registry) if registry is not None else None, authority,
                             audit)
             host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
+            host.set_handler(we.PROTOCOL_ID, node.embed_server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
             host.set_handler(wrev.PROTOCOL_ID, RevocationServer(node.gossip.on_records).handle,
                              timeout_s=REVOCATION_PUSH_S)
@@ -361,7 +371,8 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         p2p=p2p, discovery=cfg.discovery, on_peer_down=breakers.peer_down,
         on_peer_connected=gossip.peer_connected)
     # Per-peer limits of the libp2p side, whatever the peer (protocols/*.md "limits").
-    metrics = Metrics()
+    # Only ids the mesh serves get a model label (the router is built below).
+    metrics = Metrics(serves=lambda model: router.serves(model))
     subjects = SubjectNotes()
     forwarded = ForwardedRequests(authority=authority, credentials=credentials, usage=usage,
                                   serve_peers=p2p.serve_peers, trusted_peers=p2p.trusted_peers)
@@ -373,6 +384,13 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         max_streams_per_peer=p2p.max_streams_per_peer,
         stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers),
         on_limited=_on_peer_limited(metrics, audit))
+    # Embed streams get the infer streams' per-peer limits, with counters of their own.
+    embed_server = EmbedServer(
+        self_peer_id=host.peer_id,
+        embed=serve_embedder(local, local.model_ids, forwarded=forwarded, audit=audit),
+        max_streams_per_peer=p2p.max_streams_per_peer,
+        stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers),
+        on_limited=_on_peer_limited(metrics, audit))
     info_rate = PeerRate(p2p.peer_info_requests_per_s, max_peers=p2p.max_peers)
     router = Router(
         local=local, registry=registry, breakers=breakers,
@@ -380,10 +398,12 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         links=host, hooks=membership, settings=cfg.scheduling,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)),
-        accounting=Accounting(credentials=credentials, usage=usage))
+        accounting=Accounting(credentials=credentials, usage=usage),
+        embed_transport=EmbedClient(host))
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
                 membership=membership, router=router, authority=authority,
                 credentials=credentials, usage=usage, gossip=gossip, infer_server=infer_server,
+                embed_server=embed_server,
                 info_rate=info_rate, metrics=metrics, audit=audit)
 
 

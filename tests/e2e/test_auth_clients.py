@@ -1,4 +1,5 @@
-"""The official openai and ollama clients against a node that requires tokens (real model)."""
+"""The official openai, ollama and anthropic clients against a node that requires tokens
+(real model)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anthropic
 import ollama
 import openai
 import pytest
@@ -78,3 +80,25 @@ async def test_ollama_client_with_and_without_a_token(guarded: peerllm.Node) -> 
         assert "requires a token" in refused.value.error
     finally:
         await anonymous.close()  # type: ignore[no-untyped-call]
+
+
+async def test_anthropic_client_sends_its_key_as_x_api_key(guarded: peerllm.Node) -> None:
+    token, _ = guarded.authority.create_token(subject="claude", roles=[Role.USER], ttl_s=600,
+                                              now=int(time.time()))
+
+    def client(key: str) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=api_url(guarded), api_key=key, max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(trust_env=False))
+
+    hi: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi."}]
+    async with client(token) as c:
+        answer = await c.messages.create(model=MODEL, max_tokens=4, messages=hi)
+        assert answer.content and answer.usage.output_tokens >= 1
+    async with client("sk-ant-not-a-token") as c:
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            await c.messages.create(model=MODEL, max_tokens=4, messages=hi)
+        assert refused.value.status_code == 401
+        body = refused.value.body
+        assert isinstance(body, dict) and body["type"] == "error"
+        assert body["error"]["type"] == "authentication_error" and body["error"]["message"]

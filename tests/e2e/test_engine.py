@@ -21,6 +21,7 @@ from peerllm.errors import InferenceTimeout, ModelBusy, ModelLoadError
 from peerllm.events import Done, TokenChunk
 from peerllm.inference.backend import (
     Benchmark,
+    Embedded,
     Emit,
     EncodedPrompt,
     GenerationOutcome,
@@ -58,7 +59,7 @@ class SharedInstance:
                  should_stop: StopCheck) -> GenerationOutcome:
         return self.inner.generate(prompt, params, emit=emit, should_stop=should_stop)
 
-    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
+    def embed(self, inputs: Sequence[str]) -> Embedded:
         return self.inner.embed(inputs)
 
     def benchmark(self, n_tokens: int) -> Benchmark:
@@ -266,7 +267,9 @@ async def test_bad_model_files_fail_while_the_bundled_model_serves(
 
 async def test_embeddings(served: tuple[Engine, ModelRegistry]) -> None:
     engine, _ = served
-    a, b = await engine.embed(MODEL, ["The cat sat on the mat.", "Stock markets fell today."])
+    got = await engine.embed(MODEL, ["The cat sat on the mat.", "Stock markets fell today."])
+    a, b = got.vectors
+    assert got.prompt_tokens >= 10  # two sentences of 6 and 5 words, at least a token each
     assert len(a) == len(b) == 640
     assert math.isclose(math.fsum(x * x for x in a), 1.0, rel_tol=1e-3)
     assert a != b

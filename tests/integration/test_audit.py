@@ -20,7 +20,7 @@ from peerllm.api import open_api
 from peerllm.config import ModelsConfig, NodeConfig
 from peerllm.errors import InferenceRejected
 from peerllm.p2p.infer import InferClient
-from peerllm.testing import FakeBackend
+from peerllm.testing import FakeBackend, write_fake_gguf
 from peerllm.wire import infer as wi
 from tests.helpers import MakeConfig, api_url, audit_lines, healthy_names, wait_until
 
@@ -31,7 +31,7 @@ TOKENS = ("zebra ", "quokka ", "axolotl")  # what FakeBackend answers, to look f
 def serving(cfg: NodeConfig, tmp_path: Path, model: str = "tiny") -> NodeConfig:
     """``cfg`` serving one fake GGUF file as ``model``."""
     path = tmp_path / f"{model}.gguf"
-    path.write_bytes(b"GGUF" + bytes(60))
+    write_fake_gguf(path, 64)
     return dataclasses.replace(cfg, models=ModelsConfig(serve_default=False,
                                                         paths=(str(path),)))
 
@@ -136,7 +136,7 @@ async def test_embeddings_are_inference_lines(make_config: MakeConfig, tmp_path:
     assert cfg.data_dir is not None
     lines = audit_lines(cfg.data_dir, "inference")
     assert [(x["kind"], x["model"], x["served_by"], x["outcome"], x["tokens_in"])
-            for x in lines] == [("embedding", "tiny", a.peer_id, "ok", None),
+            for x in lines] == [("embedding", "tiny", a.peer_id, "ok", len(PROMPT.split()) + 1),
                                 ("embedding", "ghost", None, "model_not_found", None)]
     assert "launch code" not in (cfg.data_dir / "audit.log").read_text()
 

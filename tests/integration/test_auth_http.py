@@ -32,6 +32,9 @@ BODIES = {"/v1/chat/completions": {"model": "nosuch", "messages": [
     {"role": "user", "content": "hi"}]},
     "/v1/completions": {"model": "nosuch", "prompt": "hi"},
     "/v1/embeddings": {"model": "nosuch", "input": "hi"},
+    "/v1/responses": {"model": "nosuch", "input": "hi"},
+    "/v1/messages": {"model": "nosuch", "max_tokens": 4, "messages": [
+        {"role": "user", "content": "hi"}]},
     "/v1/models/load": {"model": "nosuch"},
     "/api/chat": {"model": "nosuch", "messages": [{"role": "user", "content": "hi"}]},
     "/api/generate": {"model": "nosuch", "prompt": "hi"},

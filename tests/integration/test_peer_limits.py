@@ -47,5 +47,6 @@ async def test_streams_over_the_per_peer_limit_are_refused_and_retried_without_b
         assert (limits["peer_share"], limits["peer_slots_per_model"]) == (1.0, 1)
         assert limits["refused"]["too_many_streams"] >= 1  # two were over the limit
         assert limits["refused"]["stream_rate"] == limits["refused"]["info_rate"] == 0
+        assert limits["refused"]["embed_too_many_streams"] == 0
         assert b.router.breakers.describe(a.peer_id).startswith("closed")
         assert "server" in healthy_names(b.peers())

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
 from ..errors import InvalidField
 from ..inference.engine import ChatMessage, GenerationRequest, SamplingParams
 from ..inference.request import SEED_RANGE, utf8_size
-from ..wire.limits import MAX_PROMPT_CHARS, MAX_SESSION_CHARS
+from ..wire import limits
+from ..wire.limits import MAX_SESSION_CHARS
 
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
-MAX_EMBED_INPUTS: Final = 2048
-MAX_EMBED_CHARS: Final = MAX_PROMPT_CHARS  # all inputs of one embeddings request together
+# The embed protocol's request limits (wire.limits), so every request we accept can go to
+# a peer.
+MAX_EMBED_INPUTS: Final = limits.MAX_EMBED_INPUTS
+MAX_EMBED_CHARS: Final = limits.MAX_EMBED_CHARS
 
 _ROLE_ALIASES: Final = {"system": "system", "developer": "system", "user": "user",
                         "assistant": "assistant"}
 
 Json = dict[str, Any]
+
+_FLOAT_MAX: Final = sys.float_info.max
 
 
 class ApiError(Exception):
@@ -52,10 +58,15 @@ def _reject_constant(name: str) -> float:
 
 
 def parse_body(body: bytes) -> Json:
-    """Decode a request body that must be one JSON object.
+    """Decode a request body that must be one JSON object of valid text and finite numbers.
+
+    Every string (keys too) and every number is checked here, once, whatever the endpoint
+    (``check_values``): a lone surrogate or ``1e999`` is a 400 naming its field before any
+    reader sees it.
 
     Raises:
-        ApiError: 413 past ``MAX_BODY_BYTES``; 400 for invalid JSON or a non-object.
+        ApiError: 413 past ``MAX_BODY_BYTES``; 400 for invalid JSON, a non-object, a lone
+            surrogate or a non-finite number.
     """
     if len(body) > MAX_BODY_BYTES:
         raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
@@ -64,13 +75,53 @@ def parse_body(body: bytes) -> Json:
         raise ApiError(400, "request body is empty; expected a JSON object", code="invalid_json")
     try:
         value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise ApiError(400, f"request body is not valid JSON: {exc}",
+    except json.JSONDecodeError as exc:  # its msg and position, never the exception itself
+        raise ApiError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                            f"column {exc.colno}", code="invalid_json") from exc
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})",
                        code="invalid_json") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply",
+                       code="invalid_json") from exc
+    except ValueError as exc:  # NaN/Infinity constants (ours), or an integer too long to read
+        raise ApiError(400, "request body is not valid JSON: " + (
+            str(exc) if "is not valid JSON" in str(exc) else "a number has too many digits"),
+            code="invalid_json") from exc
     if not isinstance(value, dict):
         raise ApiError(400, f"request body must be a JSON object, got {kind(value)}",
                        code="invalid_json")
+    check_values(value)
     return value
+
+
+def check_values(value: Json) -> None:
+    """Refuse the first lone surrogate or non-finite number anywhere in ``value``, naming
+    its path (``messages[1].content``). Iterative: json.loads already bounds the depth,
+    and a walk of our own must not be the thing that overflows the stack."""
+    todo: list[tuple[str, object]] = [(k, v) for k, v in value.items()]
+    for key in value:
+        _text(key, f"key {key!r}" if _valid(key) else "a key")
+    while todo:
+        path, item = todo.pop()
+        if isinstance(item, str):
+            _text(item, path)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise bad(path, "must be finite (a number this large is not)")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                _text(k, f"a key in {path}")
+                todo.append((f"{path}.{k}", v))
+        elif isinstance(item, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+
+
+def _valid(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def kind(value: object) -> str:
@@ -117,9 +168,11 @@ def opt_number(body: Mapping[str, Any], key: str, path: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad(path, f"expected a number, got {kind(value)}")
+    # parse_body refuses inf first; an int past float's range would overflow float()
+    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > _FLOAT_MAX:
+        raise bad(path, "must be finite (a number this large is not)")
     return float(value)
 
 

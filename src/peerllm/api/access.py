@@ -2,7 +2,8 @@
 
 Every route of the API has exactly one required role, here (``ROUTE_ROLES``); building
 the app fails for a route missing from the table, so a new route cannot ship unguarded.
-The guard authenticates the bearer token (``auth.Authority``), checks the role, counts
+The guard authenticates the bearer token (``auth.Authority``; ``credential_of`` reads
+it from ``Authorization`` or ``x-api-key``), checks the role, counts
 the request against the token's rate, and leaves the ``Principal`` on
 ``request.state.principal`` for the handlers, which check the model themselves
 (``require_model``) once they have read it from the body.
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, cast
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -43,18 +45,31 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("GET", "/api/ps"): R,
     ("POST", "/api/show"): R,
     ("GET", "/api/version"): R,
+    # Ollama's "is it up" probe: readonly, not public, so a node that requires auth says
+    # nothing to a caller without a token (anonymous callers have every role when auth
+    # is off, which is when the probing tools run without tokens)
+    ("GET", "/"): R,
     # inference
     ("POST", "/v1/chat/completions"): U,
     ("POST", "/v1/completions"): U,
     ("POST", "/v1/embeddings"): U,
+    ("POST", "/v1/responses"): U,
+    ("POST", "/v1/messages"): U,
     ("POST", "/api/chat"): U,
     ("POST", "/api/generate"): U,  # an empty prompt loads the model, as any request would
     ("POST", "/api/embed"): U,
+    ("POST", "/api/embeddings"): U,
     # model management
     ("POST", "/v1/models/load"): OP,
     ("POST", "/v1/models/{model_id:path}/warmup"): OP,
     ("POST", "/v1/models/{model_id:path}/unload"): OP,
     ("DELETE", "/v1/models/{model_id:path}"): OP,
+    # Ollama model management: 501 until model distribution lands (ollama_unsupported)
+    ("POST", "/api/pull"): OP,
+    ("POST", "/api/push"): OP,
+    ("POST", "/api/create"): OP,
+    ("POST", "/api/copy"): OP,
+    ("DELETE", "/api/delete"): OP,
     # tokens
     ("GET", "/v1/auth/tokens"): A,
     ("POST", "/v1/auth/tokens"): A,
@@ -71,15 +86,29 @@ def principal_of(request: Request) -> Principal:
     return found if isinstance(found, Principal) else Principal(ANONYMOUS)
 
 
+def credential_of(headers: Headers) -> str | None:
+    """The request's credential as an Authorization value: ``Authorization`` itself, or
+    else Anthropic's ``x-api-key`` (the ``anthropic`` client sends its key only there)
+    as a bearer token. Both present: ``Authorization`` wins."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        return authorization
+    api_key = (headers.get("x-api-key") or "").strip()
+    return f"Bearer {api_key}" if api_key else None
+
+
 RefusalHook = Callable[[Request, AuthError, Principal | None], None]
 """(request, refusal, the principal if the token was valid): metrics and audit."""
 
 
-def require_model(request: Request, authority: Authority, model: str) -> None:
-    """Raises AuthError(forbidden_model) if the caller's token does not cover ``model``."""
+def require_model(request: Request, authority: Authority, model: str, *,
+                  role: Role = Role.USER) -> None:
+    """Raises AuthError(forbidden_model) if the caller's token does not cover ``model``,
+    or (forbidden_role) if it has less than ``role``: for what a request asks beyond its
+    route's role (Ollama's keep_alive manages the model, an operator's job)."""
     principal = principal_of(request)
     try:
-        authority.authorize(principal, Role.USER, model=model)
+        authority.authorize(principal, role, model=model)
     except AuthError as exc:
         hook = getattr(request.state, "on_refusal", None)
         if hook is not None:
@@ -116,7 +145,7 @@ def _guard(endpoint: Handler, role: Role, authority: Authority, render: ErrorRen
         now = time.time()
         principal: Principal | None = None
         try:
-            principal = authority.authenticate(request.headers.get("authorization"), now=now)
+            principal = authority.authenticate(credential_of(request.headers), now=now)
             authority.authorize(principal, role)
             authority.admit(principal, now=now)
         except AuthError as exc:

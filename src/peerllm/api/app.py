@@ -11,10 +11,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import management, ollama, openai, tokens, usage
+from . import anthropic, management, ollama, ollama_unsupported, openai, responses, tokens, usage
 from .access import ErrorRenderer, guard_routes
 from .auditing import report_refusal
+from .limits import RequestLimits
 from .origin import BrowserGuard, BrowserPolicy
+from .schemas import ApiError
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -49,8 +51,13 @@ class NodeHeaders:
 
 
 def renderer_for(path: str) -> ErrorRenderer:
-    """Errors in the shape of the API a path belongs to (Ollama's under /api/)."""
-    return ollama.error_response if path.startswith("/api/") else openai.error_response
+    """Errors in the shape of the API a path belongs to (Ollama's under /api/,
+    Anthropic's for /v1/messages, OpenAI's elsewhere)."""
+    if path.startswith("/api/"):
+        return ollama.error_response
+    if path == "/v1/messages":
+        return anthropic.error_response
+    return openai.error_response
 
 
 def build_app(node: Node) -> ASGIApp:
@@ -87,10 +94,18 @@ def build_app(node: Node) -> ASGIApp:
             {"peer_id": pid, "addrs": addrs} for pid, addrs in providers]})
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        # Unknown paths and methods too answer in the shape of the API the path belongs
+        # to: an Ollama client reads {"error": "..."} and nothing else.
+        render = renderer_for(request.url.path)
         if isinstance(exc, HTTPException):
-            return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                          "not_found_error" if exc.status_code == 404 else "invalid_request_error")
-        return _error(500, "internal error", "server_error")
+            code = "not_found" if exc.status_code == 404 else "method_not_allowed" \
+                if exc.status_code == 405 else "bad_request"
+            response = render(ApiError(exc.status_code,
+                                       f"{request.method} {request.url.path}: {exc.detail}",
+                                       code=code))
+            response.headers.update(exc.headers or {})  # 405's Allow
+            return response
+        return render(ApiError(500, "internal error", code="internal"))
 
     handlers: dict[Any, Any] = {HTTPException: not_found}
     routes = guard_routes([
@@ -100,14 +115,21 @@ def build_app(node: Node) -> ASGIApp:
         Route("/v1/peers/lookup", lookup, methods=["GET"]),
         Route("/v1/route", route, methods=["GET"]),
         *openai.routes(node),
+        *responses.routes(node),
+        *anthropic.routes(node),
         *management.routes(node),
         *ollama.routes(node),
+        *ollama_unsupported.routes(),
         *tokens.routes(node),
         *usage.routes(node),
     ], node.authority, renderer_for,
         lambda request, exc, principal: report_refusal(node, request, exc, principal))
     app = Starlette(routes=routes, exception_handlers=handlers)
     # The browser guard is outermost: a refused request reaches nothing, not even the
-    # node headers (origin.py).
-    return BrowserGuard(NodeHeaders(app, node_id=node.identity.node_id, node_name=node.name),
-                        policy=BrowserPolicy.from_config(node.config.api))
+    # node headers (origin.py). The limits count every request that gets past it.
+    api = node.config.api
+    limited = RequestLimits(app, body_timeout_s=api.body_timeout_s,
+                            max_open=api.max_open_requests, render=renderer_for)
+    return BrowserGuard(NodeHeaders(limited, node_id=node.identity.node_id,
+                                    node_name=node.name),
+                        policy=BrowserPolicy.from_config(api))

@@ -120,18 +120,27 @@ def managing(audit: AuditSink, scope: Scope, action: audit_events.ManagementActi
         yield target
 
 
+@dataclass
+class EmbeddingTarget(Target):
+    """An embedding request's model, and once answered who served it and its tokens."""
+
+    served_by: str | None = None
+    tokens_in: int | None = None
+
+
 @contextmanager
-def embedding(audit: AuditSink, scope: Scope, *, served_by: str) -> Iterator[Target]:
+def embedding(audit: AuditSink, scope: Scope) -> Iterator[EmbeddingTarget]:
     """Write an ``inference`` line (kind ``embedding``) for the embedding request run in
-    the block: embeddings run on this node only, so ``served_by`` is us (if it worked)."""
-    target, started = Target(), trio.current_time()
+    the block (set ``.model`` once the body is read, ``.served_by`` and ``.tokens_in``
+    once the mesh answered)."""
+    target, started = EmbeddingTarget(), trio.current_time()
 
     def record(outcome: str) -> None:
         audit_events.inference(
             audit, kind="embedding", model=target.model,
-            served_by=served_by if outcome == audit_events.OK else None,
+            served_by=target.served_by if outcome == audit_events.OK else None,
             forwarded_by=None, client=client_of(scope), subject=subject_of(scope),
-            tokens_in=None,
+            tokens_in=target.tokens_in,
             tokens_out=None, duration_ms=(trio.current_time() - started) * 1000,
             outcome=outcome)
 

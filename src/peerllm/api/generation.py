@@ -25,10 +25,11 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -84,7 +85,10 @@ def api_error(exc: PeerLLMError) -> ApiError:
         return ApiError(400, str(exc), code="bad_request")
     if isinstance(exc, PeerError | ProtocolError):
         return ApiError(502, f"the serving peer failed: {exc}", code="peer_error")
-    return ApiError(500, f"{type(exc).__name__}: {exc}", code="internal")
+    # A PeerLLMError we have no answer for is a bug of ours: the details go to the log,
+    # never to the client (they may name files, peers or internals).
+    logger.error("no HTTP answer for %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return ApiError(500, "internal error (the node's log has the details)", code="internal")
 
 
 def single_error(exc: BaseException) -> PeerLLMError | None:
@@ -117,11 +121,21 @@ async def read_json(request: Request, *, optional: bool = False) -> Json:
         raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
                        code="request_too_large")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
-                           code="request_too_large")
+    try:
+        # aclosing: leaving early (413) closes starlette's stream here, not in the GC
+        async with aclosing(request.stream()) as parts:
+            async for part in parts:
+                body += part
+                if len(body) > MAX_BODY_BYTES:
+                    raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} "
+                                        "bytes", code="request_too_large")
+    except ClientDisconnect:
+        # Routine (a client gave up, a flood of them closed): one quiet line, no
+        # traceback. The answer is never sent; it only ends the handler cleanly.
+        logger.debug("HTTP client %s disconnected before sending the whole body",
+                     _address(request.scope.get("client")))
+        raise ApiError(400, "the client disconnected before sending the whole body",
+                       code="client_disconnected") from None
     if optional and not body.strip():
         return {}
     return parse_body(bytes(body))

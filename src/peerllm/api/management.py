@@ -6,17 +6,20 @@ the status route lists them, and the others say where the model lives.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._version import __version__
+from ..auth import Role
 from ..errors import ModelNotFound
 from ..inference.registry import ModelStatus
-from ..metrics import ModelSample
+from ..metrics import BreakerSample, ModelSample
 from . import schemas
-from .access import require_model
+from .access import principal_of, require_model
 from .auditing import managing
 from .generation import Handler, endpoint, read_json
 from .openai import error_response, model_object
@@ -26,15 +29,24 @@ if TYPE_CHECKING:
     from ..inference.engine import Engine
     from ..node import Node
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_WARMUP_TOKENS = 16
 
 
-def status_document(st: ModelStatus) -> Json:
+def status_document(st: ModelStatus, *, full_path: bool = False) -> Json:
+    """What ``/v1/models/{id}`` says of a local model. ``path`` is the file's name, or its
+    absolute path with ``full_path`` (admins only: a path tells a caller about the
+    machine's layout and user names)."""
+    path = None if st.path is None else str(st.path) if full_path else st.path.name
+    error = st.error
+    if error is not None and st.path is not None and not full_path:
+        error = error.replace(str(st.path), st.path.name)  # load errors name the file
     return {"state": st.state, "type": st.type, "memory_bytes": st.memory_bytes,
             "active": st.active, "queued": st.queued, "requests": st.requests,
             "tokens_generated": st.tokens_generated, "tokens_per_second": st.tokens_per_second,
-            "ttft_ms": st.ttft_ms, "load_seconds": st.load_seconds, "error": st.error,
-            "path": None if st.path is None else str(st.path), "quant": st.quant,
+            "ttft_ms": st.ttft_ms, "load_seconds": st.load_seconds, "error": error,
+            "path": path, "quant": st.quant,
             "chat_format": st.chat_format, "context_size": st.context_size,
             "tags": list(st.tags)}
 
@@ -63,8 +75,13 @@ def routes(node: Node) -> list[Route]:
     def warmup_default(engine: Engine) -> int:
         return engine.registry.config.warmup_tokens or DEFAULT_WARMUP_TOKENS
 
-    def answer(model: str, st: ModelStatus) -> Response:
-        return JSONResponse(model_object(node, model) | {"local": True} | status_document(st))
+    def answer(request: Request, model: str, st: ModelStatus) -> Response:
+        # An admin *token*: without auth every anonymous caller "may" everything, and
+        # the path is then shown to no one (the operator has the config at hand).
+        principal = principal_of(request)
+        admin = principal.claims is not None and principal.may(Role.ADMIN)
+        return JSONResponse(model_object(node, model) | {"local": True}
+                            | status_document(st, full_path=admin))
 
     async def load(request: Request) -> Response:
         with managing(node.audit, request.scope, "load") as act:
@@ -75,7 +92,7 @@ def routes(node: Node) -> list[Route]:
             st = await engine.registry.load(req.model)
             if req.warmup:
                 st = await engine.registry.warmup(req.model, warmup_default(engine))
-            return answer(req.model, st)
+            return answer(request, req.model, st)
 
     async def unload(request: Request) -> Response:
         model = str(request.path_params["model_id"])
@@ -83,7 +100,7 @@ def routes(node: Node) -> list[Route]:
             require_model(request, node.authority, model)
             engine = local_engine(model)
             await engine.registry.unload(model)
-            return answer(model, engine.registry.status(model))
+            return answer(request, model, engine.registry.status(model))
 
     async def warmup(request: Request) -> Response:
         model = str(request.path_params["model_id"])
@@ -92,7 +109,7 @@ def routes(node: Node) -> list[Route]:
             engine = local_engine(model)
             tokens = schemas.warmup_tokens(await read_json(request, optional=True),
                                            warmup_default(engine))
-            return answer(model, await engine.registry.warmup(model, tokens))
+            return answer(request, model, await engine.registry.warmup(model, tokens))
 
     async def status(request: Request) -> Response:
         model = str(request.path_params["model_id"])
@@ -100,24 +117,44 @@ def routes(node: Node) -> list[Route]:
         engine = node.engine
         if engine is not None:
             try:
-                return answer(model, engine.registry.status(model))
+                return answer(request, model, engine.registry.status(model))
             except ModelNotFound:
                 pass
         if not providers:
             raise _not_here(node, model)
         return JSONResponse(model_object(node, model) | {"local": False})
 
-    async def metrics(request: Request) -> Response:
+    refresh_failed = False
+
+    def refresh_gauges() -> None:
+        """Set the gauges from the node's state now (right before the scrape)."""
+        m = node.metrics
         if node.engine is not None:
-            node.metrics.set_models(
+            m.set_models(
                 ModelSample(model=st.id, load_seconds=st.load_seconds,
-                            memory_bytes=st.memory_bytes if st.state == "loaded" else 0)
+                            memory_bytes=st.memory_bytes if st.state == "loaded" else 0,
+                            active=st.active, queued=st.queued)
                 for st in node.engine.registry.list())
         states: dict[str, int] = {}
         for peer in node.peers():
             state = str(peer.get("state", "unknown"))
             states[state] = states.get(state, 0) + 1
-        node.metrics.set_peers(states)
+        m.set_peers(states)
+        m.set_breakers(BreakerSample(peer_id=e.peer_id, name=e.name or "",
+                                     state=node.router.breakers.state(e.peer_id))
+                       for e in node.registry.entries())
+        m.set_served_streams(node.infer_server.statistics().active_streams)
+        m.set_node_info(name=node.name, peer_id=node.peer_id, version=__version__)
+
+    async def metrics(request: Request) -> Response:
+        nonlocal refresh_failed
+        try:
+            refresh_gauges()
+        except Exception:  # a scrape must never 500: serve the counters, stale gauges
+            if not refresh_failed:
+                refresh_failed = True
+                logger.exception("refreshing the /metrics gauges failed; serving the "
+                                 "last values")
         body, content_type = node.metrics.render()
         return Response(body, headers={"content-type": content_type})
 

@@ -15,11 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._version import __version__
+from ..auth import Role
 from ..errors import ModelNotFound
 from ..events import Done
 from ..inference.engine import SamplingParams
@@ -27,7 +29,9 @@ from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
 from . import schemas
 from .access import principal_of, require_model
-from .auditing import embedding, managing
+from .auditing import managing
+from .embeddings import embed as embeddings_of
+from .embeddings import served_headers
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -43,7 +47,8 @@ if TYPE_CHECKING:
 
 _FINISH: Final = {"stop": "stop", "length": "length", "cancelled": "stop"}
 _PARAMS: Final = re.compile(r"(?<![a-z0-9])(\d+(?:\.\d+)?)([mb])(?![a-z])", re.IGNORECASE)
-# We do not unload on a timer; Ollama clients still want a time, so say "far away".
+# A model without an idle time (keep_alive) is never unloaded; Ollama clients still want
+# a time, so say "far away".
 _NEVER: Final = timedelta(days=365)
 
 
@@ -132,7 +137,10 @@ def _facts(node: Node, model: str) -> _Facts:
     for e in node.registry.entries():
         for m in e.info.models if e.info is not None else ():
             if m.id == model:
-                return _Facts(size_bytes=m.size_bytes or 0, context_size=m.context_size,
+                # The file's size, as ours above; a node older than file_bytes only
+                # says how much memory the model needs.
+                return _Facts(size_bytes=m.file_bytes or m.size_bytes or 0,
+                              context_size=m.context_size,
                               chat_format=None)
     return _Facts(size_bytes=0, context_size=None, chat_format=None)
 
@@ -205,38 +213,66 @@ def routes(node: Node) -> list[Route]:
             raise ApiError(404, f"model {model!r} not found", param="model",
                            code="model_not_found")
 
+    def keep_alive(request: Request, model: str, seconds: float | None) -> None:
+        # Only this node's own copy: a forwarded request's keep_alive is not carried to
+        # the peer that serves it (protocols/inference.md). Unloading is an operator's
+        # call (DELETE /v1/models/{id}), so setting when to unload is one too.
+        if seconds is None:
+            return
+        require_model(request, node.authority, model, role=Role.OPERATOR)
+        if node.engine is not None:
+            try:
+                node.engine.registry.keep_alive(model, seconds)
+            except ModelNotFound:
+                pass
+
     async def chat(request: Request) -> Response:
         gen = schemas.ollama_chat(await read_json(request), session_header=session(request))
         require_model(request, node.authority, gen.request.model)
+        keep_alive(request, gen.request.model, gen.keep_alive_s)
         return GenerationResponse(node, gen, _Renderer(chat=True),
                                   principal=principal_of(request))
 
     async def generate(request: Request) -> Response:
         body = await read_json(request)
         gen: Generation | None = schemas.ollama_generate(body, session_header=session(request))
-        if gen is None:  # Ollama's "load the model" call: an empty prompt
+        if gen is None:  # Ollama's "load the model" call (or with keep_alive 0, "unload")
             model = str(body["model"]).strip()
-            with managing(node.audit, request.scope, "load", model):
+            seconds = schemas.keep_alive(body)
+            unload = seconds == 0
+            with managing(node.audit, request.scope, "unload" if unload else "load", model):
                 require_model(request, node.authority, model)
                 require_known(model)
+                keep_alive(request, model, seconds)  # first: it checks the role
                 if node.engine is not None:
                     try:
-                        await node.engine.registry.load(model)
+                        if unload:
+                            await node.engine.registry.unload(model)
+                        else:
+                            await node.engine.registry.load(model)
                     except ModelNotFound:
                         pass  # served by peers only: they load it on the first request
             return JSONResponse({"model": model, "created_at": _now(), "response": "",
-                                 "done": True, "done_reason": "load"})
+                                 "done": True, "done_reason": "unload" if unload else "load"})
         require_model(request, node.authority, gen.request.model)
+        keep_alive(request, gen.request.model, gen.keep_alive_s)
         return GenerationResponse(node, gen, _Renderer(chat=False),
                                   principal=principal_of(request))
 
     async def embed(request: Request) -> Response:
-        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
-            req = schemas.ollama_embed(await read_json(request))
-            target.model = req.model
-            require_model(request, node.authority, req.model)
-            vectors = await node.embed(req.model, list(req.inputs))
-        return JSONResponse({"model": req.model, "embeddings": vectors})
+        started = trio.current_time()
+        req, placed = await embeddings_of(node, request, schemas.ollama_embed)
+        keep_alive(request, req.model, req.keep_alive_s)
+        total_ns = int((trio.current_time() - started) * 1e9)
+        return JSONResponse({"model": req.model, "embeddings": placed.vectors,
+                             "total_duration": total_ns, "load_duration": 0,
+                             "prompt_eval_count": placed.prompt_tokens},
+                            headers=served_headers(placed))
+
+    async def embeddings(request: Request) -> Response:
+        """The legacy ``/api/embeddings``: one ``prompt``, one ``embedding``."""
+        _, placed = await embeddings_of(node, request, schemas.ollama_embeddings)
+        return JSONResponse({"embedding": placed.vectors[0]}, headers=served_headers(placed))
 
     async def tags(request: Request) -> Response:
         return JSONResponse({"models": [_tag(node, m, modified)
@@ -245,9 +281,13 @@ def routes(node: Node) -> list[Route]:
     async def ps(request: Request) -> Response:
         models: list[Json] = []
         if node.engine is not None:
-            expires = (datetime.now(UTC) + _NEVER).isoformat().replace("+00:00", "Z")
-            for st in node.engine.registry.list():
+            registry = node.engine.registry
+            now, clock = datetime.now(UTC), trio.current_time()
+            for st in registry.list():
                 if st.state == "loaded":
+                    at = registry.expires_at(st.id)
+                    when = now + (_NEVER if at is None else timedelta(seconds=at - clock))
+                    expires = when.isoformat().replace("+00:00", "Z")
                     models.append({"name": st.id, "model": st.id, "size": st.memory_bytes,
                                    "digest": _digest(st.id), "details": _details(st.id),
                                    "expires_at": expires, "size_vram": 0,
@@ -269,6 +309,7 @@ def routes(node: Node) -> list[Route]:
         Route("/api/chat", wrap(chat), methods=["POST"]),
         Route("/api/generate", wrap(generate), methods=["POST"]),
         Route("/api/embed", wrap(embed), methods=["POST"]),
+        Route("/api/embeddings", wrap(embeddings), methods=["POST"]),
         Route("/api/tags", wrap(tags), methods=["GET"]),
         Route("/api/ps", wrap(ps), methods=["GET"]),
         Route("/api/show", wrap(show), methods=["POST"]),

@@ -24,7 +24,8 @@ from ..mesh.routed import Routed
 from ..scheduling.candidates import Candidate
 from . import schemas
 from .access import principal_of, require_model
-from .auditing import embedding
+from .embeddings import embed as embeddings_of
+from .embeddings import served_headers
 from .generation import (
     SESSION_HEADER,
     GenerationResponse,
@@ -161,16 +162,14 @@ def routes(node: Node) -> list[Route]:
                                   principal=principal_of(request))
 
     async def embeddings(request: Request) -> Response:
-        with embedding(node.audit, request.scope, served_by=node.peer_id) as target:
-            req = schemas.openai_embeddings(await read_json(request))
-            target.model = req.model
-            require_model(request, node.authority, req.model)
-            vectors = await node.embed(req.model, list(req.inputs))
+        req, placed = await embeddings_of(node, request, schemas.openai_embeddings)
         data: list[Json] = [{"object": "embedding", "index": i,
                              "embedding": _floats_b64(v) if req.base64 else v}
-                            for i, v in enumerate(vectors)]
+                            for i, v in enumerate(placed.vectors)]
+        tokens = placed.prompt_tokens
         return JSONResponse({"object": "list", "data": data, "model": req.model,
-                             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                            headers=served_headers(placed))
 
     async def list_models(request: Request) -> Response:
         mesh = node.mesh_models()

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..inference.engine import ChatMessage, GenerationRequest, SamplingParams
+from ..inference.request import MIN_P, REPEAT_LAST_N
 from ..wire.limits import MAX_TOKENS
 from . import _readers as r
+from . import _structured as structured
+from ._keep_alive import keep_alive as keep_alive
 from ._readers import MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._readers import MAX_EMBED_INPUTS as MAX_EMBED_INPUTS
 from ._readers import ApiError as ApiError
@@ -34,6 +37,7 @@ class Generation:
     stream: bool
     include_usage: bool = False  # OpenAI stream_options.include_usage
     session: str | None = None  # sticky-routing key (OpenAI ``user`` or X-PeerLLM-Session)
+    keep_alive_s: float | None = None  # Ollama keep_alive (math.inf: forever); None: not given
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +45,7 @@ class Embedding:
     model: str
     inputs: tuple[str, ...]
     base64: bool = False  # OpenAI encoding_format "base64": little-endian float32
+    keep_alive_s: float | None = None  # Ollama keep_alive, as in Generation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,20 +64,35 @@ def _openai_params(body: Mapping[str, Any]) -> SamplingParams:
     r.refuse(body, "logprobs", "log probabilities are not supported")
     r.refuse(body, "tools", "tool calling is not supported")
     r.refuse(body, "functions", "function calling is not supported")
+    r.refuse(body, "top_logprobs", "log probabilities are not supported")
+    r.refuse(body, "audio", "audio output is not supported")
+    r.refuse(body, "web_search_options", "web search is not supported")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise ApiError(400, "modalities: only [\"text\"] is supported", param="modalities",
+                       code="unsupported")
+    tool_choice = body.get("tool_choice")
+    if tool_choice not in (None, "none", "auto"):  # without tools, these two mean "no tool"
+        raise ApiError(400, "tool_choice: tool calling is not supported", param="tool_choice",
+                       code="unsupported")
     mct_path = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
         else "max_tokens"
     temperature = r.opt_number(body, "temperature", "temperature")
     if temperature is not None and not 0.0 <= temperature <= 2.0:  # OpenAI's range
         raise r.bad("temperature", f"must be >= 0 and <= 2, got {body['temperature']!r}")
     return r.sampling(
-        path_of={"max_tokens": mct_path},
+        path_of={"max_tokens": mct_path, "json_schema": structured.OPENAI_SCHEMA_PATH},
         max_tokens=r.opt_int(body, mct_path, mct_path),
         temperature=temperature,
         top_p=r.opt_number(body, "top_p", "top_p"),
         top_k=r.opt_int(body, "top_k", "top_k"),  # llama.cpp-server extension
         repeat_penalty=r.opt_number(body, "repeat_penalty", "repeat_penalty"),
         stop=r.stop_strings(body.get("stop"), "stop") or None,
-        seed=r.fold_seed(r.opt_int(body, "seed", "seed")))
+        seed=r.fold_seed(r.opt_int(body, "seed", "seed")),
+        presence_penalty=r.opt_number(body, "presence_penalty", "presence_penalty"),
+        frequency_penalty=r.opt_number(body, "frequency_penalty", "frequency_penalty"),
+        logit_bias=structured.logit_bias(body),
+        json_schema=structured.openai_response_format(body))
 
 
 def _openai_stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -150,20 +170,32 @@ def _ollama_params(body: Mapping[str, Any]) -> SamplingParams:
         opts = {}
     if not isinstance(opts, dict):
         raise r.bad("options", f"expected an object, got {r.kind(opts)}")
-    r.refuse(body, "format", "structured output (format) is not supported")
     r.refuse(body, "tools", "tool calling is not supported")
+    r.refuse(body, "think", "thinking is not supported by these models")
+    # Options that change sampling and that the engine does not vary: refused unless
+    # they ask for what it does anyway.
+    structured.refuse_unless(opts, "mirostat", "options.mirostat", 0, "mirostat sampling")
+    structured.refuse_unless(opts, "typical_p", "options.typical_p", 1, "typical sampling")
+    structured.refuse_unless(opts, "min_p", "options.min_p", MIN_P, "min_p")
+    structured.refuse_unless(opts, "repeat_last_n", "options.repeat_last_n",
+                             REPEAT_LAST_N, "repeat_last_n")
     return r.sampling(
         path_of={"max_tokens": "options.num_predict", "temperature": "options.temperature",
                  "top_p": "options.top_p", "top_k": "options.top_k",
                  "repeat_penalty": "options.repeat_penalty", "stop": "options.stop",
-                 "seed": "options.seed"},
+                 "seed": "options.seed", "presence_penalty": "options.presence_penalty",
+                 "frequency_penalty": "options.frequency_penalty",
+                 "json_schema": structured.OLLAMA_SCHEMA_PATH},
         max_tokens=_num_predict(r.opt_int(opts, "num_predict", "options.num_predict")),
         temperature=r.opt_number(opts, "temperature", "options.temperature"),
         top_p=r.opt_number(opts, "top_p", "options.top_p"),
         top_k=r.opt_int(opts, "top_k", "options.top_k"),
         repeat_penalty=r.opt_number(opts, "repeat_penalty", "options.repeat_penalty"),
         stop=r.stop_strings(opts.get("stop"), "options.stop") or None,
-        seed=r.fold_seed(r.opt_int(opts, "seed", "options.seed")))
+        seed=r.fold_seed(r.opt_int(opts, "seed", "options.seed")),
+        presence_penalty=r.opt_number(opts, "presence_penalty", "options.presence_penalty"),
+        frequency_penalty=r.opt_number(opts, "frequency_penalty", "options.frequency_penalty"),
+        json_schema=structured.ollama_format(body))
 
 
 def ollama_chat(body: Mapping[str, Any], *, session_header: str | None = None) -> Generation:
@@ -173,7 +205,8 @@ def ollama_chat(body: Mapping[str, Any], *, session_header: str | None = None) -
     params = _ollama_params(body)
     request = r.generation_request(model=model, messages=messages, params=params)
     return Generation(request=request, stream=r.opt_bool(body, "stream", "stream", True),
-                      session=r.session(session_header, "X-PeerLLM-Session"))
+                      session=r.session(session_header, "X-PeerLLM-Session"),
+                      keep_alive_s=keep_alive(body))
 
 
 def ollama_generate(body: Mapping[str, Any], *, session_header: str | None = None
@@ -193,6 +226,9 @@ def ollama_generate(body: Mapping[str, Any], *, session_header: str | None = Non
     if body.get("images"):
         raise r.bad("images", "images are not supported", code="unsupported")
     r.refuse(body, "suffix", "suffix (fill-in-the-middle) is not supported")
+    r.refuse(body, "context", "context (the deprecated conversation state) is not supported; "
+                              "use /api/chat")
+    r.refuse(body, "template", "overriding the prompt template is not supported")
     raw = r.opt_bool(body, "raw", "raw", False)
     params = _ollama_params(body)
     stream = r.opt_bool(body, "stream", "stream", True)
@@ -202,19 +238,30 @@ def ollama_generate(body: Mapping[str, Any], *, session_header: str | None = Non
     if raw:
         request = r.generation_request(model=model, prompt=(system or "") + prompt,
                                        params=params)
-        return Generation(request=request, stream=stream, session=session)
+        return Generation(request=request, stream=stream, session=session,
+                          keep_alive_s=keep_alive(body))
     turns = ((ChatMessage(role="system", content=system),) if system else ()) + (
         ChatMessage(role="user", content=prompt),)
     # Name the body's fields, not the turns we made of them.
     path_of = {"messages": "prompt", f"messages[{len(turns) - 1}].content": "prompt",
                "messages[0].content": "system" if system else "prompt"}
     request = r.generation_request(model=model, messages=turns, params=params, path_of=path_of)
-    return Generation(request=request, stream=stream, session=session)
+    return Generation(request=request, stream=stream, session=session,
+                      keep_alive_s=keep_alive(body))
 
 
 def ollama_embed(body: Mapping[str, Any]) -> Embedding:
     """``POST /api/embed``."""
-    return Embedding(model=r.model_id(body), inputs=r.inputs(body.get("input"), "input"))
+    return Embedding(model=r.model_id(body), inputs=r.inputs(body.get("input"), "input"),
+                     keep_alive_s=keep_alive(body))
+
+
+def ollama_embeddings(body: Mapping[str, Any]) -> Embedding:
+    """The legacy ``POST /api/embeddings``: one ``prompt`` string (``input`` is /api/embed's)."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise r.bad("prompt", f"expected a string, got {r.kind(prompt)}")
+    return Embedding(model=r.model_id(body), inputs=r.inputs(prompt, "prompt"))
 
 
 def ollama_model_name(body: Mapping[str, Any]) -> str:

@@ -65,7 +65,7 @@ def inference(sink: AuditSink, *, model: str | None, served_by: str | None,
     Our API's requests have ``client`` set and ``forwarded_by`` None; a peer's request
     served here has ``forwarded_by`` = that peer and ``client`` None. ``served_by`` is
     the node that answered (None when no node did); ``model`` is None only when the
-    request body could not be read. Embeddings have no token counts (None).
+    request body could not be read. Embeddings count ``tokens_in`` only.
     """
     sink.record(AuditEvent.INFERENCE, kind=kind, model=model, served_by=served_by,
                 forwarded_by=forwarded_by, client=client, subject=subject,

@@ -224,6 +224,12 @@ class ApiConfig:
     # A streamed response whose client stops reading for this long is dropped: the
     # generation stops and its model slot goes to the next request.
     stall_timeout_s: float = 10.0
+    # A request body not fully received this long after the request started is answered
+    # 408 and its connection closed (slow uploads hold a connection and its memory).
+    body_timeout_s: float = 30.0
+    # HTTP requests being read or answered at once; past it, a request gets 503 with
+    # Retry-After at once, before its body is read.
+    max_open_requests: int = 512
 
     def __post_init__(self) -> None:
         host = string("api.host", self.host)
@@ -237,6 +243,10 @@ class ApiConfig:
         set_field(self, "allowed_hosts", allowed_hosts_setting(self.allowed_hosts))
         set_field(self, "stall_timeout_s", positive_float("api.stall_timeout_s",
                                                           self.stall_timeout_s))
+        set_field(self, "body_timeout_s", positive_float("api.body_timeout_s",
+                                                         self.body_timeout_s))
+        set_field(self, "max_open_requests", integer("api.max_open_requests",
+                                                     self.max_open_requests, 1, 1_000_000))
         self._check_tls()
 
     def _check_tls(self) -> None:

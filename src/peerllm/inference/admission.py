@@ -30,6 +30,10 @@ class ModelSource(Protocol):
         Raises ModelLoadError, InferenceCancelled (registry closing)."""
         ...
 
+    def released(self, slot: ModelSlot) -> None:
+        """A request left ``slot``'s queue (its idle-unload clock may start)."""
+        ...
+
 
 class Admission:
     """One request's place in a model's queue. Release it (``with``) when done."""
@@ -52,6 +56,7 @@ class Admission:
             self.slot.pending -= 1
             if self.origin == "local":
                 self.slot.pending_local -= 1
+            self._source.released(self.slot)
 
     def __enter__(self) -> Admission:
         return self

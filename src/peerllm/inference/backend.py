@@ -52,6 +52,14 @@ class GenerationOutcome:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Embedded:
+    """The vectors of a batch of inputs, and what reading them cost."""
+
+    vectors: list[list[float]]  # one L2-normalised vector per input, in input order
+    prompt_tokens: int  # tokens read for all inputs together (the usage to report)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Benchmark:
     """A greedy self-benchmark right after loading."""
 
@@ -81,8 +89,9 @@ class ModelInstance(Protocol):
         """Generate, calling ``emit`` with non-empty text as it becomes final."""
         ...
 
-    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
-        """One normalised vector per input (only on contexts opened with embedding=True)."""
+    def embed(self, inputs: Sequence[str]) -> Embedded:
+        """One normalised vector per input, and the tokens read (only on contexts opened
+        with embedding=True)."""
         ...
 
     def benchmark(self, n_tokens: int) -> Benchmark: ...

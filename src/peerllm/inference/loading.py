@@ -66,10 +66,12 @@ class ModelLoader:
                 return await self._load(slot)
         except ModelLoadError as exc:
             error = exc
-        except Exception as exc:  # a bug or an unexpected backend error: keep serving others
+        except Exception:  # a bug or an unexpected backend error: keep serving others
             logger.exception("loading model %s failed", model_id)
-            error = ModelLoadError(model_id, f"{type(exc).__name__}: {exc}")
+            error = ModelLoadError(model_id, "load failed unexpectedly (the serving node's "
+                                   "log has the details)")
         if scope.cancel_called:  # the deadline, or the backend saw the stop and gave up
+            slot.rejected = None  # slow is not bad: the file may load next time
             error = ModelLoadError(model_id, f"load timed out after {timeout:g}s "
                                    "(load_timeout_s)")
         return error
@@ -94,8 +96,10 @@ class ModelLoader:
             embedding = spec.type == "embedding"
             instance, bench = await trio.to_thread.run_sync(
                 self._open_sync, path, self._options(spec, embedding=embedding))
-        except BaseException:
+        except BaseException as exc:
             self._memory.unreserve(need)
+            if isinstance(exc, ModelLoadError):  # the backend refused the file itself
+                slot.reject()
             raise
         # No checkpoint from here on: a cancellation arriving now must not lose `instance`.
         now = trio.current_time()
@@ -153,6 +157,7 @@ class ModelLoader:
             except ModelLoadError as exc:
                 problems.append(exc.message)
         if not found:
+            slot.reject()  # every file is bad: withdrawn until one of them changes
             raise ModelLoadError(spec.id, "; ".join(problems))
         for problem in problems:
             logger.warning("model %s: skipping variant: %s", spec.id, problem)

@@ -8,6 +8,8 @@ Per model: a ``SlotLimiter(max_concurrent)`` (one llama context per running requ
 our own requests before peers', peers capped at ``peer_slots``) and at most ``max_queue``
 more requests waiting for it; past that, ModelBusy. Our own requests are counted on
 their own against that bound, so peers filling the queue never make one of ours busy.
+A model may be given an idle time (Ollama's ``keep_alive``): one task in the nursery
+unloads it once it has been idle that long (0: as soon as its requests are done).
 Memory: each load reserves an estimate (memory.py) against the cache budget, evicting
 idle models by the configured policy when it would not fit. The load itself (which file,
 opening it, the benchmark) is loading.py's; a request's hold on a model is admission.py's.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
@@ -39,7 +42,7 @@ from .backend import ModelBackend, ModelInstance
 from .loading import ModelLoader, record_benchmark
 from .memory import CacheEntry, estimate_memory_bytes, pick_victims
 from .priority import Origin, SlotLimiter
-from .slots import LoadedModel, LoadJob, ModelSlot, gib
+from .slots import LoadedModel, LoadJob, ModelSlot, gib, startup_problem
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus
 from .specs import ModelSpec
@@ -68,6 +71,7 @@ class ModelRegistry:
         self._reserved = 0
         self._retiring: set[LoadedModel] = set()
         self._nursery: trio.Nursery | None = None
+        self._idle_changed = trio.Event()  # wakes the idle-unload task
         self._closed = False
         self._loader = ModelLoader(config, backend, self)
         for spec in specs:
@@ -105,8 +109,14 @@ class ModelRegistry:
         if spec.id in self._slots:
             raise ValueError(f"model {spec.id!r} is already registered")
         cfg = self._config
-        self._slots[spec.id] = ModelSlot(
+        slot = self._slots[spec.id] = ModelSlot(
             spec=spec, limiter=SlotLimiter(cfg.max_concurrent, peer_limit=cfg.peer_slots))
+        problem = startup_problem(spec)  # reads headers only: cheap even for big files
+        if problem is not None:
+            logger.warning("model %s is not served (not advertised to the mesh): %s",
+                           spec.id, problem)
+            slot.error = problem
+            slot.reject()
 
     def spec(self, model_id: str) -> ModelSpec:
         return self._slot(model_id).spec
@@ -142,7 +152,8 @@ class ModelRegistry:
             ttft_ms=slot.ttft_ms, load_seconds=slot.load_seconds, error=slot.error,
             path=loaded.path if loaded else slot.path or spec.path,
             quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
-            context_size=spec.context_size, tags=spec.tags)
+            context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
+            advertised=slot.advertised)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -175,6 +186,55 @@ class ModelRegistry:
             return
         self._retire(slot)
         await loaded.freed.wait()
+
+    def keep_alive(self, model_id: str, seconds: float | None) -> None:
+        """Unload the model once it has been idle ``seconds`` (0: when its requests are
+        done); None or math.inf: never (the default). Applies from now on, to the loaded
+        model and to later loads.
+
+        Raises:
+            ModelNotFound; ValueError: ``seconds`` is negative or NaN.
+        """
+        slot = self._slot(model_id)
+        if seconds is not None and not seconds >= 0:
+            raise ValueError(f"keep_alive: must be >= 0 seconds, got {seconds!r}")
+        slot.keep_alive_s = None if seconds == math.inf else seconds
+        self._idle_changed.set()
+
+    def expires_at(self, model_id: str) -> float | None:
+        """When (trio clock) the loaded model will be unloaded for being idle; None if it
+        is not loaded or has no idle time. A model in use expires its idle time from now."""
+        slot = self._slot(model_id)
+        if slot.loaded is None or slot.keep_alive_s is None:
+            return None
+        if slot.pending or slot.job is not None:
+            return trio.current_time() + slot.keep_alive_s
+        return slot.last_used + slot.keep_alive_s
+
+    def released(self, slot: ModelSlot) -> None:
+        """An admission left the queue (``ModelSource``): its idle clock may start."""
+        self._idle_changed.set()
+
+    async def _unload_idle(self) -> None:
+        """Forever: unload the models whose idle time is up, sleeping until the next."""
+        while True:
+            self._idle_changed = trio.Event()
+            now = trio.current_time()
+            soonest = math.inf
+            for slot in self._slots.values():
+                if slot.pending or slot.job is not None:
+                    continue
+                at = self.expires_at(slot.spec.id)
+                if at is None:
+                    continue
+                if at <= now:
+                    logger.info("unloading model %s: idle for its keep_alive (%g s)",
+                                slot.spec.id, slot.keep_alive_s)
+                    self._retire(slot)
+                else:
+                    soonest = min(soonest, at)
+            with trio.move_on_at(soonest):
+                await self._idle_changed.wait()
 
     async def warmup(self, model_id: str, tokens: int = 16) -> ModelStatus:
         """Load if needed, then generate ``tokens`` greedily to measure tokens/s.
@@ -270,11 +330,13 @@ class ModelRegistry:
             else:
                 slot.loaded = result
                 slot.error = None
+                slot.rejected = None
                 if self._closed:
                     self._retire(slot)
         finally:
             slot.job = None
             job.done.set()
+            self._idle_changed.set()
 
     # -- memory (the loader's Reservations) --------------------------------------------
 
@@ -390,6 +452,7 @@ async def open_registry(specs: Sequence[ModelSpec], *, config: InferenceConfig,
     try:
         async with trio.open_nursery() as nursery:
             registry._nursery = nursery
+            nursery.start_soon(registry._unload_idle, name="unload idle models")
             for model_id in preload:
                 registry._start_load(registry._slots[model_id])
             try:

@@ -14,6 +14,12 @@ from ..errors import InvalidField
 from ..wire import limits
 
 ROLES: Final = ("system", "user", "assistant")
+JSON_OBJECT_SCHEMA: Final = '{"type": "object"}'
+"""The ``json_schema`` of "any JSON object" (OpenAI ``json_object``, Ollama ``"json"``)."""
+MIN_P: Final = 0.05
+"""The engine always samples with this min-p cut (llama-cpp-python's default)."""
+REPEAT_LAST_N: Final = 64
+"""The penalties look back this many tokens, always."""
 SEED_RANGE: Final = 2**32
 """Seeds are 0..SEED_RANGE-1 (llama.cpp takes a 32-bit seed)."""
 
@@ -48,6 +54,12 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     stop: tuple[str, ...] = ()  # generation ends before the first of these; never emitted
     seed: int | None = None  # None = a fresh random seed per request
+    presence_penalty: float = 0.0  # subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted per occurrence of a generated token
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    json_schema: str | None = None
+    """The output must be JSON matching this schema (JSON text); None for free text.
+    Its size is checked here; whether it compiles is ``inference.grammar``'s to say."""
 
     def __post_init__(self) -> None:
         _whole("max_tokens", self.max_tokens, low=1, high=limits.MAX_TOKENS)
@@ -69,6 +81,37 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(stop))
         if self.seed is not None:
             _whole("seed", self.seed, low=0, high=SEED_RANGE - 1)
+        for name in ("presence_penalty", "frequency_penalty"):
+            _number(name, getattr(self, name), low=-limits.MAX_PENALTY, high=limits.MAX_PENALTY)
+        self._check_logit_bias()
+        schema = self.json_schema
+        if schema is not None:
+            if not isinstance(schema, str) or not schema:
+                raise InvalidField("json_schema", "expected a JSON schema as JSON text")
+            if len(schema) > limits.MAX_JSON_SCHEMA_CHARS:
+                raise InvalidField("json_schema", f"the schema is {len(schema)} characters as "
+                                   f"JSON; the limit is {limits.MAX_JSON_SCHEMA_CHARS}")
+            utf8_size("json_schema", schema)
+
+    def _check_logit_bias(self) -> None:
+        bias = self.logit_bias
+        if not isinstance(bias, tuple | list):
+            raise TypeError(f"logit_bias: expected a tuple of (token, bias), got {bias!r}")
+        if len(bias) > limits.MAX_LOGIT_BIAS:
+            raise InvalidField("logit_bias", f"at most {limits.MAX_LOGIT_BIAS} entries, "
+                                             f"got {len(bias)}")
+        seen: set[int] = set()
+        for entry in bias:
+            if not isinstance(entry, tuple | list) or len(entry) != 2:
+                raise TypeError(f"logit_bias: expected (token, bias) pairs, got {entry!r}")
+            token, value = entry
+            _whole("logit_bias", token, low=0, high=limits.MAX_TOKEN_ID)
+            _number(f"logit_bias[{token}]", value, low=-limits.MAX_LOGIT_BIAS_VALUE,
+                    high=limits.MAX_LOGIT_BIAS_VALUE)
+            if token in seen:
+                raise InvalidField("logit_bias", f"token {token} is given twice")
+            seen.add(token)
+        object.__setattr__(self, "logit_bias", tuple((t, float(v)) for t, v in bias))
 
 
 def _whole(name: str, value: object, *, low: int, high: int) -> None:

@@ -10,11 +10,13 @@ import trio
 
 from ..errors import ModelLoadError
 from .backend import ModelInstance
-from .catalog import GGUF_MAGIC
+from .gguf import gguf_problem
 from .priority import SlotLimiter
 from .specs import ModelSpec, ModelType
 
 ModelState = Literal["available", "loading", "loaded", "failed"]
+FileStamp = tuple[str, int | None, int | None]
+"""A model file's (path, size, mtime_ns); None, None when it cannot be stat'ed."""
 
 EMA_ALPHA: Final = 0.2  # weight of the newest request in the running averages
 
@@ -40,6 +42,10 @@ class ModelStatus:
     chat_format: str | None
     context_size: int
     tags: tuple[str, ...]
+    file_bytes: int | None = None  # the model file's size (bundled: its chunks together)
+    # False while the model's file is known bad (invalid header, or llama.cpp refused
+    # it): the node does not advertise it until the file changes.
+    advertised: bool = True
 
 
 @dataclass(eq=False)
@@ -84,10 +90,21 @@ class ModelSlot:
     active: int = 0
     uses: int = 0
     last_used: float = 0.0
+    keep_alive_s: float | None = None  # idle time before unloading; None: never (Ollama)
     tokens_generated: int = 0
     tokens_per_second: float | None = None
     ttft_ms: float | None = None
     request_s: float | None = None
+    rejected: tuple[FileStamp, ...] | None = None  # the files as they were when refused
+
+    @property
+    def advertised(self) -> bool:
+        """False while the files that were refused are unchanged (stat only)."""
+        return self.rejected is None or file_stamps(self.spec) != self.rejected
+
+    def reject(self) -> None:
+        """The model's files are unusable as they are now: stop advertising it."""
+        self.rejected = file_stamps(self.spec)
 
     @property
     def state(self) -> ModelState:
@@ -96,6 +113,30 @@ class ModelSlot:
         if self.loaded is not None:
             return "loaded"
         return "failed" if self.error is not None else "available"
+
+
+def file_stamps(spec: ModelSpec) -> tuple[FileStamp, ...]:
+    """What tells a replaced file from the one that was refused (empty when bundled)."""
+    out: list[FileStamp] = []
+    for _, path in spec.candidates():
+        try:
+            st = path.stat()
+        except OSError:
+            out.append((str(path), None, None))
+        else:
+            out.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def startup_problem(spec: ModelSpec) -> str | None:
+    """Why none of ``spec``'s files can be served (None: one looks sound, or bundled)."""
+    problems: list[str] = []
+    for _, path in spec.candidates():
+        problem = gguf_problem(path)
+        if problem is None:
+            return None
+        problems.append(f"{path}: {problem}")
+    return "; ".join(problems) or None
 
 
 def ema(old: float | None, new: float) -> float:
@@ -109,17 +150,11 @@ def gib(n: int) -> str:
 
 
 def check_gguf(model_id: str, path: Path) -> int:
-    """Worker thread: the file's size, after checking it exists and is GGUF."""
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-            size = path.stat().st_size
-    except FileNotFoundError:
-        raise ModelLoadError(model_id, f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelLoadError(model_id, f"{path}: is a directory, not a GGUF file") from None
-    except OSError as exc:
-        raise ModelLoadError(model_id, f"{path}: cannot read: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
-        raise ModelLoadError(model_id, f"{path}: not a GGUF file (starts with {magic!r})")
-    return size
+    """Worker thread: the file's size, after checking its GGUF header (gguf.py)."""
+    problem = gguf_problem(path)
+    if problem is None:
+        try:
+            return path.stat().st_size
+        except OSError as exc:  # replaced or removed since the check
+            problem = f"cannot read: {exc.strerror}"
+    raise ModelLoadError(model_id, f"{path}: {problem}")

@@ -61,6 +61,11 @@ class BreakerBook:
                 del self._tripped[peer_id]
         return breaker
 
+    def state(self, peer_id: str) -> BreakerState:
+        """The peer's breaker state now (closed for a peer never seen failing)."""
+        now = self._clock()
+        return state_at(self.get(peer_id, now), now, self.config)
+
     def describe(self, peer_id: str) -> str:
         now = self._clock()
         return describe(self.get(peer_id, now), now, self.config)

@@ -32,7 +32,7 @@ def load_doc(load: wni.Load) -> Json:
 
 
 def limits_doc(cfg: NodeConfig, *, infer: InferServerStatistics,
-               info_refused: int) -> Json:
+               info_refused: int, embed: InferServerStatistics | None = None) -> Json:
     """Who may use this node how much: the per-peer limits of the libp2p side, the share
     of each model's slots peers may hold, and the refusals so far. Local JSON only (not
     part of the signed NodeInfo)."""
@@ -45,7 +45,11 @@ def limits_doc(cfg: NodeConfig, *, infer: InferServerStatistics,
         "peer_slots_per_model": inference.peer_slots,
         "api_stall_timeout_s": cfg.api.stall_timeout_s,
         "refused": {"too_many_streams": infer.refused_too_many_streams,
-                    "stream_rate": infer.refused_stream_rate, "info_rate": info_refused},
+                    "stream_rate": infer.refused_stream_rate, "info_rate": info_refused,
+                    # embed streams have the same limits, counted apart (protocols/embed.md)
+                    "embed_too_many_streams": 0 if embed is None
+                    else embed.refused_too_many_streams,
+                    "embed_stream_rate": 0 if embed is None else embed.refused_stream_rate},
     }
 
 

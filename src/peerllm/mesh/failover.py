@@ -68,7 +68,7 @@ DISCOVER_WAIT_S: Final = 30.0  # finding a model nobody known serves, in the DHT
 REDISCOVER_WAIT_S: Final = 5.0  # how long a request whose candidates all failed waits for
 # membership to bring a provider back (a restarted replica's redial; not a slow DHT walk)
 # Which refusal a caller hears when several replicas refused: the one closest to a yes.
-_REFUSAL_RANK: Final = {"unauthorized": 0, "forbidden": 1, "rate_limited": 2}
+REFUSAL_RANK: Final = {"unauthorized": 0, "forbidden": 1, "rate_limited": 2}
 
 
 @dataclass
@@ -221,6 +221,11 @@ class Placement:
         if not self._tokens:
             return self.req
         p = self.req.params
+        if p.json_schema is not None:
+            # A grammar starts at the beginning of the answer; no replica can continue one
+            # (the engines refuse structured output with resume_text).
+            raise InvalidField("json_schema", "structured output cannot be resumed "
+                                              "mid-answer on another replica")
         return dataclasses.replace(
             self.req, resume_text=self.req.resume_text + self._text,
             params=dataclasses.replace(p, max_tokens=max(1, p.max_tokens - self._tokens)))
@@ -314,8 +319,8 @@ class Placement:
             # may trust other issuers). Never its breaker's business.
             r.breakers.release_trial(peer, attempted_at)
             self._reasons[label] = str(exc)
-            if self._refusal is None or _REFUSAL_RANK.get(rejected.code, 0) \
-                    > _REFUSAL_RANK.get(self._refusal.code, 0):
+            if self._refusal is None or REFUSAL_RANK.get(rejected.code, 0) \
+                    > REFUSAL_RANK.get(self._refusal.code, 0):
                 self._refusal = rejected
             logger.info("%s refused %s for this caller (%s); trying the next candidate",
                         label, self.req.model, rejected.message)
@@ -344,7 +349,7 @@ class Placement:
         if isinstance(hint, int | float):
             self._busy_hints.append(float(hint))
         if not accepted and not cand.local and peer not in self._redialled \
-                and _stale_connection(exc, was_connected=was_connected):
+                and stale_connection(exc, was_connected=was_connected):
             # Often a stale connection to a peer that restarted: drop it and dial again
             # once before blaming the peer.
             self._redialled.add(peer)
@@ -405,7 +410,7 @@ class Placement:
             r.loads.finished(cand.peer_id)
 
 
-def _stale_connection(exc: Exception, *, was_connected: bool) -> bool:
+def stale_connection(exc: Exception, *, was_connected: bool) -> bool:
     """Does ``exc``, before the peer accepted, look like a connection that died under us
     (a restarted peer) rather than a peer that is down? A broken stream always may; a
     failed stream open or negotiation may if we held a connection when we started."""

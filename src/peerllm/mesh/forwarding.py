@@ -18,6 +18,7 @@ from ..error_codes import auth_rejection
 from ..errors import AuthError, InferenceRejected
 from ..events import Done
 from ..wire import infer as wi
+from .ports import ForwardedCall
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ForwardedRequests:
         self._trusted_peers = frozenset(trusted_peers)
         self._clock = clock  # wall clock: tokens and delegations carry Unix times
 
-    def principal(self, req: wi.InferRequest, peer: str) -> Principal:
+    def principal(self, req: ForwardedCall, peer: str) -> Principal:
         try:
             principal = self._authority.principal_for_peer(
                 req.auth, peer=peer, self_peer=self.peer_id, serve_peers=self._serve_peers,
@@ -55,7 +56,7 @@ class ForwardedRequests:
         except AuthError as exc:
             raise _for_wire(auth_rejection(exc)) from exc
 
-    def finished(self, req: wi.InferRequest, peer: str, principal: Principal, done: Done
+    def finished(self, req: ForwardedCall, peer: str, principal: Principal, done: Done
                  ) -> Done:
         now = self._clock()
         self._authority.charge(principal, done.prompt_tokens + done.completion_tokens,
@@ -74,7 +75,7 @@ class ForwardedRequests:
         return dataclasses.replace(done, receipt=receipt)
 
     @staticmethod
-    def _refused(exc: AuthError, req: wi.InferRequest, peer: str) -> Exception:
+    def _refused(exc: AuthError, req: ForwardedCall, peer: str) -> Exception:
         logger.info("refused request %d for %s from %s: %s", req.request_id, req.model,
                     peer, exc)
         return _for_wire(auth_rejection(exc))

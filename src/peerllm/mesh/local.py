@@ -16,6 +16,7 @@ from ..identity import Identity
 from ..inference.engine import Engine
 from ..inference.registry import ModelStatus
 from ..inference.resources import GpuProbe, probe_resources
+from ..wire import embed as we
 from ..wire import infer as wi
 from ..wire import nodeinfo as wni
 from ..wire import revocations as wrev
@@ -58,7 +59,12 @@ class LocalNode:
         return probe_resources(self._gpus)
 
     def model_statuses(self) -> list[ModelStatus]:
-        return self._engine.registry.list() if self._engine is not None else []
+        """The models this node offers: node-info, the DHT, mDNS, routing and the API's
+        model lists all come from here. A model whose file is known bad is left out
+        (management still shows it, with its error, from the registry)."""
+        if self._engine is None:
+            return []
+        return [st for st in self._engine.registry.list() if st.advertised]
 
     def model_ids(self) -> list[str]:
         return [m.id for m in self.model_statuses()]
@@ -95,12 +101,13 @@ class LocalNode:
             seq=self._seq,
             addrs=tuple(self.addrs()),
             capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID,
-                                                     wrev.PROTOCOL_ID),
+                                                     we.PROTOCOL_ID, wrev.PROTOCOL_ID),
                                           features=FEATURES, private_network=self._private),
             resources=self.resources(),
             models=tuple(wni.ModelInfo(id=m.id, loaded=m.state == "loaded",
                                        context_size=m.context_size,
-                                       size_bytes=m.memory_bytes or None, tags=m.tags)
+                                       size_bytes=m.memory_bytes or None, tags=m.tags,
+                                       file_bytes=m.file_bytes)
                          for m in statuses),
             load=self.load(statuses),
             performance=wni.Performance(

@@ -31,6 +31,7 @@ from ..p2p.mdns import MdnsAnnouncement, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
 from ..p2p.registry import PeerRegistry, PeerState, Source
 from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
+from ..scheduling.negative_cache import NegativeCache
 from ..wire import nodeinfo as wni
 from .local import LocalNode
 
@@ -73,6 +74,9 @@ class Membership:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._started = 0.0
+        # Models the DHT just said nobody provides: a stream of made-up ids costs one
+        # lookup per id per TTL, not one per request.
+        self.unknown_models = NegativeCache()
 
     # -- the loops ---------------------------------------------------------------------
 
@@ -290,6 +294,8 @@ class Membership:
         if entry is not None:
             self.known_peers.remember(peer_id, list(info.addrs), info.name)
             self._check_name(peer_id, info.name)
+            for m in info.models:  # served now: the next request for it asks the DHT again
+                self.unknown_models.found(m.id)
 
     def _check_name(self, peer_id: str, name: str) -> None:
         """Flag two live keys answering to one friendly name (names are not unique by force)."""
@@ -327,11 +333,19 @@ class Membership:
 
         A replica that restarted moments ago is usually listening again long before our
         heartbeat (or its redial backoff) would look at it; a request with nowhere else to
-        go should not be lost for that.
+        go should not be lost for that. A model the DHT had no provider for less than
+        ``unknown_models.ttl_s`` ago is not asked for again (a peer whose node-info lists
+        it is routed to without coming here).
         """
         if await self._redial_providers(model):
             return
+        if self.dht is None or self.unknown_models.missing(model, trio.current_time()):
+            return
         providers = await self.find_providers(model)
+        if not [p for p, _ in providers if p != self.local.peer_id]:
+            self.unknown_models.note_missing(model, trio.current_time())
+            return
+        self.unknown_models.found(model)
         async with trio.open_nursery() as nursery:
             for peer_id, addrs in providers[:MAX_PROVIDERS_DIALLED]:
                 if peer_id != self.local.peer_id:

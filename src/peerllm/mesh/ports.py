@@ -12,11 +12,14 @@ from typing import Protocol
 
 from ..auth import Principal
 from ..events import Done
+from ..inference.backend import Embedded
 from ..inference.engine import GenerationStream
 from ..inference.priority import Origin
 from ..inference.registry import ModelStatus
 from ..inference.request import GenerationRequest
+from ..p2p.embed import EmbedAnswer
 from ..p2p.infer import RemoteGeneration
+from ..wire import embed as we
 from ..wire import infer as wi
 from ..wire import nodeinfo as wni
 
@@ -38,11 +41,21 @@ class InferTransport(Protocol):
                 ) -> AbstractAsyncContextManager[RemoteGeneration]: ...
 
 
+class EmbedTransport(Protocol):
+    """Sends one embed request to a peer and waits for its answer (p2p.embed.EmbedClient)."""
+
+    def next_request_id(self) -> int: ...
+
+    async def embed(self, peer_id: str, req: we.EmbedRequest) -> EmbedAnswer: ...
+
+
 class LocalEngine(Protocol):
     """This node's own inference engine (inference.engine.Engine)."""
 
     def stream(self, req: GenerationRequest, *, origin: Origin
                ) -> AbstractAsyncContextManager[GenerationStream]: ...
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> Embedded: ...
 
 
 class SelfView(Protocol):
@@ -88,10 +101,23 @@ class RequestAccounting(Protocol):
         ...
 
 
+class ForwardedCall(Protocol):
+    """What the serving side reads of a peer's request (an infer or an embed request)."""
+
+    @property
+    def request_id(self) -> int: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def auth(self) -> str | None: ...
+
+
 class ForwardedGate(Protocol):
     """The serving side of peers' requests (mesh.forwarding.ForwardedRequests)."""
 
-    def principal(self, req: wi.InferRequest, peer: str) -> Principal:
+    def principal(self, req: ForwardedCall, peer: str) -> Principal:
         """Whom ``peer``'s request acts for, once it may use the model.
 
         Raises:
@@ -107,7 +133,7 @@ class ForwardedGate(Protocol):
         """
         ...
 
-    def finished(self, req: wi.InferRequest, peer: str, principal: Principal, done: Done
+    def finished(self, req: ForwardedCall, peer: str, principal: Principal, done: Done
                  ) -> Done:
         """The request ended: charge its tokens, count it; ``done`` with our receipt."""
         ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -27,8 +27,9 @@ from ..scheduling.candidates import Candidate
 from ..scheduling.filter import Filtered, NodeView, Policy, filter_candidates
 from ..scheduling.mcda import Scored, Weights, apply_affinity, rank_by
 from .breakers import BreakerBook
+from .embedding import EmbedPlacement, PlacedEmbeddings
 from .failover import Placement
-from .ports import InferTransport, Links, PeerHooks, RequestAccounting, SelfView
+from .ports import EmbedTransport, InferTransport, Links, PeerHooks, RequestAccounting, SelfView
 from .routed import Item, Routed
 from .views import PeerLoads, build_views
 
@@ -50,7 +51,8 @@ class Router:
                  transport: InferTransport, links: Links, hooks: PeerHooks,
                  settings: SchedulingSettings, policy: Policy,
                  rng: random.Random | None = None,
-                 accounting: RequestAccounting | None = None) -> None:
+                 accounting: RequestAccounting | None = None,
+                 embed_transport: EmbedTransport | None = None) -> None:
         self.local = local
         self.registry = registry
         self.breakers = breakers
@@ -61,6 +63,7 @@ class Router:
         self.policy = policy
         self.rng = rng or random.Random()
         self.accounting = accounting  # None: no delegations, receipts or usage
+        self.embed_transport = embed_transport  # None: embeddings run only on our engine
         st = settings
         self.weights = Weights(free_memory=st.weight_free_memory, load=st.weight_load,
                                latency=st.weight_latency, throughput=st.weight_throughput)
@@ -101,13 +104,21 @@ class Router:
         while len(self._affinity) > MAX_SESSIONS:  # oldest first (dicts keep insertion order)
             del self._affinity[next(iter(self._affinity))]
 
-    def known_models(self) -> dict[str, list[Candidate]]:
-        """Every model served anywhere in the mesh, with the nodes that can take it now."""
+    def served_models(self) -> set[str]:
+        """The ids of every model this node or a healthy peer's node-info serves."""
         models: set[str] = {m.id for m in self.local.model_statuses()}
         for e in self.registry.entries():
             if e.info is not None and e.state is PeerState.HEALTHY:
                 models.update(m.id for m in e.info.models)
-        return {m: self.candidates(m)[0] for m in sorted(models)}
+        return models
+
+    def serves(self, model: str) -> bool:
+        """Whether the mesh serves ``model`` (cheap: no scoring, no lookups)."""
+        return model in self.served_models()
+
+    def known_models(self) -> dict[str, list[Candidate]]:
+        """Every model served anywhere in the mesh, with the nodes that can take it now."""
+        return {m: self.candidates(m)[0] for m in sorted(self.served_models())}
 
     # -- placing a request -----------------------------------------------------------
 
@@ -150,6 +161,20 @@ class Router:
         if placement.failure is not None:  # raised outside the nursery: not wrapped
             raise placement.failure
 
+    async def embed(self, model: str, inputs: Sequence[str], *,
+                    deadline_s: float = DEFAULT_DEADLINE_S,
+                    principal: Principal | None = None) -> PlacedEmbeddings:
+        """Embed ``inputs`` with ``model`` on the best node (this one or a peer), failing
+        over to the next replica before an answer; ``principal`` as in ``open``.
+
+        Raises:
+            NoRoute: nobody could take the request (reasons per candidate).
+            InferenceRejected: a non-retryable refusal, or the refusal of the replicas
+                that refused this caller when no replica took it.
+        """
+        return await EmbedPlacement(self, self.embed_transport, model, inputs,
+                                    deadline_s=deadline_s, principal=principal).run()
+
     async def _pump(self, placement: Placement, send: trio.MemorySendChannel[Item]) -> None:
         """Run the attempts; every error reaches the caller as a value, never as a crash
         of this task (which would surface as an ExceptionGroup from ``open``)."""
@@ -160,3 +185,4 @@ class Router:
                 if isinstance(exc, InvalidInferenceRequest):
                     exc = InferenceRejected("bad_request", exc.message, retryable=False)
                 await placement.fail(exc)
+

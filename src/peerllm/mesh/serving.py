@@ -30,7 +30,9 @@ def to_wire_request(req: GenerationRequest, *, request_id: int, deadline_s: floa
         prompt=req.prompt,
         sampling=wi.Sampling(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
                              top_k=p.top_k, repeat_penalty=p.repeat_penalty, stop=p.stop,
-                             seed=p.seed),
+                             seed=p.seed, presence_penalty=p.presence_penalty,
+                             frequency_penalty=p.frequency_penalty, logit_bias=p.logit_bias,
+                             json_schema=p.json_schema),
         deadline_ms=max(1, min(int(deadline_s * 1000), wi.MAX_DEADLINE_MS)),
         resume_text=req.resume_text, session=session, auth=auth)
 
@@ -40,7 +42,9 @@ def from_wire_request(req: wi.InferRequest) -> GenerationRequest:
     try:
         params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature,
                                 top_p=s.top_p, top_k=s.top_k, repeat_penalty=s.repeat_penalty,
-                                stop=s.stop, seed=s.seed)
+                                stop=s.stop, seed=s.seed, presence_penalty=s.presence_penalty,
+                                frequency_penalty=s.frequency_penalty, logit_bias=s.logit_bias,
+                                json_schema=s.json_schema)
         return GenerationRequest(
             model=req.model, prompt=req.prompt, params=params, resume_text=req.resume_text,
             messages=None if req.messages is None else tuple(

@@ -290,12 +290,12 @@ class RemoteGeneration:
                            receipt=event.receipt)
                 return
             elif isinstance(event, wi.Error):
-                raise _remote_error(event, self.peer)
+                raise remote_error(event, self.peer)
             else:  # CLOSED after Done: the state machine lets nothing else through
                 raise PeerConnectionLost(self.peer, "infer stream closed before done")
 
 
-def _remote_error(err: wi.Error, peer: str) -> InferenceRejected:
+def remote_error(err: wi.Error, peer: str) -> InferenceRejected:
     return InferenceRejected(err.code, f"peer {peer}: {err.message}", retryable=err.retryable,
                              retry_after_s=None if err.retry_after_ms is None
                              else err.retry_after_ms / 1000, peer_id=peer)
@@ -339,7 +339,7 @@ class InferClient:
                 raise PeerTimeout(peer_id, f"not accepted within {self._accept_timeout} s",
                                   phase="call")
             if isinstance(reply, wi.Error):
-                raise _remote_error(reply, peer_id)
+                raise remote_error(reply, peer_id)
             if not isinstance(reply, wi.Accepted):
                 raise RemoteProtocolError(f"expected accepted, got {reply!r}")
             yield RemoteGeneration(stream, proto, reply, model=req.model)

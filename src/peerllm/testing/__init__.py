@@ -20,11 +20,13 @@ Engine without llama.cpp:
 * ``FakeBackend(tokens=...)`` — a ``ModelBackend`` emitting scripted tokens in worker
   threads, for ``open_registry(..., backend=FakeBackend())``. Threads and
   ``autojump_clock`` do not mix (the clock jumps while a thread works): use real time
-  with it, and ``ScriptedGenerator`` for virtual-time tests.
+  with it, and ``ScriptedGenerator`` for virtual-time tests. Its embeddings are
+  ``fake_vector(text)`` (from a hash of the text: the same on every node).
 
 * ``peerllm.open_node(config, backend=FakeBackend(...))`` — a real node (libp2p
   host, router, HTTP API with ``peerllm.api.open_api``) whose models run on the fake;
-  serve a file that starts with ``GGUF`` (``models.paths``).
+  serve a file written by ``write_fake_gguf(path)`` (``models.paths``): a valid GGUF
+  header (``FAKE_GGUF``) and no tensors, which the node's header check accepts.
 
 Values: ``make_identity()`` (an in-memory node key) and ``make_node_info(peer_id)``.
 
@@ -42,6 +44,9 @@ from __future__ import annotations
 
 from ._backend import FakeBackend as FakeBackend
 from ._backend import FakeInstance as FakeInstance
+from ._backend import fake_vector as fake_vector
+from ._gguf import FAKE_GGUF as FAKE_GGUF
+from ._gguf import write_fake_gguf as write_fake_gguf
 from ._memory import MemoryByteStream as MemoryByteStream
 from ._memory import MemoryNetwork as MemoryNetwork
 from ._memory import MemoryOpener as MemoryOpener
@@ -58,6 +63,7 @@ from ._values import make_node_info as make_node_info
 
 __all__ = [
     "DONE",
+    "FAKE_GGUF",
     "SILENT",
     "FakeBackend",
     "FakeInstance",
@@ -68,8 +74,10 @@ __all__ = [
     "ScriptedGenerator",
     "ScriptedInferClient",
     "Step",
+    "fake_vector",
     "make_identity",
     "make_node_info",
     "memory_peer_pair",
     "open_memory_network",
+    "write_fake_gguf",
 ]

@@ -7,14 +7,19 @@ tests check the trio side (limiters, shared loads, stop events) without llama.cp
 
 from __future__ import annotations
 
+import hashlib
+import math
+import struct
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from ..errors import ModelLoadError
 from ..inference.backend import (
     Benchmark,
+    Embedded,
     Emit,
     EncodedPrompt,
     GenerationOutcome,
@@ -22,6 +27,18 @@ from ..inference.backend import (
     StopCheck,
 )
 from ..inference.request import ChatMessage, SamplingParams
+
+FAKE_DIMS: Final = 8
+
+
+def fake_vector(text: str) -> list[float]:
+    """The fake model's embedding of ``text``: FAKE_DIMS float32-exact values from its
+    SHA-256, L2-normalised (so any node's FakeBackend gives the same vector)."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    raw = [b - 127.5 for b in digest[:FAKE_DIMS]]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return list(struct.unpack(f"<{FAKE_DIMS}f", struct.pack(f"<{FAKE_DIMS}f",
+                                                            *(x / norm for x in raw))))
 
 
 class FakeInstance:
@@ -67,10 +84,12 @@ class FakeInstance:
         return GenerationOutcome(finish_reason="length", completion_tokens=params.max_tokens,
                                  decode_seconds=0.01 * params.max_tokens)
 
-    def embed(self, inputs: Sequence[str]) -> list[list[float]]:
+    def embed(self, inputs: Sequence[str]) -> Embedded:
+        """``fake_vector`` of each input; a token per word plus one per input."""
         if not self.options.embedding:
             raise RuntimeError("embed() on a context not opened with embedding=True")
-        return [[1.0, float(len(s))] for s in inputs]
+        return Embedded(vectors=[fake_vector(s) for s in inputs],
+                        prompt_tokens=sum(len(s.split()) + 1 for s in inputs))
 
     def benchmark(self, n_tokens: int) -> Benchmark:
         return Benchmark(tokens=n_tokens, seconds=0.1, tokens_per_second=42.0, ttft_s=0.01)
@@ -90,7 +109,8 @@ class FakeBackend:
         token_s: seconds each token takes.
 
     ``gate`` (set by default) holds generation while cleared; ``hang_paths`` are files
-    whose load blocks until stopped (then raises ModelLoadError); ``opened`` lists every
+    whose load blocks until stopped (then raises ModelLoadError), ``refuse_paths`` files
+    it refuses to load as llama.cpp refuses a corrupt model; ``opened`` lists every
     instance in load order; ``prompts`` the prompt text (the chat messages' contents
     joined by spaces) of every generation, in the order they started.
     """
@@ -101,6 +121,7 @@ class FakeBackend:
         self.open_s = open_s
         self.token_s = token_s
         self.hang_paths: set[Path] = set()
+        self.refuse_paths: set[Path] = set()
         self.opened: list[FakeInstance] = []
         self.prompts: list[str] = []
         self.lock = threading.Lock()  # prompts is appended to from worker threads
@@ -119,6 +140,9 @@ class FakeBackend:
             while not should_stop():
                 time.sleep(0.001)
             raise ModelLoadError(options.model_id, "load was stopped")
+        if path in self.refuse_paths:
+            raise ModelLoadError(options.model_id, f"llama.cpp could not load {path}: "
+                                 "failed to load model")
         instance = FakeInstance(self, path, options)
         self.opened.append(instance)
         return instance

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .._types import NodeUUID
 from ..identity import Identity, generate_private_key, peer_id_of, public_key_bytes
+from ..wire import embed as we
 from ..wire import infer as wi
 from ..wire import nodeinfo as wni
 
@@ -35,7 +36,7 @@ def make_node_info(peer_id: str, *, models: tuple[str, ...] = ("m",),
         node_id="7b0c1d5e-0000-4000-8000-000000000000", name=peer_id, location=None,
         tags=(), boot_nonce=b"\x01" * 16, started_at=1000.0, issued_at=1000.0, seq=1,
         addrs=(),
-        capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID),
+        capabilities=wni.Capabilities(protocols=(wni.PROTOCOL_ID, wi.PROTOCOL_ID, we.PROTOCOL_ID),
                                       features=(), private_network=False),
         resources=wni.Resources(cpu_cores=2, ram_total_bytes=16 << 30,
                                 ram_free_bytes=8 << 30, gpus=()),

@@ -99,6 +99,10 @@ class MapReader:
     def get_opt_int(self, key: str) -> int | None:
         return self._optional(key, check_int)
 
+    def get_added_opt_int(self, key: str) -> int | None:
+        """An optional int added in a later 1.x: absent (an older sender) reads as None."""
+        return None if key not in self._map else self.get_opt_int(key)
+
     def get_bool(self, key: str) -> bool:
         value = self._get(key)
         if type(value) is not bool:

@@ -37,3 +37,23 @@ MAX_REPEAT_PENALTY: Final = 10.0
 """``repeat_penalty`` is in (0, MAX_REPEAT_PENALTY]; 1 means no penalty."""
 MAX_DEADLINE_MS: Final = 3_600_000
 """Largest budget a client may grant a server for one request (and a ``retry_after``)."""
+
+MAX_EMBED_INPUTS: Final = 2048
+"""Inputs (strings) in one embeddings request (OpenAI's own cap)."""
+MAX_EMBED_CHARS: Final = MAX_PROMPT_CHARS
+"""All inputs of one embeddings request together, in code points."""
+MAX_EMBED_DIMS: Final = 16384
+"""Largest vector an embeddings answer may carry (the widest GGUF models are 8192)."""
+MAX_EMBED_VALUES: Final = 4 * 1024 * 1024
+"""Floats in one embeddings answer (inputs x dims): 16 MiB of float32. A request whose
+answer would be larger is refused (``too_large``); split it into smaller batches."""
+MAX_PENALTY: Final = 2.0
+"""``presence_penalty`` and ``frequency_penalty`` are in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's)."""
+MAX_LOGIT_BIAS: Final = 300
+"""Entries in one ``logit_bias`` (OpenAI's cap)."""
+MAX_LOGIT_BIAS_VALUE: Final = 100.0
+"""A ``logit_bias`` value is in [-MAX_LOGIT_BIAS_VALUE, MAX_LOGIT_BIAS_VALUE]."""
+MAX_TOKEN_ID: Final = 2**31 - 1
+"""Largest token id a ``logit_bias`` may name (llama.cpp token ids are int32)."""
+MAX_JSON_SCHEMA_CHARS: Final = 16 * 1024
+"""A structured-output JSON schema, as JSON text."""

@@ -68,7 +68,7 @@ def test_openai_chat_maps_everything() -> None:
                             ChatMessage(role="user", content="a\nb"),
                             ChatMessage(role="assistant", content=""))
     assert req.params == SamplingParams(max_tokens=7, temperature=0.0, top_p=0.5,
-                                        stop=("END",), seed=3)
+                                        stop=("END",), seed=3, frequency_penalty=0.2)
     assert gen.stream and gen.include_usage and gen.session == "alice"
 
 
@@ -227,7 +227,7 @@ def test_ollama_unlimited_num_predict() -> None:
     ({"options": {"top_p": 2}}, "options.top_p"),
     ({"options": {"stop": 3}}, "options.stop"),
     ({"options": {"stop": [""]}}, "options.stop"),
-    ({"format": "json"}, "format"),
+    ({"format": "yaml"}, "format"),
     ({"tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "messages[0].images"),
 ])
@@ -262,6 +262,11 @@ def test_ollama_generate_rejects(patch: dict[str, Any], param: str) -> None:
 
 def test_ollama_embed_and_show() -> None:
     assert schemas.ollama_embed({"model": "m", "input": ["a"]}).inputs == ("a",)
+    # The legacy /api/embeddings: one prompt (a string), never a list or ``input``.
+    assert schemas.ollama_embeddings({"model": "m", "prompt": "a b"}).inputs == ("a b",)
+    for body in ({"model": "m", "input": "a"}, {"model": "m", "prompt": ["a"]}):
+        assert api_error(schemas.ollama_embeddings, body).param == "prompt"
+    assert api_error(schemas.ollama_embeddings, {"prompt": "a"}).param == "model"
     assert schemas.ollama_model_name({"name": "old"}) == "old"
     assert schemas.ollama_model_name({"model": "new", "name": "old"}) == "new"
     assert api_error(schemas.ollama_model_name, {}).param == "model"

@@ -26,21 +26,19 @@ from peerllm.errors import (
     ModelNotFound,
 )
 from peerllm.events import Done, TokenChunk
+from peerllm.inference.backend import Embedded
 from peerllm.inference.engine import Engine, GenerationRequest, GenerationStream, SamplingParams
 from peerllm.inference.priority import Origin
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec
-from peerllm.testing import FakeBackend
+from peerllm.testing import FakeBackend, fake_vector, write_fake_gguf
 from tests.helpers import wait_until
 
 MB = 1024**2
 
 
 def gguf(path: Path, size: int = 1 * MB) -> Path:
-    with path.open("wb") as fh:
-        fh.write(b"GGUF")
-        fh.truncate(size)  # sparse: big sizes cost nothing
-    return path
+    return write_fake_gguf(path, size)
 
 
 def spec(model_id: str, path: Path, **kw: object) -> ModelSpec:
@@ -425,10 +423,12 @@ async def test_embeddings(tmp_path: Path) -> None:
     specs = [spec("a", gguf(tmp_path / "a.gguf")),
              spec("e", gguf(tmp_path / "e.gguf"), type="embedding")]
     async with engine_for(specs, backend) as (engine, reg):
-        assert await engine.embed("a", ["x", "yy"]) == [[1.0, 1.0], [1.0, 2.0]]
+        got = await engine.embed("a", ["x", "yy z"])
+        assert got == Embedded(vectors=[fake_vector("x"), fake_vector("yy z")],
+                               prompt_tokens=2 + 3)
         # A generative model gets a second, embedding context next to its generator.
         assert [i.options.embedding for i in backend.opened] == [False, True]
-        assert await engine.embed("e", []) == []
+        assert await engine.embed("e", []) == Embedded(vectors=[], prompt_tokens=0)
         with pytest.raises(InvalidInferenceRequest, match="embedding model"):
             await engine.complete(req("e"))
         with pytest.raises(TypeError):

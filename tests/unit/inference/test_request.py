@@ -125,3 +125,28 @@ def test_requests_at_the_limits_are_valid() -> None:
                       messages=(user("x"),) * limits.MAX_MESSAGES)
     GenerationRequest(model="m", prompt="x" * (limits.MAX_PROMPT_CHARS - 1), resume_text="y")
     GenerationRequest(model="m", prompt="🦙" * (limits.MAX_PROMPT_BYTES // 4))
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"presence_penalty": 2.01}, "presence_penalty"),
+    ({"frequency_penalty": -2.01}, "frequency_penalty"),
+    ({"frequency_penalty": float("inf")}, "frequency_penalty"),
+    ({"logit_bias": ((-1, 1.0),)}, "logit_bias"),
+    ({"logit_bias": ((limits.MAX_TOKEN_ID + 1, 1.0),)}, "logit_bias"),
+    ({"logit_bias": ((3, 100.5),)}, "logit_bias[3]"),
+    ({"logit_bias": ((3, 1.0), (3, 2.0))}, "logit_bias"),
+    ({"logit_bias": tuple((i, 1.0) for i in range(limits.MAX_LOGIT_BIAS + 1))}, "logit_bias"),
+    ({"json_schema": ""}, "json_schema"),
+    ({"json_schema": "x" * (limits.MAX_JSON_SCHEMA_CHARS + 1)}, "json_schema"),
+    ({"json_schema": '"\ud800"'}, "json_schema"),
+])
+def test_output_shaping_limits_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        SamplingParams(**kwargs)
+    assert info.value.field == field
+
+
+def test_output_shaping_values_at_the_limits() -> None:
+    p = SamplingParams(presence_penalty=-2, frequency_penalty=2, json_schema="{}",
+                       logit_bias=[(0, -100), (limits.MAX_TOKEN_ID, 100)])
+    assert p.logit_bias == ((0, -100.0), (limits.MAX_TOKEN_ID, 100.0))

@@ -160,8 +160,11 @@ class FakeInfoClient:
 
 
 class FakeDht:
+    """Counts provider lookups; ``providers`` is what it answers per model."""
+
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.providers: dict[str, list[tuple[str, list[str]]]] = {}
 
     async def add_peer(self, peer_id: str) -> None:
         pass
@@ -169,7 +172,7 @@ class FakeDht:
     async def find_providers(self, model: str, count: int = 20
                              ) -> list[tuple[str, list[str]]]:
         self.asked.append(model)
-        return []
+        return self.providers.get(model, [])
 
 
 def written_off(*peers: str, refused: tuple[str, ...] = ()) -> PeerRegistry:
@@ -192,7 +195,7 @@ def make_membership(registry: PeerRegistry, links: FakeLinks, dht: FakeDht,
     """``connected`` collects the peers the on_peer_connected hook heard of."""
     cfg = NodeConfig()
     return Membership(
-        local=cast(Any, SimpleNamespace(name="self")), host=cast(Any, links),
+        local=cast(Any, SimpleNamespace(name="self", peer_id="self")), host=cast(Any, links),
         dht=cast(Any, dht), registry=registry, info_client=cast(Any, FakeInfoClient()),
         known_peers=KnownPeers(Path("/nonexistent/known_peers.json"), limit=8),
         p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None,

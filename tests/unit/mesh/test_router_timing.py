@@ -407,3 +407,25 @@ async def test_asking_membership_again_is_bounded_once_every_candidate_failed(
     assert trio.current_time() - start == pytest.approx(0.1 + REDISCOVER_WAIT_S)
     assert node.discovered == [MODEL] and len(client.calls) == 1
 
+
+
+async def test_a_structured_answer_that_breaks_mid_way_is_not_resumed(
+        autojump_clock: trio.abc.Clock) -> None:
+    router, node, client = make_router({"a": [[0.1, "{\"a\"", PeerConnectionLost("a", "reset")]],
+                                        "b": [ok()]})
+    req = GenerationRequest(model=MODEL, prompt="p", params=SamplingParams(
+        max_tokens=8, json_schema='{"type":"object"}'))
+    text: list[str] = []
+
+    async def read() -> None:
+        async with router.open(req) as routed:
+            async for ev in routed.events():
+                if isinstance(ev, TokenChunk):
+                    text.append(ev.text)
+
+    with pytest.raises(InferenceRejected, match="json_schema") as err:
+        await read()
+    assert text == ['{"a"']
+    assert (err.value.code, err.value.retryable) == ("bad_request", False)
+    assert [peer for peer, *_ in client.calls] == ["a"]  # b never got a half answer to finish
+    assert state(router, "b") == "closed" and "b" not in node.suspected

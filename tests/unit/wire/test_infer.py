@@ -112,6 +112,14 @@ samplings = st.builds(
         tuple
     ),
     seed=st.none() | _u,
+    presence_penalty=st.floats(-inf.MAX_PENALTY, inf.MAX_PENALTY),
+    frequency_penalty=st.floats(-inf.MAX_PENALTY, inf.MAX_PENALTY),
+    logit_bias=st.dictionaries(
+        st.integers(0, inf.MAX_TOKEN_ID),
+        st.floats(-inf.MAX_LOGIT_BIAS_VALUE, inf.MAX_LOGIT_BIAS_VALUE),
+        max_size=inf.MAX_LOGIT_BIAS,
+    ).map(lambda d: tuple(d.items())),
+    json_schema=st.none() | st.text(min_size=1, max_size=inf.MAX_JSON_SCHEMA_CHARS),
 )
 _turns = st.lists(
     st.builds(inf.ChatTurn, role=st.sampled_from(sorted(inf.ROLES)), content=st.text(max_size=50)),
@@ -193,6 +201,20 @@ def test_map_layout() -> None:
     assert m["sampling"]["stop"] == ["\n\n"]
 
 
+def test_the_later_sampling_keys_are_sent_only_when_used() -> None:
+    # A request that uses none of them is the exact map older servers know.
+    assert set(map_of(REQUEST)["sampling"]) == {"max_tokens", "temperature", "top_p", "top_k",
+                                                "repeat_penalty", "stop", "seed"}
+    used = dataclasses.replace(SAMPLING, presence_penalty=1, frequency_penalty=-0.5,
+                               logit_bias=((5, -100.0),), json_schema='{"type":"object"}')
+    sampling = inf.message_to_map(dataclasses.replace(REQUEST, sampling=used))["sampling"]
+    assert sampling["presence_penalty"] == 1.0 and type(sampling["presence_penalty"]) is float
+    assert sampling["logit_bias"] == [[5, -100.0]]
+    assert sampling["json_schema"] == '{"type":"object"}'
+    assert inf.message_from_map(map_of(dataclasses.replace(REQUEST, sampling=used))) == \
+        dataclasses.replace(REQUEST, sampling=used)
+
+
 def test_ints_given_for_floats_are_sent_as_floats() -> None:
     req = dataclasses.replace(
         REQUEST, sampling=dataclasses.replace(SAMPLING, temperature=1, repeat_penalty=1)
@@ -247,6 +269,20 @@ def test_unknown_type() -> None:
         ({"stop": [""]}, "sampling.stop[0]"),
         ({"seed": -1}, "sampling.seed"),
         ({"seed": "1"}, "sampling.seed: expected int, got str"),
+        ({"presence_penalty": 2.5}, "sampling.presence_penalty: expected float in [-2, 2]"),
+        ({"frequency_penalty": -2.5}, "sampling.frequency_penalty"),
+        ({"frequency_penalty": "1"}, "sampling.frequency_penalty: expected float, got str"),
+        ({"logit_bias": {"1": 2.0}}, "sampling.logit_bias: expected array"),
+        ({"logit_bias": [[1, 2.0, 3]]}, "sampling.logit_bias[0]: expected a [token, bias] pair"),
+        ({"logit_bias": [[-1, 2.0]]}, "sampling.logit_bias[0][0]"),
+        ({"logit_bias": [[2**31, 2.0]]}, "sampling.logit_bias[0][0]"),
+        ({"logit_bias": [[1, 100.5]]}, "sampling.logit_bias[0][1]: expected float in [-100, 100]"),
+        ({"logit_bias": [[1, 1.0], [1, 2.0]]}, "sampling.logit_bias[1][0]: token 1 appears twice"),
+        ({"logit_bias": [[i, 1.0] for i in range(inf.MAX_LOGIT_BIAS + 1)]},
+         "sampling.logit_bias: 301 items exceeds 300"),
+        ({"json_schema": ""}, "sampling.json_schema: str length 0"),
+        ({"json_schema": "x" * (inf.MAX_JSON_SCHEMA_CHARS + 1)}, "sampling.json_schema"),
+        ({"json_schema": {"type": "object"}}, "sampling.json_schema: expected str"),
     ],
 )
 def test_sampling_limits(changes: dict[str, Any], text: str) -> None:

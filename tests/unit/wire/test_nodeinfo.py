@@ -48,6 +48,7 @@ def sample_info(peer_id: str = ALICE.peer_id, **changes: Any) -> ni.NodeInfo:
                 context_size=4096,
                 size_bytes=250_000_000,
                 tags=("chat",),
+                file_bytes=200_000_000,
             ),
             ni.ModelInfo(id="other", loaded=False, context_size=None, size_bytes=None, tags=()),
         ),
@@ -189,6 +190,21 @@ def test_optional_field_must_still_be_present() -> None:
     m = info_map()
     del m["location"]
     expect_field_error(m, "location: missing")
+
+
+def test_file_bytes_may_be_absent_as_from_an_older_node() -> None:
+    m = info_map()
+    assert m["models"][0]["file_bytes"] == 200_000_000
+    for model in m["models"]:
+        del model["file_bytes"]
+    info = ni.info_from_map(m)
+    assert [model.file_bytes for model in info.models] == [None, None]
+
+
+def test_file_bytes_is_checked_when_present() -> None:
+    m = info_map()
+    m["models"][0]["file_bytes"] = "big"
+    expect_field_error(m, "models[0].file_bytes: expected int")
 
 
 def test_floats_may_be_ints() -> None:

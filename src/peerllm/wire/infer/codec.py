@@ -12,7 +12,15 @@ from typing import Any, Final
 
 from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .. import limits
-from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent, read_envelope
+from .._fields import (
+    INT64_MAX,
+    FieldError,
+    MapReader,
+    check_float,
+    check_int,
+    checked_as_sent,
+    read_envelope,
+)
 from ..load import load_to_map, read_load
 from .messages import (
     ERROR_CODES,
@@ -22,13 +30,18 @@ from .messages import (
     MAX_DEADLINE_MS,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_ID_LEN,
+    MAX_JSON_SCHEMA_CHARS,
     MAX_LOAD_COUNT,
+    MAX_LOGIT_BIAS,
+    MAX_LOGIT_BIAS_VALUE,
     MAX_MESSAGES,
+    MAX_PENALTY,
     MAX_PROMPT_CHARS,
     MAX_REPEAT_PENALTY,
     MAX_STOP,
     MAX_STOP_CHARS,
     MAX_TEMPERATURE,
+    MAX_TOKEN_ID,
     MAX_TOKEN_TEXT_CHARS,
     MAX_TOKENS_CAP,
     MAX_TOP_K,
@@ -74,6 +87,7 @@ def message_to_map(msg: Message) -> dict[str, Any]:
                 "repeat_penalty": _as_float(s.repeat_penalty),
                 "stop": list(s.stop),
                 "seed": s.seed,
+                **_optional_sampling(s),
             },
             deadline_ms=msg.deadline_ms,
             resume_text=msg.resume_text,
@@ -117,6 +131,21 @@ def message_to_map(msg: Message) -> dict[str, Any]:
             f"not an infer message: {type(msg).__name__}", code=ErrorCode.UNKNOWN_MESSAGE
         )
     return checked_as_sent(m, message_from_map)
+
+
+def _optional_sampling(s: Sampling) -> dict[str, Any]:
+    """The sampling keys 1.x added later, only when they say something: a request that
+    uses none of them is the same map older servers know."""
+    m: dict[str, Any] = {}
+    if s.presence_penalty != 0.0:
+        m["presence_penalty"] = _as_float(s.presence_penalty)
+    if s.frequency_penalty != 0.0:
+        m["frequency_penalty"] = _as_float(s.frequency_penalty)
+    if s.logit_bias:
+        m["logit_bias"] = [[token, _as_float(bias)] for token, bias in s.logit_bias]
+    if s.json_schema is not None:
+        m["json_schema"] = s.json_schema
+    return m
 
 
 def _as_float(value: float) -> Any:
@@ -165,6 +194,38 @@ def _float_in(r: MapReader, key: str, *, hi: float, lo_open: bool = False) -> fl
     return value
 
 
+def _signed(value: Any, path: str, *, bound: float) -> float:
+    """A float in [-bound, bound]; nil is 0 (the optional sampling keys)."""
+    if value is None:
+        return 0.0
+    number = check_float(value, path, lo=-bound)
+    if number > bound:
+        raise FieldError(path, f"expected float in [-{bound:g}, {bound:g}], got {value!r}")
+    return number
+
+
+def _logit_bias(r: MapReader, m: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    if m.get("logit_bias") is None:
+        return ()
+    pairs: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    for item, path in r.get_list("logit_bias", max_items=MAX_LOGIT_BIAS):
+        if type(item) is not list or len(item) != 2:
+            raise FieldError(path, "expected a [token, bias] pair")
+        token = check_int(item[0], f"{path}[0]", hi=MAX_TOKEN_ID)
+        if token in seen:
+            raise FieldError(f"{path}[0]", f"token {token} appears twice")
+        seen.add(token)
+        pairs.append((token, _signed(item[1], f"{path}[1]", bound=MAX_LOGIT_BIAS_VALUE)))
+    return tuple(pairs)
+
+
+def _json_schema(r: MapReader, m: dict[str, Any]) -> str | None:
+    if m.get("json_schema") is None:
+        return None
+    return r.get_str("json_schema", max_len=MAX_JSON_SCHEMA_CHARS, min_len=1)
+
+
 def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
     total = 0
     messages: tuple[ChatTurn, ...] | None = None
@@ -195,6 +256,7 @@ def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
     if session == "":
         raise FieldError("session", f"must be nil or 1..{limits.MAX_SESSION_CHARS} chars")
     s = r.get_map("sampling")
+    raw = m["sampling"]  # a map: get_map checked it
     return InferRequest(
         auth=_opt_jwt(r, m, "auth"),
         request_id=r.get_int("id", lo=1),
@@ -209,6 +271,12 @@ def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
             repeat_penalty=_float_in(s, "repeat_penalty", hi=MAX_REPEAT_PENALTY, lo_open=True),
             stop=s.get_str_tuple("stop", max_items=MAX_STOP, max_len=MAX_STOP_CHARS),
             seed=s.get_opt_int("seed"),
+            presence_penalty=_signed(raw.get("presence_penalty"), "sampling.presence_penalty",
+                                     bound=MAX_PENALTY),
+            frequency_penalty=_signed(raw.get("frequency_penalty"),
+                                      "sampling.frequency_penalty", bound=MAX_PENALTY),
+            logit_bias=_logit_bias(s, raw),
+            json_schema=_json_schema(s, raw),
         ),
         deadline_ms=r.get_int("deadline_ms", lo=1, hi=MAX_DEADLINE_MS),
         resume_text=resume_text,

@@ -38,6 +38,11 @@ MAX_AUTH_CHARS: Final = 8192
 MAX_TOP_K: Final = limits.MAX_TOP_K
 MAX_TEMPERATURE: Final = limits.MAX_TEMPERATURE
 MAX_REPEAT_PENALTY: Final = limits.MAX_REPEAT_PENALTY
+MAX_PENALTY: Final = limits.MAX_PENALTY
+MAX_LOGIT_BIAS: Final = limits.MAX_LOGIT_BIAS
+MAX_LOGIT_BIAS_VALUE: Final = limits.MAX_LOGIT_BIAS_VALUE
+MAX_TOKEN_ID: Final = limits.MAX_TOKEN_ID
+MAX_JSON_SCHEMA_CHARS: Final = limits.MAX_JSON_SCHEMA_CHARS
 
 ROLES: Final = frozenset({"system", "user", "assistant", "tool"})
 FINISH_REASONS: Final = frozenset({"stop", "length", "cancelled"})
@@ -69,6 +74,15 @@ class Sampling:
     """At most MAX_STOP strings of 1..MAX_STOP_CHARS chars."""
     seed: int | None = None
     """0..2**63-1, or None for a random seed."""
+    presence_penalty: float = 0.0
+    """Optional, [-2, 2]; 0 means none."""
+    frequency_penalty: float = 0.0
+    """Optional, [-2, 2]; 0 means none."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """Optional: at most MAX_LOGIT_BIAS (token id, bias in [-100, 100]) pairs, ids unique."""
+    json_schema: str | None = None
+    """Optional: the output must be JSON matching this JSON schema (JSON text, at most
+    MAX_JSON_SCHEMA_CHARS chars); None for free text."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -86,6 +86,7 @@ def info_to_map(info: NodeInfo) -> dict[str, Any]:
                 "context_size": m.context_size,
                 "size_bytes": m.size_bytes,
                 "tags": list(m.tags),
+                "file_bytes": m.file_bytes,
             }
             for m in info.models
         ],
@@ -158,6 +159,7 @@ def _info_from_reader(r: MapReader) -> NodeInfo:
                 context_size=mr.get_opt_int("context_size"),
                 size_bytes=mr.get_opt_int("size_bytes"),
                 tags=mr.get_str_tuple("tags", max_items=MAX_TAGS, max_len=MAX_TAG_LEN),
+                file_bytes=mr.get_added_opt_int("file_bytes"),
             )
             for mr in r.get_map_list("models", max_items=MAX_MODELS)
         ),

@@ -57,8 +57,9 @@ class ModelInfo:
     id: str
     loaded: bool
     context_size: int | None
-    size_bytes: int | None
+    size_bytes: int | None  # memory needed while loaded (weights + KV cache), for placement
     tags: tuple[str, ...]
+    file_bytes: int | None = None  # the model file's size, as Ollama's /api/tags shows it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
