@@ -26,9 +26,6 @@ INSTALL = "npm ci --prefix tests/compat/js"
 SCRIPT_TIMEOUT_S = 180.0
 """A hang guard only: every case of a script together takes a few seconds."""
 
-EMBED_XFAIL = pytest.mark.xfail(strict=True, reason="embeddings through the mesh: branch embed")
-STRUCTURED_XFAIL = pytest.mark.xfail(strict=True, reason="structured output: branch structured")
-
 
 @pytest.fixture
 def node_js() -> str:
@@ -109,7 +106,6 @@ async def test_openai_js_chat_stream_completions_and_errors(node_js: str, mesh: 
     assert n2["message"] == "400 n must be 1"  # what the user reads: status and our message
 
 
-@EMBED_XFAIL
 async def test_openai_js_embeddings(node_js: str, mesh: Mesh) -> None:
     emb = ok(await run_script(node_js, mesh, "openai", "embeddings"), "embeddings")
     assert emb["count"] == 2 and emb["dims"][0] == emb["dims"][1] > 0
@@ -117,7 +113,6 @@ async def test_openai_js_embeddings(node_js: str, mesh: Mesh) -> None:
     assert emb["first_b64"] == pytest.approx(emb["first_float"], abs=1e-5)
 
 
-@STRUCTURED_XFAIL
 async def test_openai_js_structured_output(node_js: str, mesh: Mesh) -> None:
     answer = ok(await run_script(node_js, mesh, "openai", "structured"), "structured")
     assert set(json.loads(answer["content"])) == {"name"}
@@ -156,13 +151,11 @@ async def test_ollama_js_chat_stream_generate_and_errors(node_js: str, mesh: Mes
         assert refused["message"] == refused["error"]
 
 
-@EMBED_XFAIL
 async def test_ollama_js_embed(node_js: str, mesh: Mesh) -> None:
     emb = ok(await run_script(node_js, mesh, "ollama", "embeddings"), "embeddings")
     assert emb["count"] == 2 and emb["dims"][0] == emb["dims"][1] > 0
 
 
-@STRUCTURED_XFAIL
 async def test_ollama_js_structured_output(node_js: str, mesh: Mesh) -> None:
     answer = ok(await run_script(node_js, mesh, "ollama", "structured"), "structured")
     assert set(json.loads(answer["content"])) == {"name"}
