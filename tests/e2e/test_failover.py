@@ -51,8 +51,11 @@ def test_stream_survives_kill_of_serving_node(daemon: Callable[[str], Daemon]) -
     assert provenance["resumed"] >= 1
     assert provenance["served_by"] != victim.peer_id
     # The dead node's breaker opened at once (its connection is gone), not after 3 failures.
+    # On a loaded machine the rest of the answer can outlast the 30 s cooldown: by now the
+    # breaker may be half-open, which is only reached from open (and never closed: the
+    # node is dead).
     row = next(p for p in front.peers_json()["peers"] if p["peer_id"] == victim.peer_id)
-    assert row["breaker"].startswith("open"), row
+    assert row["breaker"].startswith(("open", "half-open")), row
     route = httpx.get(f"{front.api}/v1/route", params={"model": MODEL}, trust_env=False).json()
     assert [c["peer_id"] for c in route["candidates"]] == [provenance["served_by"]]
     assert any(e["name"] == victim.name for e in route["excluded"]), route["excluded"]
