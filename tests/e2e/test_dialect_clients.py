@@ -1,6 +1,7 @@
-"""The official clients of the newer dialects against a real node serving the bundled
-model: ``openai``'s ``responses.create`` and the ``anthropic`` package's
-``messages.create`` / ``messages.stream``, streamed and not, and their errors."""
+"""The official clients of the newer dialects against a two-node mesh with the bundled
+model, through the node that does not hold it: ``openai``'s ``responses.create`` and the
+``anthropic`` package's ``messages.create`` / ``messages.stream``, streamed and not, and
+their errors."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import anthropic
 import openai
 import pytest
 
-import peerllm
-from tests.helpers import MODEL, api_url
+from tests.e2e.conftest import Mesh
+from tests.helpers import MODEL
 
 # Both clients stop reading at the stream's last event without closing their inner async
 # generators; under trio their garbage collection is reported. That is the clients' doing.
@@ -28,23 +29,23 @@ GREEDY = {"temperature": 0}
 
 
 @asynccontextmanager
-async def openai_for(node: peerllm.Node) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=api_url(node) + "/v1", api_key="x", max_retries=0,
+async def openai_for(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
                                 http_client=openai.DefaultAsyncHttpxClient(trust_env=False))
     async with client:
         yield client
 
 
 @asynccontextmanager
-async def anthropic_for(node: peerllm.Node) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(base_url=api_url(node), api_key="x", max_retries=0,
+async def anthropic_for(url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0,
                                       http_client=anthropic.DefaultAsyncHttpxClient(trust_env=False))
     async with client:
         yield client
 
 
-async def test_responses_create_whole_and_streamed(node: peerllm.Node) -> None:
-    async with openai_for(node) as client:
+async def test_responses_create_whole_and_streamed(mesh: Mesh) -> None:
+    async with openai_for(mesh.url) as client:
         whole = await client.responses.create(model=MODEL, input="Say hello.",
                                               instructions="Answer in one short sentence.",
                                               max_output_tokens=8, temperature=0)
@@ -76,8 +77,8 @@ async def test_responses_create_whole_and_streamed(node: peerllm.Node) -> None:
         assert final.output_text == streamed and final.status == "completed"
 
 
-async def test_responses_errors(node: peerllm.Node) -> None:
-    async with openai_for(node) as client:
+async def test_responses_errors(mesh: Mesh) -> None:
+    async with openai_for(mesh.url) as client:
         with pytest.raises(openai.NotFoundError) as nf:
             await client.responses.create(model="no-such-model", input="hi")
         assert nf.value.code == "model_not_found"
@@ -87,8 +88,8 @@ async def test_responses_errors(node: peerllm.Node) -> None:
         assert tools.value.param == "tools"
 
 
-async def test_anthropic_messages_whole_and_streamed(node: peerllm.Node) -> None:
-    async with anthropic_for(node) as client:
+async def test_anthropic_messages_whole_and_streamed(mesh: Mesh) -> None:
+    async with anthropic_for(mesh.url) as client:
         hello: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello."}]
         whole = await client.messages.create(model=MODEL, max_tokens=8, extra_body=GREEDY,
                                              system="Answer in one short sentence.",
@@ -113,8 +114,8 @@ async def test_anthropic_messages_whole_and_streamed(node: peerllm.Node) -> None
         assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
 
 
-async def test_anthropic_errors(node: peerllm.Node) -> None:
-    async with anthropic_for(node) as client:
+async def test_anthropic_errors(mesh: Mesh) -> None:
+    async with anthropic_for(mesh.url) as client:
         with pytest.raises(anthropic.NotFoundError) as nf:
             await client.messages.create(model="no-such-model", max_tokens=4,
                                          messages=[{"role": "user", "content": "hi"}])
