@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import NodeConfig
-from ..p2p.infer import InferServerStatistics
+from ..p2p.limits import StreamStatistics
 from ..p2p.registry import PeerEntry
 from ..wire import nodeinfo as wni
 
@@ -31,8 +31,8 @@ def load_doc(load: wni.Load) -> Json:
     return {"active": load.active, "queued": load.queued, "capacity": load.capacity}
 
 
-def limits_doc(cfg: NodeConfig, *, infer: InferServerStatistics,
-               info_refused: int, embed: InferServerStatistics | None = None) -> Json:
+def limits_doc(cfg: NodeConfig, *, infer: StreamStatistics,
+               info_refused: int, embed: StreamStatistics | None = None) -> Json:
     """Who may use this node how much: the per-peer limits of the libp2p side, the share
     of each model's slots peers may hold, and the refusals so far. Local JSON only (not
     part of the signed NodeInfo)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -19,16 +18,11 @@ from typing import Final
 import trio
 
 from ..errors import InferenceRejected, PeerConnectionLost, PeerTimeout, RemoteProtocolError
-from ..security_events import PeerLimit, PeerLimitHook
+from ..security_events import PeerLimitHook
 from ..wire import embed as we
 from ..wire import infer as wi
-from .infer import (
-    REQUEST_READ_TIMEOUT_S,
-    TOO_MANY_STREAMS_RETRY_MS,
-    InferServerStatistics,
-    remote_error,
-)
-from .limits import PeerRate
+from .infer import REQUEST_READ_TIMEOUT_S, remote_error
+from .limits import PeerRate, PeerStreams, StreamStatistics
 from .streams import CLOSE_GRACE_S, ByteStream, StreamOpener, receive_event
 
 logger = logging.getLogger(__name__)
@@ -77,26 +71,18 @@ class EmbedServer:
     def __init__(self, *, self_peer_id: str, embed: Embedder, max_streams_per_peer: int = 8,
                  stream_rate: PeerRate | None = None,
                  on_limited: PeerLimitHook | None = None) -> None:
-        if max_streams_per_peer < 1:
-            raise ValueError(f"max_streams_per_peer must be >= 1, got {max_streams_per_peer}")
         self._self = self_peer_id
         self._embed = embed
-        self._per_peer = max_streams_per_peer
-        self._rate = stream_rate
-        self._on_limited = on_limited
-        self._active: dict[str, int] = {}
-        self.refused_streams = 0
+        self._streams = PeerStreams(what="embed", max_per_peer=max_streams_per_peer,
+                                    rate=stream_rate, on_limited=on_limited)
 
     @property
     def active_streams(self) -> int:
-        return sum(self._active.values())
+        return self._streams.statistics().active_streams
 
-    def statistics(self) -> InferServerStatistics:
+    def statistics(self) -> StreamStatistics:
         """The same figures as the InferServer's, for embed streams."""
-        return InferServerStatistics(
-            active_streams=self.active_streams, peers=len(self._active),
-            refused_too_many_streams=self.refused_streams,
-            refused_stream_rate=self._rate.refused if self._rate is not None else 0)
+        return self._streams.statistics()
 
     async def handle(self, stream: ByteStream) -> None:
         """Serve one stream: read the request, admit it, answer, close.
@@ -111,21 +97,16 @@ class EmbedServer:
         req = await self._read_request(stream, proto)
         if req is None:
             return
-        refusal = self._refusal(peer, req.request_id)
+        refusal = self._streams.refusal(peer)
         if refusal is not None:
             logger.debug("refusing an embed stream from %s: %s", peer, refusal.message)
-            await _send_last(stream, proto.send(refusal))
+            await _send_last(stream, proto.send(we.Error(
+                request_id=req.request_id, code=refusal.code, message=refusal.message,
+                retryable=True, retry_after_ms=refusal.retry_after_ms)))
             await stream.aclose()
             return
-        self._active[peer] = self._active.get(peer, 0) + 1
-        try:
+        with self._streams.serving(peer):
             answer = await self._answer(req, peer)
-        finally:
-            left = self._active.get(peer, 1) - 1
-            if left <= 0:
-                self._active.pop(peer, None)
-            else:
-                self._active[peer] = left
         await _send_last(stream, proto.send(answer))
         await stream.aclose()
 
@@ -141,25 +122,6 @@ class EmbedServer:
         raise PeerTimeout(stream.peer_id, "no embed request within the read timeout",
                           phase="call")
 
-    def _refusal(self, peer: str, rid: int) -> we.Error | None:
-        """The error frame for a request over a per-peer limit, or None to serve it."""
-        if self._active.get(peer, 0) >= self._per_peer:
-            self.refused_streams += 1
-            if self._on_limited is not None:
-                self._on_limited(peer, PeerLimit.STREAMS)
-            return we.Error(request_id=rid, code="too_many_streams",
-                            message=f"at most {self._per_peer} concurrent requests per peer",
-                            retryable=True, retry_after_ms=TOO_MANY_STREAMS_RETRY_MS)
-        wait = None if self._rate is None else self._rate.check(peer)
-        if self._rate is None or wait is None:
-            return None
-        if self._on_limited is not None:
-            self._on_limited(peer, PeerLimit.STREAM_RATE)
-        retry_ms = min(we.MAX_DEADLINE_MS, max(1, math.ceil(wait * 1000)))
-        return we.Error(request_id=rid, code="busy",
-                        message=f"at most {self._rate.per_s:g} new embed streams per second "
-                                f"per peer; retry in {retry_ms} ms",
-                        retryable=True, retry_after_ms=retry_ms)
 
     async def _answer(self, req: we.EmbedRequest, peer: str) -> we.Embeddings | we.Error:
         rid = req.request_id

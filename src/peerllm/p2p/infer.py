@@ -13,27 +13,24 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Final
 
 import trio
 
 from ..errors import InferenceRejected, PeerConnectionLost, PeerTimeout, RemoteProtocolError
 from ..events import Done, FinishReason, TokenChunk
-from ..security_events import PeerLimit, PeerLimitHook
+from ..security_events import PeerLimitHook
 from ..wire import infer as wi
 from ..wire.framing import CLOSED
-from .limits import PeerRate
+from .limits import PeerRate, PeerStreams, StreamStatistics
 from .streams import CLOSE_GRACE_S, ByteStream, StreamOpener, receive_event
 
 logger = logging.getLogger(__name__)
 
 REQUEST_READ_TIMEOUT_S: Final = 10.0
 """A client must have sent its whole request this long after opening the stream."""
-TOO_MANY_STREAMS_RETRY_MS: Final = 200
 
 Generator = Callable[[wi.InferRequest, str],
                      AbstractAsyncContextManager[trio.MemoryReceiveChannel[TokenChunk | Done]]]
@@ -65,16 +62,6 @@ async def _send_best_effort(stream: ByteStream, data: bytes) -> None:
             logger.debug("could not tell %s why its stream ends", stream.peer_id)
 
 
-@dataclass(frozen=True, kw_only=True)
-class InferServerStatistics:
-    """What an InferServer is doing and has refused (for ``/v1/node/info``)."""
-
-    active_streams: int
-    peers: int  # peers with at least one stream being served
-    refused_too_many_streams: int
-    refused_stream_rate: int
-
-
 class InferServer:
     """Serves infer streams with ``generate``; one instance per node.
 
@@ -88,22 +75,14 @@ class InferServer:
                  max_streams_per_peer: int = 8, stream_rate: PeerRate | None = None,
                  load: Callable[[], wi.Load] | None = None,
                  on_limited: PeerLimitHook | None = None) -> None:
-        if max_streams_per_peer < 1:
-            raise ValueError(f"max_streams_per_peer must be >= 1, got {max_streams_per_peer}")
         self._self = self_peer_id
-        self._on_limited = on_limited  # metrics + audit, wired by node.py
         self._generate = generate
         self._load = load
-        self._per_peer = max_streams_per_peer
-        self._rate = stream_rate
-        self._active: dict[str, int] = {}
-        self._refused_streams = 0
+        self._streams = PeerStreams(what="infer", max_per_peer=max_streams_per_peer,
+                                    rate=stream_rate, on_limited=on_limited)
 
-    def statistics(self) -> InferServerStatistics:
-        return InferServerStatistics(
-            active_streams=sum(self._active.values()), peers=len(self._active),
-            refused_too_many_streams=self._refused_streams,
-            refused_stream_rate=self._rate.refused if self._rate is not None else 0)
+    def statistics(self) -> StreamStatistics:
+        return self._streams.statistics()
 
     async def handle(self, stream: ByteStream) -> None:
         """Serve one stream: read the request, admit it, stream the answer, close.
@@ -119,45 +98,17 @@ class InferServer:
         request = await self._read_request(stream, proto)
         if request is None:
             return
-        refusal = self._refusal(peer, request.request_id)
+        refusal = self._streams.refusal(peer)
         if refusal is not None:
             # A busy server, not a broken one: the client may try elsewhere or later.
             logger.debug("refusing an infer stream from %s: %s", peer, refusal.message)
-            await stream.send_all(proto.send(refusal))
+            await stream.send_all(proto.send(wi.Error(
+                request_id=request.request_id, code=refusal.code, message=refusal.message,
+                retryable=True, retry_after_ms=refusal.retry_after_ms)))
             await stream.aclose()
             return
-        self._active[peer] = self._active.get(peer, 0) + 1
-        try:
+        with self._streams.serving(peer):
             await self._serve(stream, proto, request)
-        finally:
-            left = self._active.get(peer, 1) - 1
-            if left <= 0:
-                self._active.pop(peer, None)
-            else:
-                self._active[peer] = left
-
-    def _refusal(self, peer: str, request_id: int) -> wi.Error | None:
-        """The error frame for a request over a per-peer limit, or None to serve it.
-
-        The concurrency check comes first: a stream refused for it spends no rate token.
-        """
-        if self._active.get(peer, 0) >= self._per_peer:
-            self._refused_streams += 1
-            if self._on_limited is not None:
-                self._on_limited(peer, PeerLimit.STREAMS)
-            return wi.Error(request_id=request_id, code="too_many_streams",
-                            message=f"at most {self._per_peer} concurrent requests per peer",
-                            retryable=True, retry_after_ms=TOO_MANY_STREAMS_RETRY_MS)
-        wait = None if self._rate is None else self._rate.check(peer)
-        if self._rate is None or wait is None:
-            return None
-        if self._on_limited is not None:
-            self._on_limited(peer, PeerLimit.STREAM_RATE)
-        retry_ms = min(wi.MAX_DEADLINE_MS, max(1, math.ceil(wait * 1000)))
-        return wi.Error(request_id=request_id, code="busy",
-                        message=f"at most {self._rate.per_s:g} new infer streams per second "
-                                f"per peer; retry in {retry_ms} ms",
-                        retryable=True, retry_after_ms=retry_ms)
 
     async def _read_request(self, stream: ByteStream, proto: wi.ServerStream
                             ) -> wi.InferRequest | None:
