@@ -160,9 +160,33 @@ def poll_until(fetch: Callable[[], T], done: Callable[[T], bool], *, timeout_s: 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that is free now, for a process the test starts later.
+
+    Chosen below the kernel's ephemeral range: a port the kernel hands out with bind(0)
+    can be taken by any outgoing connection (ours, or another test run's) before the
+    daemon binds it, which made daemons fail with "Address already in use" on busy
+    machines.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything tried was taken: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def peerllm_cmd(*args: str) -> list[str]:
