@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import subprocess
 import time
@@ -90,8 +91,9 @@ async def test_the_route_table_is_every_route_of_the_app(make_config: MakeConfig
     assert served == set(ROUTE_ROLES)
 
 
-async def test_refusals_are_in_each_apis_shape_and_name_the_reason(make_config: MakeConfig
-                                                                   ) -> None:
+async def test_refusals_are_in_each_apis_shape_and_name_the_reason(
+        make_config: MakeConfig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with peerllm.open_node(auth_required(make_config("shapes"))) as node, \
             open_api(node) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
         now = int(time.time())
@@ -127,6 +129,9 @@ async def test_refusals_are_in_each_apis_shape_and_name_the_reason(make_config: 
         resp = await call(http, "GET", "/api/tags", limited)
         assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
         assert "over 2 requests per minute" in resp.json()["error"]
+    # No token, valid or not, ever reaches the node's log (at any level).
+    for token in (expired, foreign, only_m1, limited, revoked):
+        assert token not in caplog.text and token.split(".")[2] not in caplog.text
 
 
 async def test_admin_routes_issue_list_and_revoke(make_config: MakeConfig) -> None:

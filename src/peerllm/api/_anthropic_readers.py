@@ -82,16 +82,12 @@ def messages_request(body: Mapping[str, Any], *, session_header: str | None = No
         ApiError: 400 naming the field that is missing, malformed or unsupported.
     """
     model = r.model_id(body)
-    for key, why in _REFUSED.items():
-        r.refuse(body, key, why)
+    r.refuse_all(body, _REFUSED)
     _thinking(body.get("thinking"))
     max_tokens = r.opt_int(body, "max_tokens", "max_tokens")
     if max_tokens is None:
         raise r.bad("max_tokens", "required (the most tokens to generate)")
-    temperature = r.opt_number(body, "temperature", "temperature")
-    if temperature is not None and not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise r.bad("temperature", f"must be >= 0 and <= {MAX_TEMPERATURE:g}, "
-                                   f"got {body['temperature']!r}")
+    temperature = r.temperature(body, high=MAX_TEMPERATURE)
     params = r.sampling(
         path_of={"stop": "stop_sequences"}, max_tokens=max_tokens, temperature=temperature,
         top_p=r.opt_number(body, "top_p", "top_p"), top_k=r.opt_int(body, "top_k", "top_k"),

@@ -176,6 +176,14 @@ def opt_number(body: Mapping[str, Any], key: str, path: str) -> float | None:
     return float(value)
 
 
+def temperature(body: Mapping[str, Any], *, high: float) -> float | None:
+    """``temperature`` within a dialect's own range 0..``high`` (the engine allows more)."""
+    value = opt_number(body, "temperature", "temperature")
+    if value is not None and not 0.0 <= value <= high:
+        raise bad("temperature", f"must be >= 0 and <= {high:g}, got {body['temperature']!r}")
+    return value
+
+
 def stop_strings(value: object, path: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -206,6 +214,12 @@ def _text(value: str, path: str) -> None:
         utf8_size(path, value)
     except InvalidField as exc:
         raise bad(path, exc.problem) from exc
+
+
+def refuse_all(body: Mapping[str, Any], refused: Mapping[str, str]) -> None:
+    """``refuse`` each key of ``refused`` (key -> why it is not supported)."""
+    for key, message in refused.items():
+        refuse(body, key, message)
 
 
 def refuse(body: Mapping[str, Any], key: str, message: str) -> None:

@@ -105,17 +105,13 @@ def responses_request(body: Mapping[str, Any], *, session_header: str | None = N
         ApiError: 400 naming the field that is missing, malformed or unsupported.
     """
     model = r.model_id(body)
-    for key, why in _REFUSED.items():
-        r.refuse(body, key, why)
+    r.refuse_all(body, _REFUSED)
     _text_format(body.get("text"))
     _tool_choice(body.get("tool_choice"))
     if body.get("truncation") not in (None, "disabled"):
         raise r.bad("truncation", "only 'disabled' is supported (an over-long input is "
                                   "refused, not cut)", code="unsupported")
-    temperature = r.opt_number(body, "temperature", "temperature")
-    if temperature is not None and not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise r.bad("temperature", f"must be >= 0 and <= {MAX_TEMPERATURE:g}, "
-                                   f"got {body['temperature']!r}")
+    temperature = r.temperature(body, high=MAX_TEMPERATURE)
     params = r.sampling(path_of={"max_tokens": "max_output_tokens"},
                         max_tokens=r.opt_int(body, "max_output_tokens", "max_output_tokens"),
                         temperature=temperature, top_p=r.opt_number(body, "top_p", "top_p"))

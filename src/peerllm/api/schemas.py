@@ -77,9 +77,7 @@ def _openai_params(body: Mapping[str, Any]) -> SamplingParams:
                        code="unsupported")
     mct_path = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
         else "max_tokens"
-    temperature = r.opt_number(body, "temperature", "temperature")
-    if temperature is not None and not 0.0 <= temperature <= 2.0:  # OpenAI's range
-        raise r.bad("temperature", f"must be >= 0 and <= 2, got {body['temperature']!r}")
+    temperature = r.temperature(body, high=2.0)  # OpenAI's range
     return r.sampling(
         path_of={"max_tokens": mct_path, "json_schema": structured.OPENAI_SCHEMA_PATH},
         max_tokens=r.opt_int(body, mct_path, mct_path),

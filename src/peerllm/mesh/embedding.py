@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 import trio
 
@@ -42,6 +42,7 @@ from ..wire import embed as we
 from .audited import outcome_of
 from .breakers import BreakerBook
 from .failover import (
+    ATTEMPT_ERRORS,
     DEFAULT_BUSY_BACKOFF_S,
     DISCOVER_WAIT_S,
     MAX_BUSY_WAIT_S,
@@ -63,7 +64,6 @@ from .views import PeerLoads
 
 logger = logging.getLogger(__name__)
 
-_ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, InferenceError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,7 +199,7 @@ class EmbedPlacement:
         except LocalProtocolError as exc:
             r.breakers.release_trial(peer, attempted_at)  # our own request: nobody's fault
             raise InferenceRejected("bad_request", str(exc), retryable=False) from exc
-        except _ATTEMPT_ERRORS as exc:
+        except ATTEMPT_ERRORS as exc:
             await self._failed(cand, exc, attempted_at=attempted_at,
                                was_connected=was_connected)
             return None

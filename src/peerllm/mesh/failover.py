@@ -60,7 +60,8 @@ from .views import PeerLoads
 
 logger = logging.getLogger(__name__)
 
-_ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, InferenceError)
+ATTEMPT_ERRORS: Final = (InferenceRejected, PeerError, ProtocolError, InferenceError)
+"""What one attempt on one candidate may end with (anything else is a bug of ours)."""
 DEFAULT_BUSY_BACKOFF_S: Final = 1.0
 MAX_BUSY_WAIT_S: Final = 30.0  # how long one request may wait in all for busy peers
 MIN_BUSY_WAIT_S: Final = 0.05
@@ -272,7 +273,7 @@ class Placement:
             r.breakers.release_trial(cand.peer_id, attempted_at)
             await self.fail(InferenceRejected("bad_request", str(exc), retryable=False))
             return "done"
-        except _ATTEMPT_ERRORS as exc:
+        except ATTEMPT_ERRORS as exc:
             return await self._failed(cand, exc, attempted_at=attempted_at,
                                       accepted=accepted, got_here=got_here,
                                       was_connected=was_connected)
