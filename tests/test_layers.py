@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("pure", frozenset({"identity", "wire", "scheduling"})),
     # Adapters over one outside library each. metrics wraps prometheus_client and only
     # takes pushed samples, so mesh, node and api may all record into it.
-    ("adapters", frozenset({"p2p", "inference", "metrics", "auth"})),
+    ("adapters", frozenset({"p2p", "inference", "metrics", "auth", "transfer"})),
     ("mesh", frozenset({"mesh"})),
     # testing ships fakes built from the layers below (it may compose a node); see
     # test_production_code_never_imports_testing for who may import it.

@@ -25,6 +25,7 @@ from .config import P2PConfig as P2PConfig
 from .config import SchedulingSettings as SchedulingSettings
 from .errors import AuthError as AuthError
 from .errors import ConfigError as ConfigError
+from .errors import DigestMismatch as DigestMismatch
 from .errors import DiscoveryError as DiscoveryError
 from .errors import IdentityError as IdentityError
 from .errors import InferenceCancelled as InferenceCancelled
@@ -41,6 +42,8 @@ from .errors import NetworkKeyMismatch as NetworkKeyMismatch
 from .errors import NodeApiError as NodeApiError
 from .errors import NodeNotRunning as NodeNotRunning
 from .errors import NoRoute as NoRoute
+from .errors import NoSource as NoSource
+from .errors import NotEnoughSpace as NotEnoughSpace
 from .errors import PeerBusy as PeerBusy
 from .errors import PeerConnectionLost as PeerConnectionLost
 from .errors import PeerError as PeerError
@@ -50,6 +53,8 @@ from .errors import PeerUnavailable as PeerUnavailable
 from .errors import ProtocolError as ProtocolError
 from .errors import RecordError as RecordError
 from .errors import RemoteProtocolError as RemoteProtocolError
+from .errors import SourceFailed as SourceFailed
+from .errors import TransferError as TransferError
 from .events import Done as Done
 from .events import TokenChunk as TokenChunk
 from .inference.backend import ModelBackend as ModelBackend
@@ -67,6 +72,7 @@ __all__ = [
     "AuthError",
     "ChatMessage",
     "ConfigError",
+    "DigestMismatch",
     "DiscoveryConfig",
     "DiscoveryError",
     "Done",
@@ -87,12 +93,14 @@ __all__ = [
     "ModelsConfig",
     "NetworkKeyMismatch",
     "NoRoute",
+    "NoSource",
     "Node",
     "NodeApiError",
     "NodeClient",
     "NodeConfig",
     "NodeIdentityConfig",
     "NodeNotRunning",
+    "NotEnoughSpace",
     "P2PConfig",
     "PeerBusy",
     "PeerConnectionLost",
@@ -106,7 +114,9 @@ __all__ = [
     "Routed",
     "SamplingParams",
     "SchedulingSettings",
+    "SourceFailed",
     "TokenChunk",
+    "TransferError",
     "__version__",
     "open_node",
 ]

@@ -20,6 +20,11 @@
     ├── NodeNotRunning         no daemon answered at the HTTP API's URL (.url)
     ├── NodeApiError           a daemon answered with an error (.status, .code, .type, .message)
     ├── AuthError              a request is not authorised (.reason, .status 401/403/429)
+    ├── TransferError          a model download failed (.digest when known)
+    │   ├── SourceFailed           a source sent a bad chunk, stalled or left (.source, .fault)
+    │   ├── NoSource               no source has the file, or all failed (.reasons)
+    │   ├── DigestMismatch         the file's sha256 is not the one asked for (.expected)
+    │   └── NotEnoughSpace         the disk cannot hold the file (.needed, .free)
     └── InferenceError         (abstract) the local engine could not serve a request (.model_id)
         ├── ModelNotFound          no model with that id is configured here
         ├── ModelLoadError         the model file is missing, not GGUF, too big, or failed to load
@@ -235,6 +240,60 @@ class AuthError(PeerLLMError):
         self.message = message
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+class TransferError(PeerLLMError):
+    """A model download failed; ``digest`` is the file's when known."""
+
+    def __init__(self, message: str, *, digest: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.digest = digest
+
+
+class SourceFailed(TransferError):
+    """One source failed us; ``source`` names it (a peer id or a URL's host) and
+    ``fault`` says how: bad_chunk, stalled, refused, busy, not_found, gone, bad_answer.
+    Always the source's fault (remote): the download goes on with the others."""
+
+    FAULTS = ("bad_chunk", "stalled", "refused", "busy", "not_found", "gone", "bad_answer")
+
+    def __init__(self, source: str, fault: str, message: str, *, digest: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(f"{source}: {message}", digest=digest)
+        self.source = source
+        self.fault = fault
+        self.retry_after_s = retry_after_s
+
+
+class NoSource(TransferError):
+    """Nothing can provide the file, or every source failed; ``reasons`` maps each
+    source tried to why it was dropped."""
+
+    def __init__(self, message: str, *, digest: str | None = None,
+                 reasons: dict[str, str] | None = None) -> None:
+        super().__init__(message, digest=digest)
+        self.reasons = dict(reasons or {})
+
+
+class DigestMismatch(TransferError):
+    """The assembled file's sha256 is not the one asked for; nothing was installed."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"the file's digest is {actual}, expected {expected}",
+                         digest=expected)
+        self.expected = expected
+        self.actual = actual
+
+
+class NotEnoughSpace(TransferError):
+    """The target's disk has ``free`` bytes, the file needs ``needed``."""
+
+    def __init__(self, path: Path, needed: int, free: int) -> None:
+        super().__init__(f"{path.parent}: needs {needed} bytes free, has {free}")
+        self.path = path
+        self.needed = needed
+        self.free = free
 
 
 class InferenceError(PeerLLMError):

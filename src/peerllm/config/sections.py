@@ -41,6 +41,8 @@ STRATEGIES: Final = ("mcda", "round_robin", "weighted_round_robin", "least_conne
                      "latency", "random")
 
 SERVE_PEERS: Final = ("any", "trusted")
+SHARE_MODES: Final = ("any", "trusted", "off")
+DEFAULT_HF_ENDPOINT: Final = "https://huggingface.co"
 
 _PEER_ID: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,64}")  # base58btc
 
@@ -272,10 +274,65 @@ class ModelsConfig:
 
     serve_default: bool = True  # serve the bundled default model
     paths: tuple[str, ...] = ()  # extra GGUF model files
+    # Model distribution (protocols/blob.md, protocols/replication.md).
+    share: str = "any"  # who may download our model files: any, trusted (peers) or off
+    upload_limit: float | None = None  # MB/s (10^6 B/s) over all uploads; None = no cap
+    max_uploads_per_peer: int = 4  # blob streams served at once to one peer
+    side_channel: bool = True  # bulk bytes over a TLS side channel bound to both peer ids
+    stall_timeout_s: float = 15.0  # a source silent this long mid-chunk is dropped
+    hf_endpoint: str = DEFAULT_HF_ENDPOINT  # hf://OWNER/REPO/FILE resolves against this
+    hf_token: str | None = field(default=None, repr=False)  # secret: prefer hf_token_file
+    hf_token_file: Path | None = None  # a file holding the Hugging Face token
+    replication_interval_s: float = 10.0  # how often replication targets are checked
+    replication_grace_s: float = 60.0  # a holder gone this long no longer counts
 
     def __post_init__(self) -> None:
         set_field(self, "serve_default", boolean("models.serve_default", self.serve_default))
         set_field(self, "paths", str_tuple("models.paths", self.paths))
+        set_field(self, "share", choice("models.share", self.share, SHARE_MODES))
+        if self.upload_limit is not None:
+            set_field(self, "upload_limit", positive_float(
+                "models.upload_limit", self.upload_limit, what="MB/s"))
+        set_field(self, "max_uploads_per_peer",
+                  integer("models.max_uploads_per_peer", self.max_uploads_per_peer, 1, 64))
+        set_field(self, "side_channel", boolean("models.side_channel", self.side_channel))
+        set_field(self, "stall_timeout_s",
+                  positive_float("models.stall_timeout_s", self.stall_timeout_s))
+        endpoint = string("models.hf_endpoint", self.hf_endpoint).strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
+            raise ConfigError("models.hf_endpoint",
+                              f"expected an http(s) URL, got {endpoint!r}")
+        set_field(self, "hf_endpoint", endpoint)
+        token, path = opt_str("models.hf_token", self.hf_token), \
+            opt_path("models.hf_token_file", self.hf_token_file)
+        if token is not None and path is not None:
+            raise ConfigError("models.hf_token", "give the Hugging Face token once: "
+                              "models.hf_token or models.hf_token_file, not both")
+        set_field(self, "hf_token", token)
+        set_field(self, "hf_token_file", path)
+        set_field(self, "replication_interval_s", positive_float(
+            "models.replication_interval_s", self.replication_interval_s))
+        set_field(self, "replication_grace_s", positive_float(
+            "models.replication_grace_s", self.replication_grace_s))
+
+    def resolve_hf_token(self) -> str | None:
+        """The Hugging Face token: ``hf_token``, or what ``hf_token_file`` holds, read now.
+
+        Raises:
+            ConfigError: ``models.hf_token_file``; the file cannot be read or is empty.
+        """
+        if self.hf_token_file is None:
+            return self.hf_token
+        data = read_secret_file("models.hf_token_file", self.hf_token_file,
+                                what="Hugging Face token file")
+        try:
+            token = data.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise ConfigError("models.hf_token_file",
+                              f"{self.hf_token_file} is not text") from None
+        if not token:
+            raise ConfigError("models.hf_token_file", f"{self.hf_token_file} is empty")
+        return token
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ from .memory import normalize_quant
 ModelType = Literal["llm", "embedding"]
 MODEL_TYPES: Final[tuple[str, ...]] = get_args(ModelType)
 DEFAULT_CONTEXT_SIZE: Final = 2048
+MAX_REPLICAS: Final = 64
 _MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}")
 
 
@@ -41,6 +42,7 @@ class ModelSpec:
     tags: tuple[str, ...] = ()
     variants: tuple[tuple[str, Path], ...] = ()  # (canonical quant name, path), as given
     size_bytes: int | None = None  # known file size (bundled: sum of its chunks)
+    replicas: int = 0  # copies the mesh keeps (protocols/replication.md); 0 = no target
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _MODEL_ID.fullmatch(self.id):
@@ -59,6 +61,10 @@ class ModelSpec:
         if isinstance(self.gpu_layers, bool) or not isinstance(self.gpu_layers, int) \
                 or self.gpu_layers < -1:
             raise ValueError(f"gpu_layers: must be a whole number >= -1, got {self.gpu_layers!r}")
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) \
+                or not 0 <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(f"replicas: must be a whole number 0-{MAX_REPLICAS}, "
+                             f"got {self.replicas!r}")
         for quant, _ in self.variants:
             if normalize_quant(quant) != quant:
                 raise ValueError(f"variants: {quant!r} is not a canonical quantisation name")
@@ -128,7 +134,7 @@ def node_specs(*, catalog: Sequence[ModelEntry], models_yaml: Path | None = None
 _TOP_KEYS: Final = ("defaults", "available")
 _DEFAULT_KEYS: Final = ("gpu_layers", "context_size")
 _ENTRY_KEYS: Final = ("id", "path", "bundled", "type", "chat_format", "context_size",
-                      "gpu_layers", "preload", "tags", "variants")
+                      "gpu_layers", "preload", "tags", "variants", "replicas")
 
 
 def load_models_yaml(path: Path, *, models_dir: Path | None = None,
@@ -245,6 +251,7 @@ def _entry(where: str, raw: object, *, base_dir: Path, base: Mapping[str, Any]) 
         gpu_layers=_int(f"{where}.gpu_layers", entry.get("gpu_layers", base["gpu_layers"]), -1),
         preload=_bool(f"{where}.preload", entry.get("preload", False)),
         tags=tuple(tags), variants=tuple(variants),
+        replicas=_int(f"{where}.replicas", entry.get("replicas", 0), 0, MAX_REPLICAS),
     )
 
 
@@ -275,11 +282,13 @@ def _str(where: str, value: object) -> str:
     return value.strip()
 
 
-def _int(where: str, value: object, minimum: int) -> int:
+def _int(where: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(where, f"expected a whole number, got {value!r}")
     if value < minimum:
         raise ConfigError(where, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(where, f"must be <= {maximum}, got {value}")
     return value
 
 

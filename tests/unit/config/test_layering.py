@@ -47,6 +47,10 @@ def test_env_maps_every_variable() -> None:
         "PEERLLM_LOG_LEVEL": "debug",
         "PEERLLM_REQUIRE_AUTH": "yes",
         "PEERLLM_TRUSTED_ISSUERS": f"ed25519:{'A' * 43}, {'ab' * 32}",
+        "PEERLLM_UPLOAD_LIMIT": "50",
+        "HF_ENDPOINT": "http://127.0.0.1:9/hub",
+        "HF_TOKEN": "hf_secret",
+        "HF_TOKEN_FILE": "/run/hf.token",
         "HOME": "/ignored",
     }
     layer = config_from_env(env)
@@ -62,8 +66,11 @@ def test_env_maps_every_variable() -> None:
                 "cors_origins": ["http://localhost:3000", "https://app.example"],
                 "allowed_hosts": ["node-1.lan"]},
         "auth": {"required": True, "trusted_issuers": [f"ed25519:{'A' * 43}", "ab" * 32]},
+        "models": {"upload_limit": 50.0, "hf_endpoint": "http://127.0.0.1:9/hub",
+                   "hf_token": "hf_secret", "hf_token_file": "/run/hf.token"},
     }
-    config_from_mapping(layer)  # and it validates
+    config_from_mapping({k: v for k, v in layer.items() if k != "models"})
+    config_from_mapping({"models": {"upload_limit": 50.0, "hf_token": "hf_secret"}})  # valid
     # The file-valued ones (they must name files that exist) are in the next test.
     files = {"PEERLLM_NETWORK_KEY_FILE", "PEERLLM_API_TLS_CERT", "PEERLLM_API_TLS_KEY"}
     node_vars = {name for name in ENV_VARS if not name.startswith(("MODEL_", "MODELS_"))}

@@ -1,0 +1,1 @@
+"""Moving model files: digests, the models store, partial files, sources and the swarm."""
