@@ -11,6 +11,7 @@ from typing import Any, Final, Literal, get_args
 import yaml
 
 from ..errors import ConfigError
+from ..wire.blob import parse_digest
 from .catalog import DEFAULT_MODEL_ID, ModelEntry
 from .memory import normalize_quant
 
@@ -43,6 +44,7 @@ class ModelSpec:
     variants: tuple[tuple[str, Path], ...] = ()  # (canonical quant name, path), as given
     size_bytes: int | None = None  # known file size (bundled: sum of its chunks)
     replicas: int = 0  # copies the mesh keeps (protocols/replication.md); 0 = no target
+    digest: str | None = None  # sha256:<hex> of the file when known (a pulled model's)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _MODEL_ID.fullmatch(self.id):
@@ -65,6 +67,8 @@ class ModelSpec:
                 or not 0 <= self.replicas <= MAX_REPLICAS:
             raise ValueError(f"replicas: must be a whole number 0-{MAX_REPLICAS}, "
                              f"got {self.replicas!r}")
+        if self.digest is not None:
+            object.__setattr__(self, "digest", parse_digest(self.digest))
         for quant, _ in self.variants:
             if normalize_quant(quant) != quant:
                 raise ValueError(f"variants: {quant!r} is not a canonical quantisation name")
