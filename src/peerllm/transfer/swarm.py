@@ -357,7 +357,12 @@ class SwarmDownload:
 
     def _view(self, s: Source) -> SourceView:
         measured = s.meter.rate(trio.current_time()) if s.bytes else None
-        return SourceView(s.label, measured, s.rtt_s, 0)
+        # An HTTP source alone is asked the rest of the file in one request: a server
+        # that ignores Range can serve only that (from chunk 0), and a stall or a bad
+        # chunk still ends it at once.
+        solo = s.kind == "http" and not any(
+            o is not s and o.state != "dropped" for o in self._sources)
+        return SourceView(s.label, measured, s.rtt_s, 0, solo=solo)
 
     def progress(self) -> Progress:
         """Where the download stands now."""
