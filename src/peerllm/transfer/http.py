@@ -186,7 +186,7 @@ def parse_hf(ref: str) -> HubRef:
     revision = revision or DEFAULT_REVISION
     if not _REVISION.fullmatch(revision) or ".." in revision:
         raise ValueError(f"{ref[:80]!r}: revision {revision[:40]!r} is not a branch, tag "
-                         "or commit")
+                         f"or commit; {form}")
     return HubRef(parts[0], parts[1], "/".join(parts[2:]), revision)
 
 
