@@ -151,6 +151,26 @@ async def test_a_cancelled_download_resumes_with_the_chunks_on_disk(tmp_path: Pa
     assert again.progress().resumed == 5 * CB
 
 
+async def test_a_cancelled_swarm_fetches_no_delivered_chunk_again(tmp_path: Path) -> None:
+    target = tmp_path / "m.gguf"
+    delivered: list[int] = []
+    with trio.CancelScope() as scope:
+        def note(i: int) -> None:
+            delivered.append(i)
+            if len(delivered) == 9:
+                scope.cancel()
+        first = [MemorySource(f"p{k}", after=note) for k in range(3)]
+        await SwarmDownload(target=target, manifest=MANIFEST, expected_digest=None,
+                            sources=first, free_bytes=big_disk).run()
+    assert scope.cancelled_caught
+    again = [MemorySource(f"q{k}") for k in range(3)]
+    await SwarmDownload(target=target, manifest=MANIFEST, expected_digest=None,
+                        sources=again, free_bytes=big_disk).run()
+    refetched = {i for src in again for i in src.fetched}
+    assert target.read_bytes() == DATA
+    assert refetched.isdisjoint(delivered)
+
+
 async def test_a_torn_state_record_costs_only_that_chunk(tmp_path: Path) -> None:
     target = tmp_path / "m.gguf"
     with trio.CancelScope() as scope:
