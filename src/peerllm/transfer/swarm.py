@@ -335,7 +335,8 @@ class SwarmDownload:
         total = self._size
         eta = (total - completed) / rate if total is not None and rate > 0 else None
         return Progress(
-            digest=self.expected, state=self._state, total=total, completed=completed,
+            digest=self.manifest.digest if self.manifest else self.expected,
+            state=self._state, total=total, completed=completed,
             resumed=partial.resumed_bytes if partial else 0, rate_bps=rate, eta_s=eta,
             error=self._error,
             sources=tuple(s.progress(now) for s in self._all()))
