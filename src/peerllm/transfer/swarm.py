@@ -330,7 +330,7 @@ class SwarmDownload:
         """Where the download stands now."""
         now = trio.current_time()
         partial, intake = self._partial, self._intake
-        completed = intake.completed_bytes() if intake else 0
+        completed = intake.completed if intake else 0
         rate = intake.meter.rate(now) if intake else 0.0
         total = self._size
         eta = (total - completed) / rate if total is not None and rate > 0 else None
