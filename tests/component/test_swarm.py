@@ -282,6 +282,17 @@ async def test_a_source_offering_another_file_is_dropped(tmp_path: Path) -> None
     assert (dropped(dl.progress())["other"] or "").startswith("bad_answer")
 
 
+async def test_without_a_digest_the_majority_manifest_wins(tmp_path: Path) -> None:
+    target = tmp_path / "m.gguf"
+    other = manifest_of(os.urandom(1000), CB)
+    dl = SwarmDownload(target=target, expected_digest=None, free_bytes=big_disk,
+                       sources=[MemorySource("a"), MemorySource("odd", offer=other),
+                                MemorySource("b")])
+    assert await dl.run() == MANIFEST
+    assert list(dropped(dl.progress())) == ["odd"]
+    assert (dropped(dl.progress())["odd"] or "").startswith("bad_answer")
+
+
 async def test_every_source_failing_is_no_source_with_reasons(tmp_path: Path) -> None:
     target = tmp_path / "m.gguf"
     dl = SwarmDownload(target=target, manifest=MANIFEST, expected_digest=None,
