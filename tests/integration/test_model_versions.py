@@ -6,10 +6,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import httpx
+
 import peerllm
+from peerllm.api import open_api
 from peerllm.inference.specs import ModelSpec
 from peerllm.testing import FakeBackend, write_fake_gguf
-from tests.helpers import FAKE_MODEL, MakeConfig, wait_for_value, with_fake_model
+from tests.helpers import FAKE_MODEL, MakeConfig, api_url, wait_for_value, with_fake_model
 
 
 def sha256_of(path: Path) -> str:
@@ -29,7 +32,10 @@ async def test_a_peer_sees_the_digest_and_finds_the_holder_by_it(
     assert cfg_a.data_dir is not None
     file_a = cfg_a.data_dir / f"{FAKE_MODEL}.gguf"
     async with peerllm.open_node(cfg_a, backend=FakeBackend()) as a, \
-            peerllm.open_node(make_config("b", bootstrap=[a.addrs()[0]])) as b:
+            peerllm.open_node(make_config("b", bootstrap=[a.addrs()[0]])) as b, \
+            open_api(a), open_api(b), \
+            httpx.AsyncClient(base_url=api_url(a), trust_env=False) as http_a, \
+            httpx.AsyncClient(base_url=api_url(b), trust_env=False) as http_b:
         digest = sha256_of(file_a)
 
         async def b_sees(expected: str) -> str | None:
@@ -39,6 +45,15 @@ async def test_a_peer_sees_the_digest_and_finds_the_holder_by_it(
                                     timeout_s=30) == digest
         assert a.digests.path(digest) == file_a
         assert [m.digest for m in a.node_info().models] == [digest]
+        # The HTTP model lists, on the holder and on the peer: Ollama's bare hex, ours
+        # in full.
+        for http in (http_a, http_b):
+            tags = (await http.get("/api/tags")).json()["models"]
+            assert [(t["name"], t["digest"]) for t in tags] == [(FAKE_MODEL, digest[7:])]
+            listed = (await http.get("/v1/models")).json()["data"]
+            assert [p["digest"] for p in listed[0]["peerllm"]["providers"]] == [digest]
+        status = (await http_a.get(f"/v1/models/{FAKE_MODEL}")).json()
+        assert (status["digest"], status["replicas"]) == (digest, 0)
 
         async def holders(key: str) -> list[str] | None:
             return [p for p, _ in await b.find_providers(key)] or None
