@@ -32,6 +32,7 @@ from ..p2p.nodeinfo import NodeInfoClient
 from ..p2p.registry import PeerRegistry, PeerState, Source
 from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
 from ..scheduling.negative_cache import NegativeCache
+from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import nodeinfo as wni
 from .announcing import Announcer, mdns_announcement
 from .local import LocalNode
@@ -356,8 +357,10 @@ class Membership:
         heartbeat (or its redial backoff) would look at it; a request with nowhere else to
         go should not be lost for that. A model the DHT had no provider for less than
         ``unknown_models.ttl_s`` ago is not asked for again (a peer whose node-info lists
-        it is routed to without coming here).
+        it is routed to without coming here). A pinned ``id@<digest prefix>`` looks for
+        the providers of the id (the DHT does not know versions).
         """
+        model = model.partition(PIN_SEPARATOR)[0]
         if await self._redial_providers(model):
             return
         if self.dht is None or self.unknown_models.missing(model, trio.current_time()):
