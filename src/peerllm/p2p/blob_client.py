@@ -201,27 +201,52 @@ async def _done(stream: ByteStream, decoder: wb.AnswerDecoder, count: int, peer:
 async def _via_side(conn: SideConnection, stream: ByteStream, decoder: wb.AnswerDecoder,
                     lengths: dict[int, int], deliver: Deliver, peer: str,
                     digest: str | None) -> None:
+    """Chunks from the side channel; the next one is received while ``deliver`` runs
+    (a worker thread reads ahead by up to two chunks)."""
+    broke: list[PeerError] = []
+    failed: list[Exception] = []
+    send, receive = trio.open_memory_channel[tuple[int, bytes]](1)
     try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_ahead, conn, lengths, send, broke)
+            async with receive:
+                try:
+                    async for index, data in receive:
+                        await deliver(index, data)
+                except Exception as exc:  # re-raised as it is, not in a group
+                    failed.append(exc)
+                    nursery.cancel_scope.cancel()
+    finally:
+        conn.close()
+    if failed:
+        raise failed[0]
+    if broke:
+        # The server stops the side channel when it cannot go on: its reason is on
+        # the stream.
+        with trio.move_on_after(ERROR_GRACE_S):
+            got = await _next(stream, decoder, peer)
+            if isinstance(got, wb.Error):
+                raise _failed(peer, got, digest) from broke[0]
+        raise broke[0]
+    await _done(stream, decoder, len(lengths), peer, digest)
+
+
+async def _read_ahead(conn: SideConnection, lengths: dict[int, int],
+                      send: trio.MemorySendChannel[tuple[int, bytes]],
+                      broke: list[PeerError]) -> None:
+    async with send:
         for index, length in lengths.items():
             try:
                 data = await conn.call(functools.partial(_recv, length),
                                        what=f"receive of chunk {index}")
-            except PeerError:
-                # The server stops the side channel when it cannot go on: its reason
-                # is on the stream.
-                with trio.move_on_after(ERROR_GRACE_S):
-                    got = await _next(stream, decoder, peer)
-                    if isinstance(got, wb.Error):
-                        raise _failed(peer, got, digest) from None
-                raise
-            await deliver(index, bytes(data))
-    finally:
-        conn.close()
-    await _done(stream, decoder, len(lengths), peer, digest)
+            except PeerError as exc:
+                broke.append(exc)
+                return
+            await send.send((index, data))
 
 
-def _recv(length: int, sock: ssl.SSLSocket) -> bytearray:
-    return recv_exact(sock, length)
+def _recv(length: int, sock: ssl.SSLSocket) -> bytes:
+    return bytes(recv_exact(sock, length))  # the copy in the thread, off the event loop
 
 
 class PeerSource:
