@@ -138,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--path", choices=["both", "in_stream", "side_channel"], default="both")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="blob-pair-") as tmp:
         file = Path(tmp) / "model.bin"
@@ -146,6 +147,8 @@ def main() -> None:
                 f.write(os.urandom(1024 * 1024))
         for _ in range(args.runs):
             for side in (False, True):
+                if args.path != "both" and (args.path == "side_channel") != side:
+                    continue
                 print(json.dumps(measure(file, side_channel=side, workdir=Path(tmp))),
                       flush=True)
 

@@ -19,7 +19,7 @@ import trio
 from ..errors import PeerConnectionLost, PeerError, PeerTimeout, RemoteProtocolError, SourceFailed
 from ..wire import blob as wb
 from .sidechannel import SideConnection, dial, recv_exact
-from .streams import ByteStream, StreamOpener, receive_event
+from .streams import ByteStream, StreamOpener
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ ANSWER_TIMEOUT_S: Final = 10.0
 """How long the first answer to a describe or a get may take (a busy disk, a slow link)."""
 ERROR_GRACE_S: Final = 2.0
 """How long to wait for the server's error frame after its side channel broke."""
+READ_BYTES: Final = 1024 * 1024
+"""Most bytes asked of the stream in one read (yamux hands over what it has buffered)."""
 FAULT_OF_CODE: Final = {"not_found": "not_found", "refused": "refused", "busy": "busy",
                         "bad_request": "bad_answer", "internal": "gone"}
 """Server error code -> SourceFailed fault (a bad_request: we disagree about the protocol)."""
@@ -166,7 +168,9 @@ async def _first_answer(stream: ByteStream, decoder: wb.AnswerDecoder, peer: str
 
 async def _next(stream: ByteStream, decoder: wb.AnswerDecoder, peer: str
                 ) -> wb.Answer | wb.Chunk:
-    event = await receive_event(stream, decoder.feed, decoder.next_event)
+    while (event := decoder.next_event()) is wb.NEED_DATA:
+        # Large reads: a chunk is megabytes, and each read costs a trip through yamux.
+        decoder.feed(await stream.receive_some(READ_BYTES))
     if event is wb.CLOSED:
         raise PeerConnectionLost(peer, "closed the blob stream before its answer")
     return event  # type: ignore[return-value]
