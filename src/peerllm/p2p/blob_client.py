@@ -173,7 +173,7 @@ async def _next(stream: ByteStream, decoder: wb.AnswerDecoder, peer: str
         decoder.feed(await stream.receive_some(READ_BYTES))
     if event is wb.CLOSED:
         raise PeerConnectionLost(peer, "closed the blob stream before its answer")
-    return event  # type: ignore[return-value]
+    return event
 
 
 def _unexpected(peer: str, got: object, want: str, digest: str | None) -> SourceFailed:
