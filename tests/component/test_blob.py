@@ -105,6 +105,16 @@ async def test_fetch_delivers_every_chunk_in_order(tmp_path: Path, side_host: st
         assert stats["active"] == 0
 
 
+async def test_a_side_channel_that_cannot_be_dialled_is_not_asked_for_again(
+        tmp_path: Path) -> None:
+    entry = blob_entry(model_file(tmp_path), chunk_bytes=CHUNK)
+    async with serving([entry], side_host="0.0.0.0") as (client, server, _):
+        for _ in range(2):
+            await fetch_all(client, entry.manifest.digest, entry, Received())
+        stats = server.statistics()
+        assert (stats["offers"], stats["in_stream"], stats["side_channel"]) == (1, 2, 0)
+
+
 async def test_a_peer_that_may_not_download_is_refused(tmp_path: Path) -> None:
     entry = blob_entry(model_file(tmp_path), chunk_bytes=CHUNK)
     async with serving([entry], allowed=False) as (client, server, catalog):
