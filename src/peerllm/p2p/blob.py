@@ -99,8 +99,9 @@ class BlobServer:
         self._self = self_peer_id
         self._cert: SideCertificate | None = None
         self._cert_lock = trio.Lock()
-        self._stats = {"streams": 0, "bytes_sent": 0, "chunks_sent": 0, "offers": 0, "side_channel": 0,
-                       "in_stream": 0, "refused": 0, "busy": 0, "not_found": 0, "failed": 0}
+        self._stats = dict.fromkeys(("streams", "bytes_sent", "chunks_sent", "offers",
+                                     "side_channel", "in_stream", "refused", "busy",
+                                     "not_found", "failed"), 0)
 
     def statistics(self) -> dict[str, int]:
         """Counters since start: streams, bytes and chunks sent, side channels offered,
