@@ -223,11 +223,12 @@ class SideListener:
                           phase="dial")
 
     def _admit(self, raw: socket.socket) -> ssl.SSLSocket | None:
+        sock: socket.socket = raw  # the TLS socket once wrapped (it takes over the fd)
         try:
             raw.setblocking(True)
             raw.settimeout(DIAL_TIMEOUT_S)
             _tune(raw)
-            tls = self._cert.context.wrap_socket(raw, server_side=True)
+            tls = sock = self._cert.context.wrap_socket(raw, server_side=True)
             if not hmac.compare_digest(bytes(recv_exact(tls, TOKEN_BYTES)), self.token):
                 logger.info("side channel: dropped a connection with a wrong token")
                 tls.close()
@@ -236,7 +237,7 @@ class SideListener:
             return tls
         except (OSError, ssl.SSLError) as exc:
             logger.debug("side channel: dropped a connection: %s", exc)
-            raw.close()
+            sock.close()
             return None
 
 
@@ -260,14 +261,15 @@ async def dial(host: str, port: int, *, cert_sha256: bytes, token: bytes, peer_i
 
     def connect() -> ssl.SSLSocket:
         raw = socket.create_connection((host, port), timeout=DIAL_TIMEOUT_S)
+        sock: socket.socket = raw  # the TLS socket once wrapped (it takes over the fd)
         try:
             _tune(raw)
-            tls = _client_context().wrap_socket(raw)
+            tls = sock = _client_context().wrap_socket(raw)
             _check_pin(tls, cert_sha256)
             tls.sendall(token)
             tls.settimeout(IO_TIMEOUT_S)
         except BaseException:
-            raw.close()
+            sock.close()
             raise
         if abandoned.is_set():
             tls.close()
