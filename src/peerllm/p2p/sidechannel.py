@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime
 import hmac
 import logging
+import re
 import secrets
 import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -304,4 +305,15 @@ def connection_ip(host: object, peer_id: str) -> str | None:
                     continue
     except Exception:  # no connection, or an opener that is not a P2PHost
         logger.debug("no connection address for %s", peer_id, exc_info=True)
+    return None
+
+
+def listen_ip(listen: Sequence[str]) -> str | None:
+    """The IP of the first TCP listen multiaddr (``p2p.listen``): where a server's side
+    channels listen. A wildcard stays a wildcard (offered as "the address you reach me
+    at"); None when no address is a plain /ip4 or /ip6 TCP one."""
+    for addr in listen:
+        match = re.match(r"/ip[46]/([^/]+)/tcp/\d+", addr)
+        if match:
+            return match.group(1)
     return None
