@@ -41,6 +41,7 @@ from .mesh.forwarding import ForwardedRequests
 from .mesh.gossip import RevocationGossip
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
+from .mesh.pulls import Pulls
 from .mesh.routed import Routed
 from .mesh.router import Router, breaker_config
 from .mesh.serving import serve_generator
@@ -94,6 +95,7 @@ class Node:
         self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
         self.api_url: str | None = None  # set by whoever serves the HTTP API
+        self.pulls: Pulls | None = None  # model downloads (None: no model store)
         self._started_mono = trio.current_time()
 
     # -- what we are -----------------------------------------------------------------

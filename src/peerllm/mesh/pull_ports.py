@@ -118,6 +118,10 @@ class Installer(Protocol):
         """The model already holding this file (registered or stored), else None."""
         ...
 
+    def serving(self, model_id: str) -> StoredEntry | None:
+        """The model this node serves under ``model_id`` (whatever its file), else None."""
+        ...
+
     async def install(self, *, digest: str, size: int, meta: ModelMeta,
                       source: str) -> StoredEntry:
         """Record the file under ``meta.id`` in the store, register it (replacing an

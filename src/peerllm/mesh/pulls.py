@@ -20,8 +20,8 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Final, Literal
 
 import trio
@@ -118,19 +118,25 @@ class Transfer:
                 nursery.cancel_scope.cancel()
 
     async def _pump(self, send: trio.MemorySendChannel[Progress]) -> None:
-        async with send:
-            seen = -1
-            while True:
-                if seen != self._version:
-                    seen = self._version
-                    try:
-                        await send.send(self.progress)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return  # the subscriber left
-                elif self.done.is_set():
-                    return
-                else:
-                    await self._changed.wait()
+        async with send, aclosing(self.changes()) as changes:
+            async for progress in changes:
+                try:
+                    await send.send(progress)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the subscriber left
+
+    async def changes(self) -> AsyncGenerator[Progress, None]:
+        """The latest progress whenever it changed since the last one taken, ending after
+        the last; no task, so safe to iterate from an HTTP response's generator."""
+        seen = -1
+        while True:
+            if seen != self._version:
+                seen = self._version
+                yield self.progress
+            elif self.done.is_set():
+                return
+            else:
+                await self._changed.wait()
 
     def publish(self, progress: Progress) -> None:
         self.progress = progress
@@ -250,6 +256,9 @@ class Pulls:
         if kind == "model" and t.digest is None:
             holders = await self._finder.find(t.ref)
             if not holders:
+                here = self._installer.serving(t.ref)
+                if here is not None:  # nobody has another file of it: ours is the one
+                    return here
                 raise NoSource(f"no peer in the mesh serves the model {t.ref!r}")
             t.digest = _most_held(holders)
             holders = [h for h in holders if h.digest in (t.digest, None)]

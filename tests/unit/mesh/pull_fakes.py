@@ -133,6 +133,9 @@ class Installer:
     def present(self, digest: str) -> StoredEntry | None:
         return self.entries.get(digest)
 
+    def serving(self, model_id: str) -> StoredEntry | None:
+        return next((e for e in self.entries.values() if e.id == model_id), None)
+
     async def install(self, *, digest: str, size: int, meta: wb.ModelMeta,
                       source: str) -> StoredEntry:
         entry = self.entries[digest] = Entry(id=meta.id, digest=digest, size=size,

@@ -180,3 +180,9 @@ async def test_recent_transfers_are_bounded(running: trio.Nursery) -> None:
         with pytest.raises(NoSource):
             await pulls.start(name).wait()
     assert [t.ref for t in pulls.transfers()] == ["c", "b"]
+
+
+async def test_a_model_only_this_node_serves_is_done_at_once(running: trio.Nursery) -> None:
+    pulls = make(installer=Installer([Entry(id="m", digest=DIGEST, size=MANIFEST.size)]))
+    await running.start(pulls.run)
+    assert (await pulls.start("m").wait()).digest == DIGEST
