@@ -136,12 +136,31 @@ def _floats_b64(vector: list[float]) -> str:
 
 def model_object(node: Node, model: str, candidates: Sequence[Candidate] | None = None
                  ) -> Json:
-    """An OpenAI model object, plus who serves it under ``peerllm.providers``."""
+    """An OpenAI model object, plus who serves it under ``peerllm.providers``: each
+    provider holds the file (``digest``, ``file_bytes`` as that node says) and says
+    whether it has it ``loaded``."""
     cands = node.mesh_models().get(model, []) if candidates is None else candidates
+    files = _files(node, model)
     return {"id": model, "object": "model", "created": int(node.started_at),
             "owned_by": "peerllm", "peerllm": {"providers": [
-                {"peer_id": c.peer_id, "name": c.name, "local": c.local, "loaded": c.loaded}
+                {"peer_id": c.peer_id, "name": c.name, "local": c.local, "loaded": c.loaded,
+                 **files.get(c.peer_id, {"digest": None, "file_bytes": None})}
                 for c in cands]}}
+
+
+def _files(node: Node, model: str) -> dict[str, Json]:
+    """peer id -> the digest and size of its file of ``model`` (None where unknown)."""
+    out: dict[str, Json] = {}
+    for st in node.model_statuses():
+        if st.id == model:
+            out[node.peer_id] = {"digest": getattr(st, "digest", None),
+                                 "file_bytes": st.file_bytes}
+    for e in node.registry.entries():
+        for m in e.info.models if e.info is not None else ():
+            if m.id == model:
+                out[e.peer_id] = {"digest": getattr(m, "digest", None),
+                                  "file_bytes": m.file_bytes}
+    return out
 
 
 def routes(node: Node) -> list[Route]:
