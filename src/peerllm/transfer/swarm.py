@@ -1,0 +1,385 @@
+"""The download engine: one file from several sources at once, every chunk checked.
+
+Each source runs in its own task in one nursery, asking ranges the planner
+(scheduling.swarm) picks from its measured rate and round trip. Every chunk is checked
+against the manifest (BLAKE3) before it is written; a source that sends a bad chunk, or
+none for ``stall_timeout_s``, is dropped at once and its chunks go to the others. The
+``fallback`` sources (the hub) join only once no primary source is left. Without a
+manifest (plain HTTP) chunks cannot be checked one by one: they are fetched in order from
+one source at a time and the whole-file digest decides. Hashing and file writes run in
+worker threads, so the event loop keeps serving while 4 MiB chunks go by.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ..errors import NoSource, SourceFailed, TransferError
+from ..scheduling.swarm import SourceView, next_ask
+from ..wire.blob import DEFAULT_CHUNK_BYTES, Manifest, chunk_digest
+from .partial import PartialFile, open_partial, partial_path
+from .ports import ChunkSource, Progress, ProgressSink, SizeHint, SourceProgress, State
+from .prefix import PrefixHash
+from .rates import RateMeter
+from .resolve import resolve_manifest
+from .sources import BadChunk, Fetch, Source
+
+PROGRESS_INTERVAL_S: Final = 0.25
+"""on_progress at most ~4 times a second (state changes are reported at once)."""
+MAX_BUSY_TRIES: Final = 3
+DEFAULT_RETRY_AFTER_S: Final = 1.0
+MAX_RETRY_AFTER_S: Final = 30.0
+
+
+class SwarmDownload:
+    """Download one file into ``target`` (resuming its partial), checked chunk by chunk."""
+
+    def __init__(self, *, target: Path, sources: Sequence[ChunkSource],
+                 expected_digest: str | None, manifest: Manifest | None = None,
+                 fallback: Sequence[ChunkSource] = (), stall_timeout_s: float = 15.0,
+                 on_progress: ProgressSink | None = None,
+                 free_bytes: Callable[[Path], int] | None = None,
+                 size: int | None = None) -> None:
+        if manifest is not None and expected_digest is not None \
+                and manifest.digest != expected_digest:
+            raise ValueError(f"manifest is for {manifest.digest}, expected {expected_digest}")
+        self.target = target
+        self.manifest = manifest
+        self.expected = expected_digest if manifest is None else manifest.digest
+        self.stall_timeout_s = stall_timeout_s
+        self._on_progress = on_progress
+        self._free_bytes = free_bytes or (lambda p: shutil.disk_usage(p.parent).free)
+        self._size = manifest.size if manifest is not None else size
+        self._chunk_bytes = manifest.chunk_bytes if manifest is not None else DEFAULT_CHUNK_BYTES
+        self._sources = [Source(s, primary=True) for s in sources]
+        self._standby = [Source(s, primary=False) for s in fallback]
+        self._state: State = "resolving"
+        self._error: str | None = None
+        self._partial: PartialFile | None = None
+        self._hash: PrefixHash | None = None
+        self._hash_lock = trio.Lock()
+        self._assigned: dict[int, set[str]] = {}
+        self._fetches: list[Fetch] = []
+        self._low = 0  # every chunk below is verified
+        self._counted: set[int] = set()  # verified chunks already counted and hashed
+        self._changed = trio.Event()
+        self._meter = RateMeter()
+        self._last_emit = -math.inf
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def partial_path(self) -> Path:
+        return partial_path(self.target)
+
+    def have(self, index: int) -> bool:
+        """Chunk ``index`` is verified on disk (peers may be served it already)."""
+        return self._partial is not None and index in self._partial.digests
+
+    async def run(self) -> Manifest:
+        """Download, check and install the file; returns its manifest.
+
+        Raises:
+            NoSource: no source could give the file (``reasons`` says why each failed).
+            DigestMismatch: the assembled file is not the one expected; nothing installed.
+            NotEnoughSpace: the disk cannot hold the missing bytes.
+        Cancelled leaves the partial to be resumed by the next SwarmDownload.
+        """
+        try:
+            manifest = await self._run()
+        except TransferError as exc:
+            self._state, self._error = "failed", str(exc)
+            self._emit(force=True)
+            raise
+        finally:
+            if self._partial is not None:
+                self._partial.close()
+        self._state = "done"
+        self._emit(force=True)
+        return manifest
+
+    async def _run(self) -> Manifest:
+        if self.manifest is None:
+            await self._resolve()
+        partial = await self._open()
+        if self.manifest is None and partial.manifest is not None:
+            self.manifest = partial.manifest  # learnt by an earlier run of this download
+        self._state = "downloading"
+        self._emit(force=True)
+        if len(partial.digests) < partial.count:
+            await self._download(partial)
+        if len(partial.digests) < partial.count:
+            reasons = {s.label: s.reason or "gave up" for s in self._all()}
+            raise NoSource(f"no source left for {partial.count - len(partial.digests)} "
+                           f"of {partial.count} chunks", digest=self.expected, reasons=reasons)
+        self._state = "verifying"
+        self._emit(force=True)
+        assert self._hash is not None
+        async with self._hash_lock:
+            await trio.to_thread.run_sync(self._hash.catch_up, partial.digests)
+        actual = self._hash.digest()
+        self._state = "installing"
+        self._emit(force=True)
+        await trio.to_thread.run_sync(partial.install, actual)
+        if self.manifest is None:
+            chunks = tuple(partial.digests[i] for i in range(partial.count))
+            self.manifest = Manifest(digest=actual, size=partial.size,
+                                     chunk_bytes=partial.chunk_bytes, chunks=chunks)
+        return self.manifest
+
+    async def _resolve(self) -> None:
+        for group in (self._sources, self._standby):
+            live = [s.source for s in group if s.state != "dropped"]
+            found = await resolve_manifest(live, expected=self.expected,
+                                           timeout_s=self.stall_timeout_s, drop=self._drop_label)
+            if found is not None:
+                self.manifest, self._size = found, found.size
+                self._chunk_bytes = found.chunk_bytes
+                return
+            if any(s.state != "dropped" for s in group):
+                break  # sources without manifests (plain HTTP) are left: use them
+        if self._size is None:
+            for s in self._all():
+                if s.state != "dropped" and isinstance(s.source, SizeHint):
+                    try:
+                        self._size = await s.source.content_length()
+                    except SourceFailed as exc:
+                        self._drop(s, f"{exc.fault}: {exc.message}")
+                    if self._size is not None:
+                        break
+        if self._size is None:
+            reasons = {s.label: s.reason or "cannot tell the file's size" for s in self._all()}
+            raise NoSource("no source gave the file's manifest or size", digest=self.expected,
+                           reasons=reasons)
+
+    async def _open(self) -> PartialFile:
+        assert self._size is not None
+        size, chunk_bytes = self._size, self._chunk_bytes
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        partial = await trio.to_thread.run_sync(lambda: open_partial(
+            self.target, size=size, chunk_bytes=chunk_bytes, expected=self.expected,
+            manifest=self.manifest))
+        self._partial = partial
+        try:
+            partial.check_space(await trio.to_thread.run_sync(self._free_bytes, self.target))
+        except TransferError:
+            if not partial.digests:
+                partial.discard()
+            raise
+        self._counted = set(partial.digests)
+        self._hash = PrefixHash(partial.count, partial.read_chunk)
+        # A resumed prefix is read from disk and hashed once, here.
+        await trio.to_thread.run_sync(self._hash.catch_up, partial.digests)
+        self._advance_low(partial)
+        return partial
+
+    async def _download(self, partial: PartialFile) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.manifest is None:
+                # No chunk digests to check: one source at a time, in order.
+                self._standby = self._sources + self._standby
+                self._sources = []
+                self._start_standby()
+            else:
+                for s in self._sources:
+                    if s.state != "dropped":
+                        nursery.start_soon(self._work, s, partial)
+                self._start_standby()
+        self._nursery = None
+
+    def _start_standby(self) -> None:
+        partial = self._partial
+        if self._nursery is None or partial is None \
+                or any(s.state != "dropped" for s in self._sources):
+            return
+        take = self._standby[:1] if self.manifest is None else list(self._standby)
+        for s in take:
+            self._standby.remove(s)
+            self._sources.append(s)
+            if s.state != "dropped":
+                self._nursery.start_soon(self._work, s, partial)
+        if take and all(s.state == "dropped" for s in self._sources):
+            self._start_standby()
+
+    async def _work(self, s: Source, partial: PartialFile) -> None:
+        while s.state != "dropped" and len(partial.digests) < partial.count:
+            ask = next_ask(self._view(s), count=partial.count, chunk_bytes=partial.chunk_bytes,
+                           verified=partial.digests, assigned=self._assigned, start=self._low)
+            if ask is None:
+                s.state = "idle"
+                await self._changed.wait()
+                continue
+            s.state = "active"
+            await self._fetch(s, partial, ask.first, ask.count)
+
+    async def _fetch(self, s: Source, partial: PartialFile, first: int, count: int) -> None:
+        fetch = Fetch(s, first, count, deadline=trio.current_time() + self.stall_timeout_s)
+        for i in fetch.remaining:
+            self._assigned.setdefault(i, set()).add(s.label)
+        self._fetches.append(fetch)
+        s.meter.start(trio.current_time())
+
+        async def deliver(index: int, data: bytes) -> None:
+            await self._deliver(fetch, partial, index, data)
+
+        try:
+            with fetch.scope:
+                await s.source.fetch(first, count, chunk_bytes=partial.chunk_bytes,
+                                     size=partial.size, deliver=deliver)
+            if fetch.bad is not None:
+                raise fetch.bad
+            if fetch.scope.cancelled_caught and not fetch.superseded:
+                self._drop(s, f"stalled: no chunk for {self.stall_timeout_s:g} s")
+            elif fetch.remaining and not fetch.superseded and not fetch.scope.cancelled_caught:
+                self._drop(s, f"gone: it ended the range before chunk {min(fetch.remaining)}")
+            else:
+                s.busy_tries = 0
+        except BadChunk as bad:
+            self._drop(s, bad.reason)
+        except SourceFailed as exc:
+            if fetch.bad is not None:
+                self._drop(s, fetch.bad.reason)
+            elif exc.fault == "busy" and s.busy_tries < MAX_BUSY_TRIES:
+                s.busy_tries += 1
+                self._release(fetch)
+                s.state = "idle"
+                await trio.sleep(min(exc.retry_after_s or DEFAULT_RETRY_AFTER_S,
+                                     MAX_RETRY_AFTER_S))
+            else:
+                self._drop(s, f"{exc.fault}: {exc.message}")
+        finally:
+            fetch.closed = True
+            self._release(fetch)
+
+    async def _deliver(self, fetch: Fetch, partial: PartialFile, index: int,
+                       data: bytes) -> None:
+        s = fetch.source
+        if fetch.closed or index != fetch.next:
+            fetch.bad = BadChunk(index, f"sent chunk {index} out of order "
+                                        f"(asked {fetch.first}..{fetch.first + fetch.count - 1})")
+            raise fetch.bad
+        now = trio.current_time()
+        if fetch.next == fetch.first:
+            s.note_rtt(now - fetch.started)
+        fetch.next += 1
+        fetch.scope.deadline = math.inf  # our own work below is not the source's stall
+        if index not in partial.digests:
+            ok = await trio.to_thread.run_sync(self._check_write, partial, index, data)
+            if not ok:
+                fetch.bad = BadChunk(index, f"sent a bad chunk {index}")
+                raise fetch.bad
+        fetch.remaining.discard(index)
+        self._unassign(index, s.label)
+        now = trio.current_time()
+        s.bytes += len(data)
+        s.meter.add(now, len(data))
+        if self._newly_verified(index):
+            self._meter.add(now, len(data))
+            await self._extend_hash(index, data, partial)
+        fetch.scope.deadline = trio.current_time() + self.stall_timeout_s
+        self._emit()
+
+    def _check_write(self, partial: PartialFile, index: int, data: bytes) -> bool:
+        """In a worker thread: check the chunk (BLAKE3), then write and log it."""
+        if self.manifest is not None:
+            if not self.manifest.check_chunk(index, data):
+                return False
+            digest = self.manifest.chunks[index]
+        else:
+            if len(data) != partial.span(index)[1]:
+                return False
+            digest = chunk_digest(data)
+        partial.write_chunk(index, data, digest)
+        return True
+
+    def _newly_verified(self, index: int) -> bool:
+        # write_chunk recorded it; a second copy of an endgame chunk counts once.
+        first = index not in self._counted
+        self._counted.add(index)
+        assert self._partial is not None
+        self._advance_low(self._partial)
+        for other in self._fetches:
+            if other.remaining and other.remaining <= self._partial.digests.keys():
+                other.superseded = True
+                other.scope.cancel()
+        self._notify()
+        return first
+
+    async def _extend_hash(self, index: int, data: bytes, partial: PartialFile) -> None:
+        assert self._hash is not None
+        async with self._hash_lock:
+            await trio.to_thread.run_sync(self._hash.offer, index, data, partial.digests)
+
+    def _advance_low(self, partial: PartialFile) -> None:
+        while self._low < partial.count and self._low in partial.digests:
+            self._low += 1
+
+    def _release(self, fetch: Fetch) -> None:
+        for i in list(fetch.remaining):
+            self._unassign(i, fetch.source.label)
+        fetch.remaining.clear()
+        if fetch in self._fetches:
+            self._fetches.remove(fetch)
+        self._notify()
+
+    def _unassign(self, index: int, label: str) -> None:
+        holders = self._assigned.get(index)
+        if holders is not None:
+            holders.discard(label)
+            if not holders:
+                del self._assigned[index]
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _drop_label(self, label: str, reason: str) -> None:
+        for s in self._all():
+            if s.label == label:
+                self._drop(s, reason)
+
+    def _drop(self, s: Source, reason: str) -> None:
+        if s.state == "dropped":
+            return
+        s.state, s.reason = "dropped", reason
+        self._notify()
+        self._emit(force=True)
+        self._start_standby()
+
+    def _all(self) -> list[Source]:
+        return self._sources + self._standby
+
+    def _view(self, s: Source) -> SourceView:
+        measured = s.meter.rate(trio.current_time()) if s.bytes else None
+        return SourceView(s.label, measured, s.rtt_s, 0)
+
+    def progress(self) -> Progress:
+        """Where the download stands now."""
+        now = trio.current_time()
+        partial = self._partial
+        completed = sum(partial.span(i)[1] for i in partial.digests) if partial else 0
+        rate = self._meter.rate(now)
+        total = self._size
+        eta = (total - completed) / rate if total is not None and rate > 0 else None
+        return Progress(
+            digest=self.expected, state=self._state, total=total, completed=completed,
+            resumed=partial.resumed_bytes if partial else 0, rate_bps=rate, eta_s=eta,
+            error=self._error,
+            sources=tuple(SourceProgress(label=s.label, kind=s.kind, bytes=s.bytes,
+                                         rate_bps=s.meter.rate(now), state=s.state,
+                                         reason=s.reason) for s in self._all()))
+
+    def _emit(self, *, force: bool = False) -> None:
+        if self._on_progress is None:
+            return
+        now = trio.current_time()
+        if force or now - self._last_emit >= PROGRESS_INTERVAL_S:
+            self._last_emit = now
+            self._on_progress(self.progress())
+
