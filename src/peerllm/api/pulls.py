@@ -77,16 +77,21 @@ class OllamaPhases:
 
     def __init__(self) -> None:
         self._reached = -1
+        self._pulled = 0  # bytes the last "pulling" line said
 
     def lines(self, p: Progress) -> list[Json]:
         if p.state == "failed":
             return [{"error": p.error or "the pull failed"}]
         now = self._ORDER.index(p.state)
         out: list[Json] = []
-        for phase in range(self._reached + 1, now + 1):
-            out.extend(self._enter(phase, p))
         if now == self._reached == 1:
             out.append(self._pulling(p, completed=p.completed))
+        for phase in range(self._reached + 1, now + 1):
+            out.extend(self._enter(phase, p))
+        if now > 1 and self._pulled < (p.total or 0):
+            # Past the download: its last line says all of it came, whatever was skipped.
+            out.insert(len(out) - (now - max(self._reached, 1)),
+                       self._pulling(p, completed=p.total or 0))
         self._reached = max(self._reached, now)
         return out
 
@@ -94,13 +99,11 @@ class OllamaPhases:
         if phase == 0:
             return [{"status": "pulling manifest"}]
         if phase == 1:
-            done = self._ORDER.index(p.state) > 1
-            return [self._pulling(p, completed=(p.total or p.completed) if done
-                                  else p.completed)]
+            return [self._pulling(p, completed=p.completed)]
         return [{"status": ("verifying sha256 digest", "writing manifest", "success")[phase - 2]}]
 
-    @staticmethod
-    def _pulling(p: Progress, *, completed: int) -> Json:
+    def _pulling(self, p: Progress, *, completed: int) -> Json:
+        self._pulled = completed
         if p.digest is None:  # a URL whose digest is known only at the end
             return {"status": "pulling file", "total": p.total, "completed": completed}
         return {"status": f"pulling {wb.short_digest(p.digest)}", "digest": p.digest,
@@ -195,7 +198,9 @@ def routes(node: Node) -> list[Route]:
                         yield _event({"error": {"message": err.message, "code": err.code,
                                                 "type": "server_error"}})
                         return
-                    yield _event(transfer_doc(t) | (status[-1] if status else {}))
+                    doc = transfer_doc(t) | (status[-1] if status else {})
+                    del doc["error"]  # an event with "error" is a failure, even a null one
+                    yield _event(doc)
             yield _event("[DONE]")
 
         return StreamingResponse(events(), media_type=SSE)

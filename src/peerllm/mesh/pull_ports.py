@@ -122,8 +122,8 @@ class Installer(Protocol):
         """The model this node serves under ``model_id`` (whatever its file), else None."""
         ...
 
-    async def install(self, *, digest: str, size: int, meta: ModelMeta,
-                      source: str) -> StoredEntry:
-        """Record the file under ``meta.id`` in the store, register it (replacing an
-        older file under that id) and announce it."""
+    async def install(self, *, digest: str, size: int, meta: ModelMeta, source: str,
+                      manifest: Manifest | None = None) -> StoredEntry:
+        """Record the file under ``meta.id`` in the store, register it and announce it
+        (``manifest``: the file's, known from the download, cached for serving it)."""
         ...

@@ -210,7 +210,8 @@ class Pulls:
         for t in self._running.values():
             if (digest is not None and t.digest == digest) or t.ref == ref:
                 return t
-        t = Transfer(seq=next(self._ids), ref=ref, digest=digest, model_id=model_id,
+        t = Transfer(seq=next(self._ids), ref=ref, digest=digest,
+                     model_id=model_id or (ref if kind == "model" else None),
                      origin=origin)
         self._running[t.id] = t
         self._nursery.start_soon(self._run, t, kind, name=f"pull {ref[:80]}")
@@ -304,7 +305,7 @@ class Pulls:
         source = url or ",".join(f"peer:{h.peer_id}" for h in holders
                                  if h.peer_id not in reasons)
         return await self._installer.install(digest=done.digest, size=done.size, meta=meta,
-                                             source=source)
+                                             source=source, manifest=done)
 
     async def _describe(self, holders: list[Holder], ref: str
                         ) -> tuple[wb.Manifest | None, wb.ModelMeta | None, dict[str, str]]:

@@ -136,8 +136,8 @@ class Installer:
     def serving(self, model_id: str) -> StoredEntry | None:
         return next((e for e in self.entries.values() if e.id == model_id), None)
 
-    async def install(self, *, digest: str, size: int, meta: wb.ModelMeta,
-                      source: str) -> StoredEntry:
+    async def install(self, *, digest: str, size: int, meta: wb.ModelMeta, source: str,
+                      manifest: wb.Manifest | None = None) -> StoredEntry:
         entry = self.entries[digest] = Entry(id=meta.id, digest=digest, size=size,
                                              source=source)
         self.installed.append((digest, meta, source))

@@ -1,0 +1,117 @@
+"""Getting models between real nodes (FakeBackend, a fake GGUF of a few MiB): a node
+without the model pulls it from a peer by id and serves it itself; the official
+``ollama`` client's pull shows progress; the transfers list; bad bodies; roles."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+import trio
+
+import peerllm
+from peerllm.api import open_api
+from peerllm.client import NodeClient
+from peerllm.testing import FakeBackend, write_fake_gguf
+from peerllm.transfer.digests import DigestCache
+from tests.helpers import FAKE_MODEL, MakeConfig, wait_until, with_fake_model
+
+FILE_BYTES = 3 * 1024 * 1024 + 12345  # a short last chunk
+
+
+def holder_config(make_config: MakeConfig, name: str, **auth: Any) -> tuple[Any, str]:
+    """A node serving FAKE_MODEL from a few-MiB file whose manifest is cached (as the
+    background digest task leaves it); returns (config, the file's sha256)."""
+    cfg = with_fake_model(make_config(name), auth=auth or None)
+    path = Path(cfg.models.paths[0])
+    write_fake_gguf(path, FILE_BYTES)
+    DigestCache().manifest(path)
+    return cfg, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@asynccontextmanager
+async def pair(make_config: MakeConfig) -> AsyncIterator[tuple[peerllm.Node, peerllm.Node,
+                                                               str, str]]:
+    """(a holding the model, b without it, b's API URL, the file's digest)."""
+    cfg, digest = holder_config(make_config, "holder")
+    async with peerllm.open_node(cfg, backend=FakeBackend(tokens=["hi"])) as a, \
+            peerllm.open_node(make_config("puller", bootstrap=[a.addrs()[0]]),
+                              backend=FakeBackend(tokens=["hi"])) as b, \
+            open_api(b) as url:
+        await wait_until(lambda: FAKE_MODEL in b.mesh_models(), what="b to see a's model")
+        yield a, b, url, digest
+
+
+async def test_a_node_pulls_a_peers_model_by_id_and_serves_it(make_config: MakeConfig
+                                                              ) -> None:
+    async with pair(make_config) as (a, b, url, digest), NodeClient(url) as client:
+        events = [e async for e in client.pull(FAKE_MODEL)]
+        assert events[-1]["status"] == "success" and events[-1]["digest"] == digest
+        assert events[-1]["model"] == FAKE_MODEL
+        assert b.engine is not None and FAKE_MODEL in b.model_ids()
+        assert b.store is not None
+        blob = b.store.blob_path(digest)
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest.split(":")[1]
+        stored = b.store.get(FAKE_MODEL)
+        assert stored is not None and stored.source == f"peer:{a.peer_id}"
+        rows = await client.transfers()
+        assert [(r["ref"], r["state"], r["digest"]) for r in rows] == [
+            (FAKE_MODEL, "done", digest)]
+        assert [s["label"] for s in rows[0]["sources"]] == [a.peer_id]
+        # B serves it now: loaded here (and not on A), B is where a request goes.
+        await b.engine.registry.load(FAKE_MODEL)
+        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http:
+            resp = await http.post("/v1/chat/completions", json={
+                "model": FAKE_MODEL, "messages": [{"role": "user", "content": "x"}]})
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-peerllm-served-by"] == b.peer_id
+            # Pulling it again is done at once.
+            again = await http.post("/api/pull", json={"model": FAKE_MODEL, "stream": False})
+            assert again.status_code == 200 and again.json() == {"status": "success"}
+
+
+async def test_the_official_ollama_client_pulls_with_progress(make_config: MakeConfig
+                                                              ) -> None:
+    async with pair(make_config) as (_, b, url, digest):
+        def pull() -> list[Any]:
+            with ollama.Client(host=url) as client:
+                return list(client.pull(FAKE_MODEL, stream=True))
+
+        parts = await trio.to_thread.run_sync(pull)
+        statuses = [p.status for p in parts]
+        assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+        assert "verifying sha256 digest" in statuses and "writing manifest" in statuses
+        pulling = [p for p in parts if p.digest == digest]
+        assert pulling and pulling[-1].completed == pulling[-1].total == FILE_BYTES
+        assert FAKE_MODEL in b.model_ids()
+
+        def missing() -> None:
+            with ollama.Client(host=url) as client:
+                list(client.pull("no-such-model", stream=True))
+
+        with pytest.raises(ollama.ResponseError) as info:
+            await trio.to_thread.run_sync(missing)
+        assert info.value.status_code == 404 and "no-such-model" in info.value.error
+
+
+async def test_bad_pull_bodies_name_the_field(make_config: MakeConfig) -> None:
+    async with peerllm.open_node(make_config("lonely")) as node, open_api(node) as url, \
+            httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        for path, body, field in [("/api/pull", {}, "model"),
+                                  ("/api/pull", {"model": "m", "stream": 1}, "stream"),
+                                  ("/v1/models/pull", {"model": ["x"]}, "model"),
+                                  ("/v1/models/pull", {"model": "m", "digest": 5}, "digest")]:
+            resp = await http.post(path, json=body)
+            assert resp.status_code == 400, (path, body, resp.text)
+            err = resp.json()["error"]
+            message = err if path.startswith("/api/") else err["message"]
+            assert message.startswith(f"{field}: "), (path, message)
+        url_pull = await http.post("/v1/models/pull", json={"model": "https://x.example/m.gguf"})
+        assert url_pull.status_code == 404
+        assert (await http.get("/v1/transfers")).json()["transfers"][0]["state"] == "failed"
