@@ -22,37 +22,33 @@ from .auth.credentials import NodeCredentials
 from .auth.usage import UsageLedger
 from .config import NodeConfig
 from .config.audit import AUDIT_FILE
-from .errors import NoSource
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
 from .inference.backend import ModelBackend
 from .inference.catalog import build_catalog
 from .inference.engine import Engine
-from .inference.registry import ModelRegistry, ModelStatus, open_registry
+from .inference.registry import ModelStatus, open_registry
 from .inference.request import ChatMessage, GenerationRequest, SamplingParams
 from .inference.specs import ModelSpec, node_specs
 from .mesh.accounting import Accounting
 from .mesh.audited import SubjectNotes, audit_served
-from .mesh.blobs import NodeCatalog
 from .mesh.breakers import BreakerBook
+from .mesh.distribution import build_distribution, models_root
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.embedding import PlacedEmbeddings, serve_embedder
 from .mesh.explain import explain
 from .mesh.forwarding import ForwardedRequests
 from .mesh.gossip import RevocationGossip
-from .mesh.installing import StoreInstaller, download_factory, stored_specs
+from .mesh.installing import stored_specs
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
-from .mesh.providers import MeshProviders
-from .mesh.pull_ports import HubTarget
 from .mesh.pulls import Pulls
 from .mesh.routed import Routed
 from .mesh.router import Router, breaker_config
 from .mesh.serving import serve_generator
 from .metrics import Metrics
 from .p2p.blob import BlobServer
-from .p2p.blob_client import BlobClient
 from .p2p.dht import Dht, open_dht
 from .p2p.embed import EmbedClient, EmbedServer
 from .p2p.host import P2PHost, open_host
@@ -62,12 +58,9 @@ from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
 from .p2p.registry import PeerRegistry, PeerState
 from .p2p.revocations import RevocationServer
-from .p2p.sidechannel import connection_ip
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
 from .security_events import PeerLimit, PeerLimitHook
-from .transfer.digests import DigestCache
-from .transfer.ports import ChunkSource
 from .transfer.store import ModelStore
 from .wire import blob as wb
 from .wire import embed as we
@@ -78,9 +71,6 @@ from .wire import revocations as wrev
 __all__ = ["NameLookup", "Node", "open_node"]
 
 USAGE_DIR = "usage"
-MODELS_DIR = "models"  # under the data dir, without inference.models_dir
-DIGESTS_DIR = "digests"  # model files' manifests where their folder is read-only
-MB = 1_000_000  # models.upload_limit is in MB/s
 REVOCATION_PUSH_S = 120.0  # the longest an inbound revocation push may take
 
 
@@ -327,7 +317,7 @@ async def open_node(config: NodeConfig | None = None, *,
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
     specs = model_specs(cfg)
-    store = ModelStore(cfg.inference.models_dir or data_dir / MODELS_DIR)
+    store = ModelStore(models_root(cfg, data_dir))
     specs += stored_specs(store, taken={spec.id for spec in specs},
                           context_size=cfg.inference.context_size,
                           gpu_layers=cfg.inference.gpu_layers)
@@ -352,9 +342,14 @@ async def open_node(config: NodeConfig | None = None, *,
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht, Engine(registry), authority,
                             audit)
-            _compose_models(node, store)
-            assert node.blob_server is not None and node.pulls is not None  # just set
-            host.set_handler(wb.PROTOCOL_ID, node.blob_server.handle)
+            models = build_distribution(
+                config=cfg, data_dir=data_dir, host=host, peers=node.registry,
+                membership=node.membership, authority=authority,
+                registry=lambda: node.engine.registry if node.engine is not None else None,
+                store=store, on_limited=_on_peer_limited(node.metrics, audit))
+            node.store, node.pulls = store, models.pulls
+            node.blob_server = models.blob_server
+            host.set_handler(wb.PROTOCOL_ID, models.blob_server.handle)
             host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
             host.set_handler(we.PROTOCOL_ID, node.embed_server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
@@ -362,7 +357,7 @@ async def open_node(config: NodeConfig | None = None, *,
                              timeout_s=REVOCATION_PUSH_S)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
-            await nursery.start(node.pulls.run)
+            await nursery.start(models.pulls.run)
             try:
                 yield node
             finally:
@@ -431,66 +426,6 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
                 credentials=credentials, usage=usage, gossip=gossip, infer_server=infer_server,
                 embed_server=embed_server,
                 info_rate=info_rate, metrics=metrics, audit=audit)
-
-
-class _NoHub:
-    """URL and hf:// pulls until transfer.http is wired in: a clear refusal."""
-
-    async def resolve(self, ref: str) -> HubTarget:
-        raise NoSource(f"{ref[:100]}: pulls from URLs are not available in this build; "
-                       "pull by model id or digest from peers")
-
-    def source(self, url: str) -> ChunkSource:
-        raise NoSource(f"{url[:100]}: pulls from URLs are not available in this build")
-
-
-def _compose_models(node: Node, store: ModelStore) -> None:
-    """The model store, the blob server and client, and the Pulls service (not started)."""
-    cfg, host = node.config, node.host
-    models = cfg.models
-    cache = DigestCache(node.data_dir / DIGESTS_DIR)
-
-    def registry() -> ModelRegistry | None:
-        return node.engine.registry if node.engine is not None else None
-
-    def may_download(peer_id: str) -> bool:
-        if models.share == "off":
-            return False
-        if models.share == "trusted":
-            return peer_id in cfg.p2p.trusted_peers \
-                or node.authority.vouched_for(peer_id, now=time.time())
-        return True
-
-    pulls = Pulls(
-        finder=MeshProviders(registry=node.registry, dialer=node.membership,
-                             self_peer_id=host.peer_id),
-        peers=BlobClient(host, side_channel=models.side_channel,
-                         peer_ip=lambda peer: connection_ip(host, peer)),
-        hub=_NoHub(), open_download=download_factory(store,
-                                                     stall_timeout_s=models.stall_timeout_s),
-        installer=StoreInstaller(store=store, cache=cache, registry=registry,
-                                 announce=lambda: None,
-                                 context_size=cfg.inference.context_size,
-                                 gpu_layers=cfg.inference.gpu_layers))
-    node.store = store
-    node.pulls = pulls
-    node.blob_server = BlobServer(
-        catalog=NodeCatalog(store=store, cache=cache, registry=registry,
-                            in_flight=pulls.downloads),
-        may_download=may_download, max_streams_per_peer=models.max_uploads_per_peer,
-        upload_limit_bps=None if models.upload_limit is None else models.upload_limit * MB,
-        side_channel=models.side_channel, self_peer_id=host.peer_id,
-        side_channel_host=_listen_ip(cfg.p2p.listen), on_limited=_on_peer_limited(
-            node.metrics, node.audit))
-
-
-def _listen_ip(listen: Sequence[str]) -> str | None:
-    """The IP of the first /ip4 or /ip6 listen address (side channels listen there)."""
-    for addr in listen:
-        parts = addr.split("/")
-        if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
-            return parts[2]
-    return None
 
 
 def _on_peer_limited(metrics: Metrics, audit: AuditSink) -> PeerLimitHook:

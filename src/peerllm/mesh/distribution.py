@@ -1,0 +1,112 @@
+"""The parts of a node that move model files: the store, the blob server and client, and
+the Pulls service, built over the node's host, peers and registry (node.py calls
+``build_distribution``; nothing starts here)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..auth import Authority
+from ..config import NodeConfig
+from ..errors import NoSource
+from ..inference.registry import ModelRegistry
+from ..p2p.blob import BlobServer
+from ..p2p.blob_client import BlobClient
+from ..p2p.host import P2PHost
+from ..p2p.registry import PeerRegistry
+from ..p2p.sidechannel import connection_ip
+from ..security_events import PeerLimitHook
+from ..transfer.digests import DigestCache
+from ..transfer.ports import ChunkSource
+from ..transfer.store import ModelStore
+from .blobs import NodeCatalog
+from .installing import StoreInstaller, download_factory
+from .membership import Membership
+from .providers import MeshProviders
+from .pull_ports import HubTarget
+from .pulls import Pulls
+
+MODELS_DIR: Final = "models"  # under the data dir, without inference.models_dir
+DIGESTS_DIR: Final = "digests"  # model files' manifests where their folder is read-only
+MB: Final = 1_000_000  # models.upload_limit is in MB/s
+
+
+def models_root(cfg: NodeConfig, data_dir: Path) -> Path:
+    return cfg.inference.models_dir or data_dir / MODELS_DIR
+
+
+def share_policy(share: str, *, trusted_peers: Collection[str],
+                 vouched: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``models.share`` as the blob server's ``may_download(peer)``: any, trusted (in
+    p2p.trusted_peers, or vouched for by an issuer we trust), off."""
+    trusted = frozenset(trusted_peers)
+
+    def may_download(peer_id: str) -> bool:
+        if share == "off":
+            return False
+        if share == "trusted":
+            return peer_id in trusted or vouched(peer_id)
+        return True
+
+    return may_download
+
+
+class NoHub:
+    """URL and hf:// pulls until transfer.http is wired in: a clear refusal."""
+
+    async def resolve(self, ref: str) -> HubTarget:
+        raise NoSource(f"{ref[:100]}: pulls from URLs are not available in this build; "
+                       "pull by model id or digest from peers")
+
+    def source(self, url: str) -> ChunkSource:
+        raise NoSource(f"{url[:100]}: pulls from URLs are not available in this build")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distribution:
+    store: ModelStore
+    cache: DigestCache
+    pulls: Pulls
+    blob_server: BlobServer
+
+
+def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
+                       peers: PeerRegistry, membership: Membership, authority: Authority,
+                       registry: Callable[[], ModelRegistry | None], store: ModelStore,
+                       on_limited: PeerLimitHook | None = None) -> Distribution:
+    models = config.models
+    cache = DigestCache(data_dir / DIGESTS_DIR)
+    pulls = Pulls(
+        finder=MeshProviders(registry=peers, dialer=membership, self_peer_id=host.peer_id),
+        peers=BlobClient(host, side_channel=models.side_channel,
+                         peer_ip=lambda peer: connection_ip(host, peer)),
+        hub=NoHub(),
+        open_download=download_factory(store, stall_timeout_s=models.stall_timeout_s),
+        installer=StoreInstaller(store=store, cache=cache, registry=registry,
+                                 announce=lambda: None,
+                                 context_size=config.inference.context_size,
+                                 gpu_layers=config.inference.gpu_layers))
+    server = BlobServer(
+        catalog=NodeCatalog(store=store, cache=cache, registry=registry,
+                            in_flight=pulls.downloads),
+        may_download=share_policy(
+            models.share, trusted_peers=config.p2p.trusted_peers,
+            vouched=lambda peer: authority.vouched_for(peer, now=time.time())),
+        max_streams_per_peer=models.max_uploads_per_peer,
+        upload_limit_bps=None if models.upload_limit is None else models.upload_limit * MB,
+        side_channel=models.side_channel, self_peer_id=host.peer_id,
+        side_channel_host=listen_ip(config.p2p.listen), on_limited=on_limited)
+    return Distribution(store=store, cache=cache, pulls=pulls, blob_server=server)
+
+
+def listen_ip(listen: Sequence[str]) -> str | None:
+    """The IP of the first /ip4 or /ip6 listen address (side channels listen there)."""
+    for addr in listen:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+            return parts[2]
+    return None
