@@ -115,3 +115,13 @@ async def test_bad_pull_bodies_name_the_field(make_config: MakeConfig) -> None:
         url_pull = await http.post("/v1/models/pull", json={"model": "https://x.example/m.gguf"})
         assert url_pull.status_code == 404
         assert (await http.get("/v1/transfers")).json()["transfers"][0]["state"] == "failed"
+
+
+async def test_a_pulled_model_is_served_again_after_a_restart(make_config: MakeConfig) -> None:
+    async with pair(make_config) as (_, b, url, digest), NodeClient(url) as client:
+        assert [e async for e in client.pull(FAKE_MODEL)][-1]["status"] == "success"
+        assert FAKE_MODEL in b.model_ids()
+    async with peerllm.open_node(make_config("puller"), backend=FakeBackend()) as again:
+        assert again.model_ids() == [FAKE_MODEL]
+        assert again.engine is not None
+        assert again.engine.registry.spec(FAKE_MODEL).digest == digest

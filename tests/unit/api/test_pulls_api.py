@@ -124,3 +124,27 @@ def test_phases_are_each_said_once_even_when_updates_are_skipped() -> None:
         "writing manifest", "success"]
     assert phases.lines(Progress(digest=DIGEST, state="failed", total=9, completed=1,
                                  error="boom")) == [{"error": "boom"}]
+
+
+async def test_transfers_shows_a_pull_in_flight_with_its_sources(tmp_path: Path) -> None:
+    gate = trio.Event()
+    pulls = Pulls(finder=Finder(HOLDERS), peers=Peers(["a"]), hub=Hub(),
+                  open_download=Downloads(gate=gate), installer=Installer())
+    node = SimpleNamespace(pulls=pulls, audit=NULL_AUDIT,
+                           authority=Authority(data_dir=tmp_path, config=AuthConfig()))
+    app = Starlette(routes=routes(cast(Any, node)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pulls.run)
+        t = pulls.start("m")
+        await t.wait_resolved()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://node") as http:
+            rows = (await http.get("/v1/transfers")).json()["transfers"]
+            assert [(r["id"], r["state"], r["model"], r["finished_at"]) for r in rows] == [
+                (t.id, "downloading", "m", None)]
+            assert rows[0]["completed"] < rows[0]["total"] == MANIFEST.size
+            gate.set()
+            await t.wait()
+            rows = (await http.get("/v1/transfers")).json()["transfers"]
+            assert rows[0]["state"] == "done"
+        nursery.cancel_scope.cancel()
