@@ -35,6 +35,7 @@ class SourceView:
     rate_bps: float | None  # delivered bytes/s recently; None = not measured yet
     rtt_s: float | None  # time to the first chunk of a range; None = not measured
     in_flight: int  # chunks asked of it and not delivered yet
+    solo: bool = False  # the only source left: it takes the whole open run at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +59,16 @@ def next_ask(source: SourceView, *, count: int, chunk_bytes: int,
              verified: Collection[int], assigned: Mapping[int, Collection[str]],
              start: int = 0) -> Ask | None:
     """The next range to ask of ``source``, or None (its window is full, or nothing is
-    left for it).
+    left for it). A ``solo`` source is asked the whole open run: with nobody to share
+    with, one request (one HTTP Range for the rest of the file) beats many.
 
     ``assigned`` maps each chunk in flight to the sources asked for it. A range never
     holds a verified chunk nor one already asked of anyone, except in the endgame: then
     one chunk held by a single other source, the lowest such. ``start``: every chunk
     below it is verified (the engine's low-water mark; it only saves the scan).
     """
-    free = window(source.rate_bps, source.rtt_s, chunk_bytes) - source.in_flight
+    free = count if source.solo else (
+        window(source.rate_bps, source.rtt_s, chunk_bytes) - source.in_flight)
     if free <= 0:
         return None
     first = _first_open(start, count, verified, assigned)

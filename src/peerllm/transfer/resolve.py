@@ -16,7 +16,7 @@ import trio
 
 from ..errors import SourceFailed
 from ..wire.blob import Manifest
-from .ports import ChunkSource
+from .ports import ChunkSource, SizeHint
 
 Drop = Callable[[str, str], None]
 """(source label, reason) -> None: the source is out of this download."""
@@ -77,6 +77,20 @@ def _note(src: ChunkSource, found: Manifest | None, answers: dict[str, Manifest]
     answers[src.label] = found
     if expected is not None:
         settled.set()
+
+
+async def probe_size(sources: Sequence[ChunkSource], *, drop: Drop) -> int | None:
+    """The file's size from the first source that can tell it without a manifest."""
+    for src in sources:
+        if isinstance(src, SizeHint):
+            try:
+                size = await src.content_length()
+            except SourceFailed as exc:
+                drop(src.label, f"{exc.fault}: {exc.message}")
+                continue
+            if size is not None:
+                return size
+    return None
 
 
 def _seconds(s: float) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Literal
 
 import trio
 
-from .ports import ChunkSource
+from .ports import ChunkSource, SourceProgress
 from .rates import RateMeter
 
 RTT_WEIGHT = 0.3
@@ -27,6 +28,11 @@ class Source:
         self.meter = RateMeter()
         self.rtt_s: float | None = None
         self.busy_tries = 0
+
+    def progress(self, now: float) -> SourceProgress:
+        return SourceProgress(label=self.label, kind=self.kind, bytes=self.bytes,
+                              rate_bps=self.meter.rate(now), state=self.state,
+                              reason=self.reason)
 
     def note_rtt(self, sample: float) -> None:
         self.rtt_s = sample if self.rtt_s is None else (
@@ -56,3 +62,42 @@ class Fetch:
         self.superseded = False  # every chunk left came from elsewhere (endgame)
         self.closed = False
         self.bad: BadChunk | None = None
+
+
+class InFlight:
+    """Which chunks are asked of whom: the planner's ``assigned`` and the open fetches."""
+
+    def __init__(self) -> None:
+        self.assigned: dict[int, set[str]] = {}
+        self._fetches: list[Fetch] = []
+
+    def open(self, fetch: Fetch) -> None:
+        for i in fetch.remaining:
+            self.assigned.setdefault(i, set()).add(fetch.source.label)
+        self._fetches.append(fetch)
+
+    def delivered(self, fetch: Fetch, index: int) -> None:
+        fetch.remaining.discard(index)
+        self._unassign(index, fetch.source.label)
+
+    def release(self, fetch: Fetch) -> None:
+        """The fetch is over: what it did not deliver is open again."""
+        for i in fetch.remaining:
+            self._unassign(i, fetch.source.label)
+        fetch.remaining.clear()
+        if fetch in self._fetches:
+            self._fetches.remove(fetch)
+
+    def supersede(self, verified: Container[int]) -> None:
+        """End the fetches whose every chunk left came from elsewhere (endgame)."""
+        for fetch in self._fetches:
+            if fetch.remaining and all(i in verified for i in fetch.remaining):
+                fetch.superseded = True
+                fetch.scope.cancel()
+
+    def _unassign(self, index: int, label: str) -> None:
+        holders = self.assigned.get(index)
+        if holders is not None:
+            holders.discard(label)
+            if not holders:
+                del self.assigned[index]

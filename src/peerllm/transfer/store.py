@@ -84,6 +84,10 @@ class StoredModel:
             raise TypeError("pulled_at: expected a number")
 
 
+def is_model_id(text: str) -> bool:
+    return isinstance(text, str) and _MODEL_ID.fullmatch(text) is not None
+
+
 def blob_name(digest: str) -> str:
     """``sha256-<hex>.gguf``: the name of the blob holding the file of ``digest``."""
     return f"sha256-{digest_hex(digest)}{BLOB_SUFFIX}"

@@ -22,13 +22,12 @@ import trio
 
 from ..errors import NoSource, SourceFailed, TransferError
 from ..scheduling.swarm import SourceView, next_ask
-from ..wire.blob import DEFAULT_CHUNK_BYTES, Manifest, chunk_digest
+from ..wire.blob import DEFAULT_CHUNK_BYTES, Manifest
+from .intake import Intake
 from .partial import PartialFile, open_partial, partial_path
-from .ports import ChunkSource, Progress, ProgressSink, SizeHint, SourceProgress, State
-from .prefix import PrefixHash
-from .rates import RateMeter
-from .resolve import resolve_manifest
-from .sources import BadChunk, Fetch, Source
+from .ports import ChunkSource, Progress, ProgressSink, State
+from .resolve import probe_size, resolve_manifest
+from .sources import BadChunk, Fetch, InFlight, Source
 
 PROGRESS_INTERVAL_S: Final = 0.25
 """on_progress at most ~4 times a second (state changes are reported at once)."""
@@ -62,16 +61,12 @@ class SwarmDownload:
         self._state: State = "resolving"
         self._error: str | None = None
         self._partial: PartialFile | None = None
-        self._hash: PrefixHash | None = None
-        self._hash_lock = trio.Lock()
-        self._assigned: dict[int, set[str]] = {}
-        self._fetches: list[Fetch] = []
-        self._low = 0  # every chunk below is verified
-        self._counted: set[int] = set()  # verified chunks already counted and hashed
+        self._intake: Intake | None = None
+        self._in_flight = InFlight()
         self._changed = trio.Event()
-        self._meter = RateMeter()
         self._last_emit = -math.inf
         self._nursery: trio.Nursery | None = None
+        self._fatal: OSError | None = None
 
     @property
     def partial_path(self) -> Path:
@@ -79,7 +74,7 @@ class SwarmDownload:
 
     def have(self, index: int) -> bool:
         """Chunk ``index`` is verified on disk (peers may be served it already)."""
-        return self._partial is not None and index in self._partial.digests
+        return self._intake is not None and self._intake.has(index)
 
     async def run(self) -> Manifest:
         """Download, check and install the file; returns its manifest.
@@ -91,7 +86,7 @@ class SwarmDownload:
         Cancelled leaves the partial to be resumed by the next SwarmDownload.
         """
         try:
-            manifest = await self._run()
+            manifest = await self._run_mapped()
         except TransferError as exc:
             self._state, self._error = "failed", str(exc)
             self._emit(force=True)
@@ -103,26 +98,29 @@ class SwarmDownload:
         self._emit(force=True)
         return manifest
 
+    async def _run_mapped(self) -> Manifest:
+        try:
+            return await self._run()
+        except OSError as exc:  # our disk, not a source's fault: the message says where
+            raise TransferError(f"{self.target.parent}: cannot write the download: "
+                                f"{exc.strerror or exc}", digest=self.expected) from exc
+
     async def _run(self) -> Manifest:
         if self.manifest is None:
             await self._resolve()
-        partial = await self._open()
-        if self.manifest is None and partial.manifest is not None:
-            self.manifest = partial.manifest  # learnt by an earlier run of this download
+        intake = await self._open()
+        partial = intake.partial
         self._state = "downloading"
         self._emit(force=True)
-        if len(partial.digests) < partial.count:
-            await self._download(partial)
-        if len(partial.digests) < partial.count:
+        if not intake.complete:
+            await self._download(intake)
+        if not intake.complete:
             reasons = {s.label: s.reason or "gave up" for s in self._all()}
             raise NoSource(f"no source left for {partial.count - len(partial.digests)} "
                            f"of {partial.count} chunks", digest=self.expected, reasons=reasons)
         self._state = "verifying"
         self._emit(force=True)
-        assert self._hash is not None
-        async with self._hash_lock:
-            await trio.to_thread.run_sync(self._hash.catch_up, partial.digests)
-        actual = self._hash.digest()
+        actual = await intake.digest()
         self._state = "installing"
         self._emit(force=True)
         await trio.to_thread.run_sync(partial.install, actual)
@@ -144,20 +142,14 @@ class SwarmDownload:
             if any(s.state != "dropped" for s in group):
                 break  # sources without manifests (plain HTTP) are left: use them
         if self._size is None:
-            for s in self._all():
-                if s.state != "dropped" and isinstance(s.source, SizeHint):
-                    try:
-                        self._size = await s.source.content_length()
-                    except SourceFailed as exc:
-                        self._drop(s, f"{exc.fault}: {exc.message}")
-                    if self._size is not None:
-                        break
+            self._size = await probe_size([s.source for s in self._all()
+                                           if s.state != "dropped"], drop=self._drop_label)
         if self._size is None:
             reasons = {s.label: s.reason or "cannot tell the file's size" for s in self._all()}
             raise NoSource("no source gave the file's manifest or size", digest=self.expected,
                            reasons=reasons)
 
-    async def _open(self) -> PartialFile:
+    async def _open(self) -> Intake:
         assert self._size is not None
         size, chunk_bytes = self._size, self._chunk_bytes
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,14 +163,13 @@ class SwarmDownload:
             if not partial.digests:
                 partial.discard()
             raise
-        self._counted = set(partial.digests)
-        self._hash = PrefixHash(partial.count, partial.read_chunk)
-        # A resumed prefix is read from disk and hashed once, here.
-        await trio.to_thread.run_sync(self._hash.catch_up, partial.digests)
-        self._advance_low(partial)
-        return partial
+        if self.manifest is None and partial.manifest is not None:
+            self.manifest = partial.manifest  # learnt by an earlier run of this download
+        self._intake = Intake(partial, self.manifest)
+        await self._intake.resume()  # a resumed prefix is read from disk and hashed once
+        return self._intake
 
-    async def _download(self, partial: PartialFile) -> None:
+    async def _download(self, intake: Intake) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.manifest is None:
@@ -189,13 +180,15 @@ class SwarmDownload:
             else:
                 for s in self._sources:
                     if s.state != "dropped":
-                        nursery.start_soon(self._work, s, partial)
+                        nursery.start_soon(self._work, s, intake)
                 self._start_standby()
         self._nursery = None
+        if self._fatal is not None:
+            raise self._fatal
 
     def _start_standby(self) -> None:
-        partial = self._partial
-        if self._nursery is None or partial is None \
+        intake = self._intake
+        if self._nursery is None or intake is None \
                 or any(s.state != "dropped" for s in self._sources):
             return
         take = self._standby[:1] if self.manifest is None else list(self._standby)
@@ -203,35 +196,35 @@ class SwarmDownload:
             self._standby.remove(s)
             self._sources.append(s)
             if s.state != "dropped":
-                self._nursery.start_soon(self._work, s, partial)
+                self._nursery.start_soon(self._work, s, intake)
         if take and all(s.state == "dropped" for s in self._sources):
             self._start_standby()
 
-    async def _work(self, s: Source, partial: PartialFile) -> None:
-        while s.state != "dropped" and len(partial.digests) < partial.count:
+    async def _work(self, s: Source, intake: Intake) -> None:
+        partial = intake.partial
+        while s.state != "dropped" and not intake.complete:
             ask = next_ask(self._view(s), count=partial.count, chunk_bytes=partial.chunk_bytes,
-                           verified=partial.digests, assigned=self._assigned, start=self._low)
+                           verified=partial.digests, assigned=self._in_flight.assigned,
+                           start=intake.low)
             if ask is None:
                 s.state = "idle"
                 await self._changed.wait()
                 continue
             s.state = "active"
-            await self._fetch(s, partial, ask.first, ask.count)
+            await self._fetch(s, intake, ask.first, ask.count)
 
-    async def _fetch(self, s: Source, partial: PartialFile, first: int, count: int) -> None:
+    async def _fetch(self, s: Source, intake: Intake, first: int, count: int) -> None:
         fetch = Fetch(s, first, count, deadline=trio.current_time() + self.stall_timeout_s)
-        for i in fetch.remaining:
-            self._assigned.setdefault(i, set()).add(s.label)
-        self._fetches.append(fetch)
+        self._in_flight.open(fetch)
         s.meter.start(trio.current_time())
 
         async def deliver(index: int, data: bytes) -> None:
-            await self._deliver(fetch, partial, index, data)
+            await self._deliver(fetch, intake, index, data)
 
         try:
             with fetch.scope:
-                await s.source.fetch(first, count, chunk_bytes=partial.chunk_bytes,
-                                     size=partial.size, deliver=deliver)
+                await s.source.fetch(first, count, chunk_bytes=intake.partial.chunk_bytes,
+                                     size=intake.partial.size, deliver=deliver)
             if fetch.bad is not None:
                 raise fetch.bad
             if fetch.scope.cancelled_caught and not fetch.superseded:
@@ -257,10 +250,9 @@ class SwarmDownload:
             fetch.closed = True
             self._release(fetch)
 
-    async def _deliver(self, fetch: Fetch, partial: PartialFile, index: int,
-                       data: bytes) -> None:
+    async def _deliver(self, fetch: Fetch, intake: Intake, index: int, data: bytes) -> None:
         s = fetch.source
-        if fetch.closed or index != fetch.next:
+        if fetch.closed or index != fetch.next or index >= fetch.first + fetch.count:
             fetch.bad = BadChunk(index, f"sent chunk {index} out of order "
                                         f"(asked {fetch.first}..{fetch.first + fetch.count - 1})")
             raise fetch.bad
@@ -269,71 +261,34 @@ class SwarmDownload:
             s.note_rtt(now - fetch.started)
         fetch.next += 1
         fetch.scope.deadline = math.inf  # our own work below is not the source's stall
-        if index not in partial.digests:
-            ok = await trio.to_thread.run_sync(self._check_write, partial, index, data)
-            if not ok:
-                fetch.bad = BadChunk(index, f"sent a bad chunk {index}")
-                raise fetch.bad
-        fetch.remaining.discard(index)
-        self._unassign(index, s.label)
-        now = trio.current_time()
-        s.bytes += len(data)
-        s.meter.add(now, len(data))
-        if self._newly_verified(index):
-            self._meter.add(now, len(data))
-            await self._extend_hash(index, data, partial)
+        if not isinstance(data, bytes):  # a source's reused buffer must not be held
+            data = bytes(data)
+        ours = not intake.has(index)  # else an endgame copy that came in first
+        if ours and not await self._accept(intake, index, data):
+            fetch.bad = BadChunk(index, f"sent a bad chunk {index}")
+            raise fetch.bad
+        self._in_flight.delivered(fetch, index)
+        if ours:
+            s.bytes += len(data)
+            self._in_flight.supersede(intake.partial.digests)
+            self._notify()
+        s.meter.add(trio.current_time(), len(data))
         fetch.scope.deadline = trio.current_time() + self.stall_timeout_s
         self._emit()
 
-    def _check_write(self, partial: PartialFile, index: int, data: bytes) -> bool:
-        """In a worker thread: check the chunk (BLAKE3), then write and log it."""
-        if self.manifest is not None:
-            if not self.manifest.check_chunk(index, data):
-                return False
-            digest = self.manifest.chunks[index]
-        else:
-            if len(data) != partial.span(index)[1]:
-                return False
-            digest = chunk_digest(data)
-        partial.write_chunk(index, data, digest)
-        return True
-
-    def _newly_verified(self, index: int) -> bool:
-        # write_chunk recorded it; a second copy of an endgame chunk counts once.
-        first = index not in self._counted
-        self._counted.add(index)
-        assert self._partial is not None
-        self._advance_low(self._partial)
-        for other in self._fetches:
-            if other.remaining and other.remaining <= self._partial.digests.keys():
-                other.superseded = True
-                other.scope.cancel()
-        self._notify()
-        return first
-
-    async def _extend_hash(self, index: int, data: bytes, partial: PartialFile) -> None:
-        assert self._hash is not None
-        async with self._hash_lock:
-            await trio.to_thread.run_sync(self._hash.offer, index, data, partial.digests)
-
-    def _advance_low(self, partial: PartialFile) -> None:
-        while self._low < partial.count and self._low in partial.digests:
-            self._low += 1
+    async def _accept(self, intake: Intake, index: int, data: bytes) -> bool:
+        try:
+            return await intake.accept(index, data)
+        except OSError as exc:  # our own disk failing ends the whole download
+            self._fatal = exc
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            await trio.lowlevel.checkpoint()  # raises Cancelled: the nursery is cancelled
+            raise
 
     def _release(self, fetch: Fetch) -> None:
-        for i in list(fetch.remaining):
-            self._unassign(i, fetch.source.label)
-        fetch.remaining.clear()
-        if fetch in self._fetches:
-            self._fetches.remove(fetch)
+        self._in_flight.release(fetch)
         self._notify()
-
-    def _unassign(self, index: int, label: str) -> None:
-        holders = self._assigned.get(index)
-        if holders is not None:
-            holders.discard(label)
-            if not holders:
-                del self._assigned[index]
 
     def _notify(self) -> None:
         self._changed.set()
@@ -357,23 +312,26 @@ class SwarmDownload:
 
     def _view(self, s: Source) -> SourceView:
         measured = s.meter.rate(trio.current_time()) if s.bytes else None
-        return SourceView(s.label, measured, s.rtt_s, 0)
+        # An HTTP source alone is asked the rest of the file in one request: a server
+        # that ignores Range can serve only that (from chunk 0), and a stall or a bad
+        # chunk still ends it at once.
+        solo = s.kind == "http" and not any(
+            o is not s and o.state != "dropped" for o in self._sources)
+        return SourceView(s.label, measured, s.rtt_s, 0, solo=solo)
 
     def progress(self) -> Progress:
         """Where the download stands now."""
         now = trio.current_time()
-        partial = self._partial
-        completed = sum(partial.span(i)[1] for i in partial.digests) if partial else 0
-        rate = self._meter.rate(now)
+        partial, intake = self._partial, self._intake
+        completed = intake.completed_bytes() if intake else 0
+        rate = intake.meter.rate(now) if intake else 0.0
         total = self._size
         eta = (total - completed) / rate if total is not None and rate > 0 else None
         return Progress(
             digest=self.expected, state=self._state, total=total, completed=completed,
             resumed=partial.resumed_bytes if partial else 0, rate_bps=rate, eta_s=eta,
             error=self._error,
-            sources=tuple(SourceProgress(label=s.label, kind=s.kind, bytes=s.bytes,
-                                         rate_bps=s.meter.rate(now), state=s.state,
-                                         reason=s.reason) for s in self._all()))
+            sources=tuple(s.progress(now) for s in self._all()))
 
     def _emit(self, *, force: bool = False) -> None:
         if self._on_progress is None:
