@@ -99,11 +99,13 @@ class BlobServer:
         self._self = self_peer_id
         self._cert: SideCertificate | None = None
         self._cert_lock = trio.Lock()
-        self._stats = {"streams": 0, "bytes_sent": 0, "chunks_sent": 0, "side_channel": 0,
-                       "in_stream": 0, "refused": 0, "busy": 0, "not_found": 0, "failed": 0}
+        self._stats = dict.fromkeys(("streams", "bytes_sent", "chunks_sent", "offers",
+                                     "side_channel", "in_stream", "refused", "busy",
+                                     "not_found", "failed"), 0)
 
     def statistics(self) -> dict[str, int]:
-        """Counters since start: streams, bytes and chunks sent, ranges by path,
+        """Counters since start: streams, bytes and chunks sent, side channels offered,
+        ranges by path,
         refusals by kind (refused, busy, not_found, failed), and streams active now."""
         return {**self._stats, "active": self._streams.statistics().active_streams}
 
@@ -235,6 +237,7 @@ class BlobServer:
             await stream.send_all(wb.encode_answer(wb.Offer(
                 host=offer_host, port=listener.port, cert_sha256=listener.cert_sha256,
                 token=listener.token)))
+            self._stats["offers"] += 1
             return await _first_of(listener, stream, decoder)
 
     async def _pace(self, nbytes: int) -> None:

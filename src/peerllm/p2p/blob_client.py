@@ -16,10 +16,17 @@ from typing import Final, Literal
 
 import trio
 
-from ..errors import PeerConnectionLost, PeerError, PeerTimeout, RemoteProtocolError, SourceFailed
+from ..errors import (
+    PeerConnectionLost,
+    PeerError,
+    PeerTimeout,
+    PeerUnavailable,
+    RemoteProtocolError,
+    SourceFailed,
+)
 from ..wire import blob as wb
 from .sidechannel import SideConnection, dial, recv_exact
-from .streams import ByteStream, StreamOpener, receive_event
+from .streams import ByteStream, StreamOpener
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +34,17 @@ ANSWER_TIMEOUT_S: Final = 10.0
 """How long the first answer to a describe or a get may take (a busy disk, a slow link)."""
 ERROR_GRACE_S: Final = 2.0
 """How long to wait for the server's error frame after its side channel broke."""
+SIDE_CHANNEL_RETRY_S: Final = 600.0
+"""After a peer's side channel could not be dialled, ask it in-stream this long (a
+firewall or NAT would cost the 2 s dial timeout on every range)."""
+READ_BYTES: Final = 1024 * 1024
+"""Most bytes asked of the stream in one read (yamux hands over what it has buffered)."""
 FAULT_OF_CODE: Final = {"not_found": "not_found", "refused": "refused", "busy": "busy",
                         "bad_request": "bad_answer", "internal": "gone"}
 """Server error code -> SourceFailed fault (a bad_request: we disagree about the protocol)."""
+
+MAX_REMEMBERED: Final = 1024
+"""Peers whose failed side channel is remembered (forgotten all at once past this)."""
 
 Deliver = Callable[[int, bytes], Awaitable[None]]
 PeerIp = Callable[[str], "str | None"]
@@ -57,6 +72,7 @@ class BlobClient:
         self._opener = opener
         self._side_channel = side_channel
         self._peer_ip = peer_ip
+        self._side_failed: dict[str, float] = {}  # peer -> when its dial failed
 
     async def describe(self, peer_id: str, ref: str) -> tuple[wb.Manifest, wb.ModelMeta | None]:
         """The manifest and model of ``ref`` ("sha256:…" or a model id) at ``peer_id``.
@@ -107,7 +123,7 @@ class BlobClient:
         digest = wb.parse_digest(ref) if wb.is_digest(ref) else None
         lengths = {i: min(chunk_bytes, size - i * chunk_bytes) for i in range(first, first + count)}
         get = wb.Get(ref=ref, first=first, count=count, chunk_bytes=chunk_bytes, size=size,
-                     side_channel=self._side_channel)
+                     side_channel=self._wants_side(peer_id))
         async with self._stream(peer_id, digest) as (stream, decoder):
             await stream.send_all(wb.encode_request(get))
             answer: object = await _first_answer(stream, decoder, peer_id)
@@ -120,15 +136,29 @@ class BlobClient:
                 answer = None
             await _in_stream(stream, decoder, answer, lengths, deliver, peer_id, digest)
 
+    def _wants_side(self, peer_id: str) -> bool:
+        if not self._side_channel:
+            return False
+        failed = self._side_failed.get(peer_id)
+        if failed is not None and trio.current_time() - failed < SIDE_CHANNEL_RETRY_S:
+            return False
+        self._side_failed.pop(peer_id, None)
+        return True
+
     async def _dial(self, peer_id: str, offer: wb.Offer) -> SideConnection | None:
         host = offer.host or (self._peer_ip(peer_id) if self._peer_ip is not None else None)
-        if not host:
-            return None
         try:
+            if not host:
+                raise PeerUnavailable(peer_id, "the offer names no host and the "
+                                      "connection's address is unknown")
             return await dial(host, offer.port, cert_sha256=offer.cert_sha256,
                               token=offer.token, peer_id=peer_id)
         except PeerError as exc:
-            logger.info("side channel to %s not usable, chunks in-stream: %s", peer_id, exc)
+            logger.info("side channel to %s not usable, chunks in-stream for %g s: %s",
+                        peer_id, SIDE_CHANNEL_RETRY_S, exc)
+            if len(self._side_failed) >= MAX_REMEMBERED:
+                self._side_failed.clear()
+            self._side_failed[peer_id] = trio.current_time()
             return None
 
     @asynccontextmanager
@@ -166,10 +196,12 @@ async def _first_answer(stream: ByteStream, decoder: wb.AnswerDecoder, peer: str
 
 async def _next(stream: ByteStream, decoder: wb.AnswerDecoder, peer: str
                 ) -> wb.Answer | wb.Chunk:
-    event = await receive_event(stream, decoder.feed, decoder.next_event)
+    while (event := decoder.next_event()) is wb.NEED_DATA:
+        # Large reads: a chunk is megabytes, and each read costs a trip through yamux.
+        decoder.feed(await stream.receive_some(READ_BYTES))
     if event is wb.CLOSED:
         raise PeerConnectionLost(peer, "closed the blob stream before its answer")
-    return event  # type: ignore[return-value]
+    return event
 
 
 def _unexpected(peer: str, got: object, want: str, digest: str | None) -> SourceFailed:
@@ -201,27 +233,52 @@ async def _done(stream: ByteStream, decoder: wb.AnswerDecoder, count: int, peer:
 async def _via_side(conn: SideConnection, stream: ByteStream, decoder: wb.AnswerDecoder,
                     lengths: dict[int, int], deliver: Deliver, peer: str,
                     digest: str | None) -> None:
+    """Chunks from the side channel; the next one is received while ``deliver`` runs
+    (a worker thread reads ahead by up to two chunks)."""
+    broke: list[PeerError] = []
+    failed: list[Exception] = []
+    send, receive = trio.open_memory_channel[tuple[int, bytes]](1)
     try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_ahead, conn, lengths, send, broke)
+            async with receive:
+                try:
+                    async for index, data in receive:
+                        await deliver(index, data)
+                except Exception as exc:  # re-raised as it is, not in a group
+                    failed.append(exc)
+                    nursery.cancel_scope.cancel()
+    finally:
+        conn.close()
+    if failed:
+        raise failed[0]
+    if broke:
+        # The server stops the side channel when it cannot go on: its reason is on
+        # the stream.
+        with trio.move_on_after(ERROR_GRACE_S):
+            got = await _next(stream, decoder, peer)
+            if isinstance(got, wb.Error):
+                raise _failed(peer, got, digest) from broke[0]
+        raise broke[0]
+    await _done(stream, decoder, len(lengths), peer, digest)
+
+
+async def _read_ahead(conn: SideConnection, lengths: dict[int, int],
+                      send: trio.MemorySendChannel[tuple[int, bytes]],
+                      broke: list[PeerError]) -> None:
+    async with send:
         for index, length in lengths.items():
             try:
                 data = await conn.call(functools.partial(_recv, length),
                                        what=f"receive of chunk {index}")
-            except PeerError:
-                # The server stops the side channel when it cannot go on: its reason
-                # is on the stream.
-                with trio.move_on_after(ERROR_GRACE_S):
-                    got = await _next(stream, decoder, peer)
-                    if isinstance(got, wb.Error):
-                        raise _failed(peer, got, digest) from None
-                raise
-            await deliver(index, bytes(data))
-    finally:
-        conn.close()
-    await _done(stream, decoder, len(lengths), peer, digest)
+            except PeerError as exc:
+                broke.append(exc)
+                return
+            await send.send((index, data))
 
 
-def _recv(length: int, sock: ssl.SSLSocket) -> bytearray:
-    return recv_exact(sock, length)
+def _recv(length: int, sock: ssl.SSLSocket) -> bytes:
+    return bytes(recv_exact(sock, length))  # the copy in the thread, off the event loop
 
 
 class PeerSource:

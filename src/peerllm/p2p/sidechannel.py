@@ -49,7 +49,6 @@ normally ends the wait sooner)."""
 IO_TIMEOUT_S: Final = 60.0
 """A blocking send or receive that makes no progress this long fails (a dead peer must
 not pin a worker thread forever; a stall is normally the caller's cancel much sooner)."""
-SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
 MAX_ACCEPTS: Final = 8
 """Connections one offer inspects before it gives up (a stranger racing the real dial)."""
 
@@ -93,8 +92,9 @@ def _client_context() -> ssl.SSLContext:
 
 
 def _tune(sock: socket.socket) -> None:
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+    # No SO_SNDBUF/SO_RCVBUF: setting them turns off the kernel's buffer autotuning,
+    # which grows further than a fixed size can (and rmem_max caps it at ~208 KiB on
+    # many systems).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
