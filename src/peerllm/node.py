@@ -34,7 +34,7 @@ from .inference.specs import ModelSpec, node_specs
 from .mesh.accounting import Accounting
 from .mesh.audited import SubjectNotes, audit_served
 from .mesh.breakers import BreakerBook
-from .mesh.distribution import build_distribution, models_root
+from .mesh.distribution import build_distribution, models_root, open_http
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.embedding import PlacedEmbeddings, serve_embedder
 from .mesh.explain import explain
@@ -346,7 +346,8 @@ async def open_node(config: NodeConfig | None = None, *,
                 config=cfg, data_dir=data_dir, host=host, peers=node.registry,
                 membership=node.membership, authority=authority,
                 registry=lambda: node.engine.registry if node.engine is not None else None,
-                store=store, on_limited=_on_peer_limited(node.metrics, audit))
+                store=store, http=await stack.enter_async_context(open_http()),
+                on_limited=_on_peer_limited(node.metrics, audit))
             node.store, node.pulls = store, models.pulls
             node.blob_server = models.blob_server
             host.set_handler(wb.PROTOCOL_ID, models.blob_server.handle)

@@ -4,9 +4,12 @@ without the model pulls it from a peer by id and serves it itself; the official
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,10 @@ import trio
 import peerllm
 from peerllm.api import open_api
 from peerllm.client import NodeClient
+from peerllm.errors import NodeApiError
 from peerllm.testing import FakeBackend, write_fake_gguf
 from peerllm.transfer.digests import DigestCache
-from tests.helpers import FAKE_MODEL, MakeConfig, wait_until, with_fake_model
+from tests.helpers import FAKE_MODEL, MakeConfig, free_port, wait_until, with_fake_model
 
 FILE_BYTES = 3 * 1024 * 1024 + 12345  # a short last chunk
 
@@ -112,9 +116,54 @@ async def test_bad_pull_bodies_name_the_field(make_config: MakeConfig) -> None:
             err = resp.json()["error"]
             message = err if path.startswith("/api/") else err["message"]
             assert message.startswith(f"{field}: "), (path, message)
-        url_pull = await http.post("/v1/models/pull", json={"model": "https://x.example/m.gguf"})
-        assert url_pull.status_code == 404
+        nobody = f"http://127.0.0.1:{free_port()}/m.gguf"
+        url_pull = await http.post("/v1/models/pull", json={"model": nobody})
+        assert url_pull.status_code == 502, url_pull.text
+        assert "http://127.0.0.1" in url_pull.json()["error"]["message"]
         assert (await http.get("/v1/transfers")).json()["transfers"][0]["state"] == "failed"
+
+
+@contextmanager
+def file_server(root: Path) -> Iterator[str]:
+    """A plain HTTP server of ``root`` (no Range support) on 127.0.0.1."""
+    handler = functools.partial(QuietFiles, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_a_model_is_pulled_from_a_url_and_checked_against_its_digest(
+        make_config: MakeConfig, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    write_fake_gguf(files / "tiny-q4.gguf", FILE_BYTES)
+    digest = "sha256:" + hashlib.sha256((files / "tiny-q4.gguf").read_bytes()).hexdigest()
+    async with peerllm.open_node(make_config("fetcher"), backend=FakeBackend()) as node, \
+            open_api(node) as url, NodeClient(url) as client:
+        with file_server(files) as site, pytest.raises(NodeApiError, match="expected sha256:0"):
+            async for _ in client.pull(f"{site}/tiny-q4.gguf", digest="sha256:" + "0" * 64):
+                pass
+        assert node.model_ids() == []
+        rows = await client.transfers()
+        assert rows[0]["state"] == "failed" and "digest" in rows[0]["error"]
+        with file_server(files) as site:
+            events = [e async for e in client.pull(f"{site}/tiny-q4.gguf", digest=digest)]
+        assert events[-1]["status"] == "success" and events[-1]["digest"] == digest
+        assert node.model_ids() == ["tiny-q4"]
+        assert node.store is not None
+        stored = node.store.get("tiny-q4")
+        assert stored is not None and stored.source == f"{site}/tiny-q4.gguf"
 
 
 async def test_a_pulled_model_is_served_again_after_a_restart(make_config: MakeConfig) -> None:

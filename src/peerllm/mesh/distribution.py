@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import httpx
+
 from ..auth import Authority
 from ..config import NodeConfig
-from ..errors import NoSource
 from ..inference.registry import ModelRegistry
 from ..p2p.blob import BlobServer
 from ..p2p.blob_client import BlobClient
@@ -21,18 +22,26 @@ from ..p2p.registry import PeerRegistry
 from ..p2p.sidechannel import connection_ip
 from ..security_events import PeerLimitHook
 from ..transfer.digests import DigestCache
-from ..transfer.ports import ChunkSource
 from ..transfer.store import ModelStore
 from .blobs import NodeCatalog
+from .hub import HttpHub
 from .installing import StoreInstaller, download_factory
 from .membership import Membership
 from .providers import MeshProviders
-from .pull_ports import HubTarget
 from .pulls import Pulls
 
 MODELS_DIR: Final = "models"  # under the data dir, without inference.models_dir
 DIGESTS_DIR: Final = "digests"  # model files' manifests where their folder is read-only
 MB: Final = 1_000_000  # models.upload_limit is in MB/s
+HTTP_TIMEOUT: Final = httpx.Timeout(60.0, connect=10.0)
+"""URL and hub downloads: one read may wait this long (the swarm's stall timeout is
+shorter and drops a silent source first)."""
+
+
+def open_http() -> httpx.AsyncClient:
+    """The client URL and hub pulls share (the caller closes it; proxies from the
+    environment are ignored, as everywhere in peerllm)."""
+    return httpx.AsyncClient(timeout=HTTP_TIMEOUT, trust_env=False)
 
 
 def models_root(cfg: NodeConfig, data_dir: Path) -> Path:
@@ -55,17 +64,6 @@ def share_policy(share: str, *, trusted_peers: Collection[str],
     return may_download
 
 
-class NoHub:
-    """URL and hf:// pulls until transfer.http is wired in: a clear refusal."""
-
-    async def resolve(self, ref: str) -> HubTarget:
-        raise NoSource(f"{ref[:100]}: pulls from URLs are not available in this build; "
-                       "pull by model id or digest from peers")
-
-    def source(self, url: str) -> ChunkSource:
-        raise NoSource(f"{url[:100]}: pulls from URLs are not available in this build")
-
-
 @dataclass(frozen=True, kw_only=True)
 class Distribution:
     store: ModelStore
@@ -77,14 +75,17 @@ class Distribution:
 def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
                        peers: PeerRegistry, membership: Membership, authority: Authority,
                        registry: Callable[[], ModelRegistry | None], store: ModelStore,
-                       on_limited: PeerLimitHook | None = None) -> Distribution:
+                       http: httpx.AsyncClient, on_limited: PeerLimitHook | None = None
+                       ) -> Distribution:
+    """Raises ConfigError: models.hf_token_file cannot be read."""
     models = config.models
     cache = DigestCache(data_dir / DIGESTS_DIR)
     pulls = Pulls(
         finder=MeshProviders(registry=peers, dialer=membership, self_peer_id=host.peer_id),
         peers=BlobClient(host, side_channel=models.side_channel,
                          peer_ip=lambda peer: connection_ip(host, peer)),
-        hub=NoHub(),
+        hub=HttpHub(client=http, endpoint=models.hf_endpoint,
+                    token=models.resolve_hf_token()),
         open_download=download_factory(store, stall_timeout_s=models.stall_timeout_s),
         installer=StoreInstaller(store=store, cache=cache, registry=registry,
                                  announce=lambda: None,

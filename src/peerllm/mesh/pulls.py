@@ -27,6 +27,7 @@ from typing import Final, Literal
 import trio
 
 from ..errors import NoSource, SourceFailed, TransferError
+from ..transfer.http import parse_source
 from ..transfer.ports import ChunkSource, Progress
 from ..wire import blob as wb
 from .pull_ports import (
@@ -46,21 +47,24 @@ logger = logging.getLogger(__name__)
 RECENT: Final = 20
 """Finished transfers kept for ``transfers()`` (GET /v1/transfers)."""
 MAX_REF_CHARS: Final = 2048
-HUB_PREFIXES: Final = ("http://", "https://", "hf://")
 
 RefKind = Literal["model", "digest", "hub"]
 Origin = Literal["user", "replication"]
 
 
 def ref_kind(ref: str) -> RefKind:
-    """What ``peerllm pull REF`` names (ValueError when it names nothing)."""
+    """What ``peerllm pull REF`` names (ValueError naming ``model`` when nothing)."""
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError("model: expected a model id, a sha256: digest or a URL")
     if len(ref) > MAX_REF_CHARS:
         raise ValueError(f"model: longer than {MAX_REF_CHARS} characters")
-    if ref.startswith(HUB_PREFIXES):
+    try:
+        kind, _ = parse_source(ref)
+    except ValueError as exc:
+        raise ValueError(f"model: {exc}") from None
+    if kind in ("url", "hf"):
         return "hub"
-    return "digest" if wb.is_digest(ref) and ref.startswith("sha256") else "model"
+    return "digest" if kind == "digest" else "model"
 
 
 class Transfer:
