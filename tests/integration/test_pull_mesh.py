@@ -48,6 +48,8 @@ async def pair(make_config: MakeConfig) -> AsyncIterator[tuple[peerllm.Node, pee
             peerllm.open_node(make_config("puller", bootstrap=[a.addrs()[0]]),
                               backend=FakeBackend(tokens=["hi"])) as b, \
             open_api(b) as url:
+        assert a.engine is not None
+        a.engine.registry.set_digest(FAKE_MODEL, digest)  # the digest task's job, done now
         await wait_until(lambda: FAKE_MODEL in b.mesh_models(), what="b to see a's model")
         yield a, b, url, digest
 
@@ -166,9 +168,16 @@ async def test_a_model_is_pulled_from_a_url_and_checked_against_its_digest(
         assert stored is not None and stored.source == f"{site}/tiny-q4.gguf"
 
 
-async def test_a_pulled_model_is_served_again_after_a_restart(make_config: MakeConfig) -> None:
-    async with pair(make_config) as (_, b, url, digest), NodeClient(url) as client:
-        assert [e async for e in client.pull(FAKE_MODEL)][-1]["status"] == "success"
+async def test_a_model_pulled_by_digest_is_served_again_after_a_restart(
+        make_config: MakeConfig) -> None:
+    async with pair(make_config) as (a, b, url, digest), NodeClient(url) as client:
+        def lists_digest() -> bool:
+            entry = b.registry.get(a.peer_id)
+            return entry is not None and entry.info is not None \
+                and any(m.digest == digest for m in entry.info.models)
+
+        await wait_until(lists_digest, what="a's node-info to carry the file's digest")
+        assert [e async for e in client.pull(digest)][-1]["status"] == "success"
         assert FAKE_MODEL in b.model_ids()
     async with peerllm.open_node(make_config("puller"), backend=FakeBackend()) as again:
         assert again.model_ids() == [FAKE_MODEL]

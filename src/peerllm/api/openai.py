@@ -153,12 +153,12 @@ def _files(node: Node, model: str) -> dict[str, Json]:
     out: dict[str, Json] = {}
     for st in node.model_statuses():
         if st.id == model:
-            out[node.peer_id] = {"digest": getattr(st, "digest", None),
+            out[node.peer_id] = {"digest": st.digest,
                                  "file_bytes": st.file_bytes}
     for e in node.registry.entries():
         for m in e.info.models if e.info is not None else ():
             if m.id == model:
-                out[e.peer_id] = {"digest": getattr(m, "digest", None),
+                out[e.peer_id] = {"digest": m.digest,
                                   "file_bytes": m.file_bytes}
     return out
 

@@ -3,9 +3,11 @@ model id (p2p.blob.BlobServer's port).
 
 Three places, in order: downloads in flight (their verified chunks, so a node still
 downloading already serves what it checked), the files the store holds (pulled
-models), and the registry's models whose manifest is known (cached next to the file;
-mesh/digesting computes them in the background). Paths come from the store and the
-registry only: a ref is never a path, and nothing outside those files is served.
+models, their manifests cached when they were downloaded), and the registry's models
+whose digest is known (their manifests cached next to the file by the digest task).
+A file whose cached manifest is not the digest the registry says is not served. Paths
+come from the store and the registry only: a ref is never a path, and nothing outside
+those files is served.
 """
 
 from __future__ import annotations
@@ -72,28 +74,25 @@ class NodeCatalog:
     def _registered(self, digest: str) -> BlobEntry | None:
         registry = self._registry()
         for st in registry.list() if registry is not None else ():
-            path = st.path
-            if path is None or not st.advertised:
-                continue
-            found = self._file(path, digest, meta_of_spec(registry.spec(st.id))) \
-                if registry is not None else None
-            if found is not None:
-                return found
+            if st.digest == digest and st.advertised and st.path is not None:
+                assert registry is not None  # narrowed by the loop's source
+                found = self._file(st.path, digest, meta_of_spec(registry.spec(st.id)))
+                if found is not None:
+                    return found
         return None
 
     def _by_id(self, model_id: str) -> BlobEntry | None:
         registry = self._registry()
         if registry is not None:
             try:
-                spec = registry.spec(model_id)
-                status = registry.status(model_id)
+                spec, st = registry.spec(model_id), registry.status(model_id)
             except ModelNotFound:
                 pass
             else:
-                if status.advertised and status.path is not None:
-                    m = self._cache.cached(status.path)
-                    if m is not None:
-                        return BlobEntry(manifest=m, path=status.path, meta=meta_of_spec(spec))
+                if st.advertised and st.path is not None and st.digest is not None:
+                    found = self._file(st.path, st.digest, meta_of_spec(spec))
+                    if found is not None:
+                        return found
         entry = self._store.get(model_id)
         if entry is not None:
             return self._file(self._store.blob_path(entry.digest), entry.digest,

@@ -88,7 +88,7 @@ def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
                     token=models.resolve_hf_token()),
         open_download=download_factory(store, stall_timeout_s=models.stall_timeout_s),
         installer=StoreInstaller(store=store, cache=cache, registry=registry,
-                                 announce=lambda: None,
+                                 announce=membership.announce,
                                  context_size=config.inference.context_size,
                                  gpu_layers=config.inference.gpu_layers))
     server = BlobServer(

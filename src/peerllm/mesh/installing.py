@@ -85,9 +85,8 @@ class StoreInstaller:
                 return entry
         registry = self._registry()
         for st in registry.list() if registry is not None else ():
-            m = self._cache.cached(st.path) if st.path is not None else None
-            if m is not None and m.digest == digest:
-                return ServedFile(id=st.id, digest=digest, size=m.size)
+            if st.digest == digest:
+                return ServedFile(id=st.id, digest=digest, size=st.file_bytes or 0)
         return None
 
     def serving(self, model_id: str) -> StoredEntry | None:
@@ -98,9 +97,7 @@ class StoreInstaller:
             st = registry.status(model_id)
         except ModelNotFound:
             return None
-        m = self._cache.cached(st.path) if st.path is not None else None
-        return ServedFile(id=model_id, digest=m.digest if m is not None else "",
-                          size=m.size if m is not None else st.file_bytes or 0)
+        return ServedFile(id=model_id, digest=st.digest or "", size=st.file_bytes or 0)
 
     async def install(self, *, digest: str, size: int, meta: wb.ModelMeta,
                       source: str, manifest: wb.Manifest | None = None) -> StoredEntry:
@@ -117,20 +114,27 @@ class StoreInstaller:
                                           self._store.blob_path(digest), manifest)
         spec = spec_of(entry, self._store, context_size=self._context_size,
                        gpu_layers=self._gpu_layers)
-        try:
-            old = registry.spec(meta.id)
-        except ModelNotFound:
-            old = None
-        if old is not None and old.path != spec.path:
-            raise TransferError(f"a model {meta.id!r} is already served here from another "
-                                "file; delete it first (DELETE /api/delete)", digest=digest)
+        before = self._store.get(meta.id)
         await trio.to_thread.run_sync(self._store.add, entry)
-        if old is None:
+        if before is not None and before.digest != digest:
+            await trio.to_thread.run_sync(self._drop_unused, before.digest)
+        try:
+            registry.spec(meta.id)
+        except ModelNotFound:
             registry.add(spec)
+        else:
+            registry.replace(spec)  # hot swap: running requests finish on the old file
         self._announce()
         logger.info("pulled model %s (%s, %d bytes) from %s", meta.id, digest, size,
                     source or "?")
         return entry
+
+
+    def _drop_unused(self, digest: str) -> None:
+        """Delete the blob of ``digest`` when no pulled model names it any more (a
+        request still reading it keeps its open file until it is done)."""
+        if not any(e.digest == digest for e in self._store.list()):
+            self._store.blob_path(digest).unlink(missing_ok=True)
 
 
 class StoreDownload:

@@ -16,7 +16,6 @@ import trio
 
 from ..p2p.registry import PeerRegistry, PeerState, Source
 from ..wire import blob as wb
-from ..wire import nodeinfo as wni
 from .pull_ports import Holder
 
 logger = logging.getLogger(__name__)
@@ -31,12 +30,6 @@ class Dialer(Protocol):
     async def find_providers(self, model: str) -> list[tuple[str, list[str]]]: ...
 
     async def connect_peer(self, peer_id: str, addrs: list[str], source: Source) -> bool: ...
-
-
-def _digest_of(info: wni.ModelInfo) -> str | None:
-    # ModelInfo.digest is optional on the wire (older nodes do not send it).
-    digest = getattr(info, "digest", None)
-    return digest if isinstance(digest, str) else None
 
 
 class MeshProviders:
@@ -57,7 +50,7 @@ class MeshProviders:
             if e.peer_id == self._self or e.state is not PeerState.HEALTHY or e.info is None:
                 continue
             for m in e.info.models:
-                digest = _digest_of(m)
+                digest = m.digest  # None from a node that does not know it (yet)
                 if (digest == want) if by_digest else (m.id == want):
                     found.append(Holder(peer_id=e.peer_id, model_id=m.id, digest=digest))
                     break
