@@ -22,6 +22,7 @@ from .auth.credentials import NodeCredentials
 from .auth.usage import UsageLedger
 from .config import NodeConfig
 from .config.audit import AUDIT_FILE
+from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
@@ -40,7 +41,7 @@ from .mesh.embedding import PlacedEmbeddings, serve_embedder
 from .mesh.explain import explain
 from .mesh.forwarding import ForwardedRequests
 from .mesh.gossip import RevocationGossip
-from .mesh.installing import stored_specs
+from .mesh.installing import StoreInstaller, stored_specs
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.pulls import Pulls
@@ -103,6 +104,7 @@ class Node:
         self.pulls: Pulls | None = None  # model downloads (set by open_node)
         self.store: ModelStore | None = None  # pulled model files (set by open_node)
         self.blob_server: BlobServer | None = None  # serves our model files to peers
+        self.installer: StoreInstaller | None = None  # pulled files in, deleted models out
         self._started_mono = trio.current_time()
 
     # -- what we are -----------------------------------------------------------------
@@ -261,6 +263,18 @@ class Node:
                 elif isinstance(ev, Done):
                     return
 
+    async def delete_model(self, model_id: str, *, cancel: bool = False) -> bool:
+        """Stop serving ``model_id`` here (its running requests finish first, or are
+        ended with ``cancel``) and delete its file if it was pulled; True when a file was
+        deleted (a --model or models.yaml file is never deleted, only unregistered).
+
+        Raises:
+            ModelNotFound: this node does not serve it.
+        """
+        if self.installer is None:
+            raise ModelNotFound(model_id)
+        return await self.installer.remove(model_id, cancel=cancel) is not None
+
     # -- finding others --------------------------------------------------------------
 
     async def find_by_name(self, name: str) -> NameLookup | None:
@@ -349,7 +363,7 @@ async def open_node(config: NodeConfig | None = None, *,
                 store=store, http=await stack.enter_async_context(open_http()),
                 on_limited=_on_peer_limited(node.metrics, audit))
             node.store, node.pulls = store, models.pulls
-            node.blob_server = models.blob_server
+            node.blob_server, node.installer = models.blob_server, models.installer
             host.set_handler(wb.PROTOCOL_ID, models.blob_server.handle)
             host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
             host.set_handler(we.PROTOCOL_ID, node.embed_server.handle)

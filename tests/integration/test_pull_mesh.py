@@ -183,3 +183,38 @@ async def test_a_model_pulled_by_digest_is_served_again_after_a_restart(
         assert again.model_ids() == [FAKE_MODEL]
         assert again.engine is not None
         assert again.engine.registry.spec(FAKE_MODEL).digest == digest
+
+
+async def test_delete_removes_a_pulled_model_and_its_file(make_config: MakeConfig) -> None:
+    async with pair(make_config) as (_, b, url, digest), NodeClient(url) as client:
+        assert [e async for e in client.pull(FAKE_MODEL)][-1]["status"] == "success"
+        assert b.store is not None
+        blob = b.store.blob_path(digest)
+        assert blob.is_file()
+
+        def delete() -> bool:
+            with ollama.Client(host=url) as ollama_client:
+                return ollama_client.delete(FAKE_MODEL).status == "success"
+
+        assert await trio.to_thread.run_sync(delete)
+        assert FAKE_MODEL not in b.model_ids() and not blob.exists()
+        assert b.store.get(FAKE_MODEL) is None
+        async with httpx.AsyncClient(base_url=url, trust_env=False) as http:
+            gone = await http.request("DELETE", "/api/delete", json={"model": FAKE_MODEL})
+            assert gone.status_code == 404 and FAKE_MODEL in gone.json()["error"]
+            bad = await http.request("DELETE", "/api/delete", params={"cancel": "maybe"},
+                                     json={"model": FAKE_MODEL})
+            assert bad.status_code == 400 and bad.json()["error"].startswith("cancel: ")
+
+
+async def test_delete_unregisters_a_model_file_it_was_given_and_keeps_the_file(
+        make_config: MakeConfig) -> None:
+    cfg, _ = holder_config(make_config, "given")
+    path = Path(cfg.models.paths[0])
+    async with peerllm.open_node(cfg, backend=FakeBackend()) as node, \
+            open_api(node) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        resp = await http.request("DELETE", "/api/delete",
+                                  params={"cancel": "true"}, json={"name": FAKE_MODEL})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"status": "success", "file_deleted": False}
+        assert node.model_ids() == [] and await trio.Path(path).is_file()

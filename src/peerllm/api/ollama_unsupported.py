@@ -1,10 +1,10 @@
 """Ollama's root probe, and the Ollama model-management endpoints peerllm does not serve yet.
 
 Ollama answers ``GET /`` with the plain text ``Ollama is running``; tools and health
-checks probe it before anything else. ``/api/push``, ``/api/create``, ``/api/copy`` and
-``/api/delete`` answer a 501 in Ollama's error shape saying what to do instead: a clear
-refusal, where a 404 or 405 would read as "this is not an Ollama server". (``/api/pull``
-is served by api/pulls.py.)
+checks probe it before anything else. ``/api/push``, ``/api/create`` and ``/api/copy``
+answer a 501 in Ollama's error shape saying what to do instead: a clear refusal, where a
+404 or 405 would read as "this is not an Ollama server". (``/api/pull`` and
+``/api/delete`` are served by api/pulls.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ NOT_YET: Final[dict[str, tuple[str, str]]] = {
     "/api/push": ("POST", "pushing models"),
     "/api/create": ("POST", "creating models"),
     "/api/copy": ("POST", "copying models"),
-    "/api/delete": ("DELETE", "deleting models"),
 }
 """The endpoints that answer 501 (each in ROUTE_ROLES as ``operator``)."""
 

@@ -1,5 +1,5 @@
 """Getting models: ``POST /api/pull`` (Ollama), ``POST /v1/models/pull`` (SSE) and
-``GET /v1/transfers``.
+``GET /v1/transfers``; and letting one go: ``DELETE /api/delete`` (Ollama).
 
 A pull runs in the node's Pulls service, not in the request: a client that goes away
 leaves it running (a rerun joins it, or resumes its partial file). The response waits
@@ -19,11 +19,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import DigestMismatch, NoSource, NotEnoughSpace, SourceFailed, TransferError
+from ..errors import (
+    DigestMismatch,
+    ModelNotFound,
+    NoSource,
+    NotEnoughSpace,
+    SourceFailed,
+    TransferError,
+)
 from ..mesh.pulls import Pulls, Transfer, ref_kind
 from ..transfer.ports import Progress
 from ..wire import blob as wb
-from . import ollama, openai
+from . import ollama, openai, schemas
 from ._readers import bad, opt_bool
 from .access import require_model
 from .auditing import managing
@@ -205,6 +212,23 @@ def routes(node: Node) -> list[Route]:
 
         return StreamingResponse(events(), media_type=SSE)
 
+    async def delete(request: Request) -> Response:
+        with managing(node.audit, request.scope, "delete") as act:
+            body = await read_json(request, optional=True)
+            model = schemas.ollama_model_name(body)
+            act.model = model
+            require_model(request, node.authority, model)
+            query = request.query_params.get("cancel", "false").lower()
+            if query not in ("true", "false", "1", "0"):
+                raise bad("cancel", "expected true or false (query)")
+            cancel = opt_bool(body, "cancel", "cancel", False) or query in ("true", "1")
+            try:
+                deleted = await node.delete_model(model, cancel=cancel)
+            except ModelNotFound:
+                raise ApiError(404, f"model {model!r} not found on this node", param="model",
+                               code="model_not_found") from None
+            return JSONResponse({"status": "success", "file_deleted": deleted})
+
     async def transfers(request: Request) -> Response:
         pulls = node.pulls
         return JSONResponse({"transfers": [transfer_doc(t) for t in
@@ -217,4 +241,5 @@ def routes(node: Node) -> list[Route]:
         Route("/api/pull", wrap(ollama_pull, ollama.error_response), methods=["POST"]),
         Route("/v1/models/pull", wrap(pull, openai.error_response), methods=["POST"]),
         Route("/v1/transfers", wrap(transfers, openai.error_response), methods=["GET"]),
+        Route("/api/delete", wrap(delete, ollama.error_response), methods=["DELETE"]),
     ]

@@ -70,6 +70,7 @@ class Distribution:
     cache: DigestCache
     pulls: Pulls
     blob_server: BlobServer
+    installer: StoreInstaller  # also deletes models (DELETE /api/delete)
 
 
 def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
@@ -80,6 +81,10 @@ def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
     """Raises ConfigError: models.hf_token_file cannot be read."""
     models = config.models
     cache = DigestCache(data_dir / DIGESTS_DIR)
+    installer = StoreInstaller(store=store, cache=cache, registry=registry,
+                               announce=membership.announce,
+                               context_size=config.inference.context_size,
+                               gpu_layers=config.inference.gpu_layers)
     pulls = Pulls(
         finder=MeshProviders(registry=peers, dialer=membership, self_peer_id=host.peer_id),
         peers=BlobClient(host, side_channel=models.side_channel,
@@ -87,10 +92,7 @@ def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
         hub=HttpHub(client=http, endpoint=models.hf_endpoint,
                     token=models.resolve_hf_token()),
         open_download=download_factory(store, stall_timeout_s=models.stall_timeout_s),
-        installer=StoreInstaller(store=store, cache=cache, registry=registry,
-                                 announce=membership.announce,
-                                 context_size=config.inference.context_size,
-                                 gpu_layers=config.inference.gpu_layers))
+        installer=installer)
     server = BlobServer(
         catalog=NodeCatalog(store=store, cache=cache, registry=registry,
                             in_flight=pulls.downloads),
@@ -101,7 +103,8 @@ def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
         upload_limit_bps=None if models.upload_limit is None else models.upload_limit * MB,
         side_channel=models.side_channel, self_peer_id=host.peer_id,
         side_channel_host=listen_ip(config.p2p.listen), on_limited=on_limited)
-    return Distribution(store=store, cache=cache, pulls=pulls, blob_server=server)
+    return Distribution(store=store, cache=cache, pulls=pulls, blob_server=server,
+                        installer=installer)
 
 
 def listen_ip(listen: Sequence[str]) -> str | None:

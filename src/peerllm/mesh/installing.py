@@ -130,6 +130,29 @@ class StoreInstaller:
         return entry
 
 
+    async def remove(self, model_id: str, *, cancel: bool = False) -> StoredModel | None:
+        """Stop serving ``model_id`` (waiting for its requests, or ``cancel``-ling them)
+        and delete its file if it was pulled; returns the pulled model's entry, None for
+        a file the node was given (--model, models.yaml), which stays on disk.
+
+        Raises:
+            ModelNotFound: no such model here.
+        """
+        registry = self._registry()
+        if registry is None:
+            raise ModelNotFound(model_id)
+        path = registry.spec(model_id).path
+        stored = self._store.get(model_id)
+        await registry.remove(model_id, cancel=cancel)
+        removed = None
+        if stored is not None and path == self._store.blob_path(stored.digest):
+            removed = await trio.to_thread.run_sync(self._store.remove, model_id)
+        self._announce()
+        logger.info("model %s deleted%s", model_id,
+                    f" with its file {stored.file}" if removed and stored else
+                    " (its file stays: it was not pulled)")
+        return removed
+
     def _drop_unused(self, digest: str) -> None:
         """Delete the blob of ``digest`` when no pulled model names it any more (a
         request still reading it keeps its open file until it is done)."""
