@@ -7,6 +7,8 @@ import hashlib
 import logging
 import os
 import re
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +23,7 @@ import trio
 from peerllm.errors import DigestMismatch, SourceFailed
 from peerllm.testing import write_fake_gguf
 from peerllm.transfer.http import HttpSource, resolve_hf
-from peerllm.transfer.partial import partial_path
+from peerllm.transfer.partial import partial_path, state_path
 from peerllm.transfer.swarm import SwarmDownload
 from peerllm.wire.blob import DEFAULT_CHUNK_BYTES, manifest_of
 from tests.helpers import free_port, wait_until
@@ -168,6 +170,56 @@ async def test_a_url_downloads_and_resumes_with_range(tmp_path: Path) -> None:
     assert target.read_bytes() == data and manifest == manifest_of(data)
     assert site.ranges and site.ranges[0].startswith(f"bytes={DEFAULT_CHUNK_BYTES}-")
     assert again.progress().resumed == DEFAULT_CHUNK_BYTES
+
+
+CHILD = """
+import sys, httpx, trio
+from pathlib import Path
+from peerllm.transfer.http import HttpSource
+from peerllm.transfer.swarm import SwarmDownload
+
+async def main() -> None:
+    async with httpx.AsyncClient() as client:
+        await SwarmDownload(target=Path(sys.argv[2]), expected_digest=sys.argv[3],
+                            sources=[HttpSource(sys.argv[1], client=client)]).run()
+
+trio.run(main)
+"""
+
+
+async def test_a_download_killed_with_sigkill_resumes_where_it_was(tmp_path: Path) -> None:
+    data = fake_model(tmp_path, 4 * DEFAULT_CHUNK_BYTES + 3)
+    digest = manifest_of(data).digest
+    target = tmp_path / "blobs" / "m.gguf"
+    target.parent.mkdir()
+    site = Site({"m.gguf": data}, pause_after=2 * DEFAULT_CHUNK_BYTES + 1000)
+    with serve(site):
+        child = await trio.lowlevel.open_process(
+            [sys.executable, "-c", CHILD, f"{site.url}/m.gguf", str(target), digest],
+            env=dict(os.environ))
+        try:
+            await wait_until(lambda: _records(target) >= 2, what="two chunks logged")
+        finally:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+        site.gate.set()
+        site.pause_after = None
+        site.ranges.clear()
+        async with httpx.AsyncClient() as client:
+            again = SwarmDownload(target=target, expected_digest=digest, free_bytes=big_disk,
+                                  sources=[HttpSource(f"{site.url}/m.gguf", client=client)])
+            await again.run()
+    assert target.read_bytes() == data
+    assert site.ranges == [f"bytes={2 * DEFAULT_CHUNK_BYTES}-{len(data) - 1}"]
+    assert again.progress().resumed == 2 * DEFAULT_CHUNK_BYTES
+
+
+def _records(target: Path) -> int:
+    try:
+        raw = state_path(target).read_bytes()
+    except FileNotFoundError:
+        return 0
+    return raw.count(b"\n") - 1
 
 
 async def test_a_server_ignoring_range_serves_from_the_start(tmp_path: Path) -> None:

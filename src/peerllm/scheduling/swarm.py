@@ -25,6 +25,8 @@ MIN_HORIZON_S: Final = 0.25
 one range and the next is a small part of the time."""
 MAX_COPIES: Final = 2
 """An endgame chunk is asked of at most this many sources at once."""
+STRAGGLER_RATIO: Final = 2.0
+"""An endgame copy is asked only of a source this many times faster than the holder."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +59,17 @@ def window(rate_bps: float | None, rtt_s: float | None, chunk_bytes: int) -> int
 
 def next_ask(source: SourceView, *, count: int, chunk_bytes: int,
              verified: Collection[int], assigned: Mapping[int, Collection[str]],
-             start: int = 0) -> Ask | None:
+             start: int = 0, rates: Mapping[str, float | None] | None = None) -> Ask | None:
     """The next range to ask of ``source``, or None (its window is full, or nothing is
     left for it). A ``solo`` source is asked the whole open run: with nobody to share
     with, one request (one HTTP Range for the rest of the file) beats many.
 
     ``assigned`` maps each chunk in flight to the sources asked for it. A range never
     holds a verified chunk nor one already asked of anyone, except in the endgame: then
-    one chunk held by a single other source, the lowest such. ``start``: every chunk
-    below it is verified (the engine's low-water mark; it only saves the scan).
+    one chunk held by a single other source, the lowest such; with ``rates`` (each
+    source's measured rate), only a chunk whose holder is less than half as fast as
+    ``source``, so equal sources do not fetch each other's chunks twice. ``start``:
+    every chunk below it is verified (the engine's low-water mark; it only saves the scan).
     """
     free = count if source.solo else (
         window(source.rate_bps, source.rtt_s, chunk_bytes) - source.in_flight)
@@ -82,9 +86,18 @@ def next_ask(source: SourceView, *, count: int, chunk_bytes: int,
     for index in sorted(assigned):
         holders = assigned[index]
         if index not in verified and source.label not in holders \
-                and 0 < len(holders) < MAX_COPIES:
+                and 0 < len(holders) < MAX_COPIES \
+                and (rates is None or all(_straggler(rates.get(h), source.rate_bps)
+                                          for h in holders)):
             return Ask(source.label, index, 1)
     return None
+
+
+def _straggler(holder_bps: float | None, asker_bps: float | None) -> bool:
+    """The holder is worth overtaking: measured at less than half the asker's rate."""
+    if asker_bps is None:
+        return False
+    return holder_bps is None or holder_bps * STRAGGLER_RATIO < asker_bps
 
 
 def _is_open(index: int, count: int, verified: Collection[int],

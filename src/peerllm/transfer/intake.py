@@ -15,7 +15,11 @@ from .rates import RateMeter
 
 
 class Intake:
-    """The verified chunks of one partial file and the sha256 of their prefix."""
+    """The verified chunks of one partial file and the sha256 of their prefix.
+
+    ``partial.digests`` is written from worker threads: only look chunks up in it
+    (``in``), never iterate it while chunks come in.
+    """
 
     def __init__(self, partial: PartialFile, manifest: Manifest | None) -> None:
         self.partial = partial
@@ -23,6 +27,7 @@ class Intake:
         self.meter = RateMeter()  # verified bytes, all sources together
         self.low = 0  # every chunk below is verified
         self._counted = set(partial.digests)  # verified and offered to the hash
+        self.completed = partial.resumed_bytes  # verified bytes on disk
         self._hash = PrefixHash(partial.count, partial.read_chunk)
         self._lock = trio.Lock()
         self._advance()
@@ -33,9 +38,6 @@ class Intake:
 
     def has(self, index: int) -> bool:
         return index in self.partial.digests
-
-    def completed_bytes(self) -> int:
-        return sum(self.partial.span(i)[1] for i in self.partial.digests)
 
     async def resume(self) -> None:
         """Hash the verified prefix already on disk (read once, on resume)."""
@@ -52,6 +54,7 @@ class Intake:
             return False
         if index not in self._counted:  # an endgame copy may have come in meanwhile
             self._counted.add(index)
+            self.completed += len(data)
             self.meter.add(trio.current_time(), len(data))
             self._advance()
             async with self._lock:

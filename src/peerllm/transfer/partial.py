@@ -100,10 +100,6 @@ class PartialFile:
         offset, length = self.span(index)
         return os.pread(self._fd, length, offset)
 
-    def set_manifest(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self._rewrite_state()
-
     def install(self, actual: str) -> None:
         """fsync, check ``actual`` against the expected digest, rename into place.
 

@@ -56,7 +56,8 @@ class Fetch:
         self.first = first
         self.count = count
         self.next = first  # the index the source must deliver next
-        self.remaining = set(range(first, first + count))
+        self.remaining = set(range(first, first + count))  # not arrived yet
+        self.checking: int | None = None  # arrived, being checked and written
         self.started = trio.current_time()
         self.scope = trio.CancelScope(deadline=deadline)
         self.superseded = False  # every chunk left came from elsewhere (endgame)
@@ -76,15 +77,24 @@ class InFlight:
             self.assigned.setdefault(i, set()).add(fetch.source.label)
         self._fetches.append(fetch)
 
-    def delivered(self, fetch: Fetch, index: int) -> None:
+    def arrived(self, fetch: Fetch, index: int) -> None:
+        """Chunk ``index`` is being checked: no longer waited for, still assigned (so no
+        one else is asked for it meanwhile)."""
         fetch.remaining.discard(index)
+        fetch.checking = index
+
+    def delivered(self, fetch: Fetch, index: int) -> None:
+        fetch.checking = None
         self._unassign(index, fetch.source.label)
 
     def release(self, fetch: Fetch) -> None:
         """The fetch is over: what it did not deliver is open again."""
         for i in fetch.remaining:
             self._unassign(i, fetch.source.label)
+        if fetch.checking is not None:
+            self._unassign(fetch.checking, fetch.source.label)
         fetch.remaining.clear()
+        fetch.checking = None
         if fetch in self._fetches:
             self._fetches.remove(fetch)
 

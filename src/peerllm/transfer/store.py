@@ -27,6 +27,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from ..wire.blob import digest_hex, parse_digest
+from .digests import sidecar_path
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,9 @@ class ModelStore:
             return None
         self._doc_path(model_id).unlink(missing_ok=True)
         if not any(other.digest == entry.digest for other in self.list()):
-            self.blob_path(entry.digest).unlink(missing_ok=True)
+            blob = self.blob_path(entry.digest)
+            blob.unlink(missing_ok=True)
+            sidecar_path(blob).unlink(missing_ok=True)  # its cached manifest
             logger.info("deleted blob %s (no model uses it now)", entry.file)
         return entry
 

@@ -205,7 +205,7 @@ class SwarmDownload:
         while s.state != "dropped" and not intake.complete:
             ask = next_ask(self._view(s), count=partial.count, chunk_bytes=partial.chunk_bytes,
                            verified=partial.digests, assigned=self._in_flight.assigned,
-                           start=intake.low)
+                           start=intake.low, rates=self._rates())
             if ask is None:
                 s.state = "idle"
                 await self._changed.wait()
@@ -264,6 +264,9 @@ class SwarmDownload:
         if not isinstance(data, bytes):  # a source's reused buffer must not be held
             data = bytes(data)
         ours = not intake.has(index)  # else an endgame copy that came in first
+        # Arrived before it is written: once on disk it must not make this fetch look
+        # superseded (another source's chunk checks) while it is still being hashed.
+        self._in_flight.arrived(fetch, index)
         if ours and not await self._accept(intake, index, data):
             fetch.bad = BadChunk(index, f"sent a bad chunk {index}")
             raise fetch.bad
@@ -310,6 +313,10 @@ class SwarmDownload:
     def _all(self) -> list[Source]:
         return self._sources + self._standby
 
+    def _rates(self) -> dict[str, float | None]:
+        now = trio.current_time()
+        return {s.label: s.meter.rate(now) if s.bytes else None for s in self._sources}
+
     def _view(self, s: Source) -> SourceView:
         measured = s.meter.rate(trio.current_time()) if s.bytes else None
         # An HTTP source alone is asked the rest of the file in one request: a server
@@ -323,12 +330,13 @@ class SwarmDownload:
         """Where the download stands now."""
         now = trio.current_time()
         partial, intake = self._partial, self._intake
-        completed = intake.completed_bytes() if intake else 0
+        completed = intake.completed if intake else 0
         rate = intake.meter.rate(now) if intake else 0.0
         total = self._size
         eta = (total - completed) / rate if total is not None and rate > 0 else None
         return Progress(
-            digest=self.expected, state=self._state, total=total, completed=completed,
+            digest=self.manifest.digest if self.manifest else self.expected,
+            state=self._state, total=total, completed=completed,
             resumed=partial.resumed_bytes if partial else 0, rate_bps=rate, eta_s=eta,
             error=self._error,
             sources=tuple(s.progress(now) for s in self._all()))

@@ -46,6 +46,17 @@ def test_the_endgame_doubles_a_chunk_for_an_idle_source_only() -> None:
                     verified=verified, assigned={9: {"slow", "fast"}}) is None
 
 
+def test_the_endgame_overtakes_only_a_much_slower_holder() -> None:
+    fast = SourceView("fast", 1e8, 0.01, 0)
+    common = {"count": 10, "chunk_bytes": CB, "verified": set(range(9)),
+              "assigned": {9: {"other"}}}
+    assert next_ask(fast, **common, rates={"other": 9e7}) is None  # type: ignore[arg-type]
+    ask = next_ask(fast, **common, rates={"other": 1e6})  # type: ignore[arg-type]
+    assert ask is not None and ask.first == 9
+    unmeasured = SourceView("new", None, None, 0)
+    assert next_ask(unmeasured, **common, rates={"other": 1e6}) is None  # type: ignore[arg-type]
+
+
 def test_a_solo_source_takes_the_whole_open_run() -> None:
     ask = next_ask(SourceView("http", 1e6, 0.01, 0, solo=True), count=100, chunk_bytes=CB,
                    verified={0, 1}, assigned={})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from peerllm.transfer.digests import sidecar_path
 from peerllm.transfer.store import ModelStore, StoredModel, blob_name, url_key
 
 D1 = "sha256:" + "a" * 64
@@ -47,8 +48,10 @@ def test_remove_keeps_a_blob_another_model_uses(tmp_path: Path) -> None:
     store.add(entry("b"))
     assert store.remove("a") == entry("a")
     assert store.blob_path(D1).exists()
+    sidecar_path(store.blob_path(D1)).write_text("{}", encoding="utf-8")
     assert store.remove("b") == entry("b")
     assert not store.blob_path(D1).exists()
+    assert not sidecar_path(store.blob_path(D1)).exists()
     assert store.remove("b") is None and store.list() == []
 
 
