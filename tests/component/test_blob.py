@@ -8,7 +8,7 @@ Real time, not autojump_clock: the server reads files in worker threads.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,8 @@ async def serving(entries: list[BlobEntry], *, allowed: bool = True, side_host: 
         yield BlobClient(net.opener(CLI), side_channel=client_side), server, catalog
 
 
-async def fetch_all(client: BlobClient, ref: str, entry: BlobEntry, got: Received,
+async def fetch_all(client: BlobClient, ref: str, entry: BlobEntry,
+                    got: Callable[[int, bytes], Awaitable[None]],
                     first: int = 0, count: int | None = None) -> None:
     m = entry.manifest
     await client.source(SRV, ref).fetch(first, m.count - first if count is None else count,
@@ -278,3 +279,32 @@ async def test_ranges_over_the_protocol_limit_are_split_by_the_client(tmp_path: 
         await fetch_all(client, entry.manifest.digest, entry, got)
         assert got.joined() == file.read_bytes()
         assert server.statistics()["streams"] == 2
+
+
+class Abort(Exception):
+    """The download engine gave up on this source (a bad chunk, say)."""
+
+
+@pytest.mark.parametrize("side_host", ["127.0.0.1", None])
+async def test_a_client_that_gives_up_mid_range_leaves_the_server_serving(
+        tmp_path: Path, side_host: str | None) -> None:
+    file = model_file(tmp_path, 8 * CHUNK)
+    entry = blob_entry(file, chunk_bytes=CHUNK)
+
+    async def refuse(index: int, data: bytes) -> None:
+        raise Abort
+
+    async with serving([entry], side_host=side_host) as (client, server, _):
+        with pytest.raises(Abort):  # the caller's own error comes back as it is
+            await fetch_all(client, entry.manifest.digest, entry, refuse)
+        stuck = Received()
+        stuck.gate = trio.Event()  # never set: the delivery hangs until cancelled
+        with trio.move_on_after(0.5) as scope:
+            await fetch_all(client, entry.manifest.digest, entry, stuck)
+        assert scope.cancelled_caught
+        got = Received()
+        await fetch_all(client, entry.manifest.digest, entry, got)
+        assert got.joined() == file.read_bytes()
+        with trio.fail_after(5):
+            while server.statistics()["active"]:
+                await trio.sleep(0.01)

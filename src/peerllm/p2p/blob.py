@@ -11,6 +11,7 @@ sides allow it (p2p.sidechannel), else in-stream.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import ssl
@@ -105,8 +106,8 @@ class BlobServer:
 
     def statistics(self) -> dict[str, int]:
         """Counters since start: streams, bytes and chunks sent, side channels offered,
-        ranges by path,
-        refusals by kind (refused, busy, not_found, failed), and streams active now."""
+        ranges by path, refusals by kind (refused, busy, not_found, failed), and the
+        streams active now."""
         return {**self._stats, "active": self._streams.statistics().active_streams}
 
     async def handle(self, stream: ByteStream) -> None:
@@ -138,8 +139,7 @@ class BlobServer:
         await stream.aclose()
 
     def _count(self, code: str) -> None:
-        key = {"refused": "refused", "busy": "busy", "not_found": "not_found"}.get(code, "failed")
-        self._stats[key] += 1
+        self._stats[code if code in ("refused", "busy", "not_found") else "failed"] += 1
 
     async def _read_request(self, stream: ByteStream, decoder: wb.RequestDecoder
                             ) -> wb.Request | None:
@@ -255,10 +255,11 @@ class BlobServer:
         for index in range(req.first, req.first + req.count):
             offset, length = m.span(index)
             await self._pace(length)
+            # Not abandoned on cancel, unlike the socket calls: ``fd`` is closed after us.
+            data = await trio.to_thread.run_sync(_pread, fd, offset, length, size)
             if conn is not None:
-                await conn.call(_sender(fd, offset, length, size), what=f"send of chunk {index}")
+                await conn.call(functools.partial(_send, data), what=f"send of chunk {index}")
             else:
-                data = await trio.to_thread.run_sync(_pread, fd, offset, length, size)
                 await stream.send_all(wb.encode_answer(wb.ChunkHeader(index=index,
                                                                       length=length)))
                 for at in range(0, length, wb.IN_STREAM_WRITE_BYTES):
@@ -321,11 +322,8 @@ def _open(entry: BlobEntry) -> int:
     return fd
 
 
-def _sender(fd: int, offset: int, length: int, size: int | None
-            ) -> Callable[[ssl.SSLSocket], None]:
-    def send(sock: ssl.SSLSocket) -> None:
-        sock.sendall(_pread(fd, offset, length, size))
-    return send
+def _send(data: bytes, sock: ssl.SSLSocket) -> None:
+    sock.sendall(data)
 
 
 def _pread(fd: int, offset: int, length: int, size: int | None) -> bytes:

@@ -31,7 +31,7 @@ from .streams import ByteStream, StreamOpener
 logger = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S: Final = 10.0
-"""How long the first answer to a describe or a get may take (a busy disk, a slow link)."""
+"""How long the answer to a describe may take (a busy disk, a slow link)."""
 ERROR_GRACE_S: Final = 2.0
 """How long to wait for the server's error frame after its side channel broke."""
 SIDE_CHANNEL_RETRY_S: Final = 600.0
@@ -126,7 +126,9 @@ class BlobClient:
                      side_channel=self._wants_side(peer_id))
         async with self._stream(peer_id, digest) as (stream, decoder):
             await stream.send_all(wb.encode_request(get))
-            answer: object = await _first_answer(stream, decoder, peer_id)
+            # No timeout of our own: the upload cap may hold a chunk back, and the
+            # download engine decides what a stall is.
+            answer: object = await _next(stream, decoder, peer_id)
             if isinstance(answer, wb.Offer):
                 conn = await self._dial(peer_id, answer)
                 if conn is not None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime
 import hmac
 import logging
+import re
 import secrets
 import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -223,11 +224,12 @@ class SideListener:
                           phase="dial")
 
     def _admit(self, raw: socket.socket) -> ssl.SSLSocket | None:
+        sock: socket.socket = raw  # the TLS socket once wrapped (it takes over the fd)
         try:
             raw.setblocking(True)
             raw.settimeout(DIAL_TIMEOUT_S)
             _tune(raw)
-            tls = self._cert.context.wrap_socket(raw, server_side=True)
+            tls = sock = self._cert.context.wrap_socket(raw, server_side=True)
             if not hmac.compare_digest(bytes(recv_exact(tls, TOKEN_BYTES)), self.token):
                 logger.info("side channel: dropped a connection with a wrong token")
                 tls.close()
@@ -236,7 +238,7 @@ class SideListener:
             return tls
         except (OSError, ssl.SSLError) as exc:
             logger.debug("side channel: dropped a connection: %s", exc)
-            raw.close()
+            sock.close()
             return None
 
 
@@ -260,14 +262,15 @@ async def dial(host: str, port: int, *, cert_sha256: bytes, token: bytes, peer_i
 
     def connect() -> ssl.SSLSocket:
         raw = socket.create_connection((host, port), timeout=DIAL_TIMEOUT_S)
+        sock: socket.socket = raw  # the TLS socket once wrapped (it takes over the fd)
         try:
             _tune(raw)
-            tls = _client_context().wrap_socket(raw)
+            tls = sock = _client_context().wrap_socket(raw)
             _check_pin(tls, cert_sha256)
             tls.sendall(token)
             tls.settimeout(IO_TIMEOUT_S)
         except BaseException:
-            raw.close()
+            sock.close()
             raise
         if abandoned.is_set():
             tls.close()
@@ -302,4 +305,15 @@ def connection_ip(host: object, peer_id: str) -> str | None:
                     continue
     except Exception:  # no connection, or an opener that is not a P2PHost
         logger.debug("no connection address for %s", peer_id, exc_info=True)
+    return None
+
+
+def listen_ip(listen: Sequence[str]) -> str | None:
+    """The IP of the first TCP listen multiaddr (``p2p.listen``): where a server's side
+    channels listen. A wildcard stays a wildcard (offered as "the address you reach me
+    at"); None when no address is a plain /ip4 or /ip6 TCP one."""
+    for addr in listen:
+        match = re.match(r"/ip[46]/([^/]+)/tcp/\d+", addr)
+        if match:
+            return match.group(1)
     return None
