@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .inference.specs import ModelSpec, node_specs
 from .mesh.accounting import Accounting
 from .mesh.audited import SubjectNotes, audit_served
 from .mesh.breakers import BreakerBook
+from .mesh.digesting import Digests, keep_digests
 from .mesh.distribution import build_distribution, models_root, open_http
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.embedding import PlacedEmbeddings, serve_embedder
@@ -101,6 +103,7 @@ class Node:
         self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
         self.api_url: str | None = None  # set by whoever serves the HTTP API
+        self.digests = Digests()  # our model files' manifests by digest (mesh/digesting.py)
         self.pulls: Pulls | None = None  # model downloads (set by open_node)
         self.store: ModelStore | None = None  # pulled model files (set by open_node)
         self.blob_server: BlobServer | None = None  # serves our model files to peers
@@ -360,7 +363,8 @@ async def open_node(config: NodeConfig | None = None, *,
                 config=cfg, data_dir=data_dir, host=host, peers=node.registry,
                 membership=node.membership, authority=authority,
                 registry=lambda: node.engine.registry if node.engine is not None else None,
-                store=store, http=await stack.enter_async_context(open_http()),
+                store=store, digests=node.digests,
+                http=await stack.enter_async_context(open_http()),
                 on_limited=_on_peer_limited(node.metrics, audit))
             node.store, node.pulls = store, models.pulls
             node.blob_server, node.installer = models.blob_server, models.installer
@@ -373,6 +377,11 @@ async def open_node(config: NodeConfig | None = None, *,
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)
+            # One digest cache (and its fallback folder) for the digest task and the
+            # blob catalog: a pulled file's manifest, cached at install, is not re-read.
+            nursery.start_soon(partial(keep_digests, registry, models.cache,
+                                       on_change=node.membership.announce,
+                                       digests=node.digests))
             try:
                 yield node
             finally:

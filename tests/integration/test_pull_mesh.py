@@ -48,8 +48,8 @@ async def pair(make_config: MakeConfig) -> AsyncIterator[tuple[peerllm.Node, pee
             peerllm.open_node(make_config("puller", bootstrap=[a.addrs()[0]]),
                               backend=FakeBackend(tokens=["hi"])) as b, \
             open_api(b) as url:
-        assert a.engine is not None
-        a.engine.registry.set_digest(FAKE_MODEL, digest)  # the digest task's job, done now
+        await wait_until(lambda: [m.digest for m in a.model_statuses()] == [digest],
+                         what="a's digest task to hash its file")
         await wait_until(lambda: FAKE_MODEL in b.mesh_models(), what="b to see a's model")
         yield a, b, url, digest
 

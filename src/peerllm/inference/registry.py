@@ -325,7 +325,7 @@ class ModelRegistry:
         """
         if tokens < 1:
             raise ValueError("tokens: must be >= 1")
-        with self.admit(model_id) as admission:
+        with self.admit(model_id) as admission, admission.cancellable():
             if admission.spec.type != "llm":
                 raise InvalidInferenceRequest(model_id, "embedding models have no warmup")
             async with admission.instance() as inst:

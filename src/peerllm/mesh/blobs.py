@@ -4,10 +4,9 @@ model id (p2p.blob.BlobServer's port).
 Three places, in order: downloads in flight (their verified chunks, so a node still
 downloading already serves what it checked), the files the store holds (pulled
 models, their manifests cached when they were downloaded), and the registry's models
-whose digest is known (their manifests cached next to the file by the digest task).
-A file whose cached manifest is not the digest the registry says is not served. Paths
-come from the store and the registry only: a ref is never a path, and nothing outside
-those files is served.
+whose manifest the digest task has computed (mesh/digesting.Digests). Paths come from
+the store and the registry only: a ref is never a path, and nothing outside those files
+is served.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from ..p2p.blob import BlobEntry
 from ..transfer.digests import DigestCache
 from ..transfer.store import ModelStore, StoredModel
 from ..wire import blob as wb
+from .digesting import Digests
 from .pull_ports import Download
 from .pulls import Transfer
 
@@ -41,10 +41,11 @@ def meta_of_stored(entry: StoredModel) -> wb.ModelMeta:
 class NodeCatalog:
     """``lookup(ref)`` over the downloads, the store and the registry (see the module)."""
 
-    def __init__(self, *, store: ModelStore, cache: DigestCache,
+    def __init__(self, *, store: ModelStore, cache: DigestCache, digests: Digests,
                  registry: Callable[[], ModelRegistry | None], in_flight: InFlight) -> None:
         self._store = store
         self._cache = cache
+        self._digests = digests
         self._registry = registry
         self._in_flight = in_flight
 
@@ -73,26 +74,28 @@ class NodeCatalog:
 
     def _registered(self, digest: str) -> BlobEntry | None:
         registry = self._registry()
-        for st in registry.list() if registry is not None else ():
-            if st.digest == digest and st.advertised and st.path is not None:
-                assert registry is not None  # narrowed by the loop's source
-                found = self._file(st.path, digest, meta_of_spec(registry.spec(st.id)))
-                if found is not None:
-                    return found
+        manifest, path = self._digests.manifest(digest), self._digests.path(digest)
+        if registry is None or manifest is None or path is None:
+            return None
+        for st in registry.list():
+            if st.digest == digest and st.advertised:
+                return BlobEntry(manifest=manifest, path=path,
+                                 meta=meta_of_spec(registry.spec(st.id)))
         return None
 
     def _by_id(self, model_id: str) -> BlobEntry | None:
         registry = self._registry()
-        if registry is not None:
+        hashed = self._digests.of_model(model_id)
+        if registry is not None and hashed is not None and hashed.manifest is not None \
+                and hashed.path is not None:
             try:
                 spec, st = registry.spec(model_id), registry.status(model_id)
             except ModelNotFound:
                 pass
             else:
-                if st.advertised and st.path is not None and st.digest is not None:
-                    found = self._file(st.path, st.digest, meta_of_spec(spec))
-                    if found is not None:
-                        return found
+                if st.advertised and hashed.spec is spec:  # not an older version's file
+                    return BlobEntry(manifest=hashed.manifest, path=hashed.path,
+                                     meta=meta_of_spec(spec))
         entry = self._store.get(model_id)
         if entry is not None:
             return self._file(self._store.blob_path(entry.digest), entry.digest,

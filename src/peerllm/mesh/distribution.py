@@ -24,6 +24,7 @@ from ..security_events import PeerLimitHook
 from ..transfer.digests import DigestCache
 from ..transfer.store import ModelStore
 from .blobs import NodeCatalog
+from .digesting import Digests
 from .hub import HttpHub
 from .installing import StoreInstaller, download_factory
 from .membership import Membership
@@ -76,8 +77,8 @@ class Distribution:
 def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
                        peers: PeerRegistry, membership: Membership, authority: Authority,
                        registry: Callable[[], ModelRegistry | None], store: ModelStore,
-                       http: httpx.AsyncClient, on_limited: PeerLimitHook | None = None
-                       ) -> Distribution:
+                       digests: Digests, http: httpx.AsyncClient,
+                       on_limited: PeerLimitHook | None = None) -> Distribution:
     """Raises ConfigError: models.hf_token_file cannot be read."""
     models = config.models
     cache = DigestCache(data_dir / DIGESTS_DIR)
@@ -94,7 +95,7 @@ def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
         open_download=download_factory(store, stall_timeout_s=models.stall_timeout_s),
         installer=installer)
     server = BlobServer(
-        catalog=NodeCatalog(store=store, cache=cache, registry=registry,
+        catalog=NodeCatalog(store=store, cache=cache, digests=digests, registry=registry,
                             in_flight=pulls.downloads),
         may_download=share_policy(
             models.share, trusted_peers=config.p2p.trusted_peers,

@@ -11,6 +11,7 @@ import pytest
 from peerllm.config import InferenceConfig
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.mesh.blobs import NodeCatalog
+from peerllm.mesh.digesting import Digests
 from peerllm.mesh.distribution import listen_ip, share_policy
 from peerllm.mesh.installing import StoreInstaller, stored_specs
 from peerllm.mesh.pull_ports import DownloadPlan
@@ -64,7 +65,8 @@ def test_the_catalog_serves_stored_files_by_digest_and_id_never_paths(tmp_path: 
     store, cache = ModelStore(tmp_path / "models"), DigestCache()
     manifest = put_blob(store, cache)
     store.add(stored(manifest))
-    catalog = NodeCatalog(store=store, cache=cache, registry=lambda: None, in_flight=list)
+    catalog = NodeCatalog(store=store, cache=cache, digests=Digests(), registry=lambda: None,
+                          in_flight=list)
     by_digest = catalog.lookup(manifest.digest)
     assert by_digest is not None and by_digest.manifest == manifest
     assert by_digest.meta is not None and by_digest.meta.chat_format == "chatml"
@@ -79,7 +81,7 @@ def test_the_catalog_serves_a_download_in_flight(tmp_path: Path) -> None:
     download = FakeDownload(DownloadPlan(digest=None, url=None, sources=(), fallback=(),
                                          manifest=None, on_progress=lambda p: None), None)
     t = Transfer(seq=1, ref="m", digest=None, model_id="m", origin="user")
-    catalog = NodeCatalog(store=store, cache=cache, registry=lambda: None,
+    catalog = NodeCatalog(store=store, cache=cache, digests=Digests(), registry=lambda: None,
                           in_flight=lambda: [(t, download)])
     from tests.unit.mesh.pull_fakes import MANIFEST
 
