@@ -5,7 +5,7 @@ the Pulls service, built over the node's host, peers and registry (node.py calls
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -19,7 +19,7 @@ from ..p2p.blob import BlobServer
 from ..p2p.blob_client import BlobClient
 from ..p2p.host import P2PHost
 from ..p2p.registry import PeerRegistry
-from ..p2p.sidechannel import connection_ip
+from ..p2p.sidechannel import connection_ip, listen_ip
 from ..security_events import PeerLimitHook
 from ..transfer.digests import DigestCache
 from ..transfer.store import ModelStore
@@ -107,11 +107,3 @@ def build_distribution(*, config: NodeConfig, data_dir: Path, host: P2PHost,
     return Distribution(store=store, cache=cache, pulls=pulls, blob_server=server,
                         installer=installer)
 
-
-def listen_ip(listen: Sequence[str]) -> str | None:
-    """The IP of the first /ip4 or /ip6 listen address (side channels listen there)."""
-    for addr in listen:
-        parts = addr.split("/")
-        if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
-            return parts[2]
-    return None

@@ -12,7 +12,7 @@ from peerllm.config import InferenceConfig
 from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.mesh.blobs import NodeCatalog
 from peerllm.mesh.digesting import Digests
-from peerllm.mesh.distribution import listen_ip, share_policy
+from peerllm.mesh.distribution import share_policy
 from peerllm.mesh.installing import StoreInstaller, stored_specs
 from peerllm.mesh.pull_ports import DownloadPlan
 from peerllm.mesh.pulls import Transfer
@@ -53,12 +53,6 @@ def test_share_policy() -> None:
     assert not share_policy("off", trusted_peers=("t",), vouched=vouched)("t")
     trusted = share_policy("trusted", trusted_peers=("t",), vouched=vouched)
     assert trusted("t") and trusted("v") and not trusted("stranger")
-
-
-def test_listen_ip() -> None:
-    assert listen_ip(["/ip4/127.0.0.1/tcp/0"]) == "127.0.0.1"
-    assert listen_ip(["/dns4/x/tcp/1", "/ip6/::1/tcp/0"]) == "::1"
-    assert listen_ip([]) is None
 
 
 def test_the_catalog_serves_stored_files_by_digest_and_id_never_paths(tmp_path: Path) -> None:
