@@ -271,7 +271,7 @@ class Pulls:
             present = self._installer.present(t.digest)
             if present is not None:
                 return present
-            if kind != "model":
+            if not holders:  # a digest, a URL's, or a model id pinned to a digest
                 holders = await self._finder.find(t.digest)
         if not holders and url is None:
             raise NoSource(f"no peer in the mesh holds {t.digest}", digest=t.digest)

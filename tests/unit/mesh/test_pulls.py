@@ -186,3 +186,13 @@ async def test_a_model_only_this_node_serves_is_done_at_once(running: trio.Nurse
     pulls = make(installer=Installer([Entry(id="m", digest=DIGEST, size=MANIFEST.size)]))
     await running.start(pulls.run)
     assert (await pulls.start("m").wait()).digest == DIGEST
+
+
+async def test_a_model_id_with_a_digest_is_pulled_from_that_files_holders(
+        running: trio.Nursery) -> None:
+    downloads, installer = Downloads(), Installer()
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}), Peers(["a"]),
+                 downloads=downloads, installer=installer)
+    await running.start(pulls.run)
+    entry = await pulls.start("m", digest=DIGEST).wait()
+    assert entry.id == "m" and [s.label for s in downloads.opened[0].plan.sources] == ["a"]
