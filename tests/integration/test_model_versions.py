@@ -54,6 +54,14 @@ async def test_a_peer_sees_the_digest_and_finds_the_holder_by_it(
             assert [p["digest"] for p in listed[0]["peerllm"]["providers"]] == [digest]
         status = (await http_a.get(f"/v1/models/{FAKE_MODEL}")).json()
         assert (status["digest"], status["replicas"]) == (digest, 0)
+        # A pinned id runs where that version is served, here and through the peer.
+        for http in (http_a, http_b):
+            for pin, code in ((digest[7:15], 200), (digest[7:].upper(), 200),
+                              ("00000000", 404), ("1234", 404)):
+                r = await http.post("/v1/chat/completions", json={
+                    "model": f"{FAKE_MODEL}@{pin}", "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == code, (pin, r.text)
 
         async def holders(key: str) -> list[str] | None:
             return [p for p, _ in await b.find_providers(key)] or None

@@ -1,10 +1,8 @@
 """Model versions: ``id@<digest prefix>`` pins, and the old versions still draining.
 
-A model id may name one version of its file: ``gemma@1a2b3c4d`` is ``gemma`` only while
-the file it serves has a sha256 digest starting with those hex digits (at least
-PIN_MIN_HEX of them). Model ids never contain ``@`` (specs._MODEL_ID), so the split is
-unambiguous. Only the current version of a model takes new requests; a pin to any other
-version is ModelNotFound, and its message names the version that is served.
+A model id may name one version of its file (scheduling/pins.py: ``gemma@1a2b3c4d``).
+Only the current version of a model takes new requests; a pin to any other version is
+ModelNotFound, and its message names the version that is served.
 
 When a model is replaced (hot swap) or removed, its old slot keeps the requests already
 admitted; ``Drains`` holds those slots until their last request is gone.
@@ -12,19 +10,17 @@ admitted; ``Drains`` holds those slots until their last request is gone.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from ..errors import ModelNotFound
+from ..scheduling.pins import PIN_MIN_HEX as PIN_MIN_HEX
+from ..scheduling.pins import pin_matches, split_pin
 from ..wire.blob import digest_hex
 from .slots import ModelSlot
 
-PIN_SEPARATOR: Final = "@"
-PIN_MIN_HEX: Final = 8
 SHOWN_HEX: Final = 8  # digits of the served version an error message shows
-_PIN: Final = re.compile(rf"[0-9a-fA-F]{{{PIN_MIN_HEX},64}}")
 
 
 @dataclass(frozen=True)
@@ -45,18 +41,11 @@ def parse_ref(text: str) -> ModelRef:
         ModelNotFound: the part after ``@`` is not 8-64 hex digits (the caller's mistake;
             the message says what a pin looks like).
     """
-    model_id, sep, pin = text.partition(PIN_SEPARATOR)
-    if not sep:
-        return ModelRef(text)
-    if not _PIN.fullmatch(pin):
-        raise ModelNotFound(text, reason=f"{pin[:80]!r} is not a version pin; pin a model "
-                            f"as id@<at least {PIN_MIN_HEX} hex digits of its sha256 digest>")
-    return ModelRef(model_id, pin.lower())
-
-
-def matches(pin: str, digest: str | None) -> bool:
-    """True when ``digest`` (sha256:…) starts with the hex ``pin``."""
-    return digest is not None and digest_hex(digest).startswith(pin)
+    try:
+        model_id, pin = split_pin(text)
+    except ValueError as exc:
+        raise ModelNotFound(text, reason=str(exc)) from exc
+    return ModelRef(model_id, pin)
 
 
 def check_pin(ref: ModelRef, slot: ModelSlot) -> ModelSlot:
@@ -66,7 +55,7 @@ def check_pin(ref: ModelRef, slot: ModelSlot) -> ModelSlot:
         ModelNotFound: pinned to another version (or to one whose digest is not known
             yet); the message names the version that is served.
     """
-    if ref.pin is None or matches(ref.pin, slot.digest):
+    if ref.pin is None or pin_matches(ref.pin, slot.digest):
         return slot
     if slot.digest is None:
         served = "a version whose digest is not computed yet (try again shortly)"

@@ -15,6 +15,9 @@ from typing import Final
 
 import trio
 
+from ..p2p.mdns import MdnsAnnouncement
+from .local import LocalNode
+
 logger = logging.getLogger(__name__)
 
 ANNOUNCE_DELAY_S: Final = 1.0
@@ -46,3 +49,22 @@ class Announcer:
             except Exception:  # a failed publish is retried at the next change or tick
                 logger.warning("announcing our models failed", exc_info=True)
             self.published += 1
+
+
+def mdns_announcement(local: LocalNode) -> MdnsAnnouncement:
+    """Our mDNS record now. Model ids only: digests would not fit the TXT record's
+    255-byte strings (wire/mdns_txt.py); a LAN peer learns them from our node-info."""
+    addrs = tuple(local.addrs())
+    return MdnsAnnouncement(peer_id=local.peer_id, name=local.name,
+                            port=_first_tcp_port(addrs), addrs=addrs,
+                            models=tuple(local.model_ids()))
+
+
+def _first_tcp_port(addrs: tuple[str, ...]) -> int:
+    for a in addrs:
+        parts = a.split("/")
+        if "tcp" in parts:
+            i = parts.index("tcp")
+            if i + 1 < len(parts) and parts[i + 1].isdigit():
+                return int(parts[i + 1])
+    return 0

@@ -27,13 +27,14 @@ from ..errors import (
 from ..p2p.dht import Dht
 from ..p2p.host import ConnectionEvent, P2PHost
 from ..p2p.known_peers import KnownPeers
-from ..p2p.mdns import Mdns, MdnsAnnouncement, open_mdns
+from ..p2p.mdns import Mdns, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
 from ..p2p.registry import PeerRegistry, PeerState, Source
 from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
 from ..scheduling.negative_cache import NegativeCache
+from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import nodeinfo as wni
-from .announcing import Announcer
+from .announcing import Announcer, mdns_announcement
 from .local import LocalNode
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class Membership:
             await self._publish()
         if self._mdns_live is not None:
             try:
-                await self._mdns_live.update(self._mdns_announcement())
+                await self._mdns_live.update(mdns_announcement(self.local))
             except DiscoveryError as exc:
                 logger.warning("mDNS: could not refresh our record: %s", exc)
 
@@ -238,7 +239,7 @@ class Membership:
 
     async def _mdns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        ann = self._mdns_announcement()
+        ann = mdns_announcement(self.local)
         try:
             async with open_mdns(ann, interfaces=self._discovery.mdns_interfaces) as mdns:
                 self._mdns_live = mdns
@@ -253,14 +254,6 @@ class Membership:
         except DiscoveryError as exc:
             logger.error("mDNS discovery is off: %s", exc)
             task_status.started()
-
-    def _mdns_announcement(self) -> MdnsAnnouncement:
-        # Model ids only: digests would not fit the TXT record's 255-byte strings
-        # (wire/mdns_txt.py); a LAN peer learns them from our node-info.
-        addrs = tuple(self.local.addrs())
-        return MdnsAnnouncement(peer_id=self.local.peer_id, name=self.local.name,
-                                port=_first_tcp_port(addrs), addrs=addrs,
-                                models=tuple(self.local.model_ids()))
 
     # -- one peer ----------------------------------------------------------------------
 
@@ -364,8 +357,10 @@ class Membership:
         heartbeat (or its redial backoff) would look at it; a request with nowhere else to
         go should not be lost for that. A model the DHT had no provider for less than
         ``unknown_models.ttl_s`` ago is not asked for again (a peer whose node-info lists
-        it is routed to without coming here).
+        it is routed to without coming here). A pinned ``id@<digest prefix>`` looks for
+        the providers of the id (the DHT does not know versions).
         """
+        model = model.partition(PIN_SEPARATOR)[0]
         if await self._redial_providers(model):
             return
         if self.dht is None or self.unknown_models.missing(model, trio.current_time()):
@@ -420,12 +415,3 @@ class Membership:
                           addrs=record.addrs if record else (),
                           models=record.models if record else ())
 
-
-def _first_tcp_port(addrs: tuple[str, ...]) -> int:
-    for a in addrs:
-        parts = a.split("/")
-        if "tcp" in parts:
-            i = parts.index("tcp")
-            if i + 1 < len(parts) and parts[i + 1].isdigit():
-                return int(parts[i + 1])
-    return 0
