@@ -24,7 +24,9 @@ def _sources(doc: dict[str, Any]) -> str:
     active = [s for s in doc.get("sources") or [] if s.get("state") == "active"]
     if not active:
         return ""
-    names = ", ".join(str(s.get("label", "?"))[-12:] for s in active[:3])
+    # A peer id by its tail (its head is the same for every key type); a URL by its host.
+    names = ", ".join(str(s.get("label", "?"))[-12:] if s.get("kind") == "peer"
+                      else str(s.get("label", "?")) for s in active[:3])
     more = f" +{len(active) - 3}" if len(active) > 3 else ""
     return f"from {names}{more}"
 
