@@ -171,7 +171,7 @@ class ModelRegistry:
         self._supersede(slot)
         logger.info("model %s removed%s", slot.spec.id,
                     "; cancelling its requests" if cancel else "")
-        olds = [slot, *self._drains.of(slot.spec.id)]
+        olds = [slot, *(o for o in self._drains.of(slot.spec.id) if o is not slot)]
         if cancel:
             for old in olds:
                 for admission in builtins.list(old.admissions):
