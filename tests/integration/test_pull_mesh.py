@@ -17,13 +17,16 @@ import httpx
 import ollama
 import pytest
 import trio
+from click.testing import CliRunner
 
 import peerllm
 from peerllm.api import open_api
+from peerllm.cli import cli
 from peerllm.client import NodeClient
 from peerllm.errors import NodeApiError
 from peerllm.testing import FakeBackend, write_fake_gguf
 from peerllm.transfer.digests import DigestCache
+from peerllm.wire import blob as wb
 from tests.helpers import FAKE_MODEL, MakeConfig, free_port, wait_until, with_fake_model
 
 FILE_BYTES = 3 * 1024 * 1024 + 12345  # a short last chunk
@@ -218,3 +221,19 @@ async def test_delete_unregisters_a_model_file_it_was_given_and_keeps_the_file(
         assert resp.status_code == 200, resp.text
         assert resp.json() == {"status": "success", "file_deleted": False}
         assert node.model_ids() == [] and await trio.Path(path).is_file()
+
+
+async def test_peerllm_pull_and_models_against_a_node(make_config: MakeConfig) -> None:
+    async with pair(make_config) as (_, _, url, digest):
+        def run(*args: str) -> tuple[int, str]:
+            result = CliRunner().invoke(cli, [*args, "--api", url], env={"PEERLLM_API": None})
+            return result.exit_code, result.stdout
+
+        code, out = await trio.to_thread.run_sync(run, "pull", FAKE_MODEL)
+        assert code == 0, out
+        assert f"{FAKE_MODEL} is ready ({digest})" in out
+        code, out = await trio.to_thread.run_sync(run, "models")
+        assert code == 0
+        row = next(line for line in out.splitlines() if line.strip("│┃ ").startswith(FAKE_MODEL))
+        assert wb.short_digest(digest) in row and "3.0 MiB" in row
+        assert "puller (local)" in row and "holder" in row
