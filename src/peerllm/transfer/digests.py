@@ -67,6 +67,15 @@ class DigestCache:
         self._store(path, st, built)
         return built
 
+    def remember(self, path: Path, manifest: Manifest) -> None:
+        """Cache ``manifest`` for ``path`` as it is now (a file just downloaded and
+        checked: its manifest is known without reading it again)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        self._store(path, st, manifest)
+
     def _places(self, path: Path) -> list[Path]:
         out = [sidecar_path(path)]
         if self._fallback is not None:
