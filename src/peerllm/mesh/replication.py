@@ -1,0 +1,208 @@
+"""The replication loop: every ``models.replication_interval_s`` this node builds its view
+of the mesh, asks the rule (scheduling/replication.py) whether it should pull a model
+file, and starts the pull through the Pulls service (origin "replication").
+
+The loop never deletes anything: a model kept in too many copies stays so until an
+operator removes one (protocols/replication.md). A model file that disappears from this
+node while no pull of ours replaces it was deleted by the operator: its digest is
+declined here for good (replication.json), and a later ``peerllm pull`` of it accepts
+it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import trio
+
+from ..errors import TransferError
+from ..scheduling import replication as rule
+from .replica_settings import ReplicaSettings
+
+logger = logging.getLogger(__name__)
+
+ORIGIN = "replication"
+
+
+class Transfer(Protocol):
+    """A pull in flight (mesh.pulls.Transfer): only its outcome matters here."""
+
+    @property
+    def done(self) -> trio.Event: ...
+
+    @property
+    def error(self) -> TransferError | None: ...
+
+
+class Pulls(Protocol):
+    """The Pulls service (mesh.pulls.Pulls): starts pulls and knows which are running."""
+
+    def start(self, ref: str, *, digest: str | None = None, model_id: str | None = None,
+              origin: str = "user") -> Transfer: ...
+
+    def pulling(self, digest: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Since when a model has been short of its target without a new holder."""
+
+    holders: frozenset[str]
+    since: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statistics:
+    ticks: int
+    started: int  # pulls this loop started
+    failed: int
+    in_flight: tuple[str, ...]  # digests of our replication pulls running now
+    declined: tuple[str, ...]
+
+
+class Replicator:
+    """Keeps this node's share of the mesh's replica targets. ``await nursery.start(r.run)``.
+
+    Args:
+        own: our own node as the mesh sees it (from our NodeInfo); ``seen_at`` is ignored.
+        peers: every other node we know, as of their latest node-info.
+        pulls: where pulls start.
+        settings: operator targets and declined digests (persisted).
+        disk_free: free bytes where pulled files go (the store's).
+        interval_s, grace_s: models.replication_interval_s and _grace_s.
+        clock: the clock of ``Sighting.seen_at`` (the peer registry's wall clock).
+    """
+
+    def __init__(self, *, own: Callable[[], rule.Sighting],
+                 peers: Callable[[], Sequence[rule.Sighting]], pulls: Pulls,
+                 settings: ReplicaSettings, disk_free: Callable[[], int], interval_s: float,
+                 grace_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._own, self._peers, self._pulls = own, peers, pulls
+        self.settings = settings
+        self._disk_free = disk_free
+        self._interval_s, self._grace_s, self._clock = interval_s, grace_s, clock
+        self._mine: dict[str, Transfer] = {}  # digest -> our replication pull
+        self._backoff: dict[str, rule.Backoff] = {}
+        # digest -> when our pull of it succeeded: pending until our node-info lists it
+        self._pulled: dict[str, float] = {}
+        self._short: dict[str, Shortfall] = {}
+        self._held: frozenset[str] = frozenset()  # digests we held at the last tick
+        self._wake = trio.Event()
+        self._ticks = self._started = self._failed = 0
+
+    def poke(self) -> None:
+        """Check now rather than at the next interval (a target changed)."""
+        self._wake.set()
+
+    def statistics(self) -> Statistics:
+        return Statistics(ticks=self._ticks, started=self._started, failed=self._failed,
+                          in_flight=tuple(sorted(self._mine)),
+                          declined=tuple(sorted(self.settings.declined())))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Check every interval until cancelled; each pull we start is watched by a task
+        in this nursery (its failure backs the file off)."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for transfer in self.tick():
+                    nursery.start_soon(self._watch, transfer)
+                with trio.move_on_after(self._interval_s):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _watch(self, transfer: Transfer) -> None:
+        await transfer.done.wait()
+        self.poke()  # the next file, or the next candidate, without waiting an interval
+
+    def tick(self) -> list[Transfer]:
+        """One round: settle finished pulls, then start the ones the rule asks for."""
+        self._ticks += 1
+        now = self._clock()
+        self._settle(now)
+        own = self._own()
+        held = frozenset(h.digest for h in own.held)
+        self._note_deletions(held)
+        pulling = frozenset(d for d in self._known_digests(own) if d in self._mine
+                            or d in self._pulled or self._pulls.pulling(d))
+        me = replace(own, seen_at=now, pulling=pulling)
+        targets = {h.digest: n for h in own.held
+                   if (n := self.settings.replicas(h.model_id)) is not None}
+        local = rule.Local(peer_id=me.peer_id, disk_free_bytes=self._disk_free(),
+                           declined=self.settings.declined(), backoff=dict(self._backoff))
+        started = []
+        for view in rule.views([me, *self._peers()], now=now, grace_s=self._grace_s,
+                               own_targets=targets).values():
+            decision = rule.decide(view, local, now=now,
+                                   short_for_s=self._short_for(view, now),
+                                   grace_s=self._grace_s)
+            if decision.pull:
+                started.append(self._start(view))
+                local = replace(local, disk_free_bytes=max(
+                    0, local.disk_free_bytes - (view.file_bytes or 0)))
+        return started
+
+    def _known_digests(self, own: rule.Sighting) -> set[str]:
+        peers = {h.digest for s in self._peers() for h in s.held}
+        return peers | {h.digest for h in own.held} | set(self._mine) | set(self._pulled)
+
+    def _start(self, view: rule.ModelView) -> Transfer:
+        holders = ", ".join(sorted(p[-8:] for p in view.holders))
+        logger.info("replicating %s (%s): target %d replicas, %d live holders (%s), "
+                    "%d pulling; we rank among the first of %d candidates", view.model_id,
+                    view.digest, view.target, len(view.holders), holders, len(view.pending),
+                    len(view.candidates))
+        transfer = self._pulls.start(view.digest, digest=view.digest, model_id=view.model_id,
+                                     origin=ORIGIN)
+        self._mine[view.digest] = transfer
+        self._started += 1
+        return transfer
+
+    def _settle(self, now: float) -> None:
+        for digest, at in list(self._pulled.items()):
+            if now - at > self._grace_s:
+                del self._pulled[digest]
+        for digest, transfer in list(self._mine.items()):
+            if not transfer.done.is_set():
+                continue
+            del self._mine[digest]
+            if transfer.error is None:
+                self._backoff.pop(digest, None)
+                self._pulled[digest] = now
+                continue
+            self._failed += 1
+            b = self._backoff[digest] = rule.after_failure(
+                self._backoff.get(digest, rule.Backoff()), now=now)
+            logger.warning("replicating %s failed (%s); retrying in %.0f s", digest,
+                           transfer.error, b.retry_at - now)
+
+    def _note_deletions(self, held: frozenset[str]) -> None:
+        """A file we held that is gone, with no pull of ours under way, was deleted here."""
+        try:
+            for digest in self._held - held:
+                if digest not in self._mine and not self._pulls.pulling(digest):
+                    logger.info("model file %s was removed here: replication will not "
+                                "pull it to this node again", digest)
+                    self.settings.decline(digest)
+            self.settings.accept(held)
+        except OSError as exc:  # remembered in memory all the same; retried on change
+            logger.warning("cannot save %s: %s", self.settings.path, exc)
+        self._held = held
+
+    def _short_for(self, view: rule.ModelView, now: float) -> float:
+        """How long ``view``'s file has been short with the same holders (0: not short)."""
+        if rule.deficit(view) == 0:
+            self._short.pop(view.digest, None)
+            return 0.0
+        seen = self._short.get(view.digest)
+        if seen is None or not view.holders <= seen.holders:
+            # new holders are progress: the chosen candidates get a fresh patience
+            seen = self._short[view.digest] = Shortfall(view.holders, now)
+        elif view.holders != seen.holders:
+            self._short[view.digest] = Shortfall(view.holders, seen.since)
+        return now - seen.since
