@@ -15,17 +15,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 import trio
 
 from ..errors import TransferError
+from ..p2p.registry import PeerRegistry, PeerState
 from ..scheduling import replication as rule
+from ..wire import nodeinfo as wni
 from .replica_settings import ReplicaSettings
 
 logger = logging.getLogger(__name__)
 
-ORIGIN = "replication"
+FEATURE: Final = "replication"
+"""The node-info feature of nodes that run this loop (only they are candidates)."""
+ORIGIN: Final = "replication"
 
 
 class Transfer(Protocol):
@@ -42,7 +46,7 @@ class Pulls(Protocol):
     """The Pulls service (mesh.pulls.Pulls): starts pulls and knows which are running."""
 
     def start(self, ref: str, *, digest: str | None = None, model_id: str | None = None,
-              origin: str = "user") -> Transfer: ...
+              origin: Literal["user", "replication"] = "user") -> Transfer: ...
 
     def pulling(self, digest: str) -> bool: ...
 
@@ -206,3 +210,29 @@ class Replicator:
         elif view.holders != seen.holders:
             self._short[view.digest] = Shortfall(view.holders, seen.since)
         return now - seen.since
+
+
+# -- the view from node-info ---------------------------------------------------------------
+
+def sighting_of(info: wni.NodeInfo, *, peer_id: str, seen_at: float) -> rule.Sighting:
+    """A node as its NodeInfo shows it: the model files it lists by digest."""
+    held = []
+    for m in info.models:
+        # digest and replicas are optional on the wire: older nodes send neither
+        digest, replicas = getattr(m, "digest", None), getattr(m, "replicas", 0)
+        if isinstance(digest, str):
+            held.append(rule.Held(model_id=m.id, digest=digest,
+                                  replicas=replicas if isinstance(replicas, int) else 0,
+                                  file_bytes=m.file_bytes, memory_bytes=m.size_bytes))
+    return rule.Sighting(peer_id=peer_id, seen_at=seen_at,
+                         ram_total_bytes=info.resources.ram_total_bytes,
+                         replicates=FEATURE in info.capabilities.features, held=tuple(held))
+
+
+def peer_sightings(registry: PeerRegistry) -> list[rule.Sighting]:
+    """Every peer whose node-info we have (the grace judges how fresh it is), except
+    peers we cannot talk to at all: another protocol version, or refused."""
+    return [sighting_of(e.info, peer_id=e.peer_id, seen_at=e.info_received_at)
+            for e in registry.entries()
+            if e.info is not None and e.info_received_at is not None
+            and e.state not in (PeerState.INCOMPATIBLE, PeerState.REFUSED)]

@@ -194,3 +194,17 @@ def test_backoff_doubles_up_to_the_cap() -> None:
         b = rep.after_failure(b, now=0.0, base_s=30.0, cap_s=600.0)
         waits.append(b.retry_at)
     assert waits[:4] == [30.0, 60.0, 120.0, 240.0] and waits[-1] == 600.0
+
+
+def test_the_worked_example_of_the_protocol_doc() -> None:
+    # protocols/replication.md, "Worked example": keep the two in step.
+    a, b, c, d = (f"12D3KooWNode{x}" for x in "ABCD")
+    digest = "sha256:f6f4e6fa9bd946696b87ed7a671705f0dec338aac9afad60170f5873294daf0b"
+    assert rep.rendezvous_key(digest, b).hex()[:16] == "ea90bb28eb936e33"
+    assert rep.pullers(view(target=2, holders={a}, candidates={b, c, d},
+                            digest=digest)) == [b]
+    assert rep.pullers(view(target=3, holders={a, b}, candidates={c, d},
+                            digest=digest)) == [d]
+    assert rep.pullers(view(target=3, holders={a, d}, candidates={c}, digest=digest)) == [c]
+    short = view(target=3, holders={a, b}, candidates={c, d}, digest=digest)
+    assert rep.chosen(short, short_for_s=60.0, grace_s=60.0) == [d, c]
