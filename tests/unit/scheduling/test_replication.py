@@ -206,5 +206,8 @@ def test_the_worked_example_of_the_protocol_doc() -> None:
     assert rep.pullers(view(target=3, holders={a, b}, candidates={c, d},
                             digest=digest)) == [d]
     assert rep.pullers(view(target=3, holders={a, d}, candidates={c}, digest=digest)) == [c]
-    short = view(target=3, holders={a, b}, candidates={c, d}, digest=digest)
-    assert rep.chosen(short, short_for_s=60.0, grace_s=60.0) == [d, c]
+    short = view(target=3, holders={a, b}, candidates={c, d}, digest=digest,
+                 file_bytes=10**9)
+    assert rep.patience_s(short, grace_s=60.0) == 100.0
+    assert rep.chosen(short, short_for_s=99.0, grace_s=60.0) == [d]
+    assert rep.chosen(short, short_for_s=100.0, grace_s=60.0) == [d, c]
