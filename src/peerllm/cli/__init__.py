@@ -10,6 +10,7 @@ from .identity import identity
 from .models import models
 from .node import node
 from .peers import peers
+from .replicate import replicate
 from .route import route
 from .run import run
 from .usage import usage
@@ -30,6 +31,7 @@ cli.add_command(route)
 cli.add_command(auth)
 cli.add_command(token)
 cli.add_command(usage)
+cli.add_command(replicate)
 
 
 def main() -> None:
