@@ -5,6 +5,7 @@ is not pulled back."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,9 +47,13 @@ class FakeNode:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def sighting(self) -> rule.Sighting:
+        """Its node-info: a target set with ``set_replicas`` is advertised at once."""
         seen = trio.current_time() if self.alive else self.stopped_at
+        r = self.mesh.replicators.get(self.peer_id)
+        held = tuple(dataclasses.replace(h, replicas=r.settings.replicas(h.model_id) or
+                                         h.replicas) if r else h for h in self.held)
         return rule.Sighting(peer_id=self.peer_id, seen_at=seen, ram_total_bytes=16 * GIB,
-                             replicates=True, held=tuple(self.held))
+                             replicates=True, held=held)
 
     # -- the Pulls port --
     def start(self, ref: str, *, digest: str | None = None, model_id: str | None = None,
@@ -207,3 +212,20 @@ async def test_a_model_deleted_here_is_not_pulled_back(
         await trio.sleep(GRACE_S * 3)
         assert node.pulls == []
         assert DIGEST in ReplicaSettings(tmp_path / "b.json").declined()  # persisted
+
+
+async def test_a_target_set_here_is_acted_on_at_once(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    async with fake_mesh(tmp_path) as mesh:
+        mesh.add("holder-a", held=1)
+        mesh.add("b")
+        await mesh.start_all()
+        await trio.sleep(3.5 * INTERVAL_S)  # between two ticks
+        assert mesh.pulls() == 0  # a target of 1 is met by the holder
+        mesh.replicators["holder-a"].set_replicas(MODEL, 2)  # `peerllm replicate` on a
+        await trio.sleep(1)
+        assert mesh.pulls() == 0  # b learns of it from a's node-info, at its next tick
+        await trio.sleep(INTERVAL_S + PULL_S)
+        assert mesh.holders() == {"holder-a", "b"}
+        view = mesh.replicators["holder-a"].view(DIGEST)
+        assert view is not None and view.target == 2

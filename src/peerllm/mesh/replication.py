@@ -95,12 +95,24 @@ class Replicator:
         self._pulled: dict[str, float] = {}
         self._short: dict[str, Shortfall] = {}
         self._held: frozenset[str] = frozenset()  # digests we held at the last tick
+        self._views: dict[str, rule.ModelView] = {}  # the last tick's, by digest
         self._wake = trio.Event()
         self._ticks = self._started = self._failed = 0
 
     def poke(self) -> None:
         """Check now rather than at the next interval (a target changed)."""
         self._wake.set()
+
+    def set_replicas(self, model_id: str, replicas: int) -> None:
+        """The operator's target for a model this node holds: kept in replication.json
+        (outranking models.yaml) and acted on at once. Raises ValueError (bad N),
+        OSError (the file cannot be written)."""
+        self.settings.set_replicas(model_id, replicas)
+        self.poke()
+
+    def view(self, digest: str) -> rule.ModelView | None:
+        """The last tick's view of ``digest`` (None: no target, or no live holder)."""
+        return self._views.get(digest)
 
     def statistics(self) -> Statistics:
         return Statistics(ticks=self._ticks, started=self._started, failed=self._failed,
@@ -140,8 +152,9 @@ class Replicator:
         local = rule.Local(peer_id=me.peer_id, disk_free_bytes=self._disk_free(),
                            declined=self.settings.declined(), backoff=dict(self._backoff))
         started = []
-        for view in rule.views([me, *self._peers()], now=now, grace_s=self._grace_s,
-                               own_targets=targets).values():
+        self._views = rule.views([me, *self._peers()], now=now, grace_s=self._grace_s,
+                                 own_targets=targets)
+        for view in self._views.values():
             decision = rule.decide(view, local, now=now,
                                    short_for_s=self._short_for(view, now),
                                    grace_s=self._grace_s)
