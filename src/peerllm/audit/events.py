@@ -27,7 +27,7 @@ OK: Final = "ok"
 CANCELLED: Final = "cancelled"  # the caller went away, or the deadline passed
 ERROR: Final = "error"  # a failure with no error code of its own
 
-ManagementAction = Literal["load", "unload", "warmup"]
+ManagementAction = Literal["load", "unload", "warmup", "replicas"]
 InferenceKind = Literal["generation", "embedding"]
 
 
