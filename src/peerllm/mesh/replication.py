@@ -239,7 +239,8 @@ def sighting_of(info: wni.NodeInfo, *, peer_id: str, seen_at: float) -> rule.Sig
                                   file_bytes=m.file_bytes, memory_bytes=m.size_bytes))
     return rule.Sighting(peer_id=peer_id, seen_at=seen_at,
                          ram_total_bytes=info.resources.ram_total_bytes,
-                         replicates=FEATURE in info.capabilities.features, held=tuple(held))
+                         replicates=FEATURE in info.capabilities.features, held=tuple(held),
+                         serves=frozenset(m.id for m in info.models))
 
 
 def peer_sightings(registry: PeerRegistry) -> list[rule.Sighting]:

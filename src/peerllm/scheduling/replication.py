@@ -51,6 +51,8 @@ class Sighting:
     replicates: bool  # advertises the "replication" feature (it runs this rule)
     held: tuple[Held, ...] = ()
     pulling: frozenset[str] = frozenset()  # digests it is pulling (known for ourselves)
+    # every model id it serves, digest known or not (``held`` has only the known ones)
+    serves: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +125,7 @@ def views(sightings: Sequence[Sighting], *, now: float, grace_s: float,
             if s.peer_id not in holders and s.replicates
             and memory_fits(s.ram_total_bytes, needed)
             # a node serving another version of this model id keeps its own
-            and not any(h.model_id == model_id for h in s.held))
+            and model_id not in s.serves and not any(h.model_id == model_id for h in s.held))
         out[digest] = ModelView(
             digest=digest, model_id=model_id, target=target, holders=holders,
             pending=pending, candidates=candidates,

@@ -156,7 +156,9 @@ def test_candidates_need_memory_the_feature_and_no_other_version() -> None:
     other = "sha256:" + "cd" * 32
     out = rep.views([sighting("a", held=(held(4, memory=8 * GIB),)),
                      sighting("small", ram=8 * GIB), sighting("old", replicates=False),
-                     sighting("v1", held=(held(0, digest=other),)), sighting("ok")],
+                     sighting("v1", held=(held(0, digest=other),)), sighting("ok"),
+                     rep.Sighting(peer_id="digesting", seen_at=100.0, ram_total_bytes=16 * GIB,
+                                  replicates=True, serves=frozenset({"m"}))],
                     now=100.0, grace_s=60.0)
     assert out[DIGEST].candidates == {"ok"}
 
