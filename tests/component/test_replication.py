@@ -159,6 +159,21 @@ async def test_the_mesh_converges_to_the_target_and_recovers_after_the_grace(
         assert mesh.pulls() == 2
 
 
+async def test_copies_inherit_the_target_so_it_outlives_the_first_holder(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    async with fake_mesh(tmp_path) as mesh:
+        a = mesh.add("holder-a", held=2)
+        for name in ("b", "c", "d"):
+            mesh.add(name)
+        await mesh.start_all()
+        await trio.sleep(INTERVAL_S + PULL_S + 1)
+        first = ranked({"b", "c", "d"})[0]
+        assert mesh.replicators[first].settings.replicas(MODEL) == 2
+        mesh.stop(a)  # the node whose models.yaml asked for 2 copies
+        await trio.sleep(GRACE_S + 2 * INTERVAL_S + PULL_S)
+        assert mesh.holders() == {first, ranked({"b", "c", "d"} - {first})[0]}
+
+
 async def test_a_larger_target_brings_several_copies_at_once(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     async with fake_mesh(tmp_path) as mesh:

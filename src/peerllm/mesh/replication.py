@@ -90,6 +90,7 @@ class Replicator:
         self._disk_free = disk_free
         self._interval_s, self._grace_s, self._clock = interval_s, grace_s, clock
         self._mine: dict[str, Transfer] = {}  # digest -> our replication pull
+        self._asked: dict[str, rule.ModelView] = {}  # digest -> the view that started it
         self._backoff: dict[str, rule.Backoff] = {}
         # digest -> when our pull of it succeeded: pending until our node-info lists it
         self._pulled: dict[str, float] = {}
@@ -177,6 +178,7 @@ class Replicator:
         transfer = self._pulls.start(view.digest, digest=view.digest, model_id=view.model_id,
                                      origin=ORIGIN)
         self._mine[view.digest] = transfer
+        self._asked[view.digest] = view
         self._started += 1
         return transfer
 
@@ -188,15 +190,27 @@ class Replicator:
             if not transfer.done.is_set():
                 continue
             del self._mine[digest]
+            view = self._asked.pop(digest)
             if transfer.error is None:
                 self._backoff.pop(digest, None)
                 self._pulled[digest] = now
+                self._inherit(view)
                 continue
             self._failed += 1
             b = self._backoff[digest] = rule.after_failure(
                 self._backoff.get(digest, rule.Backoff()), now=now)
             logger.warning("replicating %s failed (%s); retrying in %.0f s", digest,
                            transfer.error, b.retry_at - now)
+
+    def _inherit(self, view: rule.ModelView) -> None:
+        """A copy made by replication asks for the target it was made for, so the target
+        outlives the holder that set it (raised, never lowered, here: lowering a target
+        takes ``peerllm replicate`` on every holder)."""
+        if view.target > (self.settings.replicas(view.model_id) or 0):
+            try:
+                self.settings.set_replicas(view.model_id, view.target)
+            except OSError as exc:
+                logger.warning("cannot save %s: %s", self.settings.path, exc)
 
     def _note_deletions(self, held: frozenset[str]) -> None:
         """A file we held that is gone, with no pull of ours under way, was deleted here."""
