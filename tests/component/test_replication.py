@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import trio
 
 from peerllm.errors import NoSource, TransferError
@@ -59,6 +60,8 @@ class FakeNode:
     def start(self, ref: str, *, digest: str | None = None, model_id: str | None = None,
               origin: str = "user") -> Transfer:
         assert digest is not None and model_id is not None and origin == "replication"
+        if model_id.startswith("-"):
+            raise ValueError(f"model: {model_id!r} is not a model id")
         self.pulls.append(digest)
         transfer = self.running[digest] = Transfer()
         self.mesh.nursery.start_soon(self._pull, digest, model_id, transfer)
@@ -244,3 +247,22 @@ async def test_a_target_set_here_is_acted_on_at_once(
         assert mesh.holders() == {"holder-a", "b"}
         view = mesh.replicators["holder-a"].view(DIGEST)
         assert view is not None and view.target == 2
+
+
+OTHER = "sha256:" + "77" * 32
+
+
+async def test_one_replication_pull_at_a_time_and_a_refused_one_is_skipped(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with fake_mesh(tmp_path) as mesh:
+        a = mesh.add("holder-a", held=2)
+        a.held += [rule.Held(model_id="second", digest=OTHER, replicas=2, file_bytes=FILE),
+                   rule.Held(model_id="-bad", digest="sha256:" + "99" * 32, replicas=2)]
+        b = mesh.add("b")
+        await mesh.start_all()
+        await trio.sleep(1)
+        assert len(b.running) == 1  # the refused one was skipped, the others queue
+        await trio.sleep(2 * PULL_S + 2 * INTERVAL_S)
+        assert {h.digest for h in b.held} == {DIGEST, OTHER}
+        assert "not replicating sha256:9999" in caplog.text

@@ -138,45 +138,54 @@ class Replicator:
         self.poke()  # the next file, or the next candidate, without waiting an interval
 
     def tick(self) -> list[Transfer]:
-        """One round: settle finished pulls, then start the ones the rule asks for."""
+        """One round: settle finished pulls, then start the one the rule asks for.
+
+        One replication pull at a time per node: a peer that advertises many files with
+        large targets costs us one download at a time, each checked against our disk.
+        """
         self._ticks += 1
         now = self._clock()
         self._settle(now)
-        own = self._own()
+        own, peers = self._own(), self._peers()
         held = frozenset(h.digest for h in own.held)
         self._note_deletions(held)
-        pulling = frozenset(d for d in self._known_digests(own) if d in self._mine
+        known = {h.digest for s in (own, *peers) for h in s.held} | set(self._pulled)
+        pulling = frozenset(d for d in known | set(self._mine) if d in self._mine
                             or d in self._pulled or self._pulls.pulling(d))
         me = replace(own, seen_at=now, pulling=pulling)
         targets = {h.digest: n for h in own.held
                    if (n := self.settings.replicas(h.model_id)) is not None}
         local = rule.Local(peer_id=me.peer_id, disk_free_bytes=self._disk_free(),
                            declined=self.settings.declined(), backoff=dict(self._backoff))
-        started = []
-        self._views = rule.views([me, *self._peers()], now=now, grace_s=self._grace_s,
+        self._views = rule.views([me, *peers], now=now, grace_s=self._grace_s,
                                  own_targets=targets)
-        for view in self._views.values():
+        started: list[Transfer] = []
+        for digest in sorted(self._views):
+            view = self._views[digest]
+            # every view is judged each tick, so each shortfall's clock keeps running
             decision = rule.decide(view, local, now=now,
                                    short_for_s=self._short_for(view, now),
                                    grace_s=self._grace_s)
-            if decision.pull:
-                started.append(self._start(view))
-                local = replace(local, disk_free_bytes=max(
-                    0, local.disk_free_bytes - (view.file_bytes or 0)))
+            if decision.pull and not self._mine:
+                transfer = self._start(view, now)
+                if transfer is not None:
+                    started.append(transfer)
         return started
 
-    def _known_digests(self, own: rule.Sighting) -> set[str]:
-        peers = {h.digest for s in self._peers() for h in s.held}
-        return peers | {h.digest for h in own.held} | set(self._mine) | set(self._pulled)
-
-    def _start(self, view: rule.ModelView) -> Transfer:
+    def _start(self, view: rule.ModelView, now: float) -> Transfer | None:
         holders = ", ".join(sorted(p[-8:] for p in view.holders))
         logger.info("replicating %s (%s): target %d replicas, %d live holders (%s), "
                     "%d pulling; we rank among the first of %d candidates", view.model_id,
                     view.digest, view.target, len(view.holders), holders, len(view.pending),
                     len(view.candidates))
-        transfer = self._pulls.start(view.digest, digest=view.digest, model_id=view.model_id,
-                                     origin=ORIGIN)
+        try:
+            transfer = self._pulls.start(view.digest, digest=view.digest,
+                                         model_id=view.model_id, origin=ORIGIN)
+        except ValueError as exc:  # the holders' model id is one Pulls refuses: theirs
+            logger.warning("not replicating %s: %s", view.digest, exc)
+            self._backoff[view.digest] = rule.after_failure(
+                self._backoff.get(view.digest, rule.Backoff()), now=now)
+            return None
         self._mine[view.digest] = transfer
         self._asked[view.digest] = view
         self._started += 1
