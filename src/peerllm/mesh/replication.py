@@ -159,6 +159,10 @@ class Replicator:
                            declined=self.settings.declined(), backoff=dict(self._backoff))
         self._views = rule.views([me, *peers], now=now, grace_s=self._grace_s,
                                  own_targets=targets)
+        # forget files nobody live holds any more (hostile peers may advertise many)
+        for book in (self._short, self._backoff):
+            for gone in set(book) - set(self._views) - set(self._mine):
+                del book[gone]
         started: list[Transfer] = []
         for digest in sorted(self._views):
             view = self._views[digest]
