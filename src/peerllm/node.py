@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .inference.specs import ModelSpec, node_specs
 from .mesh.accounting import Accounting
 from .mesh.audited import SubjectNotes, audit_served
 from .mesh.breakers import BreakerBook
+from .mesh.digesting import Digests, keep_digests
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.embedding import PlacedEmbeddings, serve_embedder
 from .mesh.explain import explain
@@ -57,6 +59,7 @@ from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
 from .security_events import PeerLimit, PeerLimitHook
+from .transfer.digests import DigestCache
 from .wire import embed as we
 from .wire import infer as wi
 from .wire import nodeinfo as wni
@@ -65,6 +68,7 @@ from .wire import revocations as wrev
 __all__ = ["NameLookup", "Node", "open_node"]
 
 USAGE_DIR = "usage"
+DIGESTS_DIR = "digests"  # digest sidecars of model files in folders we cannot write
 REVOCATION_PUSH_S = 120.0  # the longest an inbound revocation push may take
 
 
@@ -94,6 +98,7 @@ class Node:
         self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
         self.api_url: str | None = None  # set by whoever serves the HTTP API
+        self.digests = Digests()  # our model files' manifests by digest (mesh/digesting.py)
         self._started_mono = trio.current_time()
 
     # -- what we are -----------------------------------------------------------------
@@ -337,6 +342,10 @@ async def open_node(config: NodeConfig | None = None, *,
                              timeout_s=REVOCATION_PUSH_S)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
+            if registry is not None:
+                nursery.start_soon(partial(
+                    keep_digests, registry, DigestCache(data_dir / DIGESTS_DIR),
+                    on_change=node.membership.announce, digests=node.digests))
             try:
                 yield node
             finally:
