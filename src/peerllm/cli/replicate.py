@@ -9,7 +9,7 @@ import click
 import trio
 
 from ..errors import PeerLLMError
-from ..inference.specs import MAX_REPLICAS
+from ..wire.nodeinfo import MAX_REPLICAS
 from .common import ApiTarget, api_url_option
 
 

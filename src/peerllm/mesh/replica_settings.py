@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import ConfigError
-from ..inference.specs import MAX_REPLICAS
 from ..wire.blob import is_digest
+from ..wire.nodeinfo import MAX_REPLICAS
 
 logger = logging.getLogger(__name__)
 
