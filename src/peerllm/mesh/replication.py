@@ -256,14 +256,10 @@ class Replicator:
 
 def sighting_of(info: wni.NodeInfo, *, peer_id: str, seen_at: float) -> rule.Sighting:
     """A node as its NodeInfo shows it: the model files it lists by digest."""
-    held = []
-    for m in info.models:
-        # digest and replicas are optional on the wire: older nodes send neither
-        digest, replicas = getattr(m, "digest", None), getattr(m, "replicas", 0)
-        if isinstance(digest, str):
-            held.append(rule.Held(model_id=m.id, digest=digest,
-                                  replicas=replicas if isinstance(replicas, int) else 0,
-                                  file_bytes=m.file_bytes, memory_bytes=m.size_bytes))
+    # a model without a digest (not computed yet, an older node) is not replicated
+    held = [rule.Held(model_id=m.id, digest=m.digest, replicas=m.replicas,
+                      file_bytes=m.file_bytes, memory_bytes=m.size_bytes)
+            for m in info.models if m.digest is not None]
     return rule.Sighting(peer_id=peer_id, seen_at=seen_at,
                          ram_total_bytes=info.resources.ram_total_bytes,
                          replicates=FEATURE in info.capabilities.features, held=tuple(held),
