@@ -19,6 +19,7 @@ from typing import Final, Literal, Protocol
 
 import trio
 
+from ..config import ModelsConfig
 from ..errors import TransferError
 from ..p2p.registry import PeerRegistry, PeerState
 from ..scheduling import replication as rule
@@ -273,3 +274,14 @@ def peer_sightings(registry: PeerRegistry) -> list[rule.Sighting]:
             for e in registry.entries()
             if e.info is not None and e.info_received_at is not None
             and e.state not in (PeerState.INCOMPATIBLE, PeerState.REFUSED)]
+
+
+def build_replicator(*, own_info: Callable[[], wni.NodeInfo], self_peer_id: str,
+                     peers: PeerRegistry, pulls: Pulls, settings: ReplicaSettings,
+                     disk_free: Callable[[], int], config: ModelsConfig) -> Replicator:
+    """The Replicator of a node: its own NodeInfo and the peer registry's as the view."""
+    return Replicator(
+        own=lambda: sighting_of(own_info(), peer_id=self_peer_id, seen_at=0.0),
+        peers=lambda: peer_sightings(peers), pulls=pulls, settings=settings,
+        disk_free=disk_free, interval_s=config.replication_interval_s,
+        grace_s=config.replication_grace_s)
