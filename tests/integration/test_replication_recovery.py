@@ -111,6 +111,7 @@ def test_two_replicas_converge_and_recover_after_a_holder_stops(
     assert get(copier.api, f"/v1/models/{MODEL}")["replicas"] == 2
 
     copier.stop()  # SIGTERM
+    assert copier.proc is not None and copier.proc.returncode == 0, "".join(copier.banner)
     rest = [d for d in spares if d is not copier]
     second = poll_until(lambda: holders(rest, digest), lambda h: len(h) >= 1,
                         timeout_s=WAIT_S, what="another spare to pull after the grace")
