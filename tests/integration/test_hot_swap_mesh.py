@@ -69,8 +69,9 @@ def digest_seen(node: peerllm.Node, peer_id: str, digest: str) -> bool:
         and any(m.digest == digest for m in entry.info.models)
 
 
+@pytest.mark.parametrize("by", ["digest", "model id"])
 async def test_a_pulled_new_version_swaps_in_while_a_stream_finishes_on_the_old(
-        make_config: MakeConfig) -> None:
+        make_config: MakeConfig, by: str) -> None:
     cfg_a = with_fake_model(make_config("a"))
     v1_path, v1 = fake_file(cfg_a, 2 * 1024 * 1024)
     backend = FakeBackend(tokens=TOKENS)
@@ -94,7 +95,8 @@ async def test_a_pulled_new_version_swaps_in_while_a_stream_finishes_on_the_old(
             await wait_until(lambda: digest_seen(a, b.peer_id, v2),
                              what="b's node-info at a to carry v2")
             async with NodeClient(url) as client:
-                events = [e async for e in client.pull(v2)]
+                # By id: the version the peers serve, which is not ours.
+                events = [e async for e in client.pull(v2 if by == "digest" else FAKE_MODEL)]
             assert events[-1]["status"] == "success" and events[-1]["digest"] == v2
         # b is gone: whatever runs "fake" from now on runs on a.
         await wait_until(lambda: all(c.local for c in a.router.candidates(FAKE_MODEL)[0]),
