@@ -181,17 +181,20 @@ class NoRoute(PeerLLMError):
     """No node can serve the request; ``reasons`` says why, per candidate.
 
     ``known`` is False when nobody in the mesh has the model at all; ``retry_after_s`` is
-    the soonest a busy candidate expects a free slot.
+    the soonest a busy candidate expects a free slot; ``versions`` (a pinned id nobody
+    serves at that version): node -> the digest it serves instead (None: not known yet).
     """
 
     def __init__(self, model: str, reasons: dict[str, str], *, known: bool,
-                 retry_after_s: float | None = None) -> None:
+                 retry_after_s: float | None = None,
+                 versions: dict[str, str | None] | None = None) -> None:
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no node serves it"
         super().__init__(f"model {model!r}: {detail}")
         self.model = model
         self.reasons = reasons
         self.known = known
         self.retry_after_s = retry_after_s
+        self.versions = dict(versions or {})
 
 
 class NodeNotRunning(PeerLLMError):

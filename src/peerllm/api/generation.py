@@ -45,7 +45,9 @@ from ..errors import (
     ProtocolError,
 )
 from ..events import Done, TokenChunk
+from ..inference.versions import SHOWN_HEX
 from ..mesh.routed import Routed
+from ..wire.blob.manifest import digest_hex
 from .auditing import client_of, inference_line
 from .schemas import MAX_BODY_BYTES, ApiError, Generation, Json, parse_body
 
@@ -69,7 +71,8 @@ def api_error(exc: PeerLLMError) -> ApiError:
     if isinstance(exc, NoRoute):
         model = exc.model
         if not exc.known:
-            return ApiError(404, f"model {model!r} is not served by any node in the mesh",
+            return ApiError(404, f"model {model!r} is not served by any node in the mesh"
+                            f"{served_versions(model, exc.versions)}",
                             param="model", code="model_not_found")
         reasons = "; ".join(f"{k}: {v}" for k, v in exc.reasons.items()) or "no node is ready"
         return ApiError(503, f"no node can serve {model!r} right now ({reasons})",
@@ -89,6 +92,17 @@ def api_error(exc: PeerLLMError) -> ApiError:
     # never to the client (they may name files, peers or internals).
     logger.error("no HTTP answer for %s: %s", type(exc).__name__, exc, exc_info=exc)
     return ApiError(500, "internal error (the node's log has the details)", code="internal")
+
+
+def served_versions(model: str, versions: dict[str, str | None]) -> str:
+    """The tail of the 404 for a pinned id that nodes serve at other versions only:
+    "; <id> is at <hex> (<node>), ..." (empty when there are none)."""
+    if not versions:
+        return ""
+    model_id = model.partition("@")[0]
+    shown = ", ".join(f"{digest_hex(d)[:SHOWN_HEX] if d else 'a version not hashed yet'}"
+                      f" ({node})" for node, d in versions.items())
+    return f"; {model_id} is at {shown}"
 
 
 def single_error(exc: BaseException) -> PeerLLMError | None:

@@ -172,7 +172,8 @@ class Placement:
                 await self.fail(NoRoute(
                     model, self._reasons,
                     known=bool(self._tried) or bool(cands) or bool(excluded),
-                    retry_after_s=min([*waits.values(), *self._busy_hints], default=None)))
+                    retry_after_s=min([*waits.values(), *self._busy_hints], default=None),
+                    versions=filtered.versions))
                 return
             cand = ranked[0]
             self._tried.add(cand.peer_id)

@@ -77,6 +77,9 @@ class Filtered:
     candidates: list[Candidate]
     excluded: list[Exclusion]
     """Nodes that list the model but may not get it now, each with the reason."""
+    versions: dict[str, str | None] = field(default_factory=dict)
+    """For a pinned id: node label -> the digest of the other version it serves (None:
+    not computed yet), so a refusal can name what is served."""
 
     def reasons(self) -> dict[str, str]:
         return {e.label: e.reason for e in self.excluded}
@@ -148,13 +151,17 @@ def filter_candidates(views: Iterable[NodeView], model: str, now: float, policy:
     """
     out: list[Candidate] = []
     excluded: list[Exclusion] = []
+    versions: dict[str, str | None] = {}
     try:
         model_id, pin = split_pin(model)
     except ValueError:
-        return Filtered(out, excluded)
+        return Filtered(out, excluded, versions)
     for view in views:
         offered = next((m for m in view.models if m.id == model_id), None)
-        if offered is None or (pin is not None and not pin_matches(pin, offered.digest)):
+        if offered is None:
+            continue
+        if pin is not None and not pin_matches(pin, offered.digest):
+            versions[view.name or view.peer_id] = offered.digest
             continue
         reason = exclusion_reason(view, offered, now, policy)
         if reason is not None:
@@ -170,4 +177,4 @@ def filter_candidates(views: Iterable[NodeView], model: str, now: float, policy:
             free_memory_bytes=view.free_memory_bytes, degraded=degraded(view),
             half_open=not view.local and state_at(view.breaker, now, policy.breaker)
             is BreakerState.HALF_OPEN))
-    return Filtered(out, excluded)
+    return Filtered(out, excluded, versions)

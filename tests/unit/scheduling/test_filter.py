@@ -155,6 +155,10 @@ def test_a_pinned_id_only_lists_the_nodes_serving_that_version() -> None:
     assert peers(f"{MODEL}@{new[7:]}") == ["p2"]
     assert peers(f"{MODEL}@00000000") == []
     assert peers(f"{MODEL}@1a2b") == []  # too short to be a pin: nobody lists it
+    # What the others serve instead, for the refusal's message.
+    assert filter_candidates(views_, f"{MODEL}@{new[7:15]}", 100.0, POLICY).versions == {
+        "node-p1": old, "node-p3": None}
+    assert filter_candidates(views_, MODEL, 100.0, POLICY).versions == {}
 
 
 @given(st.text(alphabet="0123456789abcdef", min_size=1, max_size=70))
