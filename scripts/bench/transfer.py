@@ -210,7 +210,12 @@ def _http_recv(ctl: Path, a: dict[str, Any]) -> None:
 
     async def main() -> None:
         async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-            await client.get(a["url"].rsplit("/", 1)[0] + "/ping")  # connection kept alive
+            for _ in range(300):  # the server wrote ready.json just before it binds
+                try:
+                    await client.get(a["url"].rsplit("/", 1)[0] + "/ping")  # kept alive
+                    break
+                except httpx.ConnectError:
+                    await trio.sleep(0.1)
             _ctl_write(ctl, "ready.json", {})
             for i in range(a["runs"]):
                 while not (ctl / f"go-{i}").exists():
@@ -618,6 +623,13 @@ class PullBench:
             raise RuntimeError(f"{node.name} did not see {len(want)} holder(s) with "
                                f"{self.model_id} within 60 s")
 
+    def pulled(self, puller: Node) -> dict[str, Any]:
+        """The puller's model entry for the file: by digest, else by the model id."""
+        info = get_json(puller.api + "/v1/node/info") or {}
+        models = info.get("models", [])
+        return next((m for m in models if m.get("digest") == self.digest), None) or next(
+            (m for m in models if m.get("id") == self.model_id), {})
+
     def stop(self, nodes: Sequence[Node]) -> None:
         self.group.stop([n.child for n in nodes])
 
@@ -625,17 +637,26 @@ class PullBench:
         if not keep:
             shutil.rmtree(node.data_dir, ignore_errors=True)
 
-    def pull(self, puller: Node, *, kill_at: float | None = None) -> dict[str, Any]:
-        """One pull, timed from the request to "success"; with ``kill_at`` (0..1), the
-        puller is SIGKILLed once that share of the file is verified."""
-        nodes = [*self.holders, puller]
-        cpu0 = cpu_of([n.child for n in nodes])
+    def pull(self, puller: Node, *, kill_at: float | None = None, ref: str | None = None,
+             senders: Sequence[Child] | None = None) -> dict[str, Any]:
+        """One pull of ``ref`` (default the model id), timed from the request to "success";
+        with ``kill_at`` (0..1), the puller is SIGKILLed once that share of the file is
+        verified. CPU is counted for ``senders`` (default the holders) and the puller."""
+        nodes = [*(senders if senders is not None else [h.child for h in self.holders]),
+                 puller.child]
+        # One idle second first: what the nodes burn anyway (a young node refreshes its
+        # DHT every second), recorded so the transfer's own cost can be told apart.
+        idle0 = cpu_of(nodes)
+        time.sleep(1.0)
+        cpu0 = cpu_of(nodes)
+        idle = {"idle_cpu_s_per_s_send": rnd(cpu_delta(idle0[:-1], cpu0[:-1])),
+                "idle_cpu_s_per_s_recv": rnd(cpu_delta(idle0[-1:], cpu0[-1:]))}
         t0 = now()
         first: dict[str, Any] = {}
         last: dict[str, Any] = {}
         events = 0
         try:
-            for ev in pull_events(puller.api, self.model_id):
+            for ev in pull_events(puller.api, ref or self.model_id):
                 events += 1
                 err = event_error(ev)
                 if err:
@@ -657,13 +678,13 @@ class PullBench:
         except (httpx.HTTPError, RuntimeError, ValueError) as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "events": events}
         seconds = now() - t0
-        cpu1 = cpu_of([n.child for n in nodes])
+        cpu1 = cpu_of(nodes)
         send = cpu_delta(cpu0[:-1], cpu1[:-1])
         recv = cpu_delta(cpu0[-1:], cpu1[-1:])
         used = [s for s in (last.get("sources") or [])
                 if isinstance(s, dict) and (s.get("bytes") or 0) > 0]
-        info = local_model(get_json(puller.api + "/v1/node/info"), self.model_id) or {}
-        return {"ok": True, **sample(self.size, seconds, send, recv),
+        info = self.pulled(puller)
+        return {"ok": True, **sample(self.size, seconds, send, recv), **idle,
                 "events": events, "resumed": first.get("resumed", 0),
                 "sources_used": len(used) if used else None,
                 "sources": [{k: s.get(k) for k in ("label", "kind", "bytes", "state", "reason")}
@@ -671,28 +692,37 @@ class PullBench:
                 "digest": info.get("digest"), "registered": bool(info)}
 
 
+def blob_stats(node: Node) -> dict[str, int] | None:
+    """The blob server's counters (``bytes_sent``, ``side_channel``, ``in_stream``, …)
+    from the node's status document, wherever it puts them; None when it has none."""
+    def find(doc: Any) -> dict[str, int] | None:
+        if isinstance(doc, dict):
+            if isinstance(doc.get("bytes_sent"), int):
+                return {k: v for k, v in doc.items() if isinstance(v, int)}
+            for value in doc.values():
+                found = find(value)
+                if found is not None:
+                    return found
+        return None
+    return find(get_json(node.api + "/v1/node/status"))
+
+
 def holder_bytes_sent(nodes: Sequence[Node]) -> int | None:
     """Blob bytes the holders have sent so far, when their API says (else None)."""
-    total = 0
-    for n in nodes:
-        value = blob_bytes_sent(get_json(n.api + "/v1/node/status"))
-        if value is None:
-            return None
-        total += value
-    return total
+    stats = [blob_stats(n) for n in nodes]
+    return None if any(s is None for s in stats) else sum(
+        s["bytes_sent"] for s in stats if s is not None)
 
 
-def blob_bytes_sent(status: Any) -> int | None:
-    """The blob server's sent-bytes counter in a node-status document, if it has one."""
-    if not isinstance(status, dict):
+def stats_delta(before: Sequence[dict[str, int] | None],
+                after: Sequence[dict[str, int] | None]) -> dict[str, int] | None:
+    """The holders' blob counters summed, after minus before (did the side channel carry
+    the ranges, or the stream?); None when a holder has no counters."""
+    if any(x is None for x in (*before, *after)):
         return None
-    for key in ("blob", "blobs", "uploads", "transfers"):
-        part = status.get(key)
-        if isinstance(part, dict):
-            for name in ("bytes_sent", "sent_bytes", "bytes"):
-                if isinstance(part.get(name), int):
-                    return int(part[name])
-    return None
+    keys = {k for d in after if d for k in d}
+    return {k: sum((a or {}).get(k, 0) - (b or {}).get(k, 0)
+                   for a, b in zip(after, before, strict=True)) for k in sorted(keys)}
 
 
 def partial_files(node: Node) -> list[dict[str, Any]]:
@@ -712,7 +742,9 @@ def one_pull(bench: PullBench, case: Case, run: int, sources: Sequence[Node],
         case.samples.append({"run": run, "ok": False, "error": str(exc)})
         return
     t_age = now() - puller.child.started_at
+    stats0 = [blob_stats(h) for h in sources]
     result = bench.pull(puller)
+    result["holders_blob_stats"] = stats_delta(stats0, [blob_stats(h) for h in sources])
     bench.stop([puller])
     bench.drop_data(puller, keep)
     if result["ok"] and result.get("digest") not in (None, bench.digest):
@@ -773,7 +805,8 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
     case.samples.append(sample_)
 
 
-def pull_cases(group: ProcessGroup, logs: Path, *, size: int, digest: str, runs: int,
+def pull_cases(group: ProcessGroup, logs: Path, file: Path, *, size: int, digest: str,
+               runs: int,
                model_args: list[str], model_id: str, side_channels: Sequence[bool],
                kill_at: float, chunk_bytes: int | None, keep: bool) -> list[Case]:
     """Per side-channel value: 1-source pulls and resumes (only holder 1 running, so no
@@ -812,10 +845,58 @@ def pull_cases(group: ProcessGroup, logs: Path, *, size: int, digest: str, runs:
                 one_pull(bench, three, i, bench.holders, keep)
                 print(" " + brief(three.samples[-1]))
         bench.stop(bench.holders)
+    cases.append(url_pull_case(PullBench(group, logs, True, model_args, model_id, size,
+                                         chunk_bytes, digest), file, runs, keep))
     for case in cases:
         if case.error is None and case.samples and not any(s["ok"] for s in case.samples):
             case.error = "every run failed: " + str(case.samples[-1].get("error"))
     return cases
+
+
+def http_up(url: str) -> bool:
+    try:
+        return httpx.get(url.rsplit("/", 1)[0] + "/ping", trust_env=False, timeout=2).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def start_http_server(group: ProcessGroup, logs: Path, name: str,
+                      file: Path) -> tuple[Child, str]:
+    """An http-send child serving ``file``, once it answers; returns it and the file's URL."""
+    (port,) = free_ports(1)
+    server, ctl = spawn_role(group, logs, name, "http-send", {"file": str(file), "port": port})
+    url: str = wait_file(ctl / "ready.json", server, 60)["url"]
+    if not wait_until(lambda: http_up(url), timeout_s=30):
+        raise RuntimeError(f"{name} did not answer within 30 s")
+    return server, url
+
+
+def url_pull_case(bench: PullBench, file: Path, runs: int, keep: bool) -> Case:
+    """``peerllm pull http://…`` from the same local HTTP server as the http case."""
+    case = Case("pull-url", "pull", {"server": "hypercorn + starlette FileResponse",
+                                     "sources": 1})
+    try:
+        server, url = start_http_server(bench.group, bench.logs, "pull-url-server", file)
+    except RuntimeError as exc:
+        case.error = f"could not start the HTTP server: {exc}"
+        return case
+    for i in range(runs):
+        announce(case, i, runs)
+        try:
+            puller = bench.start_puller([])
+        except RuntimeError as exc:
+            case.samples.append({"run": i, "ok": False, "error": str(exc)})
+        else:
+            result = bench.pull(puller, ref=url, senders=[server])
+            bench.stop([puller])
+            bench.drop_data(puller, keep)
+            if result["ok"] and result.get("digest") != bench.digest:
+                result |= {"ok": False, "error": f"pulled digest {result.get('digest')} "
+                           "is not the file's"}
+            case.samples.append({"run": i, **result})
+        print(" " + brief(case.samples[-1]))
+    bench.group.stop([server])
+    return case
 
 
 def announce(case: Case, i: int, runs: int) -> None:
@@ -900,7 +981,7 @@ def print_summary(doc: dict[str, Any], cases: Sequence[Case]) -> None:
     rows = []
     for c in cases:
         if c.error:
-            rows.append([c.name, "–", "–", "–", f"not run: {c.error}"[:110]])
+            rows.append([c.name, "–", "–", "–", f"not run: {c.error}"[:90]])
             continue
         bad = sum(1 for s in c.samples if not s.get("ok"))
         note = f"{bad} run(s) failed" if bad else ""
@@ -913,7 +994,7 @@ def print_summary(doc: dict[str, Any], cases: Sequence[Case]) -> None:
         rows.append([c.name, mm(c, "mb_s"), mm(c, "cpu_s_per_gb_send", 2),
                      mm(c, "cpu_s_per_gb_recv", 2), note.strip()])
     print(table(rows, ["case", "MB/s", "CPU s/GB send", "CPU s/GB recv", "notes"]))
-    trows = [[t["target"], fmt(t["value"]), t["verdict"], t["why_na"] or ""]
+    trows = [[t["target"], fmt(t["value"]), t["verdict"], (t["why_na"] or "")[:70]]
              for t in doc["targets"]]
     if trows:
         print("\ntargets (issue #13; a resume's MB/s and CPU are of the second pull only)")
@@ -974,7 +1055,7 @@ def main(argv: Sequence[str]) -> int:
                 cases += simple_cases(group, logs, file, size, args.runs, simple)
             if "pull" in args.cases:
                 print(f"pull ({args.side_channel} side channel)")
-                cases += pull_cases(group, logs, size=size, digest=digest, runs=args.runs,
+                cases += pull_cases(group, logs, file, size=size, digest=digest, runs=args.runs,
                                     model_args=model_args, model_id=model_id,
                                     side_channels=sides, kill_at=args.kill_at,
                                     chunk_bytes=DEFAULT_CHUNK_BYTES, keep=args.keep_logs)
