@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
@@ -267,6 +268,16 @@ def wait_file(path: Path, child: Child, timeout_s: float) -> dict[str, Any]:
     if found is None:
         raise RuntimeError(f"{child.name}: no {path.name} within {timeout_s:.0f} s")
     return found[0]
+
+
+def io_chars(child: Child) -> tuple[int | None, int | None]:
+    """Bytes the process has read and written through syscalls so far (sockets and files;
+    /proc/<pid>/io rchar and wchar), or Nones when it cannot be read."""
+    try:
+        io = psutil.Process(child.pid).io_counters()
+    except (psutil.Error, AttributeError):
+        return None, None
+    return int(getattr(io, "read_chars", 0)) or None, int(getattr(io, "write_chars", 0)) or None
 
 
 def cpu_of(children: Sequence[Child]) -> list[float | None]:
@@ -505,10 +516,14 @@ def event_progress(ev: dict[str, Any]) -> dict[str, Any]:
             if prog.get(k) is not None}
 
 
+def signal_group(child: Child, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, sig)  # a session leader: its pgid is its pid
+
+
 def kill9(child: Child) -> None:
     """SIGKILL the child's process group (no graceful shutdown) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
+    signal_group(child, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.proc.wait(10)
     child.killed = True
@@ -651,6 +666,7 @@ class PullBench:
         cpu0 = cpu_of(nodes)
         idle = {"idle_cpu_s_per_s_send": rnd(cpu_delta(idle0[:-1], cpu0[:-1])),
                 "idle_cpu_s_per_s_recv": rnd(cpu_delta(idle0[-1:], cpu0[-1:]))}
+        read0 = io_chars(puller.child)[0]
         t0 = now()
         first: dict[str, Any] = {}
         last: dict[str, Any] = {}
@@ -669,9 +685,15 @@ class PullBench:
                     break
                 done = last.get("completed") or 0
                 if kill_at is not None and done >= kill_at * self.size:
+                    # SIGSTOP first: the byte counter read then is the last the process
+                    # ever received; SIGKILL follows (no shutdown code runs either way).
+                    signal_group(puller.child, signal.SIGSTOP)
+                    read_at_kill = io_chars(puller.child)[0]
                     kill9(puller.child)
                     return {"ok": True, "killed": True, "kill_after_s": rnd(now() - t0, 3),
-                            "verified_at_kill": done, "events": events}
+                            "verified_at_kill": done, "events": events,
+                            "puller_read_bytes": None if read_at_kill is None or read0 is None
+                            else read_at_kill - read0}
             else:
                 return {"ok": False, "error": "the pull's stream ended before success",
                         "events": events, "last": last}
@@ -760,6 +782,7 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
         case.samples.append({"run": run, "ok": False, "error": str(exc)})
         return
     sent0 = holder_bytes_sent(src)
+    wrote0 = io_chars(src[0].child)[1]
     first = bench.pull(puller, kill_at=kill_at)
     if not first.get("killed"):
         bench.stop([puller])
@@ -777,6 +800,7 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
     t_ready = now()
     second = bench.pull(again)
     sent1 = holder_bytes_sent(src)
+    wrote1 = io_chars(src[0].child)[1]
     bench.stop([again])
     bench.drop_data(again, keep)
     sample_: dict[str, Any] = {"run": run, "ok": bool(second["ok"]), "first": first,
@@ -784,17 +808,24 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
                                "restart_to_ready_s": rnd(t_ready - t_restart, 3)}
     if second["ok"]:
         resumed = int(second.get("resumed") or 0)
-        # Verified before the kill (as last reported) but not kept: a lower bound of the
-        # bytes fetched twice; the holders' counter, when they expose one, is exact.
-        lost = max(0, int(first["verified_at_kill"]) - resumed)
-        exact = None if sent0 is None or sent1 is None else sent1 - sent0 - bench.size
-        refetched = exact if exact is not None else lost
+        measures = {
+            # exact, when the holder's status has its blob counters
+            "holder blob bytes_sent": None if sent0 is None or sent1 is None
+            else sent1 - sent0 - bench.size,
+            # what the holder wrote to sockets and files over both pulls, framing included
+            "holder wchar": None if wrote0 is None or wrote1 is None
+            else wrote1 - wrote0 - bench.size,
+            # what the killed puller had read (framing included) and the restart did not keep
+            "puller rchar - resumed": None if first.get("puller_read_bytes") is None
+            else int(first["puller_read_bytes"]) - resumed,
+            # verified at the last progress event before the kill, and not kept: a lower bound
+            "verified at kill - resumed": max(0, int(first["verified_at_kill"]) - resumed)}
+        source, refetched = next((k, v) for k, v in measures.items() if v is not None)
+        refetched = max(0, refetched)
         sample_ |= {"resume_seconds": second["seconds"],
                     "restart_to_done_seconds": rnd(t_ready - t_restart + second["seconds"], 3),
-                    "resumed_bytes": resumed, "lost_verified_bytes": lost,
-                    "refetched_bytes": refetched,
-                    "refetched_source": "holders' bytes sent" if exact is not None
-                    else "verified at kill - resumed (lower bound)",
+                    "resumed_bytes": resumed, "refetched_measures": measures,
+                    "refetched_bytes": refetched, "refetched_source": source,
                     "refetched_chunks": rnd(refetched / bench.chunk_bytes, 2)
                     if bench.chunk_bytes else None,
                     "mb_s": second.get("mb_s"),
