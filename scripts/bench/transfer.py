@@ -247,9 +247,12 @@ def child_main(argv: Sequence[str]) -> None:
 # =========================================================================== orchestrator
 
 
+CHILD_SRC = [REPO_ROOT / "src"]  # --src replaces it
+
+
 def child_env() -> dict[str, str]:
-    """Children run this checkout's code (an editable install may point elsewhere)."""
-    src = str(REPO_ROOT / "src")
+    """Children run this checkout's code, or --src (an editable install may point elsewhere)."""
+    src = str(CHILD_SRC[0])
     old = os.environ.get("PYTHONPATH")
     return clean_env(PYTHONPATH=f"{src}{os.pathsep}{old}" if old else src,
                      MODEL_WARMUP_TOKENS="0")
@@ -424,9 +427,17 @@ def simple_cases(group: ProcessGroup, logs: Path, file: Path, size: int, runs: i
 # =========================================================================== the file
 
 
-def bundled_model() -> Path:
+def bundled_model(dir_: Path) -> Path:
+    """The bundled model's GGUF, hard-linked (else copied) to ``dir_/<model id>.gguf``."""
     from peerllm.inference.catalog import assemble_bundled
-    return Path(assemble_bundled())
+
+    cached = Path(assemble_bundled())
+    path = dir_ / f"{MODEL_ID}.gguf"
+    try:
+        os.link(cached, path)
+    except OSError:  # another file system
+        shutil.copyfile(cached, path)
+    return path
 
 
 RANDOM_MODEL_ID = "bench-random"
@@ -445,6 +456,29 @@ def random_file(dir_: Path, size_mb: int) -> Path:
             f.write(os.urandom(n))
             left -= n
     return path
+
+
+PRECOMPUTE = """
+import sys, time
+from pathlib import Path
+from peerllm.transfer.digests import DigestCache
+t0 = time.perf_counter()
+m = DigestCache().manifest(Path(sys.argv[1]))
+print(m.digest, m.chunk_bytes, m.count, round(time.perf_counter() - t0, 2))
+"""
+
+
+def precompute_manifest(path: Path) -> dict[str, Any]:
+    """The file's manifest, computed (or found) by the children's own DigestCache before
+    any node starts, so its sidecar is there when a holder is asked for the file."""
+    try:
+        out = subprocess.run([sys.executable, "-c", PRECOMPUTE, str(path)], env=child_env(),
+                             capture_output=True, text=True, timeout=600, check=True)
+        digest, chunk, count, seconds = out.stdout.split()
+    except (subprocess.SubprocessError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"digest": digest, "chunk_bytes": int(chunk), "chunks": int(count),
+            "seconds": float(seconds)}
 
 
 def sha256_of(path: Path) -> str:
@@ -479,10 +513,10 @@ def pull_events(api: str, ref: str, *, timeout_s: float = DONE_TIMEOUT_S
         for url, body in ((f"{api}/v1/models/pull", {"model": ref}),
                           (f"{api}/api/pull", {"model": ref, "stream": True})):
             with http.stream("POST", url, json=body) as resp:
-                if resp.status_code in (404, 405):
-                    continue
                 if resp.status_code >= 400:
                     resp.read()
+                    if no_such_route(resp):
+                        continue
                     raise RuntimeError(f"POST {url}: {resp.status_code} {resp.text[:300]}")
                 for line in resp.iter_lines():
                     line = line.strip()
@@ -495,6 +529,19 @@ def pull_events(api: str, ref: str, *, timeout_s: float = DONE_TIMEOUT_S
                         yield doc
                 return
         raise RuntimeError(f"{api} has neither POST /v1/models/pull nor POST /api/pull")
+
+
+def no_such_route(resp: httpx.Response) -> bool:
+    """The node has no such route (its 404/405 codes), as opposed to the route's own 404
+    (say, ``model_not_found``)."""
+    if resp.status_code not in (404, 405):
+        return False
+    try:
+        err = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return True
+    code = err.get("code") if isinstance(err, dict) else None
+    return code in (None, "not_found", "method_not_allowed")
 
 
 def event_done(ev: dict[str, Any]) -> bool:
@@ -563,10 +610,10 @@ class PullBench:
     digest: str | None = None  # the file's, to check what the puller registered
     holders: list[Node] = field(default_factory=list)
     serial: int = 0
+    tag: str = ""  # names its nodes and files; default sc-on / sc-off
 
-    @property
-    def tag(self) -> str:
-        return "sc-on" if self.side_channel else "sc-off"
+    def __post_init__(self) -> None:
+        self.tag = self.tag or ("sc-on" if self.side_channel else "sc-off")
 
     def config_file(self) -> Path:
         path = self.logs / f"node-{self.tag}.yaml"
@@ -589,7 +636,11 @@ class PullBench:
             if not node.child.alive():
                 raise RuntimeError(f"{node.name} exited: {node.child.log_tail(8)}")
             info = get_json(node.api + "/v1/node/info")
-            if not info or (model and not (local_model(info, self.model_id) or {}).get("digest")):
+            entry = local_model(info, self.model_id)
+            # A holder is ready once it lists the model with its digest (older code that
+            # has no digest field at all: once it lists the model).
+            if not info or (model and (entry is None or ("digest" in entry
+                                                         and not entry["digest"]))):
                 return None
             return info
         info = wait_until(up, timeout_s=timeout_s, interval_s=0.1)
@@ -668,9 +719,8 @@ class PullBench:
                 "idle_cpu_s_per_s_recv": rnd(cpu_delta(idle0[-1:], cpu0[-1:]))}
         read0 = io_chars(puller.child)[0]
         t0 = now()
-        first: dict[str, Any] = {}
         last: dict[str, Any] = {}
-        events = 0
+        events = resumed = 0
         try:
             for ev in pull_events(puller.api, ref or self.model_id):
                 events += 1
@@ -678,8 +728,7 @@ class PullBench:
                 if err:
                     return {"ok": False, "error": f"pull failed: {err}", "events": events}
                 prog = event_progress(ev)
-                if prog and not first:
-                    first = prog
+                resumed = max(resumed, int(prog.get("resumed") or 0))
                 last = prog or last
                 if event_done(ev):
                     break
@@ -706,8 +755,9 @@ class PullBench:
         used = [s for s in (last.get("sources") or [])
                 if isinstance(s, dict) and (s.get("bytes") or 0) > 0]
         info = self.pulled(puller)
-        return {"ok": True, **sample(self.size, seconds, send, recv), **idle,
-                "events": events, "resumed": first.get("resumed", 0),
+        # A resumed pull moves only what was not on disk yet: rates are of those bytes.
+        return {"ok": True, **sample(self.size - resumed, seconds, send, recv), **idle,
+                "file_bytes": self.size, "events": events, "resumed": resumed,
                 "sources_used": len(used) if used else None,
                 "sources": [{k: s.get(k) for k in ("label", "kind", "bytes", "state", "reason")}
                             for s in used],
@@ -877,7 +927,7 @@ def pull_cases(group: ProcessGroup, logs: Path, file: Path, *, size: int, digest
                 print(" " + brief(three.samples[-1]))
         bench.stop(bench.holders)
     cases.append(url_pull_case(PullBench(group, logs, True, model_args, model_id, size,
-                                         chunk_bytes, digest), file, runs, keep))
+                                         chunk_bytes, digest, tag="url"), file, runs, keep))
     for case in cases:
         if case.error is None and case.samples and not any(s["ok"] for s in case.samples):
             case.error = "every run failed: " + str(case.samples[-1].get("error"))
@@ -944,6 +994,17 @@ def brief(s: dict[str, Any]) -> str:
 
 
 # =========================================================================== summary
+
+
+def log_scan(logs: Path) -> dict[str, dict[str, Any]]:
+    """WARNING / ERROR / Traceback lines per child log (the first few kept verbatim)."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(logs.glob("*.log")):
+        hits = [line for line in path.read_text(errors="replace").splitlines()
+                if any(k in line for k in (" WARNING ", " ERROR ", "Traceback"))]
+        if hits:
+            out[path.stem] = {"lines": len(hits), "first": [h[:300] for h in hits[:5]]}
+    return out
 
 
 def mm(case: Case, key: str, digits: int = 1) -> str:
@@ -1030,6 +1091,9 @@ def print_summary(doc: dict[str, Any], cases: Sequence[Case]) -> None:
     if trows:
         print("\ntargets (issue #13; a resume's MB/s and CPU are of the second pull only)")
         print(table(trows, ["target", "value", "verdict", "why n/a"]))
+    if doc["log_scan"]:
+        print("\nWARNING/ERROR/Traceback lines in the logs: " + ", ".join(
+            f"{name} {v['lines']}" for name, v in doc["log_scan"].items()))
 
 
 # =========================================================================== main
@@ -1046,6 +1110,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     help="pull cases with models.side_channel on, off, or both (default)")
     ap.add_argument("--kill-at", type=float, default=0.5,
                     help="share of the file verified when the puller is killed (default 0.5)")
+    ap.add_argument("--src", type=Path, default=REPO_ROOT / "src",
+                    help="the peerllm source tree the children run (default this checkout's)")
     ap.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     ap.add_argument("--keep-logs", action="store_true",
                     help="keep the temp dir (logs, data dirs, pulled files)")
@@ -1060,22 +1126,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    CHILD_SRC[0] = args.src.resolve()
     slug = timestamp_slug()
     logs = Path(tempfile.mkdtemp(prefix=f"peerllm-transfer-{slug}-"))
     machine = machine_info()
     print(f"logs and data in {logs}")
     if args.size_mb:
-        file, model_args, model_id = random_file(logs, args.size_mb), [], RANDOM_MODEL_ID
-        model_args = ["--no-default-model", "--model", str(file)]
+        file, model_id = random_file(logs, args.size_mb), RANDOM_MODEL_ID
     else:
-        file, model_args, model_id = bundled_model(), [], MODEL_ID
+        file, model_id = bundled_model(logs), MODEL_ID
+    # Holders serve it as a model file: its path (and so its digest) is known from the start,
+    # which the bundled default's is not until it is first loaded.
+    model_args = ["--no-default-model", "--model", str(file)]
     size = file.stat().st_size
     digest = sha256_of(file)
-    from peerllm.wire.blob import DEFAULT_CHUNK_BYTES
+    manifest = precompute_manifest(file) if "pull" in args.cases else {}
+    chunk_bytes = int(manifest.get("chunk_bytes") or 0) or None
     sides = {"both": [True, False], "on": [True], "off": [False]}[args.side_channel]
     config = {"file": str(file), "size_bytes": size, "digest": digest, "runs": args.runs,
               "cases": args.cases, "kill_at_share": args.kill_at,
-              "chunk_bytes": DEFAULT_CHUNK_BYTES, "logs_dir": str(logs)}
+              "manifest": manifest, "src": str(CHILD_SRC[0]),
+              "logs_dir": str(logs)}
     cases: list[Case] = []
     failed = True
     try:
@@ -1089,12 +1160,12 @@ def main(argv: Sequence[str]) -> int:
                 cases += pull_cases(group, logs, file, size=size, digest=digest, runs=args.runs,
                                     model_args=model_args, model_id=model_id,
                                     side_channels=sides, kill_at=args.kill_at,
-                                    chunk_bytes=DEFAULT_CHUNK_BYTES, keep=args.keep_logs)
+                                    chunk_bytes=chunk_bytes, keep=args.keep_logs)
         failed = False
     finally:
         doc = {"benchmark": "transfer", "machine": machine, "config": config,
                "cases": [c.doc() for c in cases], "targets": targets(cases),
-               "interrupted": failed}
+               "log_scan": log_scan(logs), "interrupted": failed}
         path = write_results(args.out, "transfer", doc, slug)
         if not failed:
             print_summary(doc, cases)
