@@ -303,7 +303,8 @@ def sample(nbytes: int, seconds: float, send_cpu: float | None, recv_cpu: float 
     return {"bytes": nbytes, "seconds": rnd(seconds, 4), "mb_s": rnd(nbytes / seconds / 1e6, 1),
             "cpu_s_per_gb_send": rnd(per_gb(send_cpu, nbytes)),
             "cpu_s_per_gb_recv": rnd(per_gb(recv_cpu, nbytes)),
-            "cpu_s_send": rnd(send_cpu), "cpu_s_recv": rnd(recv_cpu), **extra}
+            "cpu_s_send": rnd(send_cpu), "cpu_s_recv": rnd(recv_cpu),
+            "load1_after": round(os.getloadavg()[0], 2), **extra}
 
 
 @dataclass
@@ -704,10 +705,12 @@ class PullBench:
             shutil.rmtree(node.data_dir, ignore_errors=True)
 
     def pull(self, puller: Node, *, kill_at: float | None = None, ref: str | None = None,
-             senders: Sequence[Child] | None = None) -> dict[str, Any]:
+             senders: Sequence[Child] | None = None,
+             counters: Callable[[], dict[str, int | None]] | None = None) -> dict[str, Any]:
         """One pull of ``ref`` (default the model id), timed from the request to "success";
         with ``kill_at`` (0..1), the puller is SIGKILLed once that share of the file is
-        verified. CPU is counted for ``senders`` (default the holders) and the puller."""
+        verified. CPU is counted for ``senders`` (default the holders) and the puller;
+        ``counters`` is read before the request and at the kill or the end."""
         nodes = [*(senders if senders is not None else [h.child for h in self.holders]),
                  puller.child]
         # One idle second first: what the nodes burn anyway (a young node refreshes its
@@ -717,7 +720,8 @@ class PullBench:
         cpu0 = cpu_of(nodes)
         idle = {"idle_cpu_s_per_s_send": rnd(cpu_delta(idle0[:-1], cpu0[:-1])),
                 "idle_cpu_s_per_s_recv": rnd(cpu_delta(idle0[-1:], cpu0[-1:]))}
-        read0 = io_chars(puller.child)[0]
+        at_start = counters() if counters else {}
+        cpu0 = cpu_of(nodes)
         t0 = now()
         last: dict[str, Any] = {}
         events = resumed = 0
@@ -736,13 +740,16 @@ class PullBench:
                 if kill_at is not None and done >= kill_at * self.size:
                     # SIGSTOP first: the byte counter read then is the last the process
                     # ever received; SIGKILL follows (no shutdown code runs either way).
+                    # A moment stopped lets the sender fill what the socket buffers take:
+                    # bytes sent then count as sent, though the puller never reads them.
                     signal_group(puller.child, signal.SIGSTOP)
-                    read_at_kill = io_chars(puller.child)[0]
+                    killed_after = now() - t0
+                    time.sleep(0.3)
+                    at_kill = counters() if counters else {}
                     kill9(puller.child)
-                    return {"ok": True, "killed": True, "kill_after_s": rnd(now() - t0, 3),
+                    return {"ok": True, "killed": True, "kill_after_s": rnd(killed_after, 3),
                             "verified_at_kill": done, "events": events,
-                            "puller_read_bytes": None if read_at_kill is None or read0 is None
-                            else read_at_kill - read0}
+                            "counters": counter_delta(at_start, at_kill)}
             else:
                 return {"ok": False, "error": "the pull's stream ended before success",
                         "events": events, "last": last}
@@ -754,6 +761,7 @@ class PullBench:
         recv = cpu_delta(cpu0[-1:], cpu1[-1:])
         used = [s for s in (last.get("sources") or [])
                 if isinstance(s, dict) and (s.get("bytes") or 0) > 0]
+        at_end = counters() if counters else {}
         info = self.pulled(puller)
         # A resumed pull moves only what was not on disk yet: rates are of those bytes.
         return {"ok": True, **sample(self.size - resumed, seconds, send, recv), **idle,
@@ -761,7 +769,8 @@ class PullBench:
                 "sources_used": len(used) if used else None,
                 "sources": [{k: s.get(k) for k in ("label", "kind", "bytes", "state", "reason")}
                             for s in used],
-                "digest": info.get("digest"), "registered": bool(info)}
+                "digest": info.get("digest"), "registered": bool(info),
+                "counters": counter_delta(at_start, at_end)}
 
 
 def blob_stats(node: Node) -> dict[str, int] | None:
@@ -784,6 +793,46 @@ def holder_bytes_sent(nodes: Sequence[Node]) -> int | None:
     stats = [blob_stats(n) for n in nodes]
     return None if any(s is None for s in stats) else sum(
         s["bytes_sent"] for s in stats if s is not None)
+
+
+def tcp_acked(sender: Child, receiver: Child) -> int | None:
+    """Bytes the receiver's kernel has acknowledged on every TCP connection open now from
+    ``sender`` to ``receiver`` (``ss``'s bytes_acked; closed connections are not seen)."""
+    try:
+        ports = {c.laddr.port for c in psutil.Process(receiver.pid).net_connections("tcp")}
+        out = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (psutil.Error, OSError, subprocess.SubprocessError):
+        return None
+    total = 0
+    head: list[str] = []
+    for line in out.splitlines():
+        if not line[:1].isspace():  # a socket's line; its details follow, indented
+            head = line.split()
+            continue
+        mine = len(head) >= 5 and any(f"pid={sender.pid}," in c for c in head[4:])
+        if mine and head[3].rpartition(":")[2].isdigit() and int(
+                head[3].rpartition(":")[2]) in ports:
+            acked = next((w for w in line.split() if w.startswith("bytes_acked:")), None)
+            total += int(acked.split(":")[1]) if acked else 0
+        head = []
+    return total
+
+
+def transfer_counters(holders: Sequence[Node], puller: Node) -> dict[str, int | None]:
+    """Every byte counter that can tell how much crossed from the holders to the puller."""
+    wchar = [io_chars(h.child)[1] for h in holders]
+    tcp = [tcp_acked(h.child, puller.child) for h in holders]
+    return {"holder_blob_bytes_sent": holder_bytes_sent(holders),
+            "holder_wchar": None if None in wchar else sum(w or 0 for w in wchar),
+            "holder_tcp_acked": None if None in tcp else sum(t or 0 for t in tcp),
+            "puller_rchar": io_chars(puller.child)[0]}
+
+
+def counter_delta(before: dict[str, int | None],
+                  after: dict[str, int | None]) -> dict[str, int | None]:
+    return {k: None if before.get(k) is None or after.get(k) is None
+            else int(after[k] or 0) - int(before[k] or 0) for k in after}
 
 
 def stats_delta(before: Sequence[dict[str, int] | None],
@@ -824,6 +873,35 @@ def one_pull(bench: PullBench, case: Case, run: int, sources: Sequence[Node],
     case.samples.append({"run": run, "puller_age_s": rnd(t_age, 1), **result})
 
 
+def refetch_measures(first: dict[str, Any], second: dict[str, Any], size: int,
+                     resumed: int) -> dict[str, int | None]:
+    """The bytes fetched twice, counted every way there is, the most exact first; a count
+    that cannot be right (the file not even sent once) is None."""
+    c1, c2 = first.get("counters") or {}, second.get("counters") or {}
+
+    def over_both(key: str) -> int | None:
+        if c1.get(key) is None or c2.get(key) is None:
+            return None
+        extra = int(c1[key]) + int(c2[key]) - size
+        return extra if extra >= 0 else None
+
+    rchar = c1.get("puller_rchar")
+    return {
+        # the holder's blob counter, when its status has one: exact
+        "holder blob bytes_sent": over_both("holder_blob_bytes_sent"),
+        # what the holder wrote with write(): every TLS side-channel byte, framing included;
+        # trio's socket sends are not counted, so without the side channel this is None
+        "holder wchar": over_both("holder_wchar"),
+        # bytes acked on the holder->puller connections open at the readings: the libp2p
+        # connection (framing included); side channels closed before a reading are missed
+        "holder tcp bytes_acked": over_both("holder_tcp_acked"),
+        # what the killed puller had read with read() and the restart did not keep
+        "puller rchar - resumed": None if rchar is None or rchar < first["verified_at_kill"]
+        else int(rchar) - resumed,
+        # verified at the last progress event before the kill and not kept: a lower bound
+        "verified at kill - resumed": max(0, int(first["verified_at_kill"]) - resumed)}
+
+
 def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: bool) -> None:
     src = bench.holders[:1]
     try:
@@ -831,9 +909,8 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
     except RuntimeError as exc:
         case.samples.append({"run": run, "ok": False, "error": str(exc)})
         return
-    sent0 = holder_bytes_sent(src)
-    wrote0 = io_chars(src[0].child)[1]
-    first = bench.pull(puller, kill_at=kill_at)
+    first = bench.pull(puller, kill_at=kill_at,
+                       counters=lambda: transfer_counters(src, puller))
     if not first.get("killed"):
         bench.stop([puller])
         bench.drop_data(puller, keep)
@@ -848,9 +925,7 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
         case.samples.append({"run": run, "ok": False, "first": first, "error": str(exc)})
         return
     t_ready = now()
-    second = bench.pull(again)
-    sent1 = holder_bytes_sent(src)
-    wrote1 = io_chars(src[0].child)[1]
+    second = bench.pull(again, counters=lambda: transfer_counters(src, again))
     bench.stop([again])
     bench.drop_data(again, keep)
     sample_: dict[str, Any] = {"run": run, "ok": bool(second["ok"]), "first": first,
@@ -858,20 +933,8 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
                                "restart_to_ready_s": rnd(t_ready - t_restart, 3)}
     if second["ok"]:
         resumed = int(second.get("resumed") or 0)
-        measures = {
-            # exact, when the holder's status has its blob counters
-            "holder blob bytes_sent": None if sent0 is None or sent1 is None
-            else sent1 - sent0 - bench.size,
-            # what the holder wrote to sockets and files over both pulls, framing included
-            "holder wchar": None if wrote0 is None or wrote1 is None
-            else wrote1 - wrote0 - bench.size,
-            # what the killed puller had read (framing included) and the restart did not keep
-            "puller rchar - resumed": None if first.get("puller_read_bytes") is None
-            else int(first["puller_read_bytes"]) - resumed,
-            # verified at the last progress event before the kill, and not kept: a lower bound
-            "verified at kill - resumed": max(0, int(first["verified_at_kill"]) - resumed)}
+        measures = refetch_measures(first, second, bench.size, resumed)
         source, refetched = next((k, v) for k, v in measures.items() if v is not None)
-        refetched = max(0, refetched)
         sample_ |= {"resume_seconds": second["seconds"],
                     "restart_to_done_seconds": rnd(t_ready - t_restart + second["seconds"], 3),
                     "resumed_bytes": resumed, "refetched_measures": measures,
