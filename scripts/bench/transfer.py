@@ -8,9 +8,10 @@ for a random file instead), sender and receiver in separate processes on 127.0.0
   libp2p  one stream between two py-libp2p hosts built like PeerLLM's
           (``peerllm.p2p.host.open_host``: TCP + Noise + Yamux), writes of 65,507 B and 1 MiB
   http    a GET of the file from hypercorn + starlette (FileResponse), read with httpx
-  pull    ``peerllm node`` daemons: holders serve the bundled model, a puller without it
+  pull    ``peerllm node`` daemons: holders serve the file (``--model``), a fresh puller
           pulls it through its HTTP API, from 1 source and from 3; kill -9 of the puller
-          mid-transfer and the resumed pull; with ``models.side_channel`` on and off
+          mid-transfer and the resumed pull; with ``models.side_channel`` on and off; and
+          a pull of the file's URL from the http case's server
 
 Per case and run: MB/s (10^6 B/s) and CPU seconds per GB (user+sys, psutil, of the sender
 and of the receiver processes, from just before to just after the transfer); for a resume,
