@@ -71,7 +71,7 @@ from _common import (
 MODEL_ID = "gemma3-270m-q4_k_m"
 MIB = 1 << 20
 BULK_PROTOCOL = "/peerllm-bench/bulk/1.0.0"
-ALL_CASES = ("tcp", "libp2p", "http", "pull")
+ALL_CASES = ("tcp", "libp2p", "http", "pull", "url")
 # The issue's targets (#13, Deliver 8).
 PULL_MBPS_TARGET = 110.0  # MB/s from one source; three sources must do better
 CPU_S_PER_GB_TARGET = 2.0  # on each side
@@ -199,11 +199,12 @@ def _http_send(ctl: Path, a: dict[str, Any]) -> None:
     async def ping(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/model.gguf", model), Route("/ping", ping)])
+    name = Path(a["file"]).name  # a URL pull names the model after the file, as ours
+    app = Starlette(routes=[Route(f"/{name}", model), Route("/ping", ping)])
     cfg = Config()
     cfg.bind = [f"127.0.0.1:{a['port']}"]
     cfg.accesslog = None
-    _ctl_write(ctl, "ready.json", {"url": f"http://127.0.0.1:{a['port']}/model.gguf"})
+    _ctl_write(ctl, "ready.json", {"url": f"http://127.0.0.1:{a['port']}/{name}"})
     trio.run(serve, app, cfg)
 
 
@@ -561,8 +562,8 @@ def event_progress(ev: dict[str, Any]) -> dict[str, Any]:
     """completed / total / resumed / sources of an event, whichever it carries."""
     inner = ev.get("progress")
     prog: dict[str, Any] = inner if isinstance(inner, dict) else ev
-    return {k: prog.get(k) for k in ("completed", "total", "resumed", "sources", "state")
-            if prog.get(k) is not None}
+    return {k: prog.get(k) for k in ("completed", "total", "resumed", "sources", "state",
+                                     "model") if prog.get(k) is not None}
 
 
 def signal_group(child: Child, sig: signal.Signals) -> None:
@@ -638,11 +639,12 @@ class PullBench:
             if not node.child.alive():
                 raise RuntimeError(f"{node.name} exited: {node.child.log_tail(8)}")
             info = get_json(node.api + "/v1/node/info")
-            entry = local_model(info, self.model_id)
-            # A holder is ready once it lists the model with its digest (older code that
+            if not info or not model:
+                return info
+            # A holder is ready once it knows the model's digest (code whose model status
             # has no digest field at all: once it lists the model).
-            if not info or (model and (entry is None or ("digest" in entry
-                                                         and not entry["digest"]))):
+            status = get_json(f"{node.api}/v1/models/{self.model_id}")
+            if not status or ("digest" in status and not status["digest"]):
                 return None
             return info
         info = wait_until(up, timeout_s=timeout_s, interval_s=0.1)
@@ -691,12 +693,16 @@ class PullBench:
             raise RuntimeError(f"{node.name} did not see {len(want)} holder(s) with "
                                f"{self.model_id} within 60 s")
 
-    def pulled(self, puller: Node) -> dict[str, Any]:
-        """The puller's model entry for the file: by digest, else by the model id."""
+    def pulled(self, puller: Node, model_id: str | None) -> dict[str, Any]:
+        """What the puller now says of the model it pulled (the id the pull's last event
+        named, else ours): ``{"id", "registered", "digest"}``."""
         info = get_json(puller.api + "/v1/node/info") or {}
-        models = info.get("models", [])
-        return next((m for m in models if m.get("digest") == self.digest), None) or next(
-            (m for m in models if m.get("id") == self.model_id), {})
+        models = [m.get("id") for m in info.get("models", [])]
+        # the puller started with no model: the one it lists now is the one it pulled
+        mid = model_id or (models[0] if len(models) == 1 else self.model_id)
+        listed = local_model(info, mid)
+        status = get_json(f"{puller.api}/v1/models/{mid}") or {}
+        return {"id": mid, "registered": listed is not None, "digest": status.get("digest")}
 
     def stop(self, nodes: Sequence[Node]) -> None:
         self.group.stop([n.child for n in nodes])
@@ -763,14 +769,14 @@ class PullBench:
         used = [s for s in (last.get("sources") or [])
                 if isinstance(s, dict) and (s.get("bytes") or 0) > 0]
         at_end = counters() if counters else {}
-        info = self.pulled(puller)
+        info = self.pulled(puller, last.get("model"))
         # A resumed pull moves only what was not on disk yet: rates are of those bytes.
         return {"ok": True, **sample(self.size - resumed, seconds, send, recv), **idle,
                 "file_bytes": self.size, "events": events, "resumed": resumed,
                 "sources_used": len(used) if used else None,
                 "sources": [{k: s.get(k) for k in ("label", "kind", "bytes", "state", "reason")}
                             for s in used],
-                "digest": info.get("digest"), "registered": bool(info),
+                "model": info["id"], "digest": info["digest"], "registered": info["registered"],
                 "counters": counter_delta(at_start, at_end)}
 
 
@@ -856,6 +862,20 @@ def partial_files(node: Node) -> list[dict[str, Any]]:
             if ".partial" in p.name]
 
 
+def check_pulled(result: dict[str, Any], digest: str | None) -> dict[str, Any]:
+    """A successful pull must leave the model registered, with the file's digest when the
+    node's model status shows one."""
+    if not result["ok"]:
+        return result
+    if not result.get("registered"):
+        return result | {"ok": False, "error": f"{result.get('model')} is not listed by the "
+                         "puller after the pull"}
+    if result.get("digest") not in (None, digest):
+        return result | {"ok": False, "error": f"pulled digest {result['digest']} is not "
+                         "the file's"}
+    return result
+
+
 def one_pull(bench: PullBench, case: Case, run: int, sources: Sequence[Node],
              keep: bool) -> None:
     try:
@@ -869,9 +889,8 @@ def one_pull(bench: PullBench, case: Case, run: int, sources: Sequence[Node],
     result["holders_blob_stats"] = stats_delta(stats0, [blob_stats(h) for h in sources])
     bench.stop([puller])
     bench.drop_data(puller, keep)
-    if result["ok"] and result.get("digest") not in (None, bench.digest):
-        result |= {"ok": False, "error": f"pulled digest {result['digest']} is not the file's"}
-    case.samples.append({"run": run, "puller_age_s": rnd(t_age, 1), **result})
+    case.samples.append({"run": run, "puller_age_s": rnd(t_age, 1),
+                         **check_pulled(result, bench.digest)})
 
 
 def refetch_measures(first: dict[str, Any], second: dict[str, Any], size: int,
@@ -926,7 +945,8 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
         case.samples.append({"run": run, "ok": False, "first": first, "error": str(exc)})
         return
     t_ready = now()
-    second = bench.pull(again, counters=lambda: transfer_counters(src, again))
+    second = check_pulled(bench.pull(again, counters=lambda: transfer_counters(src, again)),
+                          bench.digest)
     bench.stop([again])
     bench.drop_data(again, keep)
     sample_: dict[str, Any] = {"run": run, "ok": bool(second["ok"]), "first": first,
@@ -990,11 +1010,6 @@ def pull_cases(group: ProcessGroup, logs: Path, file: Path, *, size: int, digest
                 one_pull(bench, three, i, bench.holders, keep)
                 print(" " + brief(three.samples[-1]))
         bench.stop(bench.holders)
-    cases.append(url_pull_case(PullBench(group, logs, True, model_args, model_id, size,
-                                         chunk_bytes, digest, tag="url"), file, runs, keep))
-    for case in cases:
-        if case.error is None and case.samples and not any(s["ok"] for s in case.samples):
-            case.error = "every run failed: " + str(case.samples[-1].get("error"))
     return cases
 
 
@@ -1035,10 +1050,7 @@ def url_pull_case(bench: PullBench, file: Path, runs: int, keep: bool) -> Case:
             result = bench.pull(puller, ref=url, senders=[server])
             bench.stop([puller])
             bench.drop_data(puller, keep)
-            if result["ok"] and result.get("digest") != bench.digest:
-                result |= {"ok": False, "error": f"pulled digest {result.get('digest')} "
-                           "is not the file's"}
-            case.samples.append({"run": i, **result})
+            case.samples.append({"run": i, **check_pulled(result, bench.digest)})
         print(" " + brief(case.samples[-1]))
     bench.group.stop([server])
     return case
@@ -1204,7 +1216,7 @@ def main(argv: Sequence[str]) -> int:
     model_args = ["--no-default-model", "--model", str(file)]
     size = file.stat().st_size
     digest = sha256_of(file)
-    manifest = precompute_manifest(file) if "pull" in args.cases else {}
+    manifest = precompute_manifest(file) if {"pull", "url"} & set(args.cases) else {}
     chunk_bytes = int(manifest.get("chunk_bytes") or 0) or None
     sides = {"both": [True, False], "on": [True], "off": [False]}[args.side_channel]
     config = {"file": str(file), "size_bytes": size, "digest": digest, "runs": args.runs,
@@ -1215,7 +1227,7 @@ def main(argv: Sequence[str]) -> int:
     failed = True
     try:
         with managed_processes() as group:
-            simple = [c for c in args.cases if c != "pull"]
+            simple = [c for c in args.cases if c in ("tcp", "libp2p", "http")]
             if simple:
                 print(f"tcp / libp2p / http: {', '.join(simple)}")
                 cases += simple_cases(group, logs, file, size, args.runs, simple)
@@ -1225,8 +1237,16 @@ def main(argv: Sequence[str]) -> int:
                                     model_args=model_args, model_id=model_id,
                                     side_channels=sides, kill_at=args.kill_at,
                                     chunk_bytes=chunk_bytes, keep=args.keep_logs)
+            if "url" in args.cases:
+                print("pull from a URL")
+                bench = PullBench(group, logs, True, model_args, model_id, size, chunk_bytes,
+                                  digest, tag="url")
+                cases.append(url_pull_case(bench, file, args.runs, args.keep_logs))
         failed = False
     finally:
+        for case in cases:
+            if case.error is None and case.samples and not any(x["ok"] for x in case.samples):
+                case.error = "every run failed: " + str(case.samples[-1].get("error"))
         doc = {"benchmark": "transfer", "machine": machine, "config": config,
                "cases": [c.doc() for c in cases], "targets": targets(cases),
                "log_scan": log_scan(logs), "interrupted": failed}
