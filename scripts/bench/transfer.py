@@ -71,7 +71,7 @@ from _common import (
 MODEL_ID = "gemma3-270m-q4_k_m"
 MIB = 1 << 20
 BULK_PROTOCOL = "/peerllm-bench/bulk/1.0.0"
-ALL_CASES = ("tcp", "libp2p", "http", "pull", "url")
+ALL_CASES = ("disk", "tcp", "libp2p", "http", "pull", "url")
 # The issue's targets (#13, Deliver 8).
 PULL_MBPS_TARGET = 110.0  # MB/s from one source; three sources must do better
 CPU_S_PER_GB_TARGET = 2.0  # on each side
@@ -235,7 +235,29 @@ def _http_recv(ctl: Path, a: dict[str, Any]) -> None:
     trio.run(main)
 
 
+def _disk_write(ctl: Path, a: dict[str, Any]) -> None:
+    """What writing the file costs, alone: 4 MiB pwrites into a new file next to the
+    pullers' data dirs (the floor of a pull's receiver CPU on this disk)."""
+    buf = os.urandom(4 * MIB)
+    _ctl_write(ctl, "ready.json", {})
+    for i in range(a["runs"]):
+        while not (ctl / f"go-{i}").exists():
+            time.sleep(0.002)
+        path = ctl.parent.parent / f"disk-write-{i}.bin"
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for off in range(0, a["size"], len(buf)):
+                os.pwrite(fd, buf[:min(len(buf), a["size"] - off)], off)
+        finally:
+            os.close(fd)
+        seconds = time.perf_counter() - t0
+        path.unlink()
+        _ctl_write(ctl, f"done-{i}.json", {"bytes": a["size"], "seconds": seconds})
+
+
 ROLES: dict[str, Callable[[Path, dict[str, Any]], None]] = {
+    "disk-write": _disk_write,
     "tcp-send": _tcp_send, "tcp-recv": _tcp_recv, "p2p-send": _p2p_send,
     "p2p-recv": _p2p_recv, "http-send": _http_send, "http-recv": _http_recv,
 }
@@ -337,22 +359,24 @@ class Pair:
     """A sender and a receiver child that move the file once per go-file."""
 
     case: Case
-    sender: Child
+    sender: Child | None  # None: the receiver alone (the disk-write floor)
     receiver: Child
     ctl: Path
 
     def run(self, i: int, size: int) -> None:
-        before = cpu_of([self.sender]), cpu_of([self.receiver])
+        senders = [self.sender] if self.sender else []
+        before = cpu_of(senders), cpu_of([self.receiver])
         (self.ctl / f"go-{i}").touch()
         try:
             done = wait_file(self.ctl / f"done-{i}.json", self.receiver, DONE_TIMEOUT_S)
         except RuntimeError as exc:
             self.case.samples.append({"run": i, "ok": False, "error": str(exc)})
             return
-        after = cpu_of([self.sender]), cpu_of([self.receiver])
+        after = cpu_of(senders), cpu_of([self.receiver])
         ok = done["bytes"] == size
         self.case.samples.append({"run": i, "ok": ok, **sample(
-            done["bytes"], done["seconds"], cpu_delta(before[0], after[0]),
+            done["bytes"], done["seconds"],
+            cpu_delta(before[0], after[0]) if senders else None,
             cpu_delta(before[1], after[1]))} | ({} if ok else {
                 "error": f"received {done['bytes']} of {size} bytes"}))
 
@@ -387,7 +411,7 @@ def _p2p_recv_args(ready: dict[str, Any], *, port: int, runs: int) -> dict[str, 
 
 def simple_cases(group: ProcessGroup, logs: Path, file: Path, size: int, runs: int,
                  wanted: Sequence[str]) -> list[Case]:
-    """tcp, libp2p and http: every pair started first, then the runs interleaved."""
+    """disk, tcp, libp2p and http: every pair started first, then the runs interleaved."""
     pairs: list[Pair] = []
     cases: list[Case] = []
     if "tcp" in wanted:
@@ -409,6 +433,17 @@ def simple_cases(group: ProcessGroup, logs: Path, file: Path, size: int, runs: i
                               {"file": str(file), "write": write, "port": sport}, "p2p-recv",
                               functools.partial(_p2p_recv_args, port=rport, runs=runs))
             pairs += [pair] if pair else []
+    if "disk" in wanted:
+        case = Case("disk-write", "disk", {"write": "pwrite 4 MiB into a new file",
+                                           "dir": str(logs)})
+        cases.append(case)
+        try:
+            writer, wctl = spawn_role(group, logs, "disk-write", "disk-write",
+                                      {"size": size, "runs": runs})
+            wait_file(wctl / "ready.json", writer, 60)
+            pairs.append(Pair(case, None, writer, wctl))
+        except RuntimeError as exc:
+            case.error = f"could not start: {exc}"
     if "http" in wanted:
         case = Case("http", "http", {"server": "hypercorn (trio) + starlette FileResponse, "
                                      "1 MiB chunks", "client": "httpx.AsyncClient, aiter_raw"})
@@ -423,7 +458,7 @@ def simple_cases(group: ProcessGroup, logs: Path, file: Path, size: int, runs: i
             pair.run(i, size)
             last = pair.case.samples[-1]
             print(f" {last.get('mb_s', '–')} MB/s" if last["ok"] else f" failed: {last['error']}")
-    group.stop([c for p in pairs for c in (p.receiver, p.sender)])
+    group.stop([c for p in pairs for c in (p.receiver, p.sender) if c is not None])
     return cases
 
 
@@ -1227,9 +1262,9 @@ def main(argv: Sequence[str]) -> int:
     failed = True
     try:
         with managed_processes() as group:
-            simple = [c for c in args.cases if c in ("tcp", "libp2p", "http")]
+            simple = [c for c in args.cases if c in ("disk", "tcp", "libp2p", "http")]
             if simple:
-                print(f"tcp / libp2p / http: {', '.join(simple)}")
+                print(f"one process to another: {', '.join(simple)}")
                 cases += simple_cases(group, logs, file, size, args.runs, simple)
             if "pull" in args.cases:
                 print(f"pull ({args.side_channel} side channel)")
