@@ -105,6 +105,34 @@ class NodeClient:
                 if choice.get("text"):
                     yield choice["text"]
 
+    async def pull(self, ref: str, *, digest: str | None = None
+                   ) -> AsyncIterator[dict[str, Any]]:
+        """Pull a model into the daemon (``POST /v1/models/pull``) and stream its progress
+        documents (``status``, ``state``, ``total``, ``completed``, ``rate_bps``,
+        ``eta_s``, ``sources``...), the last with ``status`` "success".
+
+        The pull runs in the daemon: leaving early (Ctrl-C) leaves it running, and a
+        second call joins it (or resumes its partial file).
+        """
+        body: dict[str, Any] = {"model": ref}
+        if digest is not None:
+            body["digest"] = digest
+        async for event in self._sse("/v1/models/pull", body):
+            yield event
+
+    async def transfers(self) -> list[dict[str, Any]]:
+        """Downloads in flight and recently finished (``GET /v1/transfers``)."""
+        doc: dict[str, Any] = await self.get("/v1/transfers")
+        return list(doc["transfers"])
+
+    async def delete(self, model: str, *, cancel: bool = False) -> None:
+        """Stop serving ``model`` here and delete its file if it was pulled (a file given
+        with --model stays on disk). ``cancel``: stop its running requests rather than
+        wait for them."""
+        body: dict[str, Any] = {"model": model, "cancel": cancel}
+        async with self._request("DELETE", "/api/delete", body=body) as resp:
+            await resp.aread()
+
     @asynccontextmanager
     async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                        body: dict[str, Any] | None = None) -> AsyncIterator[httpx.Response]:

@@ -309,10 +309,11 @@ class InferenceError(PeerLLMError):
 
 
 class ModelNotFound(InferenceError):
-    """No model with this id is configured on this node (the caller asked for it)."""
+    """No model with this id is configured on this node (the caller asked for it), or
+    not the version a pinned id (``id@<digest prefix>``) names; ``reason`` says which."""
 
-    def __init__(self, model_id: str) -> None:
-        super().__init__(model_id, "no such model on this node")
+    def __init__(self, model_id: str, *, reason: str = "no such model on this node") -> None:
+        super().__init__(model_id, reason)
 
 
 class ModelLoadError(InferenceError):

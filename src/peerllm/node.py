@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .auth.credentials import NodeCredentials
 from .auth.usage import UsageLedger
 from .config import NodeConfig
 from .config.audit import AUDIT_FILE
+from .errors import ModelNotFound
 from .events import Done, TokenChunk
 from .identity import Identity, default_data_dir, load_identity
 from .inference._concurrency import reraise_unwrapped
@@ -34,17 +36,22 @@ from .inference.specs import ModelSpec, node_specs
 from .mesh.accounting import Accounting
 from .mesh.audited import SubjectNotes, audit_served
 from .mesh.breakers import BreakerBook
+from .mesh.digesting import Digests, keep_digests
+from .mesh.distribution import build_distribution, models_root, open_http
 from .mesh.documents import Json, info_document, limits_doc, peer_row
 from .mesh.embedding import PlacedEmbeddings, serve_embedder
 from .mesh.explain import explain
 from .mesh.forwarding import ForwardedRequests
 from .mesh.gossip import RevocationGossip
+from .mesh.installing import StoreInstaller, stored_specs
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
+from .mesh.pulls import Pulls
 from .mesh.routed import Routed
 from .mesh.router import Router, breaker_config
 from .mesh.serving import serve_generator
 from .metrics import Metrics
+from .p2p.blob import BlobServer
 from .p2p.dht import Dht, open_dht
 from .p2p.embed import EmbedClient, EmbedServer
 from .p2p.host import P2PHost, open_host
@@ -57,6 +64,8 @@ from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
 from .scheduling.filter import Policy
 from .security_events import PeerLimit, PeerLimitHook
+from .transfer.store import ModelStore
+from .wire import blob as wb
 from .wire import embed as we
 from .wire import infer as wi
 from .wire import nodeinfo as wni
@@ -94,6 +103,11 @@ class Node:
         self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
         self.api_url: str | None = None  # set by whoever serves the HTTP API
+        self.digests = Digests()  # our model files' manifests by digest (mesh/digesting.py)
+        self.pulls: Pulls | None = None  # model downloads (set by open_node)
+        self.store: ModelStore | None = None  # pulled model files (set by open_node)
+        self.blob_server: BlobServer | None = None  # serves our model files to peers
+        self.installer: StoreInstaller | None = None  # pulled files in, deleted models out
         self._started_mono = trio.current_time()
 
     # -- what we are -----------------------------------------------------------------
@@ -252,6 +266,18 @@ class Node:
                 elif isinstance(ev, Done):
                     return
 
+    async def delete_model(self, model_id: str, *, cancel: bool = False) -> bool:
+        """Stop serving ``model_id`` here (its running requests finish first, or are
+        ended with ``cancel``) and delete its file if it was pulled; True when a file was
+        deleted (a --model or models.yaml file is never deleted, only unregistered).
+
+        Raises:
+            ModelNotFound: this node does not serve it.
+        """
+        if self.installer is None:
+            raise ModelNotFound(model_id)
+        return await self.installer.remove(model_id, cancel=cancel) is not None
+
     # -- finding others --------------------------------------------------------------
 
     async def find_by_name(self, name: str) -> NameLookup | None:
@@ -308,6 +334,10 @@ async def open_node(config: NodeConfig | None = None, *,
     identity = load_identity(data_dir, name=cfg.node.name, node_id=cfg.node.id,
                              location=cfg.node.location, tags=cfg.node.tags)
     specs = model_specs(cfg)
+    store = ModelStore(models_root(cfg, data_dir))
+    specs += stored_specs(store, taken={spec.id for spec in specs},
+                          context_size=cfg.inference.context_size,
+                          gpu_layers=cfg.inference.gpu_layers)
     authority = Authority(data_dir=data_dir, config=cfg.auth)
     # Honour the revocations kept on disk before anything is served.
     authority.revocations.rescan(now=time.time())
@@ -317,9 +347,9 @@ async def open_node(config: NodeConfig | None = None, *,
                 data_dir / AUDIT_FILE, node=identity.peer_id, max_bytes=cfg.audit.max_bytes,
                 backups=cfg.audit.backups, rate_per_s=cfg.audit.lines_per_s)) \
                 if cfg.audit.enabled else NULL_AUDIT
+            # Always a registry, empty or not: a pulled model joins it while we run.
             registry = await stack.enter_async_context(
-                open_registry(specs, config=cfg.inference, backend=backend)) \
-                if specs else None
+                open_registry(specs, config=cfg.inference, backend=backend))
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
                 network_key=network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
@@ -327,9 +357,18 @@ async def open_node(config: NodeConfig | None = None, *,
             dht: Dht | None = await stack.enter_async_context(
                 open_dht(host, identity, audit=audit)) if cfg.discovery.dht else None
             nursery = await stack.enter_async_context(trio.open_nursery())
-            node = _compose(cfg, data_dir, identity, host, dht,
-                            Engine(registry) if registry is not None else None, authority,
+            node = _compose(cfg, data_dir, identity, host, dht, Engine(registry), authority,
                             audit)
+            models = build_distribution(
+                config=cfg, data_dir=data_dir, host=host, peers=node.registry,
+                membership=node.membership, authority=authority,
+                registry=lambda: node.engine.registry if node.engine is not None else None,
+                store=store, digests=node.digests,
+                http=await stack.enter_async_context(open_http()),
+                on_limited=_on_peer_limited(node.metrics, audit))
+            node.store, node.pulls = store, models.pulls
+            node.blob_server, node.installer = models.blob_server, models.installer
+            host.set_handler(wb.PROTOCOL_ID, models.blob_server.handle)
             host.set_handler(wi.PROTOCOL_ID, node.infer_server.handle)
             host.set_handler(we.PROTOCOL_ID, node.embed_server.handle)
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
@@ -337,6 +376,12 @@ async def open_node(config: NodeConfig | None = None, *,
                              timeout_s=REVOCATION_PUSH_S)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
+            await nursery.start(models.pulls.run)
+            # One digest cache (and its fallback folder) for the digest task and the
+            # blob catalog: a pulled file's manifest, cached at install, is not re-read.
+            nursery.start_soon(partial(keep_digests, registry, models.cache,
+                                       on_change=node.membership.announce,
+                                       digests=node.digests))
             try:
                 yield node
             finally:

@@ -41,6 +41,9 @@ BODIES = {"/v1/chat/completions": {"model": "nosuch", "messages": [
     "/api/generate": {"model": "nosuch", "prompt": "hi"},
     "/api/embed": {"model": "nosuch", "input": "hi"},
     "/api/show": {"model": "nosuch"},
+    "/api/pull": {"model": "nosuch"},
+    "/api/delete": {"model": "nosuch"},
+    "/v1/models/pull": {"model": "nosuch"},
     "/v1/auth/tokens": {"role": "readonly", "name": "made-by-admin", "ttl_s": 60}}
 
 

@@ -371,9 +371,8 @@ def test_the_root_says_ollama_is_running(served: Served, method: str) -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "what"), [
-    ("POST", "/api/pull", "pulling"), ("POST", "/api/push", "pushing"),
-    ("POST", "/api/create", "creating"), ("POST", "/api/copy", "copying"),
-    ("DELETE", "/api/delete", "deleting")])
+    ("POST", "/api/push", "pushing"),
+    ("POST", "/api/create", "creating"), ("POST", "/api/copy", "copying")])
 def test_model_management_of_ollama_is_a_501_in_its_shape(served: Served, method: str,
                                                           path: str, what: str) -> None:
     resp = served.http.request(method, path, json={"model": FAKE_MODEL})

@@ -64,12 +64,15 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("POST", "/v1/models/{model_id:path}/warmup"): OP,
     ("POST", "/v1/models/{model_id:path}/unload"): OP,
     ("DELETE", "/v1/models/{model_id:path}"): OP,
-    # Ollama model management: 501 until model distribution lands (ollama_unsupported)
+    # getting models (api/pulls.py): pulls write to the disk, the list is a status
+    ("POST", "/v1/models/pull"): OP,
+    ("GET", "/v1/transfers"): R,
     ("POST", "/api/pull"): OP,
+    ("DELETE", "/api/delete"): OP,
+    # Ollama model management peerllm does not serve: a 501 (ollama_unsupported)
     ("POST", "/api/push"): OP,
     ("POST", "/api/create"): OP,
     ("POST", "/api/copy"): OP,
-    ("DELETE", "/api/delete"): OP,
     # tokens
     ("GET", "/v1/auth/tokens"): A,
     ("POST", "/v1/auth/tokens"): A,

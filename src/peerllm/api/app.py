@@ -11,7 +11,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import anthropic, management, ollama, ollama_unsupported, openai, responses, tokens, usage
+from . import (
+    anthropic,
+    management,
+    ollama,
+    ollama_unsupported,
+    openai,
+    pulls,
+    responses,
+    tokens,
+    usage,
+)
 from .access import ErrorRenderer, guard_routes
 from .auditing import report_refusal
 from .limits import RequestLimits
@@ -117,6 +127,7 @@ def build_app(node: Node) -> ASGIApp:
         *openai.routes(node),
         *responses.routes(node),
         *anthropic.routes(node),
+        *pulls.routes(node),  # before management's /v1/models/{model_id:path} routes
         *management.routes(node),
         *ollama.routes(node),
         *ollama_unsupported.routes(),

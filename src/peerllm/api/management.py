@@ -48,7 +48,7 @@ def status_document(st: ModelStatus, *, full_path: bool = False) -> Json:
             "ttft_ms": st.ttft_ms, "load_seconds": st.load_seconds, "error": error,
             "path": path, "quant": st.quant,
             "chat_format": st.chat_format, "context_size": st.context_size,
-            "tags": list(st.tags)}
+            "tags": list(st.tags), "digest": st.digest, "replicas": st.replicas}
 
 
 def _not_here(node: Node, model: str) -> ApiError:

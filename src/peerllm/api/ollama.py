@@ -7,7 +7,6 @@ nanoseconds) unless ``stream`` is false, and ``{"error": "message"}`` errors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ..events import Done
 from ..inference.engine import SamplingParams
 from ..inference.specs import quant_from_filename
 from ..mesh.routed import Routed
+from ..wire.blob import digest_hex
 from . import schemas
 from .access import principal_of, require_model
 from .auditing import managing
@@ -119,6 +119,7 @@ class _Facts:
     size_bytes: int
     context_size: int | None
     chat_format: str | None
+    digest: str | None = None  # sha256:<hex> of the file, once known
 
 
 def _facts(node: Node, model: str) -> _Facts:
@@ -133,7 +134,7 @@ def _facts(node: Node, model: str) -> _Facts:
             st = engine.registry.status(model)
             size = spec.size_bytes or _file_size(st.path) or _file_size(spec.path)
             return _Facts(size_bytes=size, context_size=st.context_size,
-                          chat_format=st.chat_format)
+                          chat_format=st.chat_format, digest=st.digest)
     for e in node.registry.entries():
         for m in e.info.models if e.info is not None else ():
             if m.id == model:
@@ -141,7 +142,7 @@ def _facts(node: Node, model: str) -> _Facts:
                 # says how much memory the model needs.
                 return _Facts(size_bytes=m.file_bytes or m.size_bytes or 0,
                               context_size=m.context_size,
-                              chat_format=None)
+                              chat_format=None, digest=m.digest)
     return _Facts(size_bytes=0, context_size=None, chat_format=None)
 
 
@@ -167,14 +168,16 @@ def _parameter_count(model: str) -> int | None:
     return int(float(m.group(1)) * (1e6 if m.group(2).lower() == "m" else 1e9))
 
 
-def _digest(model: str) -> str:
-    # Stable per id; we do not hash multi-GB files just to fill in this field.
-    return hashlib.sha256(model.encode()).hexdigest()
+def _digest(digest: str | None) -> str:
+    """Ollama's form: the file's sha256 as bare hex; "" while it is not computed yet (a
+    made-up value would look like a version a client could pin)."""
+    return "" if digest is None else digest_hex(digest)
 
 
 def _tag(node: Node, model: str, modified: str) -> Json:
+    facts = _facts(node, model)
     return {"name": model, "model": model, "modified_at": modified,
-            "size": _facts(node, model).size_bytes, "digest": _digest(model),
+            "size": facts.size_bytes, "digest": _digest(facts.digest),
             "details": _details(model)}
 
 
@@ -289,7 +292,8 @@ def routes(node: Node) -> list[Route]:
                     when = now + (_NEVER if at is None else timedelta(seconds=at - clock))
                     expires = when.isoformat().replace("+00:00", "Z")
                     models.append({"name": st.id, "model": st.id, "size": st.memory_bytes,
-                                   "digest": _digest(st.id), "details": _details(st.id),
+                                   "digest": _digest(st.digest),
+                                   "details": _details(st.id),
                                    "expires_at": expires, "size_vram": 0,
                                    "context_length": st.context_size})
         return JSONResponse({"models": models})

@@ -1,10 +1,10 @@
 """Ollama's root probe, and the Ollama model-management endpoints peerllm does not serve yet.
 
 Ollama answers ``GET /`` with the plain text ``Ollama is running``; tools and health
-checks probe it before anything else. ``/api/pull``, ``/api/push``, ``/api/create``,
-``/api/copy`` and ``/api/delete`` answer a 501 in Ollama's error shape saying what to do
-instead, until model distribution lands: a clear refusal, where a 404 or 405 would read
-as "this is not an Ollama server".
+checks probe it before anything else. ``/api/push``, ``/api/create`` and ``/api/copy``
+answer a 501 in Ollama's error shape saying what to do instead: a clear refusal, where a
+404 or 405 would read as "this is not an Ollama server". (``/api/pull`` and
+``/api/delete`` are served by api/pulls.py.)
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ ROOT_TEXT: Final = "Ollama is running"
 
 NOT_YET: Final[dict[str, tuple[str, str]]] = {
     # path -> (method, what the caller asked for, in the message)
-    "/api/pull": ("POST", "pulling models"),
     "/api/push": ("POST", "pushing models"),
     "/api/create": ("POST", "creating models"),
     "/api/copy": ("POST", "copying models"),
-    "/api/delete": ("DELETE", "deleting models"),
 }
 """The endpoints that answer 501 (each in ROUTE_ROLES as ``operator``)."""
 
 _INSTEAD: Final = ("copy the GGUF file to the node and start it with --model "
-                   "(or list it under models.paths)")
+                   "(or list it under models.paths), or get it with `peerllm pull`")
 
 
 def routes() -> list[Route]:

@@ -136,12 +136,44 @@ def _floats_b64(vector: list[float]) -> str:
 
 def model_object(node: Node, model: str, candidates: Sequence[Candidate] | None = None
                  ) -> Json:
-    """An OpenAI model object, plus who serves it under ``peerllm.providers``."""
+    """An OpenAI model object, plus who serves it under ``peerllm.providers`` (each with
+    the digest of the file it serves: replicas may serve different versions, and that
+    file's size, ``file_bytes``, as the node says)."""
     cands = node.mesh_models().get(model, []) if candidates is None else candidates
+    digests = served_digests(node, model)
+    sizes = file_sizes(node, model)
     return {"id": model, "object": "model", "created": int(node.started_at),
             "owned_by": "peerllm", "peerllm": {"providers": [
-                {"peer_id": c.peer_id, "name": c.name, "local": c.local, "loaded": c.loaded}
+                {"peer_id": c.peer_id, "name": c.name, "local": c.local, "loaded": c.loaded,
+                 "digest": digests.get(c.peer_id), "file_bytes": sizes.get(c.peer_id)}
                 for c in cands]}}
+
+
+def file_sizes(node: Node, model: str) -> dict[str, int | None]:
+    """Peer id -> the size of the file each node serves ``model`` from (None: unsaid)."""
+    out: dict[str, int | None] = {}
+    for e in node.registry.entries():
+        for m in e.info.models if e.info is not None else ():
+            if m.id == model:
+                out[e.peer_id] = m.file_bytes
+    for st in node.model_statuses():
+        if st.id == model:
+            out[node.peer_id] = st.file_bytes
+    return out
+
+
+def served_digests(node: Node, model: str) -> dict[str, str | None]:
+    """Peer id -> the digest (``sha256:…``, None while unknown) of the file each node
+    serves ``model`` from: ours from the registry, peers' from their node-info."""
+    out: dict[str, str | None] = {}
+    for e in node.registry.entries():
+        for m in e.info.models if e.info is not None else ():
+            if m.id == model:
+                out[e.peer_id] = m.digest
+    for st in node.model_statuses():
+        if st.id == model:
+            out[node.peer_id] = st.digest
+    return out
 
 
 def routes(node: Node) -> list[Route]:

@@ -220,6 +220,13 @@ class Authority:
         if self.revocations.is_revoked(token.issuer, token.id):
             raise refuse(Reason.REVOKED, f"token {token.id} was revoked")
 
+    def vouched_for(self, peer: str, *, now: float) -> bool:
+        """Whether ``peer`` showed us a current node certificate by an issuer we trust
+        (on a request it forwarded): the trust ``serve_peers: trusted`` asks, for what
+        carries no certificate of its own (model downloads, ``models.share: trusted``)."""
+        return any(p == peer and known.expires_at > now
+                   for (_, p), known in self._certs.items())
+
     def _forwarder_distrust(self, cert: str | None, peer: str, now: float) -> str | None:
         """Why ``peer`` is not vouched for by ``cert``, or None if it is."""
         if cert is None:

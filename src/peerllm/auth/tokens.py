@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import AuthError
+from ..scheduling.pins import PIN_SEPARATOR
 from .issuers import IssuerId, issuer_id_of, public_key
 from .jws import check_times, decode, encode, refuse, unverified_header
 from .reasons import Reason
@@ -51,7 +52,10 @@ class TokenClaims:
         return max(self.roles)
 
     def allows_model(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        """True when the token covers ``model``; a pinned ``id@<digest prefix>`` is
+        covered by its id (the pin only narrows which file serves it)."""
+        return self.models is None or model.partition(PIN_SEPARATOR)[0] in self.models \
+            or model in self.models
 
     def to_claims(self) -> dict[str, Any]:
         claims: dict[str, Any] = {"jti": self.id, "sub": self.subject, "iss": self.issuer,

@@ -10,6 +10,7 @@ from .identity import identity
 from .models import models
 from .node import node
 from .peers import peers
+from .pull import pull
 from .route import route
 from .run import run
 from .usage import usage
@@ -25,6 +26,7 @@ cli.add_command(node)
 cli.add_command(peers)
 cli.add_command(identity)
 cli.add_command(models)
+cli.add_command(pull)
 cli.add_command(run)
 cli.add_command(route)
 cli.add_command(auth)

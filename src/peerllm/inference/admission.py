@@ -2,18 +2,19 @@
 
 The registry hands out an ``Admission`` from ``ModelRegistry.admit``; the admission asks
 the registry for the loaded model through the ``ModelSource`` protocol and opens extra
-contexts through the ``ModelLoader``.
+contexts through the ``ModelLoader``. The request's work runs inside the admission's
+``cancel_scope``, which the registry cancels when the model is deleted under it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
 import trio
 
-from ..errors import InvalidInferenceRequest
+from ..errors import InferenceCancelled, InvalidInferenceRequest
 from .backend import ModelInstance
 from .loading import ModelLoader
 from .priority import Origin
@@ -45,14 +46,42 @@ class Admission:
         self.slot = slot
         self.origin = origin
         self._released = False
+        self.cancel_scope = trio.CancelScope()
+        self.cancelled: str | None = None  # why the registry ended it
+        self._on_cancel: list[Callable[[], None]] = []
+        slot.admissions.add(self)
 
     @property
     def spec(self) -> ModelSpec:
         return self.slot.spec
 
+    def cancel(self, reason: str) -> None:
+        """End the request: its scope is cancelled, its ``on_cancel`` callbacks run."""
+        if self.cancelled is None:
+            self.cancelled = reason
+        for callback in self._on_cancel:
+            callback()
+        self.cancel_scope.cancel()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (sync, e.g. stop a worker thread) when the request is ended."""
+        self._on_cancel.append(callback)
+        if self.cancelled is not None:
+            callback()
+
+    @contextmanager
+    def cancellable(self) -> Iterator[None]:
+        """Run the request's work in ``cancel_scope``; a cancel ends the block with
+        InferenceCancelled (the reason as its message)."""
+        with self.cancel_scope:
+            yield
+        if self.cancelled is not None:
+            raise InferenceCancelled(self.slot.spec.id, self.cancelled)
+
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self.slot.admissions.discard(self)
             self.slot.pending -= 1
             if self.origin == "local":
                 self.slot.pending_local -= 1

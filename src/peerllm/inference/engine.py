@@ -103,7 +103,8 @@ class Engine:
 
         Raises:
             ModelNotFound, ModelBusy, InferenceCancelled: on entry.
-            ModelLoadError, InvalidInferenceRequest, InferenceTimeout: from the iteration.
+            ModelLoadError, InvalidInferenceRequest, InferenceTimeout: from the iteration;
+            InferenceCancelled too when the model is removed with ``cancel=True``.
 
         Cancellation: leaving the block (normally, by an exception, or by a cancelled
         scope) stops generation at the next token and returns once the worker thread is
@@ -150,7 +151,8 @@ class Engine:
             raise TypeError("inputs: expected a sequence of strings, not a string")
         texts = list(inputs)
         timeout = self._registry.config.inference_timeout_s
-        with self._registry.admit(model) as admission, trio.move_on_after(timeout):
+        with self._registry.admit(model) as admission, admission.cancellable(), \
+                trio.move_on_after(timeout):
             async with admission.instance(embedding=True) as instance:
                 return await trio.to_thread.run_sync(instance.embed, texts)
         raise InferenceTimeout(model, timeout)  # only the deadline gets here
@@ -183,8 +185,9 @@ class Engine:
             return prompt.prompt_tokens, outcome
 
         item: _Item = _Failure(InferenceCancelled(req.model, "generation did not finish"))
+        admission.on_cancel(stop.set)  # the model was deleted: stop at the next token
         with send:
-            with trio.move_on_after(timeout) as scope:
+            with admission.cancel_scope, trio.move_on_after(timeout) as scope:
                 try:
                     async with admission.instance() as instance:
                         prompt_tokens, outcome = await trio.to_thread.run_sync(generate,
@@ -204,7 +207,10 @@ class Engine:
             timed_out = scope.cancel_called and (
                 scope.cancelled_caught
                 or (isinstance(item, Done) and item.finish_reason == "cancelled"))
-            if timed_out:
+            finished = isinstance(item, Done) and item.finish_reason != "cancelled"
+            if admission.cancelled is not None and not finished:
+                item = _Failure(InferenceCancelled(req.model, admission.cancelled))
+            elif timed_out:
                 item = _Failure(InferenceTimeout(req.model, timeout))
             try:
                 await send.send(item)

@@ -10,9 +10,14 @@ more requests waiting for it; past that, ModelBusy. Our own requests are counted
 their own against that bound, so peers filling the queue never make one of ours busy.
 A model may be given an idle time (Ollama's ``keep_alive``): one task in the nursery
 unloads it once it has been idle that long (0: as soon as its requests are done).
-Memory: each load reserves an estimate (memory.py) against the cache budget, evicting
-idle models by the configured policy when it would not fit. The load itself (which file,
-opening it, the benchmark) is loading.py's; a request's hold on a model is admission.py's.
+Memory: each load reserves an estimate against the cache budget (books.py). The load
+itself (which file, opening it, the benchmark) is loading.py's; a request's hold on a
+model is admission.py's.
+
+Versions: ``replace`` swaps a model's spec at once (a new slot takes the id; requests
+already admitted finish on the old slot, whose model is freed when they are done) and
+``remove`` deletes it. Any model id given to the registry may be pinned to a version,
+``id@<digest prefix>`` (versions.py).
 """
 
 from __future__ import annotations
@@ -36,21 +41,23 @@ from ..errors import (
     ModelLoadError,
     ModelNotFound,
 )
+from ..wire.blob import parse_digest
 from ._concurrency import reraise_unwrapped
 from .admission import Admission
-from .backend import ModelBackend, ModelInstance
+from .backend import ModelBackend
+from .books import CLOSE_GRACE_S, MemoryBooks
 from .loading import ModelLoader, record_benchmark
-from .memory import CacheEntry, estimate_memory_bytes, pick_victims
 from .priority import Origin, SlotLimiter
-from .slots import LoadedModel, LoadJob, ModelSlot, gib, startup_problem
+from .slots import LoadedModel, LoadJob, ModelSlot, startup_problem, status_of
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus
 from .specs import ModelSpec
+from .versions import Drains, check_pin, parse_ref
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_S: Final = 2.0  # assumed request duration before any was measured
-CLOSE_GRACE_S: Final = 30.0  # how long aclose waits for running requests to finish
+DELETED: Final = "the model was deleted"  # why remove(cancel=True) ends a request
 
 
 class ModelRegistry:
@@ -66,14 +73,15 @@ class ModelRegistry:
         self._config = config
         self._slots: dict[str, ModelSlot] = {}
         total = total_ram_bytes if total_ram_bytes is not None else psutil.virtual_memory().total
-        self._budget = config.cache_size_bytes(total)
-        self._available_ram = available_ram or (lambda: int(psutil.virtual_memory().available))
-        self._reserved = 0
-        self._retiring: set[LoadedModel] = set()
+        self._books = MemoryBooks(
+            budget=config.cache_size_bytes(total), policy=config.eviction_policy,
+            available_ram=available_ram or (lambda: int(psutil.virtual_memory().available)),
+            slots=self._slots.values)
+        self._drains = Drains()  # replaced and removed versions with requests left
         self._nursery: trio.Nursery | None = None
         self._idle_changed = trio.Event()  # wakes the idle-unload task
         self._closed = False
-        self._loader = ModelLoader(config, backend, self)
+        self._loader = ModelLoader(config, backend, self._books)
         for spec in specs:
             self.add(spec)
 
@@ -86,12 +94,12 @@ class ModelRegistry:
     @property
     def budget_bytes(self) -> int:
         """The model cache budget (cache_size_gb, or 75% of RAM)."""
-        return self._budget
+        return self._books.budget
 
     @property
     def reserved_bytes(self) -> int:
         """Estimated memory held by loaded (and loading) models."""
-        return self._reserved
+        return self._books.reserved
 
     @property
     def default_model_id(self) -> str | None:
@@ -108,15 +116,83 @@ class ModelRegistry:
         """
         if spec.id in self._slots:
             raise ValueError(f"model {spec.id!r} is already registered")
+        self._slots[spec.id] = self._new_slot(spec)
+
+    def _new_slot(self, spec: ModelSpec) -> ModelSlot:
         cfg = self._config
-        slot = self._slots[spec.id] = ModelSlot(
-            spec=spec, limiter=SlotLimiter(cfg.max_concurrent, peer_limit=cfg.peer_slots))
+        slot = ModelSlot(spec=spec,
+                         limiter=SlotLimiter(cfg.max_concurrent, peer_limit=cfg.peer_slots))
         problem = startup_problem(spec)  # reads headers only: cheap even for big files
         if problem is not None:
             logger.warning("model %s is not served (not advertised to the mesh): %s",
                            spec.id, problem)
             slot.error = problem
             slot.reject()
+        return slot
+
+    def replace(self, spec: ModelSpec) -> None:
+        """Hot swap: serve ``spec`` under its id from now on.
+
+        New requests get the new version at once; requests already admitted (queued or
+        generating) finish on the old one, which is freed when the last is done. If the
+        old version was loaded (or loading), the new one starts loading now, so the first
+        request after the swap need not wait for a cold load; when both do not fit in
+        the cache, that load waits for the old version to drain.
+
+        Raises:
+            ModelNotFound: no model has this id (``add`` it).
+        """
+        old = self._slot(spec.id)
+        new = self._new_slot(spec)
+        new.keep_alive_s = old.keep_alive_s
+        new.predecessors = [m for m in (old.loaded, *old.predecessors)
+                            if m is not None and not m.freed.is_set()]
+        warm = old.loaded is not None or old.job is not None
+        self._slots[spec.id] = new
+        self._supersede(old)
+        logger.info("model %s replaced%s; %d request(s) finish on the old version",
+                    spec.id, f" (now {spec.digest})" if spec.digest else "", old.pending)
+        if warm and new.rejected is None and not self._closed:
+            self._start_load(new)
+
+    async def remove(self, model_id: str, *, cancel: bool = False) -> None:
+        """Stop serving the model at once (new requests get ModelNotFound), then wait for
+        its requests to finish (``cancel``: end them with InferenceCancelled "the model
+        was deleted") and for its memory to be freed. Older versions of it still
+        draining after a ``replace`` are treated the same.
+
+        Raises:
+            ModelNotFound.
+
+        Cancellation: the model is removed whether or not the caller keeps waiting.
+        """
+        slot = self._slot(model_id)
+        del self._slots[slot.spec.id]
+        self._supersede(slot)
+        logger.info("model %s removed%s", slot.spec.id,
+                    "; cancelling its requests" if cancel else "")
+        olds = [slot, *(o for o in self._drains.of(slot.spec.id) if o is not slot)]
+        if cancel:
+            for old in olds:
+                for admission in builtins.list(old.admissions):
+                    admission.cancel(DELETED)
+        for old in olds:
+            await old.drained.wait()
+
+    def set_digest(self, model_id: str, digest: str, *, spec: ModelSpec | None = None
+                   ) -> None:
+        """Record the sha256 digest of the model's file (``sha256:<hex>``).
+
+        ``spec``: the version the digest was computed for; when the model was replaced
+        since, nothing is recorded (the digest is of the old file).
+
+        Raises:
+            ModelNotFound; ValueError: ``digest`` is not a sha256 digest.
+        """
+        slot = self._slot(model_id)
+        digest = parse_digest(digest)
+        if spec is None or slot.spec is spec:
+            slot.digest = digest
 
     def spec(self, model_id: str) -> ModelSpec:
         return self._slot(model_id).spec
@@ -130,30 +206,15 @@ class ModelRegistry:
         return self._status(self._slot(model_id))
 
     def _slot(self, model_id: str) -> ModelSlot:
-        try:
-            return self._slots[model_id]
-        except KeyError:
-            raise ModelNotFound(model_id) from None
+        """The current version of ``model_id`` (``id`` or a pinned ``id@<hex>``)."""
+        ref = parse_ref(model_id)
+        slot = self._slots.get(ref.model_id)
+        if slot is None:
+            raise ModelNotFound(model_id)
+        return check_pin(ref, slot)
 
     def _status(self, slot: ModelSlot) -> ModelStatus:
-        spec = slot.spec
-        loaded = slot.loaded
-        if loaded is not None:
-            memory = loaded.memory_bytes
-        elif slot.estimate_bytes is not None:
-            memory = slot.estimate_bytes
-        else:
-            size = spec.size_bytes or 0
-            memory = estimate_memory_bytes(size, spec.context_size) if size else 0
-        return ModelStatus(
-            id=spec.id, state=slot.state, type=spec.type, memory_bytes=memory,
-            active=slot.active, queued=slot.pending - slot.active, requests=slot.uses,
-            tokens_generated=slot.tokens_generated, tokens_per_second=slot.tokens_per_second,
-            ttft_ms=slot.ttft_ms, load_seconds=slot.load_seconds, error=slot.error,
-            path=loaded.path if loaded else slot.path or spec.path,
-            quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
-            context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
-            advertised=slot.advertised)
+        return status_of(slot)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -184,7 +245,7 @@ class ModelRegistry:
         loaded = slot.loaded
         if loaded is None:
             return
-        self._retire(slot)
+        self._books.retire(slot)
         await loaded.freed.wait()
 
     def keep_alive(self, model_id: str, seconds: float | None) -> None:
@@ -212,8 +273,27 @@ class ModelRegistry:
         return slot.last_used + slot.keep_alive_s
 
     def released(self, slot: ModelSlot) -> None:
-        """An admission left the queue (``ModelSource``): its idle clock may start."""
+        """An admission left the queue (``ModelSource``): its idle clock may start, or
+        an old version's last request is done."""
         self._idle_changed.set()
+        self._drain_check(slot)
+
+    def _supersede(self, slot: ModelSlot) -> None:
+        """``slot`` no longer has the id: keep it until its admitted requests are done."""
+        slot.superseded = True
+        self._drains.add(slot)
+        self._drain_check(slot)
+
+    def _drain_check(self, slot: ModelSlot) -> None:
+        """Free a superseded slot's model once nothing is admitted or loading on it."""
+        if not slot.superseded or slot.pending or slot.job is not None \
+                or slot.drained.is_set():
+            return
+        self._drains.discard(slot)
+        if slot.loaded is None or self._books.nursery is None:
+            slot.drained.set()
+        else:
+            self._books.retire(slot, then=slot.drained)
 
     async def _unload_idle(self) -> None:
         """Forever: unload the models whose idle time is up, sleeping until the next."""
@@ -230,7 +310,7 @@ class ModelRegistry:
                 if at <= now:
                     logger.info("unloading model %s: idle for its keep_alive (%g s)",
                                 slot.spec.id, slot.keep_alive_s)
-                    self._retire(slot)
+                    self._books.retire(slot)
                 else:
                     soonest = min(soonest, at)
             with trio.move_on_at(soonest):
@@ -245,7 +325,7 @@ class ModelRegistry:
         """
         if tokens < 1:
             raise ValueError("tokens: must be >= 1")
-        with self.admit(model_id) as admission:
+        with self.admit(model_id) as admission, admission.cancellable():
             if admission.spec.type != "llm":
                 raise InvalidInferenceRequest(model_id, "embedding models have no warmup")
             async with admission.instance() as inst:
@@ -257,15 +337,15 @@ class ModelRegistry:
         """Refuse new requests and free every model (waits up to CLOSE_GRACE_S for
         running requests). Idempotent."""
         self._closed = True
-        for slot in self._slots.values():
+        for slot in [*self._slots.values(), *self._drains]:
             if slot.loaded is not None:
-                self._retire(slot)
+                self._books.retire(slot)
         with trio.move_on_after(CLOSE_GRACE_S, shield=True) as scope:
-            for loaded in builtins.list(self._retiring):
+            for loaded in builtins.list(self._books.retiring):
                 await loaded.freed.wait()
         if scope.cancelled_caught:
             logger.error("gave up waiting for %d model(s) in use; not freeing them",
-                         len(self._retiring))
+                         len(self._books.retiring))
 
     # -- admission (used by the engine) ------------------------------------------------
 
@@ -332,98 +412,16 @@ class ModelRegistry:
                 slot.error = None
                 slot.rejected = None
                 if self._closed:
-                    self._retire(slot)
+                    self._books.retire(slot)
         finally:
             slot.job = None
             job.done.set()
             self._idle_changed.set()
-
-    # -- memory (the loader's Reservations) --------------------------------------------
-
-    def _idle_entries(self, exclude: ModelSlot) -> builtins.list[tuple[ModelSlot, CacheEntry]]:
-        out = []
-        for slot in self._slots.values():
-            loaded = slot.loaded
-            if slot is exclude or loaded is None or slot.pending or slot.job is not None:
-                continue
-            out.append((slot, CacheEntry(model_id=slot.spec.id, memory_bytes=loaded.memory_bytes,
-                                         loaded_at=loaded.loaded_at, last_used=slot.last_used,
-                                         uses=slot.uses)))
-        return out
-
-    def fit_limit(self, slot: ModelSlot) -> int:
-        """Bytes a variant of ``slot``'s model may need: free RAM plus what evicting the
-        idle models would free, within the cache budget."""
-        evictable = sum(entry.memory_bytes for _, entry in self._idle_entries(slot))
-        return min(self._budget, self._available_ram() + evictable)
-
-    def reserve(self, slot: ModelSlot, need: int) -> builtins.list[LoadedModel]:
-        """Reserve ``need`` bytes for ``slot``, retiring idle models as the policy says.
-
-        Returns the models being freed to make room (wait for their ``freed``).
-        """
-        model_id = slot.spec.id
-        if need > self._budget:
-            raise ModelLoadError(model_id, f"needs ~{gib(need)}, more than the whole model "
-                                 f"cache budget of {gib(self._budget)} (cache_size_gb)")
-        short = self._reserved + need - self._budget
-        idle = self._idle_entries(slot)
-        chosen = pick_victims([entry for _, entry in idle], need_bytes=short,
-                              policy=self._config.eviction_policy)
-        if chosen is None:
-            raise ModelLoadError(model_id, f"needs ~{gib(need)} but only "
-                                 f"{gib(max(0, self._budget - self._reserved))} of the model "
-                                 "cache is free and the other models are busy")
-        by_id = {s.spec.id: s for s, _ in idle}
-        victims = []
-        for entry in chosen:
-            victim = by_id[entry.model_id]
-            logger.info("evicting model %s (%s policy) to make room for %s", entry.model_id,
-                        self._config.eviction_policy, model_id)
-            loaded = victim.loaded
-            assert loaded is not None
-            victims.append(loaded)
-            self._retire(victim)
-        self._reserved += need
-        return victims
-
-    def unreserve(self, need: int) -> None:
-        """Give back a reservation whose load did not happen."""
-        self._reserved -= need
-
-    def _retire(self, slot: ModelSlot) -> None:
-        """Detach the slot's model now; free it once its last request is done."""
-        loaded = slot.loaded
-        if loaded is None or self._nursery is None:
-            return
-        slot.loaded = None
-        loaded.retired = True
-        self._retiring.add(loaded)
-        if loaded.busy == 0:
-            loaded.drained.set()
-        self._nursery.start_soon(self._free_when_drained, slot.spec.id, loaded,
-                                 name=f"free {slot.spec.id}")
-
-    async def _free_when_drained(self, model_id: str, loaded: LoadedModel) -> None:
-        # Shielded but bounded: at shutdown this task starts inside an already-cancelled
-        # scope, and an unshielded wait would never free the model (aclose would hang).
-        with trio.move_on_after(CLOSE_GRACE_S, shield=True) as scope:
-            await loaded.drained.wait()
-        if scope.cancelled_caught:
-            logger.error("model %s still busy after %s s; not freeing it", model_id,
-                         CLOSE_GRACE_S)
-            return
-        with trio.CancelScope(shield=True):  # a context is freed in milliseconds
-            await trio.to_thread.run_sync(_close_all, loaded.instances())
-        self._reserved -= loaded.memory_bytes
-        self._retiring.discard(loaded)
-        loaded.freed.set()
-        logger.info("unloaded model %s", model_id)
-
-
-def _close_all(instances: Sequence[ModelInstance]) -> None:
-    for instance in instances:
-        instance.close()
+            if slot.superseded:
+                current = self._slots.get(slot.spec.id)
+                if current is not None and slot.loaded is not None:
+                    current.predecessors.append(slot.loaded)
+                self._drain_check(slot)
 
 
 @asynccontextmanager
@@ -451,7 +449,7 @@ async def open_registry(specs: Sequence[ModelSpec], *, config: InferenceConfig,
             preload.append(model_id)
     try:
         async with trio.open_nursery() as nursery:
-            registry._nursery = nursery
+            registry._nursery = registry._books.nursery = nursery
             nursery.start_soon(registry._unload_idle, name="unload idle models")
             for model_id in preload:
                 registry._start_load(registry._slots[model_id])

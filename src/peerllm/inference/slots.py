@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import trio
 
 from ..errors import ModelLoadError
 from .backend import ModelInstance
 from .gguf import gguf_problem
+from .memory import estimate_memory_bytes
 from .priority import SlotLimiter
 from .specs import ModelSpec, ModelType
 
@@ -46,6 +47,8 @@ class ModelStatus:
     # False while the model's file is known bad (invalid header, or llama.cpp refused
     # it): the node does not advertise it until the file changes.
     advertised: bool = True
+    digest: str | None = None  # sha256:<hex> of the file served, once known
+    replicas: int = 0  # copies the mesh should keep (the spec's)
 
 
 @dataclass(eq=False)
@@ -74,8 +77,16 @@ class LoadJob:
     error: ModelLoadError | None = None
 
 
+class Cancellable(Protocol):
+    """An admitted request the registry can end (the model was deleted under it)."""
+
+    def cancel(self, reason: str) -> None: ...
+
+
 @dataclass(eq=False)
 class ModelSlot:
+    """One version of a model: its spec, its loaded contexts, its queue and statistics."""
+
     spec: ModelSpec
     limiter: SlotLimiter
     loaded: LoadedModel | None = None
@@ -96,6 +107,18 @@ class ModelSlot:
     ttft_ms: float | None = None
     request_s: float | None = None
     rejected: tuple[FileStamp, ...] | None = None  # the files as they were when refused
+    digest: str | None = None  # sha256:<hex> of the file (the spec's, or computed later)
+    # Replaced or removed: takes no new request, freed once ``pending`` is 0 (versions.py).
+    superseded: bool = False
+    admissions: set[Cancellable] = field(default_factory=set)  # admitted, not released
+    drained: trio.Event = field(default_factory=trio.Event)  # superseded and freed
+    # Loaded models of this id's older versions, freed once drained: a load of this
+    # version that does not fit waits for them instead of failing.
+    predecessors: list[LoadedModel] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.digest is None:
+            self.digest = self.spec.digest
 
     @property
     def advertised(self) -> bool:
@@ -113,6 +136,28 @@ class ModelSlot:
         if self.loaded is not None:
             return "loaded"
         return "failed" if self.error is not None else "available"
+
+
+def status_of(slot: ModelSlot) -> ModelStatus:
+    """The slot's status snapshot."""
+    spec = slot.spec
+    loaded = slot.loaded
+    if loaded is not None:
+        memory = loaded.memory_bytes
+    elif slot.estimate_bytes is not None:
+        memory = slot.estimate_bytes
+    else:
+        size = spec.size_bytes or 0
+        memory = estimate_memory_bytes(size, spec.context_size) if size else 0
+    return ModelStatus(
+        id=spec.id, state=slot.state, type=spec.type, memory_bytes=memory,
+        active=slot.active, queued=slot.pending - slot.active, requests=slot.uses,
+        tokens_generated=slot.tokens_generated, tokens_per_second=slot.tokens_per_second,
+        ttft_ms=slot.ttft_ms, load_seconds=slot.load_seconds, error=slot.error,
+        path=loaded.path if loaded else slot.path or spec.path,
+        quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
+        context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
+        advertised=slot.advertised, digest=slot.digest, replicas=spec.replicas)
 
 
 def file_stamps(spec: ModelSpec) -> tuple[FileStamp, ...]:

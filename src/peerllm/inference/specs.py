@@ -12,13 +12,13 @@ import yaml
 
 from ..errors import ConfigError
 from ..wire.blob import parse_digest
+from ..wire.nodeinfo import MAX_REPLICAS
 from .catalog import DEFAULT_MODEL_ID, ModelEntry
 from .memory import normalize_quant
 
 ModelType = Literal["llm", "embedding"]
 MODEL_TYPES: Final[tuple[str, ...]] = get_args(ModelType)
 DEFAULT_CONTEXT_SIZE: Final = 2048
-MAX_REPLICAS: Final = 64
 _MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}")
 
 

@@ -107,7 +107,8 @@ class LocalNode:
             models=tuple(wni.ModelInfo(id=m.id, loaded=m.state == "loaded",
                                        context_size=m.context_size,
                                        size_bytes=m.memory_bytes or None, tags=m.tags,
-                                       file_bytes=m.file_bytes)
+                                       file_bytes=m.file_bytes, digest=m.digest,
+                                       replicas=m.replicas)
                          for m in statuses),
             load=self.load(statuses),
             performance=wni.Performance(

@@ -27,12 +27,14 @@ from ..errors import (
 from ..p2p.dht import Dht
 from ..p2p.host import ConnectionEvent, P2PHost
 from ..p2p.known_peers import KnownPeers
-from ..p2p.mdns import MdnsAnnouncement, open_mdns
+from ..p2p.mdns import Mdns, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
 from ..p2p.registry import PeerRegistry, PeerState, Source
 from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
 from ..scheduling.negative_cache import NegativeCache
+from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import nodeinfo as wni
+from .announcing import Announcer, mdns_announcement
 from .local import LocalNode
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Membership:
         # Models the DHT just said nobody provides: a stream of made-up ids costs one
         # lookup per id per TTL, not one per request.
         self.unknown_models = NegativeCache()
+        self.announcer = Announcer(self._announce_now)
+        self._mdns_live: Mdns | None = None
 
     # -- the loops ---------------------------------------------------------------------
 
@@ -96,6 +100,7 @@ class Membership:
                 for addr in self._p2p.bootstrap:
                     nursery.start_soon(self._bootstrap, addr)
                 nursery.start_soon(self._dht_maintenance, nursery)
+                nursery.start_soon(self.announcer.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -202,11 +207,27 @@ class Membership:
                 await self._wake.wait()
             self._wake = trio.Event()
 
+    def announce(self) -> None:
+        """Our models (or their digests) changed: republish the DHT records and refresh
+        mDNS soon, coalesced with other calls in the same burst (announcing.py)."""
+        self.announcer.announce()
+
+    async def _announce_now(self) -> None:
+        if self.dht is not None and self.dht.routing_peers():
+            await self._publish()
+        if self._mdns_live is not None:
+            try:
+                await self._mdns_live.update(mdns_announcement(self.local))
+            except DiscoveryError as exc:
+                logger.warning("mDNS: could not refresh our record: %s", exc)
+
     async def _publish(self) -> None:
         if self.dht is None:
             return
         name = self.local.name
-        await self.dht.publish(addrs=self.local.addrs(), models=self.local.model_ids(),
+        statuses = self.local.model_statuses()
+        await self.dht.publish(addrs=self.local.addrs(), models=[m.id for m in statuses],
+                               digests=sorted({m.digest for m in statuses if m.digest}),
                                ttl_s=self._discovery.record_ttl_s)
         claim = await self.dht.find_name(name)
         if claim is not None and claim.peer_id != self.local.peer_id:
@@ -218,17 +239,18 @@ class Membership:
 
     async def _mdns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        addrs = tuple(self.local.addrs())
-        ann = MdnsAnnouncement(peer_id=self.local.peer_id, name=self.local.name,
-                               port=_first_tcp_port(addrs), addrs=addrs,
-                               models=tuple(self.local.model_ids()))
+        ann = mdns_announcement(self.local)
         try:
             async with open_mdns(ann, interfaces=self._discovery.mdns_interfaces) as mdns:
+                self._mdns_live = mdns
                 task_status.started()
-                async with trio.open_nursery() as nursery:
-                    async for peer in mdns.discovered():
-                        nursery.start_soon(self.connect_peer, peer.peer_id, list(peer.addrs),
-                                           Source.MDNS)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        async for peer in mdns.discovered():
+                            nursery.start_soon(self.connect_peer, peer.peer_id,
+                                               list(peer.addrs), Source.MDNS)
+                finally:
+                    self._mdns_live = None
         except DiscoveryError as exc:
             logger.error("mDNS discovery is off: %s", exc)
             task_status.started()
@@ -335,8 +357,10 @@ class Membership:
         heartbeat (or its redial backoff) would look at it; a request with nowhere else to
         go should not be lost for that. A model the DHT had no provider for less than
         ``unknown_models.ttl_s`` ago is not asked for again (a peer whose node-info lists
-        it is routed to without coming here).
+        it is routed to without coming here). A pinned ``id@<digest prefix>`` looks for
+        the providers of the id (the DHT does not know versions).
         """
+        model = model.partition(PIN_SEPARATOR)[0]
         if await self._redial_providers(model):
             return
         if self.dht is None or self.unknown_models.missing(model, trio.current_time()):
@@ -391,12 +415,3 @@ class Membership:
                           addrs=record.addrs if record else (),
                           models=record.models if record else ())
 
-
-def _first_tcp_port(addrs: tuple[str, ...]) -> int:
-    for a in addrs:
-        parts = a.split("/")
-        if "tcp" in parts:
-            i = parts.index("tcp")
-            if i + 1 < len(parts) and parts[i + 1].isdigit():
-                return int(parts[i + 1])
-    return 0

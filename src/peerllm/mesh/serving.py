@@ -15,6 +15,7 @@ from ..errors import InferenceError, InferenceRejected
 from ..events import Done, TokenChunk
 from ..inference.request import ChatMessage, GenerationRequest, SamplingParams
 from ..p2p.infer import Generator
+from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import infer as wi
 from .audited import SubjectNotes
 from .ports import ForwardedGate, SelfView
@@ -71,7 +72,8 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]], *,
         if principal is not None and subjects is not None:
             subjects.note(req, principal.subject)
         engine = local.engine
-        if engine is None or req.model not in served():
+        # A pinned id (id@<digest prefix>) is checked against the version by the engine.
+        if engine is None or req.model.partition(PIN_SEPARATOR)[0] not in served():
             raise InferenceRejected("model_not_found",
                                     f"{local.name} does not serve {req.model}",
                                     retryable=False)

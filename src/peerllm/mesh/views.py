@@ -73,7 +73,8 @@ def local_view(local: SelfView, busy_for_s: float = 0.0) -> NodeView:
     return NodeView(
         peer_id=local.peer_id, name=local.name, local=True,
         models=tuple(OfferedModel(id=m.id, loaded=m.state == "loaded",
-                                  size_bytes=m.memory_bytes or None) for m in statuses),
+                                  size_bytes=m.memory_bytes or None, digest=m.digest)
+                     for m in statuses),
         free_memory_bytes=free_memory(res), total_memory_bytes=total_memory(res),
         active=sum(m.active for m in statuses), queued=sum(m.queued for m in statuses),
         capacity=local.capacity(),
@@ -108,7 +109,8 @@ def build_views(local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
             info_age_s=None if e.info_received_at is None
             else max(0.0, wall - e.info_received_at),
             protocols=frozenset(info.capabilities.protocols),
-            models=tuple(OfferedModel(id=m.id, loaded=m.loaded, size_bytes=m.size_bytes)
+            models=tuple(OfferedModel(id=m.id, loaded=m.loaded, size_bytes=m.size_bytes,
+                                      digest=m.digest)
                          for m in info.models),
             free_memory_bytes=free_memory(info.resources),
             total_memory_bytes=total_memory(info.resources),

@@ -27,10 +27,10 @@ from ..wire.records import (
     NameClaim,
     NodeRecord,
     SignedRecord,
-    model_provider_key,
     name_record_key,
     node_record_key,
     open_record,
+    provider_key,
     seal_record,
     select_newest,
 )
@@ -115,8 +115,10 @@ class Dht:
             except Exception:  # a refresh that fails is retried on the next round
                 logger.debug("DHT refresh failed", exc_info=True)
 
-    async def publish(self, *, addrs: Sequence[str], models: Sequence[str], ttl_s: float) -> None:
-        """Publish our node record, our name claim and a provider record per model."""
+    async def publish(self, *, addrs: Sequence[str], models: Sequence[str], ttl_s: float,
+                      digests: Sequence[str] = ()) -> None:
+        """Publish our node record, our name claim and a provider record per model id
+        and per file digest (``sha256:…``) we hold."""
         ident = self._identity
         expires = time.time() + ttl_s
         node = NodeRecord(peer_id=ident.peer_id, node_id=ident.node_id, name=ident.name,
@@ -127,12 +129,12 @@ class Dht:
             value = seal_record(kind, body, seq=self._next_seq(), expires_at=expires,  # type: ignore[arg-type]
                                 public_key=ident.public_key, sign=ident.sign)
             await self._put(key, value)
-        for model in models:
+        for ref in (*models, *digests):
             with trio.move_on_after(DHT_OP_TIMEOUT_S):
                 try:
-                    await self.kad.provide(model_provider_key(model))
+                    await self.kad.provide(provider_key(ref))
                 except Exception:
-                    logger.info("providing %s in the DHT failed", model, exc_info=True)
+                    logger.info("providing %s in the DHT failed", ref, exc_info=True)
 
     async def _put(self, key: str, value: bytes) -> None:
         with trio.move_on_after(DHT_OP_TIMEOUT_S) as scope:
@@ -222,12 +224,14 @@ class Dht:
         rec = await self._get(node_record_key(peer_id))
         return rec.body if rec is not None and isinstance(rec.body, NodeRecord) else None
 
-    async def find_providers(self, model: str, count: int = 20) -> list[tuple[str, list[str]]]:
+    async def find_providers(self, key: str, count: int = 20) -> list[tuple[str, list[str]]]:
+        """Peers (id, addrs) that provide ``key``: a model id, or a file digest
+        (``sha256:<64 hex>``) for whoever holds that file under any id."""
         with trio.move_on_after(DHT_OP_TIMEOUT_S):
             try:
-                infos = await self.kad.find_providers(model_provider_key(model), count)
+                infos = await self.kad.find_providers(provider_key(key), count)
             except Exception:
-                logger.debug("DHT find_providers %s failed", model, exc_info=True)
+                logger.debug("DHT find_providers %s failed", key, exc_info=True)
                 return []
             # py-libp2p returns every peer's answer without de-duplicating them.
             merged: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .breaker import Breaker, BreakerConfig, BreakerState, allows, describe, state_at
 from .candidates import Candidate
+from .pins import pin_matches, split_pin
 
 LOW_MEMORY_FRACTION = 0.10  # under this much memory free, a node counts as degraded
 
@@ -22,6 +23,7 @@ class OfferedModel:
     id: str
     loaded: bool
     size_bytes: int | None = None
+    digest: str | None = None  # sha256:<hex> of the file it serves, once known
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,12 +143,18 @@ def filter_candidates(views: Iterable[NodeView], model: str, now: float, policy:
     """Split the nodes that list ``model`` into candidates and exclusions (with reasons).
 
     Nodes that do not list the model at all are neither: they are not candidates for it.
+    A pinned ``id@<digest prefix>`` (pins.py) is listed only by the nodes whose file has
+    that digest; a malformed pin is listed by none.
     """
     out: list[Candidate] = []
     excluded: list[Exclusion] = []
+    try:
+        model_id, pin = split_pin(model)
+    except ValueError:
+        return Filtered(out, excluded)
     for view in views:
-        offered = next((m for m in view.models if m.id == model), None)
-        if offered is None:
+        offered = next((m for m in view.models if m.id == model_id), None)
+        if offered is None or (pin is not None and not pin_matches(pin, offered.digest)):
             continue
         reason = exclusion_reason(view, offered, now, policy)
         if reason is not None:

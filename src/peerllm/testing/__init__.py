@@ -28,6 +28,9 @@ Engine without llama.cpp:
   serve a file written by ``write_fake_gguf(path)`` (``models.paths``): a valid GGUF
   header (``FAKE_GGUF``) and no tensors, which the node's header check accepts.
 
+Model files for /peerllm/blob: ``StaticBlobCatalog(entries)`` serves fixed files (by
+digest or model id) and ``blob_entry(path, model_id=...)`` makes an entry of a file.
+
 Values: ``make_identity()`` (an in-memory node key) and ``make_node_info(peer_id)``.
 
 Example, a component test on autojump_clock::
@@ -45,6 +48,8 @@ from __future__ import annotations
 from ._backend import FakeBackend as FakeBackend
 from ._backend import FakeInstance as FakeInstance
 from ._backend import fake_vector as fake_vector
+from ._blob import StaticBlobCatalog as StaticBlobCatalog
+from ._blob import blob_entry as blob_entry
 from ._gguf import FAKE_GGUF as FAKE_GGUF
 from ._gguf import write_fake_gguf as write_fake_gguf
 from ._memory import MemoryByteStream as MemoryByteStream
@@ -73,7 +78,9 @@ __all__ = [
     "ScriptedGeneration",
     "ScriptedGenerator",
     "ScriptedInferClient",
+    "StaticBlobCatalog",
     "Step",
+    "blob_entry",
     "fake_vector",
     "make_identity",
     "make_node_info",

@@ -67,6 +67,15 @@ class DigestCache:
         self._store(path, st, built)
         return built
 
+    def remember(self, path: Path, manifest: Manifest) -> None:
+        """Cache ``manifest`` for ``path`` as it is now (a file just downloaded and
+        checked: its manifest is known without reading it again)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        self._store(path, st, manifest)
+
     def _places(self, path: Path) -> list[Path]:
         out = [sidecar_path(path)]
         if self._fallback is not None:
@@ -76,7 +85,7 @@ class DigestCache:
 
     def _store(self, path: Path, st: os.stat_result, m: Manifest) -> None:
         doc = {"version": CACHE_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-               "file": path.name, "manifest": _jsonable(m)}
+               "file": path.name, "manifest": manifest_to_json(m)}
         for where in self._places(path):
             try:
                 where.parent.mkdir(parents=True, exist_ok=True)
@@ -103,9 +112,22 @@ def compute_manifest(path: Path, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> M
     return builder.finish()
 
 
-def _jsonable(m: Manifest) -> dict[str, object]:
+def manifest_to_json(m: Manifest) -> dict[str, object]:
+    """The manifest as a JSON object (chunk digests in base64), for files we write."""
     data = _to_map(m)
     return {**data, "chunks": base64.b64encode(data["chunks"]).decode("ascii")}
+
+
+def manifest_from_json(doc: object) -> Manifest:
+    """Raises ValueError (FieldError names the field) or TypeError when ``doc`` is not
+    a manifest."""
+    if not isinstance(doc, dict):
+        raise TypeError("manifest: expected a JSON object")
+    data = dict(doc)
+    if not isinstance(data.get("chunks"), str):
+        raise TypeError("manifest.chunks: expected base64 text")
+    data["chunks"] = base64.b64decode(data["chunks"], validate=True)
+    return manifest_from_map(data)
 
 
 def _read_sidecar(where: Path, st: os.stat_result) -> Manifest | None:
@@ -114,9 +136,7 @@ def _read_sidecar(where: Path, st: os.stat_result) -> Manifest | None:
         if doc.get("version") != CACHE_VERSION or doc.get("size") != st.st_size \
                 or doc.get("mtime_ns") != st.st_mtime_ns:
             return None
-        data = dict(doc["manifest"])
-        data["chunks"] = base64.b64decode(data["chunks"], validate=True)
-        return manifest_from_map(data)
+        return manifest_from_json(doc["manifest"])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:  # corrupt: recompute

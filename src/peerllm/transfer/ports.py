@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from ..wire.blob import Manifest
 
@@ -49,6 +49,14 @@ class ChunkSource(Protocol):
                 something that is not the chunk asked for.
         """
         ...
+
+
+@runtime_checkable
+class SizeHint(Protocol):
+    """A source that can tell the file's size without a manifest (an HTTP server's
+    Content-Length): what a download from plain HTTP sources cuts into chunks."""
+
+    async def content_length(self) -> int | None: ...
 
 
 State = Literal["resolving", "downloading", "verifying", "installing", "done", "failed"]

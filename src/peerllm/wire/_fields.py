@@ -93,6 +93,14 @@ class MapReader:
         value = self._get(key)
         return None if value is None else check(value, _join(self.path, key))
 
+    def has(self, key: str) -> bool:
+        """True when the map holds ``key`` (for fields added in a later 1.x)."""
+        return key in self._map
+
+    def child_path(self, key: str) -> str:
+        """The full path of ``key`` in this map, for errors raised by the caller."""
+        return _join(self.path, key)
+
     def get_int(self, key: str, *, lo: int = 0, hi: int = INT64_MAX) -> int:
         return check_int(self._get(key), _join(self.path, key), lo=lo, hi=hi)
 

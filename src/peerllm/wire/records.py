@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 
 from ..errors import ErrorCode, LocalProtocolError, RecordError, RemoteProtocolError
 from ._fields import FieldError, MapReader, check_float, check_int
+from .blob import DIGEST_PREFIX, parse_digest
 from .framing import pack, unpack_map
 
 NAMESPACE: Final = "peerllm"
@@ -23,6 +24,7 @@ NAMESPACE: Final = "peerllm"
 NODE_KEY_PREFIX: Final = "/peerllm/n/"
 NAME_KEY_PREFIX: Final = "/peerllm/name/"
 MODEL_KEY_DOMAIN: Final = b"/peerllm/model/"
+DIGEST_KEY_DOMAIN: Final = b"/peerllm/blob/"
 MAX_KEY_BYTES: Final = 50
 """Remote py-libp2p peers reject FIND_NODE keys longer than this."""
 
@@ -69,6 +71,26 @@ def name_record_key(name: str) -> str:
 def model_provider_key(model_id: str) -> str:
     """Hex sha2-256 multihash of ``/peerllm/model/<id>``, for provide/find_providers."""
     return "1220" + hashlib.sha256(MODEL_KEY_DOMAIN + model_id.encode()).hexdigest()
+
+
+def digest_provider_key(digest: str) -> str:
+    """Hex sha2-256 multihash of ``/peerllm/blob/sha256:<hex>``: who holds that file.
+
+    Raises:
+        ValueError: ``digest`` is not a sha256 digest.
+    """
+    canonical = parse_digest(digest).encode()
+    return "1220" + hashlib.sha256(DIGEST_KEY_DOMAIN + canonical).hexdigest()
+
+
+def provider_key(ref: str) -> str:
+    """The provider key of a file digest (``sha256:<64 hex>``) or else of a model id."""
+    if ref.startswith(DIGEST_PREFIX):
+        try:
+            return digest_provider_key(ref)
+        except ValueError:
+            pass  # "sha256:..." that is not a digest: a (strange) model id
+    return model_provider_key(ref)
 
 
 # ---------------------------------------------------------------- records

@@ -53,6 +53,8 @@ def test_a_token_verifies_with_its_claims(key: Ed25519PrivateKey) -> None:
     assert claims.roles == (Role.USER, Role.OPERATOR) and claims.role is Role.OPERATOR
     assert claims.models == ("m1",) and claims.allows_model("m1")
     assert not claims.allows_model("m2")
+    # A version pin narrows the model; the token still names it without one.
+    assert claims.allows_model("m1@1a2b3c4d") and not claims.allows_model("m2@1a2b3c4d")
     assert (claims.requests_per_min, claims.tokens_per_min) == (5, 100)
     assert claims.expires_at == NOW + 3600
     # A standard JWT: any JOSE library reads it with the issuer's public key.

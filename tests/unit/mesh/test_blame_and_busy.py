@@ -82,7 +82,7 @@ async def test_our_own_full_queue_is_answered_at_once_with_its_retry_after(
     engine = _FullEngine()
     node.engine = engine
     status = types.SimpleNamespace(id=MODEL, state="loaded", memory_bytes=0, active=1,
-                                   queued=8, tokens_per_second=None)
+                                   queued=8, tokens_per_second=None, digest=None)
     node.model_statuses = lambda: [status]  # type: ignore[method-assign]
     node.capacity = lambda: 1  # type: ignore[method-assign]
     start = trio.current_time()

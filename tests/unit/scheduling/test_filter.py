@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -139,3 +140,29 @@ def test_each_node_listing_the_model_is_either_a_candidate_or_excluded_with_a_re
         v = by_id[c.peer_id]
         assert v.local or (v.healthy and v.info_age_s is not None
                            and v.info_age_s <= POLICY.max_info_age_s and PROTO in v.protocols)
+
+
+def test_a_pinned_id_only_lists_the_nodes_serving_that_version() -> None:
+    old, new = "sha256:" + "1a2b3c4d" * 8, "sha256:" + "9f8e7d6c" * 8
+    views_ = [view("p1", models=(OfferedModel(id=MODEL, loaded=True, digest=old),)),
+              view("p2", models=(OfferedModel(id=MODEL, loaded=True, digest=new),)),
+              view("p3", models=(OfferedModel(id=MODEL, loaded=True),))]  # not hashed yet
+    def peers(model: str) -> list[str]:
+        return [c.peer_id for c in filter_candidates(views_, model, 100.0, POLICY).candidates]
+
+    assert peers(MODEL) == ["p1", "p2", "p3"]
+    assert peers(f"{MODEL}@1A2B3C4D") == ["p1"]
+    assert peers(f"{MODEL}@{new[7:]}") == ["p2"]
+    assert peers(f"{MODEL}@00000000") == []
+    assert peers(f"{MODEL}@1a2b") == []  # too short to be a pin: nobody lists it
+
+
+@given(st.text(alphabet="0123456789abcdef", min_size=1, max_size=70))
+def test_split_pin_accepts_exactly_8_to_64_hex_digits(pin: str) -> None:
+    from peerllm.scheduling.pins import split_pin
+
+    if 8 <= len(pin) <= 64:
+        assert split_pin(f"m@{pin}") == ("m", pin)
+    else:
+        with pytest.raises(ValueError, match="is not a version pin"):
+            split_pin(f"m@{pin}")

@@ -49,6 +49,8 @@ def sample_info(peer_id: str = ALICE.peer_id, **changes: Any) -> ni.NodeInfo:
                 size_bytes=250_000_000,
                 tags=("chat",),
                 file_bytes=200_000_000,
+                digest="sha256:" + "ab" * 32,
+                replicas=3,
             ),
             ni.ModelInfo(id="other", loaded=False, context_size=None, size_bytes=None, tags=()),
         ),
@@ -74,6 +76,9 @@ _models = st.builds(
     context_size=st.none() | _u,
     size_bytes=st.none() | _u,
     tags=_tags,
+    digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64).map(
+        lambda h: "sha256:" + h),
+    replicas=st.integers(min_value=0, max_value=ni.MAX_REPLICAS),
 )
 node_infos = st.builds(
     ni.NodeInfo,
@@ -205,6 +210,44 @@ def test_file_bytes_is_checked_when_present() -> None:
     m = info_map()
     m["models"][0]["file_bytes"] = "big"
     expect_field_error(m, "models[0].file_bytes: expected int")
+
+
+def test_digest_and_replicas_may_be_absent_as_from_an_older_node() -> None:
+    m = info_map()
+    assert (m["models"][0]["digest"], m["models"][0]["replicas"]) == ("sha256:" + "ab" * 32, 3)
+    assert (m["models"][1]["digest"], m["models"][1]["replicas"]) == (None, 0)
+    for model in m["models"]:
+        del model["digest"], model["replicas"]
+    info = ni.info_from_map(m)
+    assert [(model.digest, model.replicas) for model in info.models] == [(None, 0)] * 2
+
+
+@pytest.mark.parametrize(
+    ("digest", "text"),
+    [
+        ("sha256:" + "zz" * 32, "models[0].digest: 'sha256:zz"),
+        ("sha256:" + "ab" * 31, "is not a digest"),
+        ("sha256:" + "AB" * 32, "models[0].digest: expected sha256:<64 lowercase hex"),
+        ("ab" * 32, "models[0].digest: expected sha256:"),
+        ("sha256:" + "ab" * 32 + "\n", "models[0].digest: str length 72"),
+        ("x" * 100_000, "models[0].digest: str length 100000"),
+        (b"sha256:", "models[0].digest: expected str, got bytes"),
+        (7, "models[0].digest: expected str, got int"),
+    ],
+)
+def test_a_hostile_digest_is_refused_naming_the_field(digest: object, text: str) -> None:
+    m = info_map()
+    m["models"][0]["digest"] = digest
+    expect_field_error(m, text)
+
+
+@pytest.mark.parametrize(("replicas", "text"), [
+    (-1, "models[0].replicas: int -1 outside 0..64"), (65, "int 65 outside"),
+    (True, "models[0].replicas: expected int, got bool"), (None, "expected int, got nil")])
+def test_replicas_are_checked_when_present(replicas: object, text: str) -> None:
+    m = info_map()
+    m["models"][0]["replicas"] = replicas
+    expect_field_error(m, text)
 
 
 def test_floats_may_be_ints() -> None:

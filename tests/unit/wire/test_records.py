@@ -95,6 +95,20 @@ def test_key_formats() -> None:
     assert len(rec.name_record_key("x" * 63)) == 46
 
 
+def test_digest_provider_keys_are_their_own_namespace() -> None:
+    digest = "sha256:" + "ab" * 32
+    key = rec.digest_provider_key(digest)
+    assert key.startswith("1220") and len(key) == 68 and int(key, 16)
+    assert key == rec.digest_provider_key("sha256-" + "AB" * 32)  # one key per file
+    assert key != rec.model_provider_key(digest)
+    assert rec.provider_key(digest) == key
+    assert rec.provider_key("gemma") == rec.model_provider_key("gemma")
+    # "sha256:" that is no digest is a model id (ids may contain ':')
+    assert rec.provider_key("sha256:x") == rec.model_provider_key("sha256:x")
+    with pytest.raises(ValueError, match="not a digest"):
+        rec.digest_provider_key("gemma")
+
+
 def test_model_provider_key_is_sha256_multihash_hex() -> None:
     key = rec.model_provider_key("gemma3-270m-q4_k_m")
     raw = bytes.fromhex(key)

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent, read_envelope
+from ..blob import parse_digest
 from ..load import load_to_map, read_load
 from .messages import (
     BOOT_NONCE_BYTES,
@@ -25,6 +26,7 @@ from .messages import (
     MAX_MESSAGE_LEN,
     MAX_MODELS,
     MAX_PROTOCOLS,
+    MAX_REPLICAS,
     MAX_TAG_LEN,
     MAX_TAGS,
     PROTOCOL_VERSION,
@@ -43,6 +45,7 @@ from .messages import (
 )
 
 _MESSAGE_TYPES: Final = frozenset({"info_req", "info", "error"})
+DIGEST_TEXT_LEN: Final = 71  # "sha256:" + 64 hex digits
 
 def info_to_map(info: NodeInfo) -> dict[str, Any]:
     """The map form of ``info`` (floats always encoded as floats)."""
@@ -87,6 +90,8 @@ def info_to_map(info: NodeInfo) -> dict[str, Any]:
                 "size_bytes": m.size_bytes,
                 "tags": list(m.tags),
                 "file_bytes": m.file_bytes,
+                "digest": m.digest,
+                "replicas": m.replicas,
             }
             for m in info.models
         ],
@@ -96,6 +101,27 @@ def info_to_map(info: NodeInfo) -> dict[str, Any]:
             "ttft_ms": _opt_float(perf.ttft_ms),
         },
     }
+
+
+def _added_digest(r: MapReader, key: str) -> str | None:
+    """An optional ``sha256:<64 hex>`` added in 1.x: absent or nil reads as None."""
+    if not r.has(key):
+        return None
+    text = r.get_opt_str(key, max_len=DIGEST_TEXT_LEN)
+    if text is None:
+        return None
+    try:
+        canonical = parse_digest(text)
+    except ValueError as exc:
+        raise FieldError(r.child_path(key), str(exc)) from exc
+    if canonical != text:
+        raise FieldError(r.child_path(key), "expected sha256:<64 lowercase hex digits>")
+    return text
+
+
+def _added_int(r: MapReader, key: str, *, hi: int) -> int:
+    """A uint 0..``hi`` added in 1.x: absent reads as 0."""
+    return r.get_int(key, hi=hi) if r.has(key) else 0
 
 
 def _opt_float(value: float | None) -> float | None:
@@ -160,6 +186,8 @@ def _info_from_reader(r: MapReader) -> NodeInfo:
                 size_bytes=mr.get_opt_int("size_bytes"),
                 tags=mr.get_str_tuple("tags", max_items=MAX_TAGS, max_len=MAX_TAG_LEN),
                 file_bytes=mr.get_added_opt_int("file_bytes"),
+                digest=_added_digest(mr, "digest"),
+                replicas=_added_int(mr, "replicas", hi=MAX_REPLICAS),
             )
             for mr in r.get_map_list("models", max_items=MAX_MODELS)
         ),

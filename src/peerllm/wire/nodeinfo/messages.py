@@ -34,6 +34,8 @@ MAX_TAGS: Final = 32
 MAX_GPUS: Final = 16
 MAX_PROTOCOLS: Final = 64
 MAX_FEATURES: Final = 64
+MAX_REPLICAS: Final = 64
+"""The most copies of a model a node may ask the mesh to keep (models.yaml ``replicas``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +62,8 @@ class ModelInfo:
     size_bytes: int | None  # memory needed while loaded (weights + KV cache), for placement
     tags: tuple[str, ...]
     file_bytes: int | None = None  # the model file's size, as Ollama's /api/tags shows it
+    digest: str | None = None  # sha256:<64 hex> of the file served, once the node knows it
+    replicas: int = 0  # copies the owner wants the mesh to keep; 0 = no target
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
