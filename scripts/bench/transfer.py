@@ -806,7 +806,12 @@ class PullBench:
         at_end = counters() if counters else {}
         info = self.pulled(puller, last.get("model"))
         # A resumed pull moves only what was not on disk yet: rates are of those bytes.
-        return {"ok": True, **sample(self.size - resumed, seconds, send, recv), **idle,
+        moved = self.size - resumed
+        net = {f"cpu_s_per_gb_{side}_net": rnd(per_gb(cpu - rate * seconds, moved))
+               for side, cpu, rate in (("send", send, idle["idle_cpu_s_per_s_send"]),
+                                       ("recv", recv, idle["idle_cpu_s_per_s_recv"]))
+               if cpu is not None and rate is not None}
+        return {"ok": True, **sample(moved, seconds, send, recv), **net, **idle,
                 "file_bytes": self.size, "events": events, "resumed": resumed,
                 "sources_used": len(used) if used else None,
                 "sources": [{k: s.get(k) for k in ("label", "kind", "bytes", "state", "reason")}
@@ -1008,25 +1013,30 @@ def one_resume(bench: PullBench, case: Case, run: int, kill_at: float, keep: boo
 def pull_cases(group: ProcessGroup, logs: Path, file: Path, *, size: int, digest: str,
                runs: int,
                model_args: list[str], model_id: str, side_channels: Sequence[bool],
-               kill_at: float, chunk_bytes: int | None, keep: bool) -> list[Case]:
-    """Per side-channel value: 1-source pulls and resumes (only holder 1 running, so no
-    other holder can be found), then holders 2 and 3 join and 3-source pulls follow."""
+               kill_at: float, chunk_bytes: int | None, keep: bool,
+               settle_s: float) -> list[Case]:
+    """Per side-channel value: three holders that do not know each other, ``settle_s`` old
+    (a node refreshes its DHT every second for its first 30 s, which the senders' CPU would
+    count); 1-source pulls and resumes from holder 1 (its pullers know only it, and it knows
+    no other holder), then 3-source pulls from all three."""
     cases: list[Case] = []
     for sc in side_channels:
         bench = PullBench(group, logs, sc, model_args, model_id, size, chunk_bytes, digest)
-        cfg = {"side_channel": sc, "model": model_id}
+        cfg = {"side_channel": sc, "model": model_id, "holders_settle_s": settle_s}
         one = Case(f"pull-1src-{bench.tag}", "pull", cfg | {"sources": 1})
         res = Case(f"resume-1src-{bench.tag}", "resume", cfg | {"sources": 1,
                                                                 "kill_at_share": kill_at})
         three = Case(f"pull-3src-{bench.tag}", "pull", cfg | {"sources": 3})
         cases += [one, res, three]
         try:
-            bench.start_holders(1)
+            bench.start_holders(3)
         except RuntimeError as exc:
             for c in (one, res, three):
-                c.error = f"holder did not start: {exc}"
+                c.error = f"holders did not start: {exc}"
             bench.stop(bench.holders)
             continue
+        youngest = max(h.child.started_at for h in bench.holders)
+        time.sleep(max(0.0, settle_s - (now() - youngest)))
         for i in range(runs):
             announce(one, i, runs)
             one_pull(bench, one, i, bench.holders[:1], keep)
@@ -1035,15 +1045,10 @@ def pull_cases(group: ProcessGroup, logs: Path, file: Path, *, size: int, digest
             announce(res, i, runs)
             one_resume(bench, res, i, kill_at, keep)
             print(" " + brief(res.samples[-1]))
-        try:
-            bench.start_holders(3)
-        except RuntimeError as exc:
-            three.error = f"holders 2-3 did not start: {exc}"
-        else:
-            for i in range(runs):
-                announce(three, i, runs)
-                one_pull(bench, three, i, bench.holders, keep)
-                print(" " + brief(three.samples[-1]))
+        for i in range(runs):
+            announce(three, i, runs)
+            one_pull(bench, three, i, bench.holders, keep)
+            print(" " + brief(three.samples[-1]))
         bench.stop(bench.holders)
     return cases
 
@@ -1221,6 +1226,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     help="pull cases with models.side_channel on, off, or both (default)")
     ap.add_argument("--kill-at", type=float, default=0.5,
                     help="share of the file verified when the puller is killed (default 0.5)")
+    ap.add_argument("--settle", type=float, default=32.0,
+                    help="seconds the holders run before the first pull (default 32: past "
+                         "a node's first 30 s of DHT refreshes)")
     ap.add_argument("--src", type=Path, default=REPO_ROOT / "src",
                     help="the peerllm source tree the children run (default this checkout's)")
     ap.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
@@ -1271,7 +1279,8 @@ def main(argv: Sequence[str]) -> int:
                 cases += pull_cases(group, logs, file, size=size, digest=digest, runs=args.runs,
                                     model_args=model_args, model_id=model_id,
                                     side_channels=sides, kill_at=args.kill_at,
-                                    chunk_bytes=chunk_bytes, keep=args.keep_logs)
+                                    chunk_bytes=chunk_bytes, keep=args.keep_logs,
+                                    settle_s=args.settle)
             if "url" in args.cases:
                 print("pull from a URL")
                 bench = PullBench(group, logs, True, model_args, model_id, size, chunk_bytes,
