@@ -7,6 +7,7 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -85,6 +86,19 @@ class NodeClient:
     async def route(self, model: str) -> dict[str, Any]:
         """Where a request for ``model`` would run, and why (``peerllm route``)."""
         doc: dict[str, Any] = await self.get("/v1/route", model=model)
+        return doc
+
+    async def set_replicas(self, model: str, replicas: int) -> dict[str, Any]:
+        """Ask the mesh to keep ``replicas`` copies of ``model``, a model this node serves
+        (``peerllm replicate``; 0: no target). Returns ``{"model", "replicas", "digest",
+        "holders"}``: the digest is None until the node has computed it, the holders are
+        the live ones this node sees."""
+        path = f"/v1/models/{quote(model, safe='/:@')}/replicas"
+        async with self._request("POST", path, body={"replicas": replicas}) as resp:
+            raw = await resp.aread()
+        doc = _json_or_none(raw)
+        if not isinstance(doc, dict):
+            raise NodeApiError(resp.status_code, "the node answered with invalid JSON")
         return doc
 
     async def chat(self, model: str, messages: list[dict[str, str]], **params: Any

@@ -47,6 +47,8 @@ from .mesh.installing import StoreInstaller, stored_specs
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.pulls import Pulls
+from .mesh.replica_settings import SETTINGS_FILE, ReplicaSettings
+from .mesh.replication import Replicator, build_replicator
 from .mesh.routed import Routed
 from .mesh.router import Router, breaker_config
 from .mesh.serving import serve_generator
@@ -107,6 +109,7 @@ class Node:
         self.pulls: Pulls | None = None  # model downloads (set by open_node)
         self.store: ModelStore | None = None  # pulled model files (set by open_node)
         self.blob_server: BlobServer | None = None  # serves our model files to peers
+        self.replicator: Replicator | None = None  # keeps replica targets (set by open_node)
         self.installer: StoreInstaller | None = None  # pulled files in, deleted models out
         self._started_mono = trio.current_time()
 
@@ -278,6 +281,22 @@ class Node:
             raise ModelNotFound(model_id)
         return await self.installer.remove(model_id, cancel=cancel) is not None
 
+    def set_replicas(self, model_id: str, replicas: int) -> Json:
+        """Ask the mesh to keep ``replicas`` copies of ``model_id``, served here
+        (protocols/replication.md); advertised at once, kept over restarts.
+
+        Raises:
+            ModelNotFound: this node does not serve it. ValueError: a bad count.
+            OSError: the data dir cannot be written.
+        """
+        if self.replicator is None or self.engine is None:
+            raise ModelNotFound(model_id)
+        st = self.engine.registry.status(model_id)
+        self.replicator.set_replicas(st.id, replicas)
+        view = self.replicator.view(st.digest) if st.digest else None
+        return {"model": st.id, "replicas": replicas, "digest": st.digest,
+                "holders": sorted(view.holders) if view else []}
+
     # -- finding others --------------------------------------------------------------
 
     async def find_by_name(self, name: str) -> NameLookup | None:
@@ -338,6 +357,7 @@ async def open_node(config: NodeConfig | None = None, *,
     specs += stored_specs(store, taken={spec.id for spec in specs},
                           context_size=cfg.inference.context_size,
                           gpu_layers=cfg.inference.gpu_layers)
+    replica_settings = ReplicaSettings(data_dir / SETTINGS_FILE)  # ConfigError if corrupt
     authority = Authority(data_dir=data_dir, config=cfg.auth)
     # Honour the revocations kept on disk before anything is served.
     authority.revocations.rescan(now=time.time())
@@ -350,6 +370,7 @@ async def open_node(config: NodeConfig | None = None, *,
             # Always a registry, empty or not: a pulled model joins it while we run.
             registry = await stack.enter_async_context(
                 open_registry(specs, config=cfg.inference, backend=backend))
+            registry.replica_target = replica_settings.replicas  # outranks models.yaml
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
                 network_key=network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
@@ -377,6 +398,11 @@ async def open_node(config: NodeConfig | None = None, *,
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)
+            node.replicator = build_replicator(
+                own_info=node.local.node_info, self_peer_id=node.peer_id, peers=node.registry,
+                pulls=models.pulls, settings=replica_settings, disk_free=store.free_bytes,
+                config=cfg.models)
+            await nursery.start(node.replicator.run)
             # One digest cache (and its fallback folder) for the digest task and the
             # blob catalog: a pulled file's manifest, cached at install, is not re-read.
             nursery.start_soon(partial(keep_digests, registry, models.cache,

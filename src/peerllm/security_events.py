@@ -19,7 +19,7 @@ class AuditEvent(StrEnum):
 
     NETWORK_KEY_MISMATCH = "network_key_mismatch"  # the network gate refused a connection
     INVALID_RECORD = "invalid_record"  # a forged or invalid DHT record or signed node-info
-    MODEL_MANAGEMENT = "model_management"  # load / unload / warmup / pull / delete (API)
+    MODEL_MANAGEMENT = "model_management"  # load / unload / warmup / pull / delete / replicas (API)
     INFERENCE = "inference"  # one line per inference request, ours or a peer's
     PEER_LIMIT = "peer_limit"  # a per-peer limit refused a peer's stream or call
     AUTH_FAILURE = "auth_failure"  # a request without a usable credential (AuthFailure)

@@ -63,6 +63,7 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role]] = {
     ("POST", "/v1/models/load"): OP,
     ("POST", "/v1/models/{model_id:path}/warmup"): OP,
     ("POST", "/v1/models/{model_id:path}/unload"): OP,
+    ("POST", "/v1/models/{model_id:path}/replicas"): OP,  # the mesh's copies of it
     ("DELETE", "/v1/models/{model_id:path}"): OP,
     # getting models (api/pulls.py): pulls write to the disk, the list is a status
     ("POST", "/v1/models/pull"): OP,

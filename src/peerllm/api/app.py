@@ -18,6 +18,7 @@ from . import (
     ollama_unsupported,
     openai,
     pulls,
+    replication,
     responses,
     tokens,
     usage,
@@ -128,6 +129,7 @@ def build_app(node: Node) -> ASGIApp:
         *responses.routes(node),
         *anthropic.routes(node),
         *pulls.routes(node),  # before management's /v1/models/{model_id:path} routes
+        *replication.routes(node),
         *management.routes(node),
         *ollama.routes(node),
         *ollama_unsupported.routes(),

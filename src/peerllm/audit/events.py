@@ -27,7 +27,7 @@ OK: Final = "ok"
 CANCELLED: Final = "cancelled"  # the caller went away, or the deadline passed
 ERROR: Final = "error"  # a failure with no error code of its own
 
-ManagementAction = Literal["load", "unload", "warmup", "pull", "delete"]
+ManagementAction = Literal["load", "unload", "warmup", "pull", "delete", "replicas"]
 InferenceKind = Literal["generation", "embedding"]
 
 
@@ -75,8 +75,8 @@ def inference(sink: AuditSink, *, model: str | None, served_by: str | None,
 
 def model_management(sink: AuditSink, *, action: ManagementAction, model: str | None,
                      client: str | None, outcome: str, subject: str | None = None) -> None:
-    """A load, unload, warmup, pull or delete asked through the API (``model`` None: an
-    unreadable body)."""
+    """A load, unload, warmup, pull, delete or replica target asked through the API
+    (``model`` None: an unreadable body)."""
     sink.record(AuditEvent.MODEL_MANAGEMENT, action=action, model=model, client=client,
                 subject=subject, outcome=outcome)
 

@@ -11,6 +11,7 @@ from .models import models
 from .node import node
 from .peers import peers
 from .pull import pull
+from .replicate import replicate
 from .route import route
 from .run import run
 from .usage import usage
@@ -32,6 +33,7 @@ cli.add_command(route)
 cli.add_command(auth)
 cli.add_command(token)
 cli.add_command(usage)
+cli.add_command(replicate)
 
 
 def main() -> None:

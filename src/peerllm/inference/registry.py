@@ -23,6 +23,7 @@ already admitted finish on the old slot, whose model is freed when they are done
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -82,6 +83,9 @@ class ModelRegistry:
         self._idle_changed = trio.Event()  # wakes the idle-unload task
         self._closed = False
         self._loader = ModelLoader(config, backend, self._books)
+        # The operator's replica target for a model id (`peerllm replicate`, kept by
+        # mesh/replica_settings.py), outranking the spec's; open_node sets it.
+        self.replica_target: Callable[[str], int | None] = lambda model_id: None
         for spec in specs:
             self.add(spec)
 
@@ -214,7 +218,9 @@ class ModelRegistry:
         return check_pin(ref, slot)
 
     def _status(self, slot: ModelSlot) -> ModelStatus:
-        return status_of(slot)
+        st = status_of(slot)
+        target = self.replica_target(st.id)
+        return st if target is None else dataclasses.replace(st, replicas=target)
 
     # -- lifecycle ---------------------------------------------------------------------
 

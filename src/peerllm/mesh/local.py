@@ -20,9 +20,10 @@ from ..wire import embed as we
 from ..wire import infer as wi
 from ..wire import nodeinfo as wni
 from ..wire import revocations as wrev
+from .replication import FEATURE as REPLICATION
 
 FEATURES: Final = ("node-info", "dht-records", "mdns", "network-gate", "infer", "revocations",
-                   "receipts")
+                   "receipts", REPLICATION)
 
 
 class LocalNode:

@@ -147,9 +147,32 @@ def test_usage_refuses_an_unknown_grouping() -> None:
 
 
 @pytest.mark.parametrize("command", [["models"], ["route", "m"], ["peers"], ["run", "m", "x"],
-                                     ["usage"]])
+                                     ["usage"], ["replicate", "m", "-n", "2"]])
 def test_no_daemon_is_one_line_error(command: list[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = invoke(*command, "--api", url)
     assert code == 1
     assert err.count("\n") == 1 and err.startswith(f"Error: no peerllm node at {url}: ")
+
+
+def test_replicate_posts_the_target_and_says_what_the_mesh_has(stub: Stub) -> None:
+    stub.json("/v1/models/org/m/replicas", {"model": "org/m", "replicas": 3,
+                                            "digest": "sha256:" + "0" * 64,
+                                            "holders": ["12D3KooWa"]})
+    code, out, _ = invoke("replicate", "org/m", "--replicas", "3", "--api", stub.url)
+    assert (code, out) == (0, "org/m: the mesh keeps 3 copies; 1 live holder now\n")
+    assert stub.seen[0][0] == "/v1/models/org/m/replicas"
+    assert json.loads(stub.seen[0][2]) == {"replicas": 3}
+
+
+def test_replicate_refuses_a_bad_count_before_asking() -> None:
+    code, _, err = invoke("replicate", "m", "--replicas", "65")
+    assert code == 2 and "--replicas" in err
+
+
+def test_replicate_reports_the_nodes_refusal(stub: Stub) -> None:
+    stub.json("/v1/models/zz/replicas", {"error": {
+        "message": "model 'zz' is not served by this node", "type": "invalid_request_error",
+        "code": "model_not_found", "param": "model"}}, status=404)
+    code, _, err = invoke("replicate", "zz", "-n", "2", "--api", stub.url)
+    assert code == 1 and err.strip() == "Error: HTTP 404: model 'zz' is not served by this node"
