@@ -172,7 +172,8 @@ class Node:
         return {"status": "ok", "peer_id": self.peer_id, "name": self.name,
                 "uptime_seconds": round(trio.current_time() - self._started_mono, 3),
                 "peers": states, "connected": len(self.host.connected_peers()),
-                "auth": self.auth_summary(), "warnings": self.warnings()}
+                "auth": self.auth_summary(), "warnings": self.warnings(),
+                "uploads": self.blob_server.statistics() if self.blob_server else None}
 
     def auth_summary(self) -> Json:
         """Whether tokens are required here, and whose (public facts only)."""

@@ -73,6 +73,9 @@ async def test_a_node_pulls_a_peers_model_by_id_and_serves_it(make_config: MakeC
         assert [(r["ref"], r["state"], r["digest"]) for r in rows] == [
             (FAKE_MODEL, "done", digest)]
         assert [s["label"] for s in rows[0]["sources"]] == [a.peer_id]
+        # A's status counts what it uploaded: the whole file, once.
+        uploads = a.status()["uploads"]
+        assert uploads["bytes_sent"] == blob.stat().st_size, uploads
         # B serves it now: loaded here (and not on A), B is where a request goes.
         await b.engine.registry.load(FAKE_MODEL)
         async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http:
