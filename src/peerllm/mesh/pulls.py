@@ -30,6 +30,7 @@ from ..errors import NoSource, SourceFailed, TransferError
 from ..transfer.http import parse_source
 from ..transfer.ports import ChunkSource, Progress
 from ..wire import blob as wb
+from .naming import install_id, meta_problem, plain_name, stem
 from .pull_ports import (
     BlobPeers,
     Download,
@@ -275,6 +276,8 @@ class Pulls:
                 holders = await self._finder.find(t.digest)
         if not holders and url is None:
             raise NoSource(f"no peer in the mesh holds {t.digest}", digest=t.digest)
+        if t.origin == "replication":  # refused before a byte is fetched
+            self._install_id(t, None, t.digest)
         manifest, meta, reasons = await self._describe(holders, t.digest or t.ref)
         if manifest is not None:
             t.digest = manifest.digest
@@ -301,8 +304,9 @@ class Pulls:
         p = t.progress
         t.publish(Progress(digest=done.digest, state="installing", total=done.size,
                            completed=done.size, resumed=p.resumed, sources=p.sources))
-        model_id = t.model_id or (meta.id if meta is not None else None) \
-            or _id_from(hub_name, t.ref if kind == "model" else None, done.digest)
+        offered = (plain_name(meta.id) if meta is not None else None) or stem(hub_name)
+        model_id = self._install_id(t, offered, done.digest)
+        assert model_id is not None  # the digest is known
         meta = wb.ModelMeta(id=model_id, type=meta.type, chat_format=meta.chat_format,
                             context_size=meta.context_size) if meta is not None \
             else wb.ModelMeta(id=model_id)
@@ -322,8 +326,17 @@ class Pulls:
                 if exc.fault != "busy":  # busy now is still a source for later chunks
                     reasons[h.peer_id] = f"{exc.fault}: {exc.message}"
                 continue
+            problem = meta_problem(meta)
+            if problem is not None:
+                reasons[h.peer_id] = f"bad_answer: {problem}"
+                continue
             return manifest, meta, reasons
         return None, None, reasons
+
+    def _install_id(self, t: Transfer, offered: str | None, digest: str | None) -> str | None:
+        return install_id(named=t.model_id, by_user=t.origin == "user", offered=offered,
+                          digest=digest, installer=self._installer,
+                          replication=t.origin == "replication")
 
     def _joinable(self, t: Transfer) -> Transfer | None:
         """Another running transfer of the same file (found once the digest is known)."""
@@ -338,13 +351,4 @@ def _most_held(holders: list[Holder]) -> str | None:
         return None
     top = max(counts.values())
     return min(d for d, n in counts.items() if n == top)
-
-
-def _id_from(filename: str, model_ref: str | None, digest: str) -> str:
-    """A pulled file's model id when nobody named one: the ref, the file's stem, or
-    ``sha256-<12 hex>``."""
-    if model_ref:
-        return model_ref
-    stem = filename.rsplit("/", 1)[-1].removesuffix(".gguf")
-    return stem or f"sha256-{wb.short_digest(digest)}"
 

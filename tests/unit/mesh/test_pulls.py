@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from peerllm.errors import NoSource
+from peerllm.errors import NoSource, TransferError
 from peerllm.mesh.pull_ports import Holder
 from peerllm.mesh.pulls import Pulls, ref_kind
 from peerllm.transfer.ports import Progress
@@ -196,3 +196,54 @@ async def test_a_model_id_with_a_digest_is_pulled_from_that_files_holders(
     await running.start(pulls.run)
     entry = await pulls.start("m", digest=DIGEST).wait()
     assert entry.id == "m" and [s.label for s in downloads.opened[0].plan.sources] == ["a"]
+
+
+async def test_a_holders_name_never_replaces_a_model_served_from_another_file(
+        running: trio.Nursery) -> None:
+    installer = Installer([Entry(id="m", digest=OTHER, size=1)])
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id="m")), installer=installer)
+    await running.start(pulls.run)
+    entry = await pulls.start(DIGEST).wait()
+    assert entry.id == f"sha256-{wb.short_digest(DIGEST)}"
+    assert installer.serving("m") == Entry(id="m", digest=OTHER, size=1)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a//b", "m@1234abcd", "has space",
+                                  "sha256:" + "cd" * 32])
+async def test_a_holders_name_that_is_no_plain_model_id_is_not_used(
+        running: trio.Nursery, name: str) -> None:
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id=name)))
+    await running.start(pulls.run)
+    assert (await pulls.start(DIGEST).wait()).id == f"sha256-{wb.short_digest(DIGEST)}"
+
+
+async def test_a_user_who_names_the_model_may_replace_its_file(running: trio.Nursery) -> None:
+    installer = Installer([Entry(id="m", digest=OTHER, size=1)])
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}), Peers(["a"]),
+                 installer=installer)
+    await running.start(pulls.run)
+    assert (await pulls.start(DIGEST, model_id="m").wait()).id == "m"
+
+
+async def test_a_replica_of_a_model_served_here_from_another_file_is_refused(
+        running: trio.Nursery) -> None:
+    downloads = Downloads()
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}), Peers(["a"]),
+                 downloads=downloads,
+                 installer=Installer([Entry(id="m", digest=OTHER, size=1)]))
+    await running.start(pulls.run)
+    t = pulls.start(DIGEST, digest=DIGEST, model_id="m", origin="replication")
+    with pytest.raises(TransferError, match="serves m from another file"):
+        await t.wait()
+    assert not downloads.opened
+
+
+async def test_a_holder_naming_no_model_type_is_skipped(running: trio.Nursery) -> None:
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id="m", type="virus")))
+    await running.start(pulls.run)
+    with pytest.raises(NoSource) as caught:
+        await pulls.start(DIGEST).wait()
+    assert "virus" in caught.value.reasons["a"]

@@ -1,0 +1,69 @@
+"""Which model id a pulled file is served under, and whether it may replace what is
+served under that id now.
+
+Only a user who names the model (``peerllm pull gemma``, ``model_id=``) may hot-swap a
+model this node serves. A name that came from elsewhere (the holder's ``ModelMeta.id``,
+a URL's file name, or a replication of a model a peer advertises) is a peer's or a
+server's word: it must have the form of a model id and no path in it, and it never
+replaces a model this node serves from another file; the file then gets the
+``sha256-<12 hex>`` id, or (replication) is not pulled at all.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..errors import TransferError
+from ..transfer.store import is_model_id
+from ..wire import blob as wb
+from .pull_ports import Installer
+
+MODEL_TYPES: Final = frozenset({"llm", "embedding"})
+
+
+def digest_id(digest: str) -> str:
+    """``sha256-<12 hex>``: the id of a file nobody named (or whose name is taken)."""
+    return f"sha256-{wb.short_digest(digest)}"
+
+
+def plain_name(text: str | None) -> str | None:
+    """``text`` when it can be a model id from a peer or a URL: the store's id form, no
+    ``..``/``//``/``@``, not a digest; else None."""
+    if not text or "@" in text or wb.is_digest(text) or not is_model_id(text):
+        return None
+    return text if wb.ref_problem(text) is None else None
+
+
+def stem(filename: str) -> str | None:
+    """A URL's file name without its ``.gguf`` ending, when it can be a model id."""
+    return plain_name(filename.rsplit("/", 1)[-1].removesuffix(".gguf"))
+
+
+def meta_problem(meta: wb.ModelMeta | None) -> str | None:
+    """Why a holder's meta cannot be served (its fault), or None."""
+    if meta is not None and meta.type not in MODEL_TYPES:
+        return f"it says the file is a {meta.type[:40]!r} model, not one of {sorted(MODEL_TYPES)}"
+    return None
+
+
+def install_id(*, named: str | None, by_user: bool, offered: str | None, digest: str | None,
+               installer: Installer, replication: bool) -> str | None:
+    """The id to install the file under (None: not known until its digest is).
+
+    ``named``: the id the pull was started with; ``by_user``: a user named it (may hot
+    swap); ``offered``: the holder's or the URL's name (already ``plain_name``-checked).
+
+    Raises:
+        TransferError: a replication of a model this node serves from another file.
+    """
+    if named is not None and by_user:
+        return named
+    name = named or offered
+    if name is not None:
+        served = installer.serving(name)
+        if served is None or (digest is not None and served.digest == digest):
+            return name
+        if replication:
+            raise TransferError(f"this node serves {name} from another file; a replica "
+                                "does not replace it", digest=digest)
+    return None if digest is None else digest_id(digest)
