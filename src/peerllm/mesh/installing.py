@@ -117,7 +117,7 @@ class StoreInstaller:
         before = self._store.get(meta.id)
         await trio.to_thread.run_sync(self._store.add, entry)
         if before is not None and before.digest != digest:
-            await trio.to_thread.run_sync(self._drop_unused, before.digest)
+            await trio.to_thread.run_sync(self._store.drop_unused, before.digest)
         try:
             registry.spec(meta.id)
         except ModelNotFound:
@@ -128,7 +128,6 @@ class StoreInstaller:
         logger.info("pulled model %s (%s, %d bytes) from %s", meta.id, digest, size,
                     source or "?")
         return entry
-
 
     async def remove(self, model_id: str, *, cancel: bool = False) -> StoredModel | None:
         """Stop serving ``model_id`` (waiting for its requests, or ``cancel``-ling them)
@@ -152,12 +151,6 @@ class StoreInstaller:
                     f" with its file {stored.file}" if removed and stored else
                     " (its file stays: it was not pulled)")
         return removed
-
-    def _drop_unused(self, digest: str) -> None:
-        """Delete the blob of ``digest`` when no pulled model names it any more (a
-        request still reading it keeps its open file until it is done)."""
-        if not any(e.digest == digest for e in self._store.list()):
-            self._store.blob_path(digest).unlink(missing_ok=True)
 
 
 class StoreDownload:
