@@ -140,14 +140,14 @@ class StoreInstaller:
         registry = self._registry()
         if registry is None:
             raise ModelNotFound(model_id)
-        path = registry.spec(model_id).path
-        stored = self._store.get(model_id)
+        spec = registry.spec(model_id)  # a pinned "id@<hex>" names spec.id's document
+        stored = self._store.get(spec.id)
         await registry.remove(model_id, cancel=cancel)
         removed = None
-        if stored is not None and path == self._store.blob_path(stored.digest):
-            removed = await trio.to_thread.run_sync(self._store.remove, model_id)
+        if stored is not None and spec.path == self._store.blob_path(stored.digest):
+            removed = await trio.to_thread.run_sync(self._store.remove, spec.id)
         self._announce()
-        logger.info("model %s deleted%s", model_id,
+        logger.info("model %s deleted%s", spec.id,
                     f" with its file {stored.file}" if removed and stored else
                     " (its file stays: it was not pulled)")
         return removed
