@@ -59,6 +59,9 @@ def ref_kind(ref: str) -> RefKind:
         raise ValueError("model: expected a model id, a sha256: digest or a URL")
     if len(ref) > MAX_REF_CHARS:
         raise ValueError(f"model: longer than {MAX_REF_CHARS} characters")
+    problem = wb.digest_problem(ref.strip())
+    if problem is not None:
+        raise ValueError(f"model: {ref.strip()[:80]!r}: {problem}")
     try:
         kind, _ = parse_source(ref)
     except ValueError as exc:

@@ -39,6 +39,9 @@ def test_ref_kinds() -> None:
     assert ref_kind("hf://owner/repo/m.gguf") == "hub"
     with pytest.raises(ValueError, match="model"):
         ref_kind("  ")
+    with pytest.raises(ValueError, match="model: 'sha256:ABC': a digest is sha256:<64"):
+        ref_kind("sha256:ABC")
+    assert ref_kind("sha256-0123456789ab") == "model"  # the id of a file nobody named
 
 
 async def test_a_model_id_is_pulled_from_the_digest_most_holders_advertise(
