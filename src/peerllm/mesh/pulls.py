@@ -27,7 +27,7 @@ from typing import Final, Literal
 import trio
 
 from ..errors import NoSource, SourceFailed, TransferError
-from ..transfer.http import parse_source
+from ..transfer.http import parse_source, shown_url
 from ..transfer.ports import ChunkSource, Progress
 from ..wire import blob as wb
 from .naming import install_id, meta_problem, plain_name, stem
@@ -79,6 +79,7 @@ class Transfer:
         self.seq = seq
         self.id = f"t{seq}"
         self.ref = ref
+        self.shown = shown_url(ref)  # for logs and listings: a URL's secrets left out
         self.digest = digest
         self.model_id = model_id
         self.origin: Origin = origin
@@ -222,7 +223,7 @@ class Pulls:
                      model_id=model_id or (ref if kind == "model" else None),
                      origin=origin)
         self._running[t.id] = t
-        self._nursery.start_soon(self._run, t, kind, name=f"pull {ref[:80]}")
+        self._nursery.start_soon(self._run, t, kind, name=f"pull {t.shown[:80]}")
         return t
 
     def transfers(self) -> list[Transfer]:
@@ -243,10 +244,10 @@ class Pulls:
         try:
             t.finish(result=await self._pull(t, kind))
         except TransferError as exc:
-            logger.info("pull %s failed: %s", t.ref, exc.message)
+            logger.info("pull %s failed: %s", t.shown, exc.message)
             t.finish(error=exc)
         except Exception as exc:  # a bug of ours: the node keeps serving, the log has it
-            logger.exception("pull %s failed", t.ref)
+            logger.exception("pull %s failed", t.shown)
             t.finish(error=TransferError(f"internal error ({type(exc).__name__}); "
                                          "the node's log has the details", digest=t.digest))
         finally:
@@ -295,7 +296,7 @@ class Pulls:
             if h.peer_id not in reasons]
         hub_sources = [self._hub.source(url)] if url is not None else []
         if not peer_sources and not hub_sources:
-            raise NoSource(f"no holder of {t.digest or t.ref} could send it", digest=t.digest,
+            raise NoSource(f"no holder of {t.digest or t.shown} could send it", digest=t.digest,
                            reasons=reasons)
         download = self._open_download(DownloadPlan(
             digest=t.digest, url=url, sources=peer_sources or hub_sources,
@@ -313,7 +314,7 @@ class Pulls:
         meta = wb.ModelMeta(id=model_id, type=meta.type, chat_format=meta.chat_format,
                             context_size=meta.context_size) if meta is not None \
             else wb.ModelMeta(id=model_id)
-        source = url or ",".join(f"peer:{h.peer_id}" for h in holders
+        source = shown_url(url) if url else ",".join(f"peer:{h.peer_id}" for h in holders
                                  if h.peer_id not in reasons)
         return await self._installer.install(digest=done.digest, size=done.size, meta=meta,
                                              source=source, manifest=done)

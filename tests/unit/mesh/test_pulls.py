@@ -250,3 +250,14 @@ async def test_a_holder_naming_no_model_type_is_skipped(running: trio.Nursery) -
     with pytest.raises(NoSource) as caught:
         await pulls.start(DIGEST).wait()
     assert "virus" in caught.value.reasons["a"]
+
+
+async def test_a_urls_credentials_stay_out_of_the_listing_and_the_stored_source(
+        running: trio.Nursery) -> None:
+    installer = Installer()
+    pulls = make(installer=installer)
+    await running.start(pulls.run)
+    t = pulls.start("https://me:pw@files.example/m.gguf?token=s3cret")
+    entry = await t.wait()
+    assert t.shown == "https://files.example/m.gguf" and "s3cret" not in entry.id
+    assert installer.installed[0][2] == "https://files.example/m.gguf"
