@@ -1,12 +1,13 @@
 """Which model id a pulled file is served under, and whether it may replace what is
 served under that id now.
 
-Only a user who names the model (``peerllm pull gemma``, ``model_id=``) may hot-swap a
-model this node serves. A name that came from elsewhere (the holder's ``ModelMeta.id``,
-a URL's file name, or a replication of a model a peer advertises) is a peer's or a
-server's word: it must have the form of a model id and no path in it, and it never
-replaces a model this node serves from another file; the file then gets the
-``sha256-<12 hex>`` id, or (replication) is not pulled at all.
+A pull a user started (``peerllm pull``, the API) may hot-swap the model of that id: the
+user asked for that file (by id, digest or URL), and the id is the one they named, else
+the holder's ``ModelMeta.id``, else the URL's file name. A pull the node started itself
+(replication) never replaces a model this node serves from another file: a peer's
+advertisement alone must not change what this node serves under an id. A name from a
+peer or a URL must have the form of a model id with no path in it; else the file gets
+the ``sha256-<12 hex>`` id.
 """
 
 from __future__ import annotations
@@ -46,24 +47,22 @@ def meta_problem(meta: wb.ModelMeta | None) -> str | None:
     return None
 
 
-def install_id(*, named: str | None, by_user: bool, offered: str | None, digest: str | None,
+def install_id(*, named: str | None, offered: str | None, digest: str | None,
                installer: Installer, replication: bool) -> str | None:
     """The id to install the file under (None: not known until its digest is).
 
-    ``named``: the id the pull was started with; ``by_user``: a user named it (may hot
-    swap); ``offered``: the holder's or the URL's name (already ``plain_name``-checked).
+    ``named``: the id the pull was started with; ``offered``: the holder's or the URL's
+    name (already ``plain_name``-checked).
 
     Raises:
         TransferError: a replication of a model this node serves from another file.
     """
-    if named is not None and by_user:
-        return named
     name = named or offered
-    if name is not None:
+    if name is None:
+        return None if digest is None else digest_id(digest)
+    if replication:
         served = installer.serving(name)
-        if served is None or (digest is not None and served.digest == digest):
-            return name
-        if replication:
+        if served is not None and (digest is None or served.digest != digest):
             raise TransferError(f"this node serves {name} from another file; a replica "
                                 "does not replace it", digest=digest)
-    return None if digest is None else digest_id(digest)
+    return name

@@ -280,9 +280,10 @@ class Pulls:
                 holders = await self._finder.find(t.digest)
         if not holders and url is None:
             raise NoSource(f"no peer in the mesh holds {t.digest}", digest=t.digest)
-        if t.origin == "replication":  # refused before a byte is fetched
-            self._install_id(t, None, t.digest)
         manifest, meta, reasons = await self._describe(holders, t.digest or t.ref)
+        if t.origin == "replication":  # refused before a byte is fetched
+            self._install_id(t, plain_name(meta.id) if meta is not None else None,
+                             manifest.digest if manifest is not None else t.digest)
         if manifest is not None:
             t.digest = manifest.digest
             present = self._installer.present(manifest.digest)
@@ -338,9 +339,8 @@ class Pulls:
         return None, None, reasons
 
     def _install_id(self, t: Transfer, offered: str | None, digest: str | None) -> str | None:
-        return install_id(named=t.model_id, by_user=t.origin == "user", offered=offered,
-                          digest=digest, installer=self._installer,
-                          replication=t.origin == "replication")
+        return install_id(named=t.model_id, offered=offered, digest=digest,
+                          installer=self._installer, replication=t.origin == "replication")
 
     def _joinable(self, t: Transfer) -> Transfer | None:
         """Another running transfer of the same file (found once the digest is known)."""

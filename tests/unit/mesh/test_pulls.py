@@ -201,15 +201,25 @@ async def test_a_model_id_with_a_digest_is_pulled_from_that_files_holders(
     assert entry.id == "m" and [s.label for s in downloads.opened[0].plan.sources] == ["a"]
 
 
-async def test_a_holders_name_never_replaces_a_model_served_from_another_file(
+async def test_a_users_digest_pull_takes_the_holders_name_and_may_replace_its_file(
         running: trio.Nursery) -> None:
     installer = Installer([Entry(id="m", digest=OTHER, size=1)])
     pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
                  Peers(["a"], wb.ModelMeta(id="m")), installer=installer)
     await running.start(pulls.run)
-    entry = await pulls.start(DIGEST).wait()
-    assert entry.id == f"sha256-{wb.short_digest(DIGEST)}"
-    assert installer.serving("m") == Entry(id="m", digest=OTHER, size=1)
+    assert (await pulls.start(DIGEST).wait()).id == "m"  # the user asked for this file
+
+
+async def test_a_replica_named_by_its_holder_never_replaces_a_model_served_here(
+        running: trio.Nursery) -> None:
+    downloads = Downloads()
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id="m")), downloads=downloads,
+                 installer=Installer([Entry(id="m", digest=OTHER, size=1)]))
+    await running.start(pulls.run)
+    with pytest.raises(TransferError, match="serves m from another file"):
+        await pulls.start(DIGEST, digest=DIGEST, origin="replication").wait()
+    assert not downloads.opened
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "a//b", "m@1234abcd", "has space",
