@@ -55,7 +55,7 @@ class Received:
 
 @asynccontextmanager
 async def serving(entries: list[BlobEntry], *, allowed: bool = True, side_host: str | None = None,
-                  client_side: bool = True, **kw: Any
+                  client_side: bool = True, conn_ip: str | None = None, **kw: Any
                   ) -> AsyncIterator[tuple[BlobClient, BlobServer, StaticBlobCatalog]]:
     catalog = StaticBlobCatalog(entries)
     kw.setdefault("max_streams_per_peer", 4)
@@ -65,7 +65,9 @@ async def serving(entries: list[BlobEntry], *, allowed: bool = True, side_host: 
                         self_peer_id=SRV, **kw)
     async with open_memory_network() as net:
         net.serve(SRV, wb.PROTOCOL_ID, server.handle)
-        yield BlobClient(net.opener(CLI), side_channel=client_side), server, catalog
+        peer_ip = None if conn_ip is None else (lambda peer: conn_ip)
+        yield (BlobClient(net.opener(CLI), side_channel=client_side, peer_ip=peer_ip),
+               server, catalog)
 
 
 async def fetch_all(client: BlobClient, ref: str, entry: BlobEntry,
@@ -347,3 +349,16 @@ async def test_a_client_that_stops_reading_times_out_and_frees_its_stream(
     with pytest.raises(PeerTimeout, match="read none of chunk 0"):
         await server.handle(NeverReads(get))
     assert server.statistics()["active"] == 0
+
+
+async def test_an_offer_cannot_point_the_dial_away_from_the_connections_ip(
+        tmp_path: Path) -> None:
+    entry = blob_entry(model_file(tmp_path), chunk_bytes=CHUNK)
+    # The server offers 127.0.0.2; our connection to it (we say) uses 127.0.0.1.
+    async with serving([entry], side_host="127.0.0.2", conn_ip="127.0.0.1") \
+            as (client, server, _):
+        got = Received()
+        await fetch_all(client, entry.manifest.digest, entry, got)
+        assert got.joined() == entry.path.read_bytes()
+        stats = server.statistics()  # .1 has no listener: in-stream instead
+        assert (stats["offers"], stats["side_channel"], stats["in_stream"]) == (1, 0, 1)
