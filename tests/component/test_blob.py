@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from peerllm.errors import LocalProtocolError, SourceFailed
+from peerllm.errors import LocalProtocolError, PeerTimeout, SourceFailed
 from peerllm.p2p import blob as pblob
 from peerllm.p2p.blob import BlobClient, BlobEntry, BlobServer
 from peerllm.p2p.streams import ByteStream, receive_event, safe_handler
@@ -55,7 +55,7 @@ class Received:
 
 @asynccontextmanager
 async def serving(entries: list[BlobEntry], *, allowed: bool = True, side_host: str | None = None,
-                  client_side: bool = True, **kw: Any
+                  client_side: bool = True, conn_ip: str | None = None, **kw: Any
                   ) -> AsyncIterator[tuple[BlobClient, BlobServer, StaticBlobCatalog]]:
     catalog = StaticBlobCatalog(entries)
     kw.setdefault("max_streams_per_peer", 4)
@@ -65,7 +65,9 @@ async def serving(entries: list[BlobEntry], *, allowed: bool = True, side_host: 
                         self_peer_id=SRV, **kw)
     async with open_memory_network() as net:
         net.serve(SRV, wb.PROTOCOL_ID, server.handle)
-        yield BlobClient(net.opener(CLI), side_channel=client_side), server, catalog
+        peer_ip = None if conn_ip is None else (lambda peer: conn_ip)
+        yield (BlobClient(net.opener(CLI), side_channel=client_side, peer_ip=peer_ip),
+               server, catalog)
 
 
 async def fetch_all(client: BlobClient, ref: str, entry: BlobEntry,
@@ -308,3 +310,55 @@ async def test_a_client_that_gives_up_mid_range_leaves_the_server_serving(
         with trio.fail_after(5):
             while server.statistics()["active"]:
                 await trio.sleep(0.01)
+
+
+class NeverReads:
+    """A client that asks for a range, then reads nothing: every send blocks."""
+
+    peer_id = CLI
+
+    def __init__(self, request: bytes) -> None:
+        self._request: bytes | None = request
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        if self._request is not None:
+            data, self._request = self._request, None
+            return data
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send_all(self, data: bytes) -> None:
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+async def test_a_client_that_stops_reading_times_out_and_frees_its_stream(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    entry = blob_entry(model_file(tmp_path), chunk_bytes=CHUNK)
+    m = entry.manifest
+    server = BlobServer(catalog=StaticBlobCatalog([entry]), may_download=lambda peer: True,
+                        max_streams_per_peer=1, upload_limit_bps=None, side_channel=False,
+                        self_peer_id=SRV)
+    get = wb.encode_request(wb.Get(ref=m.digest, first=0, count=m.count,
+                                   chunk_bytes=m.chunk_bytes, size=m.size, side_channel=False))
+    with pytest.raises(PeerTimeout, match="read none of chunk 0"):
+        await server.handle(NeverReads(get))
+    assert server.statistics()["active"] == 0
+
+
+async def test_an_offer_cannot_point_the_dial_away_from_the_connections_ip(
+        tmp_path: Path) -> None:
+    entry = blob_entry(model_file(tmp_path), chunk_bytes=CHUNK)
+    # The server offers 127.0.0.2; our connection to it (we say) uses 127.0.0.1.
+    async with serving([entry], side_host="127.0.0.2", conn_ip="127.0.0.1") \
+            as (client, server, _):
+        got = Received()
+        await fetch_all(client, entry.manifest.digest, entry, got)
+        assert got.joined() == entry.path.read_bytes()
+        stats = server.statistics()  # .1 has no listener: in-stream instead
+        assert (stats["offers"], stats["side_channel"], stats["in_stream"]) == (1, 0, 1)

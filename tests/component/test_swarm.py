@@ -15,7 +15,13 @@ from peerllm.errors import DigestMismatch, NoSource, NotEnoughSpace, SourceFaile
 from peerllm.transfer.partial import partial_path, state_path
 from peerllm.transfer.ports import Deliver, Progress
 from peerllm.transfer.swarm import SwarmDownload
-from peerllm.wire.blob import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES, Manifest, manifest_of
+from peerllm.wire.blob import (
+    DEFAULT_CHUNK_BYTES,
+    MAX_FILE_BYTES,
+    MIN_CHUNK_BYTES,
+    Manifest,
+    manifest_of,
+)
 
 CB = MIN_CHUNK_BYTES
 DATA = os.urandom(20 * CB + 123)
@@ -251,6 +257,21 @@ async def test_without_a_manifest_a_bad_file_is_caught_by_its_digest(tmp_path: P
     with pytest.raises(DigestMismatch):
         await dl.run()
     assert not target.exists()
+
+
+class HugeSource(MemorySource):
+    async def content_length(self) -> int | None:
+        return MAX_FILE_BYTES + 1
+
+
+async def test_a_source_claiming_a_file_over_the_limit_is_dropped(tmp_path: Path) -> None:
+    target = tmp_path / "m.gguf"
+    dl = SwarmDownload(target=target, expected_digest=None, free_bytes=lambda _: 1 << 62,
+                       sources=[HugeSource("https://a.example", kind="http", offer=None)])
+    with pytest.raises(NoSource) as info:
+        await dl.run()
+    assert "more than" in info.value.reasons["https://a.example"]
+    assert not partial_path(target).exists()
 
 
 async def test_the_fallback_joins_when_no_peer_is_left(tmp_path: Path) -> None:

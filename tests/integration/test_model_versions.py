@@ -51,7 +51,8 @@ async def test_a_peer_sees_the_digest_and_finds_the_holder_by_it(
             tags = (await http.get("/api/tags")).json()["models"]
             assert [(t["name"], t["digest"]) for t in tags] == [(FAKE_MODEL, digest[7:])]
             listed = (await http.get("/v1/models")).json()["data"]
-            assert [p["digest"] for p in listed[0]["peerllm"]["providers"]] == [digest]
+            assert [(p["digest"], p["file_bytes"]) for p in listed[0]["peerllm"]["providers"]
+                    ] == [(digest, file_a.stat().st_size)]
         status = (await http_a.get(f"/v1/models/{FAKE_MODEL}")).json()
         assert (status["digest"], status["replicas"]) == (digest, 0)
         # A pinned id runs where that version is served, here and through the peer.

@@ -140,39 +140,26 @@ def model_object(node: Node, model: str, candidates: Sequence[Candidate] | None 
     the digest of the file it serves: replicas may serve different versions, and that
     file's size, ``file_bytes``, as the node says)."""
     cands = node.mesh_models().get(model, []) if candidates is None else candidates
-    digests = served_digests(node, model)
-    sizes = file_sizes(node, model)
+    files = served_files(node, model)
     return {"id": model, "object": "model", "created": int(node.started_at),
             "owned_by": "peerllm", "peerllm": {"providers": [
                 {"peer_id": c.peer_id, "name": c.name, "local": c.local, "loaded": c.loaded,
-                 "digest": digests.get(c.peer_id), "file_bytes": sizes.get(c.peer_id)}
+                 "digest": files.get(c.peer_id, (None, None))[0],
+                 "file_bytes": files.get(c.peer_id, (None, None))[1]}
                 for c in cands]}}
 
 
-def file_sizes(node: Node, model: str) -> dict[str, int | None]:
-    """Peer id -> the size of the file each node serves ``model`` from (None: unsaid)."""
-    out: dict[str, int | None] = {}
+def served_files(node: Node, model: str) -> dict[str, tuple[str | None, int | None]]:
+    """Peer id -> (digest, size) of the file each node serves ``model`` from (None:
+    unsaid, or not computed yet): ours from the registry, peers' from their node-info."""
+    out: dict[str, tuple[str | None, int | None]] = {}
     for e in node.registry.entries():
         for m in e.info.models if e.info is not None else ():
             if m.id == model:
-                out[e.peer_id] = m.file_bytes
+                out[e.peer_id] = (m.digest, m.file_bytes)
     for st in node.model_statuses():
         if st.id == model:
-            out[node.peer_id] = st.file_bytes
-    return out
-
-
-def served_digests(node: Node, model: str) -> dict[str, str | None]:
-    """Peer id -> the digest (``sha256:…``, None while unknown) of the file each node
-    serves ``model`` from: ours from the registry, peers' from their node-info."""
-    out: dict[str, str | None] = {}
-    for e in node.registry.entries():
-        for m in e.info.models if e.info is not None else ():
-            if m.id == model:
-                out[e.peer_id] = m.digest
-    for st in node.model_statuses():
-        if st.id == model:
-            out[node.peer_id] = st.digest
+            out[node.peer_id] = (st.digest, st.file_bytes)
     return out
 
 

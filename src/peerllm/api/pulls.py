@@ -28,6 +28,7 @@ from ..errors import (
     TransferError,
 )
 from ..mesh.pulls import Pulls, Transfer, ref_kind
+from ..transfer.http import shown_url
 from ..transfer.ports import Progress
 from ..wire import blob as wb
 from . import ollama, openai, schemas
@@ -68,7 +69,7 @@ def source_docs(p: Progress) -> list[Json]:
 def transfer_doc(t: Transfer) -> Json:
     """One row of ``GET /v1/transfers`` (and the body of a pull's progress events)."""
     p = t.progress
-    return {"id": t.id, "ref": t.ref, "model": t.result.id if t.result else t.model_id,
+    return {"id": t.id, "ref": t.shown, "model": t.result.id if t.result else t.model_id,
             "digest": t.digest, "origin": t.origin, "state": p.state, "total": p.total,
             "completed": p.completed, "resumed": p.resumed, "rate_bps": p.rate_bps,
             "eta_s": p.eta_s, "sources": source_docs(p), "error": p.error,
@@ -160,7 +161,7 @@ def routes(node: Node) -> list[Route]:
         with managing(node.audit, request.scope, "pull") as act:
             ref, digest, stream = pull_request(await read_json(request),
                                                ollama_names=ollama_names)
-            act.model = ref
+            act.model = shown_url(ref)
             if ref_kind(ref) == "model":
                 require_model(request, node.authority, ref)
             t = service().start(ref, digest=digest)

@@ -50,8 +50,8 @@ class NodeCatalog:
         self._in_flight = in_flight
 
     def lookup(self, ref: str) -> BlobEntry | None:
-        if wb.is_digest(ref) and ref.startswith("sha256"):
-            digest = wb.parse_digest(ref)
+        digest = wb.prefixed_digest(ref)
+        if digest is not None:
             return (self._downloading(digest) or self._stored(digest)
                     or self._registered(digest))
         return self._by_id(ref)

@@ -117,7 +117,7 @@ class StoreInstaller:
         before = self._store.get(meta.id)
         await trio.to_thread.run_sync(self._store.add, entry)
         if before is not None and before.digest != digest:
-            await trio.to_thread.run_sync(self._drop_unused, before.digest)
+            await trio.to_thread.run_sync(self._store.drop_unused, before.digest)
         try:
             registry.spec(meta.id)
         except ModelNotFound:
@@ -128,7 +128,6 @@ class StoreInstaller:
         logger.info("pulled model %s (%s, %d bytes) from %s", meta.id, digest, size,
                     source or "?")
         return entry
-
 
     async def remove(self, model_id: str, *, cancel: bool = False) -> StoredModel | None:
         """Stop serving ``model_id`` (waiting for its requests, or ``cancel``-ling them)
@@ -141,23 +140,17 @@ class StoreInstaller:
         registry = self._registry()
         if registry is None:
             raise ModelNotFound(model_id)
-        path = registry.spec(model_id).path
-        stored = self._store.get(model_id)
+        spec = registry.spec(model_id)  # a pinned "id@<hex>" names spec.id's document
+        stored = self._store.get(spec.id)
         await registry.remove(model_id, cancel=cancel)
         removed = None
-        if stored is not None and path == self._store.blob_path(stored.digest):
-            removed = await trio.to_thread.run_sync(self._store.remove, model_id)
+        if stored is not None and spec.path == self._store.blob_path(stored.digest):
+            removed = await trio.to_thread.run_sync(self._store.remove, spec.id)
         self._announce()
-        logger.info("model %s deleted%s", model_id,
+        logger.info("model %s deleted%s", spec.id,
                     f" with its file {stored.file}" if removed and stored else
                     " (its file stays: it was not pulled)")
         return removed
-
-    def _drop_unused(self, digest: str) -> None:
-        """Delete the blob of ``digest`` when no pulled model names it any more (a
-        request still reading it keeps its open file until it is done)."""
-        if not any(e.digest == digest for e in self._store.list()):
-            self._store.blob_path(digest).unlink(missing_ok=True)
 
 
 class StoreDownload:

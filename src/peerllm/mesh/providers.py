@@ -42,8 +42,8 @@ class MeshProviders:
 
     def listed(self, ref: str) -> list[Holder]:
         """Healthy peers whose node-info lists ``ref`` (digest or model id)."""
-        by_digest = wb.is_digest(ref) and ref.startswith("sha256")
-        want = wb.parse_digest(ref) if by_digest else ref
+        digest = wb.prefixed_digest(ref)
+        by_digest, want = digest is not None, digest or ref
         self._registry.refresh_states(now=self._clock())
         found: list[Holder] = []
         for e in self._registry.entries():

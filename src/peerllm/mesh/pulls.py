@@ -27,9 +27,10 @@ from typing import Final, Literal
 import trio
 
 from ..errors import NoSource, SourceFailed, TransferError
-from ..transfer.http import parse_source
+from ..transfer.http import parse_source, shown_url
 from ..transfer.ports import ChunkSource, Progress
 from ..wire import blob as wb
+from .naming import install_id, meta_problem, plain_name, stem
 from .pull_ports import (
     BlobPeers,
     Download,
@@ -58,6 +59,9 @@ def ref_kind(ref: str) -> RefKind:
         raise ValueError("model: expected a model id, a sha256: digest or a URL")
     if len(ref) > MAX_REF_CHARS:
         raise ValueError(f"model: longer than {MAX_REF_CHARS} characters")
+    problem = wb.digest_problem(ref.strip())
+    if problem is not None:
+        raise ValueError(f"model: {ref.strip()[:80]!r}: {problem}")
     try:
         kind, _ = parse_source(ref)
     except ValueError as exc:
@@ -75,6 +79,7 @@ class Transfer:
         self.seq = seq
         self.id = f"t{seq}"
         self.ref = ref
+        self.shown = shown_url(ref)  # for logs and listings: a URL's secrets left out
         self.digest = digest
         self.model_id = model_id
         self.origin: Origin = origin
@@ -218,7 +223,7 @@ class Pulls:
                      model_id=model_id or (ref if kind == "model" else None),
                      origin=origin)
         self._running[t.id] = t
-        self._nursery.start_soon(self._run, t, kind, name=f"pull {ref[:80]}")
+        self._nursery.start_soon(self._run, t, kind, name=f"pull {t.shown[:80]}")
         return t
 
     def transfers(self) -> list[Transfer]:
@@ -239,10 +244,10 @@ class Pulls:
         try:
             t.finish(result=await self._pull(t, kind))
         except TransferError as exc:
-            logger.info("pull %s failed: %s", t.ref, exc.message)
+            logger.info("pull %s failed: %s", t.shown, exc.message)
             t.finish(error=exc)
         except Exception as exc:  # a bug of ours: the node keeps serving, the log has it
-            logger.exception("pull %s failed", t.ref)
+            logger.exception("pull %s failed", t.shown)
             t.finish(error=TransferError(f"internal error ({type(exc).__name__}); "
                                          "the node's log has the details", digest=t.digest))
         finally:
@@ -276,6 +281,9 @@ class Pulls:
         if not holders and url is None:
             raise NoSource(f"no peer in the mesh holds {t.digest}", digest=t.digest)
         manifest, meta, reasons = await self._describe(holders, t.digest or t.ref)
+        if t.origin == "replication":  # refused before a byte is fetched
+            self._install_id(t, plain_name(meta.id) if meta is not None else None,
+                             manifest.digest if manifest is not None else t.digest)
         if manifest is not None:
             t.digest = manifest.digest
             present = self._installer.present(manifest.digest)
@@ -289,7 +297,7 @@ class Pulls:
             if h.peer_id not in reasons]
         hub_sources = [self._hub.source(url)] if url is not None else []
         if not peer_sources and not hub_sources:
-            raise NoSource(f"no holder of {t.digest or t.ref} could send it", digest=t.digest,
+            raise NoSource(f"no holder of {t.digest or t.shown} could send it", digest=t.digest,
                            reasons=reasons)
         download = self._open_download(DownloadPlan(
             digest=t.digest, url=url, sources=peer_sources or hub_sources,
@@ -301,12 +309,13 @@ class Pulls:
         p = t.progress
         t.publish(Progress(digest=done.digest, state="installing", total=done.size,
                            completed=done.size, resumed=p.resumed, sources=p.sources))
-        model_id = t.model_id or (meta.id if meta is not None else None) \
-            or _id_from(hub_name, t.ref if kind == "model" else None, done.digest)
+        offered = (plain_name(meta.id) if meta is not None else None) or stem(hub_name)
+        model_id = self._install_id(t, offered, done.digest)
+        assert model_id is not None  # the digest is known
         meta = wb.ModelMeta(id=model_id, type=meta.type, chat_format=meta.chat_format,
                             context_size=meta.context_size) if meta is not None \
             else wb.ModelMeta(id=model_id)
-        source = url or ",".join(f"peer:{h.peer_id}" for h in holders
+        source = shown_url(url) if url else ",".join(f"peer:{h.peer_id}" for h in holders
                                  if h.peer_id not in reasons)
         return await self._installer.install(digest=done.digest, size=done.size, meta=meta,
                                              source=source, manifest=done)
@@ -322,8 +331,16 @@ class Pulls:
                 if exc.fault != "busy":  # busy now is still a source for later chunks
                     reasons[h.peer_id] = f"{exc.fault}: {exc.message}"
                 continue
+            problem = meta_problem(meta)
+            if problem is not None:
+                reasons[h.peer_id] = f"bad_answer: {problem}"
+                continue
             return manifest, meta, reasons
         return None, None, reasons
+
+    def _install_id(self, t: Transfer, offered: str | None, digest: str | None) -> str | None:
+        return install_id(named=t.model_id, offered=offered, digest=digest,
+                          installer=self._installer, replication=t.origin == "replication")
 
     def _joinable(self, t: Transfer) -> Transfer | None:
         """Another running transfer of the same file (found once the digest is known)."""
@@ -338,13 +355,4 @@ def _most_held(holders: list[Holder]) -> str | None:
         return None
     top = max(counts.values())
     return min(d for d, n in counts.items() if n == top)
-
-
-def _id_from(filename: str, model_ref: str | None, digest: str) -> str:
-    """A pulled file's model id when nobody named one: the ref, the file's stem, or
-    ``sha256-<12 hex>``."""
-    if model_ref:
-        return model_ref
-    stem = filename.rsplit("/", 1)[-1].removesuffix(".gguf")
-    return stem or f"sha256-{wb.short_digest(digest)}"
 

@@ -30,7 +30,7 @@ from ..security_events import PeerLimitHook
 from ..wire import blob as wb
 from .infer import REQUEST_READ_TIMEOUT_S
 from .limits import PeerStreams
-from .sidechannel import SideCertificate, SideConnection, SideListener
+from .sidechannel import IO_TIMEOUT_S, SideCertificate, SideConnection, SideListener
 from .streams import CLOSE_GRACE_S, ByteStream, receive_event
 
 logger = logging.getLogger(__name__)
@@ -260,10 +260,10 @@ class BlobServer:
             if conn is not None:
                 await conn.call(functools.partial(_send, data), what=f"send of chunk {index}")
             else:
-                await stream.send_all(wb.encode_answer(wb.ChunkHeader(index=index,
-                                                                      length=length)))
+                await _send_stalling(stream, wb.encode_answer(
+                    wb.ChunkHeader(index=index, length=length)), index)
                 for at in range(0, length, wb.IN_STREAM_WRITE_BYTES):
-                    await stream.send_all(data[at:at + wb.IN_STREAM_WRITE_BYTES])
+                    await _send_stalling(stream, data[at:at + wb.IN_STREAM_WRITE_BYTES], index)
             self._stats["bytes_sent"] += length
             self._stats["chunks_sent"] += 1
         return req.count
@@ -335,6 +335,21 @@ def _pread(fd: int, offset: int, length: int, size: int | None) -> bytes:
     if size is not None and (now := os.fstat(fd).st_size) != size:
         raise _FileChanged(f"now {now} bytes, the manifest says {size}")
     return data
+
+
+async def _send_stalling(stream: ByteStream, data: bytes, index: int) -> None:
+    """One in-stream write, which must make progress within IO_TIMEOUT_S (as a side
+    channel's must): a client that stops reading would otherwise hold this stream, its
+    file and a chunk in memory for ever (the blob handler has no overall timeout).
+
+    Raises:
+        PeerTimeout: the client read nothing for IO_TIMEOUT_S.
+    """
+    with trio.move_on_after(IO_TIMEOUT_S):
+        await stream.send_all(data)
+        return
+    raise PeerTimeout(stream.peer_id, f"read none of chunk {index} for {IO_TIMEOUT_S:g} s",
+                      phase="call")
 
 
 async def _send_last(stream: ByteStream, data: bytes) -> None:

@@ -63,8 +63,8 @@ class BlobClient:
         opener: opens streams (the P2PHost).
         side_channel: dial side channels the servers offer (``models.side_channel``).
         peer_ip: the IP our connection to a peer uses (``sidechannel.connection_ip``
-            bound to the host), for offers that leave the host empty; None = dial only
-            offers that name a host.
+            bound to the host): side channels are dialled there whatever host the offer
+            names; the offer's host is used only when this is None or says None.
     """
 
     def __init__(self, opener: StreamOpener, *, side_channel: bool,
@@ -148,7 +148,9 @@ class BlobClient:
         return True
 
     async def _dial(self, peer_id: str, offer: wb.Offer) -> SideConnection | None:
-        host = offer.host or (self._peer_ip(peer_id) if self._peer_ip is not None else None)
+        # The IP our connection to the peer uses wins over the offer's host: an offer must
+        # not point our dial at another machine, or at our own loopback.
+        host = (self._peer_ip(peer_id) if self._peer_ip is not None else None) or offer.host
         try:
             if not host:
                 raise PeerUnavailable(peer_id, "the offer names no host and the "

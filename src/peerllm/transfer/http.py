@@ -42,6 +42,26 @@ def origin(url: str) -> str:
     return f"{u.scheme}://{u.host}{port}"
 
 
+def shown_url(ref: str) -> str:
+    """``ref`` fit for logs, audit lines, documents and ``GET /v1/transfers``: an http(s)
+    URL without its user info, query and fragment (where credentials and signatures
+    travel); anything else as it is."""
+    if not ref.startswith(("https://", "http://")):
+        return ref
+    try:
+        u = httpx.URL(ref)
+    except httpx.InvalidURL:
+        return _origin_of_text(ref)
+    return origin(ref) + u.path
+
+
+def _origin_of_text(ref: str) -> str:
+    """The scheme and what looks like the host of a URL httpx cannot parse."""
+    scheme, _, rest = ref.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}"
+
+
 class HttpSource:
     """The file at ``url``, read in ranges of chunks."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ..errors import SourceFailed
-from ..wire.blob import Manifest
+from ..wire.blob import MAX_FILE_BYTES, Manifest
 from .ports import ChunkSource, SizeHint
 
 Drop = Callable[[str, str], None]
@@ -87,6 +87,11 @@ async def probe_size(sources: Sequence[ChunkSource], *, drop: Drop) -> int | Non
                 size = await src.content_length()
             except SourceFailed as exc:
                 drop(src.label, f"{exc.fault}: {exc.message}")
+                continue
+            if size is not None and size > MAX_FILE_BYTES:
+                # A file this big would need more chunks than a manifest may list.
+                drop(src.label, f"bad_answer: it says the file is {size} bytes, more than "
+                                f"the {MAX_FILE_BYTES} a model file may be")
                 continue
             if size is not None:
                 return size

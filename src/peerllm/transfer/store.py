@@ -153,12 +153,19 @@ class ModelStore:
         if entry is None:
             return None
         self._doc_path(model_id).unlink(missing_ok=True)
-        if not any(other.digest == entry.digest for other in self.list()):
-            blob = self.blob_path(entry.digest)
-            blob.unlink(missing_ok=True)
-            sidecar_path(blob).unlink(missing_ok=True)  # its cached manifest
-            logger.info("deleted blob %s (no model uses it now)", entry.file)
+        self.drop_unused(entry.digest)
         return entry
+
+    def drop_unused(self, digest: str) -> bool:
+        """Delete the blob of ``digest`` (and its cached manifest) when no document names
+        it any more; True when it was deleted. A reader keeps its open file until done."""
+        if any(other.digest == digest for other in self.list()):
+            return False
+        blob = self.blob_path(digest)
+        blob.unlink(missing_ok=True)
+        sidecar_path(blob).unlink(missing_ok=True)
+        logger.info("deleted blob %s (no model uses it now)", blob.name)
+        return True
 
     def free_bytes(self) -> int:
         """Free bytes on the disk that holds the blobs."""

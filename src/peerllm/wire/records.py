@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 from ..errors import ErrorCode, LocalProtocolError, RecordError, RemoteProtocolError
 from ._fields import FieldError, MapReader, check_float, check_int
-from .blob import DIGEST_PREFIX, parse_digest
+from .blob import parse_digest, prefixed_digest
 from .framing import pack, unpack_map
 
 NAMESPACE: Final = "peerllm"
@@ -84,13 +84,10 @@ def digest_provider_key(digest: str) -> str:
 
 
 def provider_key(ref: str) -> str:
-    """The provider key of a file digest (``sha256:<64 hex>``) or else of a model id."""
-    if ref.startswith(DIGEST_PREFIX):
-        try:
-            return digest_provider_key(ref)
-        except ValueError:
-            pass  # "sha256:..." that is not a digest: a (strange) model id
-    return model_provider_key(ref)
+    """The provider key of a file digest (``sha256:``/``sha256-`` + 64 hex, as refs
+    write one: wire.blob.prefixed_digest) or else of a model id."""
+    digest = prefixed_digest(ref)
+    return model_provider_key(ref) if digest is None else digest_provider_key(digest)
 
 
 # ---------------------------------------------------------------- records

@@ -10,6 +10,7 @@ import pytest
 
 from peerllm.config import InferenceConfig
 from peerllm.inference.registry import ModelRegistry, open_registry
+from peerllm.inference.specs import ModelSpec
 from peerllm.mesh.blobs import NodeCatalog
 from peerllm.mesh.digesting import Digests
 from peerllm.mesh.distribution import share_policy
@@ -119,3 +120,21 @@ def test_pulled_models_become_specs_at_start_unless_gone_or_taken(tmp_path: Path
     specs = stored_specs(store, taken={"taken"})
     assert [(s.id, s.digest, s.chat_format) for s in specs] == [
         ("kept", manifest.digest, "chatml")]
+
+
+async def test_deleting_a_pinned_id_deletes_the_pulled_file_but_never_a_given_one(
+        tmp_path: Path, registry: ModelRegistry) -> None:
+    store, cache = ModelStore(tmp_path / "models"), DigestCache()
+    manifest = put_blob(store, cache)
+    installer = StoreInstaller(store=store, cache=cache, registry=lambda: registry,
+                               announce=lambda: None)
+    await installer.install(digest=manifest.digest, size=manifest.size,
+                            meta=wb.ModelMeta(id="m"), source="peer:x")
+    removed = await installer.remove(f"m@{wb.short_digest(manifest.digest, 8)}")
+    assert removed is not None and removed.id == "m"
+    assert store.get("m") is None and not store.blob_path(manifest.digest).exists()
+    given = tmp_path / "given.gguf"
+    write_fake_gguf(given, 10_000)
+    registry.add(ModelSpec(id="g", path=given))
+    assert await installer.remove("g") is None
+    assert given.exists()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from peerllm.errors import NoSource
+from peerllm.errors import NoSource, TransferError
 from peerllm.mesh.pull_ports import Holder
 from peerllm.mesh.pulls import Pulls, ref_kind
 from peerllm.transfer.ports import Progress
@@ -39,6 +39,9 @@ def test_ref_kinds() -> None:
     assert ref_kind("hf://owner/repo/m.gguf") == "hub"
     with pytest.raises(ValueError, match="model"):
         ref_kind("  ")
+    with pytest.raises(ValueError, match="model: 'sha256:ABC': a digest is sha256:<64"):
+        ref_kind("sha256:ABC")
+    assert ref_kind("sha256-0123456789ab") == "model"  # the id of a file nobody named
 
 
 async def test_a_model_id_is_pulled_from_the_digest_most_holders_advertise(
@@ -196,3 +199,75 @@ async def test_a_model_id_with_a_digest_is_pulled_from_that_files_holders(
     await running.start(pulls.run)
     entry = await pulls.start("m", digest=DIGEST).wait()
     assert entry.id == "m" and [s.label for s in downloads.opened[0].plan.sources] == ["a"]
+
+
+async def test_a_users_digest_pull_takes_the_holders_name_and_may_replace_its_file(
+        running: trio.Nursery) -> None:
+    installer = Installer([Entry(id="m", digest=OTHER, size=1)])
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id="m")), installer=installer)
+    await running.start(pulls.run)
+    assert (await pulls.start(DIGEST).wait()).id == "m"  # the user asked for this file
+
+
+async def test_a_replica_named_by_its_holder_never_replaces_a_model_served_here(
+        running: trio.Nursery) -> None:
+    downloads = Downloads()
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id="m")), downloads=downloads,
+                 installer=Installer([Entry(id="m", digest=OTHER, size=1)]))
+    await running.start(pulls.run)
+    with pytest.raises(TransferError, match="serves m from another file"):
+        await pulls.start(DIGEST, digest=DIGEST, origin="replication").wait()
+    assert not downloads.opened
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a//b", "m@1234abcd", "has space",
+                                  "sha256:" + "cd" * 32])
+async def test_a_holders_name_that_is_no_plain_model_id_is_not_used(
+        running: trio.Nursery, name: str) -> None:
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id=name)))
+    await running.start(pulls.run)
+    assert (await pulls.start(DIGEST).wait()).id == f"sha256-{wb.short_digest(DIGEST)}"
+
+
+async def test_a_user_who_names_the_model_may_replace_its_file(running: trio.Nursery) -> None:
+    installer = Installer([Entry(id="m", digest=OTHER, size=1)])
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}), Peers(["a"]),
+                 installer=installer)
+    await running.start(pulls.run)
+    assert (await pulls.start(DIGEST, model_id="m").wait()).id == "m"
+
+
+async def test_a_replica_of_a_model_served_here_from_another_file_is_refused(
+        running: trio.Nursery) -> None:
+    downloads = Downloads()
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}), Peers(["a"]),
+                 downloads=downloads,
+                 installer=Installer([Entry(id="m", digest=OTHER, size=1)]))
+    await running.start(pulls.run)
+    t = pulls.start(DIGEST, digest=DIGEST, model_id="m", origin="replication")
+    with pytest.raises(TransferError, match="serves m from another file"):
+        await t.wait()
+    assert not downloads.opened
+
+
+async def test_a_holder_naming_no_model_type_is_skipped(running: trio.Nursery) -> None:
+    pulls = make(Finder({DIGEST: [Holder(peer_id="a", digest=DIGEST)]}),
+                 Peers(["a"], wb.ModelMeta(id="m", type="virus")))
+    await running.start(pulls.run)
+    with pytest.raises(NoSource) as caught:
+        await pulls.start(DIGEST).wait()
+    assert "virus" in caught.value.reasons["a"]
+
+
+async def test_a_urls_credentials_stay_out_of_the_listing_and_the_stored_source(
+        running: trio.Nursery) -> None:
+    installer = Installer()
+    pulls = make(installer=installer)
+    await running.start(pulls.run)
+    t = pulls.start("https://me:pw@files.example/m.gguf?token=s3cret")
+    entry = await t.wait()
+    assert t.shown == "https://files.example/m.gguf" and "s3cret" not in entry.id
+    assert installer.installed[0][2] == "https://files.example/m.gguf"

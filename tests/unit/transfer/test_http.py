@@ -8,7 +8,14 @@ import pytest
 import trio
 
 from peerllm.errors import SourceFailed
-from peerllm.transfer.http import HttpSource, hub_url, origin, parse_hf, parse_source
+from peerllm.transfer.http import (
+    HttpSource,
+    hub_url,
+    origin,
+    parse_hf,
+    parse_source,
+    shown_url,
+)
 
 CB = 64 * 1024
 
@@ -105,3 +112,13 @@ async def test_an_unreachable_server_is_gone() -> None:
     with pytest.raises(SourceFailed) as info:
         await _fetch(_source(httpx.MockTransport(handler)), 0, 1, CB)
     assert info.value.fault == "gone" and info.value.source == "https://files.example"
+
+
+@pytest.mark.parametrize(("ref", "shown"), [
+    ("https://user:pw@cdn.example:8443/m/x.gguf?X-Sig=s3cret#frag",
+     "https://cdn.example:8443/m/x.gguf"),
+    ("http://h.example/x.gguf", "http://h.example/x.gguf"),
+    ("https://u:pw@[::1", "https://[::1"),  # unparsable: still no user info
+    ("hf://o/r/f.gguf@main", "hf://o/r/f.gguf@main"), ("gemma", "gemma")])
+def test_shown_urls_leave_credentials_out(ref: str, shown: str) -> None:
+    assert shown_url(ref) == shown

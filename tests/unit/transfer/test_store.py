@@ -55,6 +55,21 @@ def test_remove_keeps_a_blob_another_model_uses(tmp_path: Path) -> None:
     assert store.remove("b") is None and store.list() == []
 
 
+def test_a_replaced_models_old_blob_goes_with_its_cached_manifest(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.blobs.mkdir(parents=True)
+    for digest in (D1, D2):
+        store.blob_path(digest).write_bytes(b"x" * 10)
+        sidecar_path(store.blob_path(digest)).write_text("{}", encoding="utf-8")
+    store.add(entry("a", D1))
+    store.add(entry("b", D2))
+    assert not store.drop_unused(D1)  # "a" still names it
+    store.add(entry("a", D2))  # a new version of "a"
+    assert store.drop_unused(D1)
+    assert not store.blob_path(D1).exists() and not sidecar_path(store.blob_path(D1)).exists()
+    assert store.blob_path(D2).exists()
+
+
 @pytest.mark.parametrize("bad", [
     {"file": "../../../etc/passwd"},
     {"file": "/etc/passwd"},

@@ -101,7 +101,7 @@ def test_digest_provider_keys_are_their_own_namespace() -> None:
     assert key.startswith("1220") and len(key) == 68 and int(key, 16)
     assert key == rec.digest_provider_key("sha256-" + "AB" * 32)  # one key per file
     assert key != rec.model_provider_key(digest)
-    assert rec.provider_key(digest) == key
+    assert rec.provider_key(digest) == key == rec.provider_key("sha256-" + "ab" * 32)
     assert rec.provider_key("gemma") == rec.model_provider_key("gemma")
     # "sha256:" that is no digest is a model id (ids may contain ':')
     assert rec.provider_key("sha256:x") == rec.model_provider_key("sha256:x")

@@ -53,6 +53,22 @@ def is_digest(text: str) -> bool:
     return True
 
 
+def prefixed_digest(ref: str) -> str | None:
+    """The canonical digest when ``ref`` is written ``sha256:…`` or ``sha256-…`` (as refs
+    name files by digest); None for anything else, a model id included."""
+    return parse_digest(ref) if ref[:6].lower() == "sha256" and is_digest(ref) else None
+
+
+def digest_problem(text: str) -> str | None:
+    """Why ``text``, written as a digest (``sha256:`` first), is not one; None otherwise.
+
+    ``sha256-…`` that is not a digest stays a model id (``sha256-<12 hex>`` is the id of a
+    pulled file nobody named)."""
+    if text[:len(DIGEST_PREFIX)].lower() == DIGEST_PREFIX and not is_digest(text):
+        return f"a digest is {DIGEST_PREFIX}<{DIGEST_HEX_LEN} hex digits>"
+    return None
+
+
 def digest_hex(digest: str) -> str:
     """The 64 hex digits of a ``sha256:…`` digest."""
     return parse_digest(digest)[len(DIGEST_PREFIX):]

@@ -18,6 +18,7 @@ from .manifest import (
     MAX_CHUNKS,
     Manifest,
     ModelMeta,
+    digest_problem,
     is_digest,
 )
 
@@ -70,8 +71,9 @@ def ref_problem(ref: str) -> str | None:
     """
     if is_digest(ref):
         return None
-    if ref.lower().startswith("sha256"):
-        return "a digest is sha256:<64 hex digits>"
+    problem = digest_problem(ref)
+    if problem is not None:
+        return problem
     if not _MODEL_REF.fullmatch(ref):
         return "not a digest or a model id (letters, digits, ._:/+- and an optional @<hex>)"
     if ".." in ref or "//" in ref or ref.endswith("/"):

@@ -89,7 +89,8 @@ def test_the_largest_manifest_fits_an_answer_frame() -> None:
 
 @pytest.mark.parametrize("ref", [
     "../etc/passwd", "/etc/passwd", "a/../../b", "models//x", "a/", ".hidden", "a\\b",
-    "a\x00b", "", "x" * 300, "sha256:" + "g" * 64, "sha256:" + "a" * 63, "~/x", "a b"])
+    "a\x00b", "", "x" * 300, "sha256:" + "g" * 64, "sha256:" + "a" * 63, "~/x", "a b",
+    "SHA256:" + "a" * 64])
 def test_a_ref_that_is_neither_a_digest_nor_a_model_id_is_a_bad_request(ref: str) -> None:
     with pytest.raises(RemoteProtocolError, match="ref") as info:
         wb.request_from_map({"v": 1, "t": "describe", "ref": ref})
@@ -100,7 +101,7 @@ def test_a_ref_that_is_neither_a_digest_nor_a_model_id_is_a_bad_request(ref: str
 
 @pytest.mark.parametrize(("ref", "seen"), [
     (HEX.upper(), DIGEST), (f"sha256-{HEX}", DIGEST), ("qwen2.5-0.5b@0123abcd", None),
-    ("org/model:q4", None)])
+    ("org/model:q4", None), ("sha256-0123456789ab", None)])  # a pulled file nobody named
 def test_digests_are_normalised_and_model_ids_kept(ref: str, seen: str | None) -> None:
     got = wb.request_from_map({"v": 1, "t": "describe", "ref": ref})
     assert got == wb.Describe(ref=seen or ref)
