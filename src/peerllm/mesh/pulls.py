@@ -26,11 +26,12 @@ from typing import Final, Literal
 
 import trio
 
-from ..errors import NoSource, SourceFailed, TransferError
+from ..errors import NoSource, TransferError
 from ..transfer.http import parse_source, shown_url
 from ..transfer.ports import ChunkSource, Progress
 from ..wire import blob as wb
-from .naming import install_id, meta_problem, plain_name, stem
+from .describing import describe_holders
+from .naming import install_id, plain_name, stem
 from .pull_ports import (
     BlobPeers,
     Download,
@@ -280,7 +281,8 @@ class Pulls:
                 holders = await self._finder.find(t.digest)
         if not holders and url is None:
             raise NoSource(f"no peer in the mesh holds {t.digest}", digest=t.digest)
-        manifest, meta, reasons = await self._describe(holders, t.digest or t.ref)
+        manifest, meta, reasons = await describe_holders(self._peers, holders,
+                                                          t.digest or t.ref)
         if t.origin == "replication":  # refused before a byte is fetched
             self._install_id(t, plain_name(meta.id) if meta is not None else None,
                              manifest.digest if manifest is not None else t.digest)
@@ -319,24 +321,6 @@ class Pulls:
                                  if h.peer_id not in reasons)
         return await self._installer.install(digest=done.digest, size=done.size, meta=meta,
                                              source=source, manifest=done)
-
-    async def _describe(self, holders: list[Holder], ref: str
-                        ) -> tuple[wb.Manifest | None, wb.ModelMeta | None, dict[str, str]]:
-        """The manifest and meta from the first holder that answers; why others did not."""
-        reasons: dict[str, str] = {}
-        for h in holders:
-            try:
-                manifest, meta = await self._peers.describe(h.peer_id, ref)
-            except SourceFailed as exc:
-                if exc.fault != "busy":  # busy now is still a source for later chunks
-                    reasons[h.peer_id] = f"{exc.fault}: {exc.message}"
-                continue
-            problem = meta_problem(meta)
-            if problem is not None:
-                reasons[h.peer_id] = f"bad_answer: {problem}"
-                continue
-            return manifest, meta, reasons
-        return None, None, reasons
 
     def _install_id(self, t: Transfer, offered: str | None, digest: str | None) -> str | None:
         return install_id(named=t.model_id, offered=offered, digest=digest,

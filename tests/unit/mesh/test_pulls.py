@@ -271,3 +271,53 @@ async def test_a_urls_credentials_stay_out_of_the_listing_and_the_stored_source(
     entry = await t.wait()
     assert t.shown == "https://files.example/m.gguf" and "s3cret" not in entry.id
     assert installer.installed[0][2] == "https://files.example/m.gguf"
+
+
+class PoisoningPeers(Peers):
+    """``liar`` describes the right digest with false chunk digests."""
+
+    def __init__(self, holding: list[str], liar: str) -> None:
+        super().__init__(holding)
+        self.liar = liar
+
+    async def describe(self, peer_id: str, ref: str) -> tuple[wb.Manifest, wb.ModelMeta | None]:
+        manifest, meta = await super().describe(peer_id, ref)
+        if peer_id == self.liar:
+            manifest = wb.Manifest(digest=manifest.digest, size=manifest.size,
+                                   chunk_bytes=manifest.chunk_bytes,
+                                   chunks=tuple(bytes(32) for _ in manifest.chunks))
+        return manifest, meta
+
+
+@pytest.mark.parametrize("liar", ["a", "b", "c"])
+async def test_a_holder_whose_manifest_lies_is_outvoted_and_left_out(
+        running: trio.Nursery, liar: str) -> None:
+    holders = [Holder(peer_id=p, model_id="m", digest=DIGEST) for p in "abc"]
+    downloads = Downloads()
+    pulls = make(Finder({DIGEST: holders}), PoisoningPeers(["a", "b", "c"], liar),
+                 downloads=downloads)
+    await running.start(pulls.run)
+    await pulls.start(DIGEST).wait()
+    plan = downloads.opened[0].plan
+    assert plan.manifest == MANIFEST  # the majority's, whoever answered first
+    assert sorted(s.label for s in plan.sources) == sorted(set("abc") - {liar})
+
+
+class SilentPeers(Peers):
+    async def describe(self, peer_id: str, ref: str) -> tuple[wb.Manifest, wb.ModelMeta | None]:
+        if peer_id == "silent":
+            await trio.sleep_forever()
+        return await super().describe(peer_id, ref)
+
+
+async def test_holders_are_described_at_once_and_a_silent_one_is_left_out(
+        autojump_clock: trio.testing.MockClock) -> None:
+    from peerllm.mesh.describing import DESCRIBE_TIMEOUT_S, describe_holders
+
+    holders = [Holder(peer_id=p, model_id="m", digest=DIGEST) for p in ("silent", "a", "b")]
+    started = trio.current_time()
+    manifest, _, reasons = await describe_holders(SilentPeers(["silent", "a", "b"]),
+                                                  holders, DIGEST)
+    assert manifest == MANIFEST
+    assert reasons == {"silent": f"stalled: no answer within {DESCRIBE_TIMEOUT_S:g} s"}
+    assert trio.current_time() - started == pytest.approx(DESCRIBE_TIMEOUT_S)
