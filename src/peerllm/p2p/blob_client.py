@@ -125,6 +125,7 @@ class BlobClient:
         get = wb.Get(ref=ref, first=first, count=count, chunk_bytes=chunk_bytes, size=size,
                      side_channel=self._wants_side(peer_id))
         async with self._stream(peer_id, digest) as (stream, decoder):
+            decoder.max_chunk_bytes = chunk_bytes
             await stream.send_all(wb.encode_request(get))
             # No timeout of our own: the upload cap may hold a chunk back, and the
             # download engine decides what a stall is.

@@ -252,7 +252,10 @@ class AnswerDecoder:
     Poisoned by its first error, as FrameDecoder is.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_chunk_bytes: int = CHUNK_BYTES_LIMIT) -> None:
+        # A client that asked for chunk_bytes-sized chunks sets this to chunk_bytes, so a
+        # peer cannot make it buffer a 64 MiB "chunk" before its length is checked.
+        self.max_chunk_bytes = max_chunk_bytes
         self._buf = bytearray()
         self._raw: bytearray | None = None  # the chunk being read
         self._header: ChunkHeader | None = None
@@ -313,6 +316,10 @@ class AnswerDecoder:
         msg = answer_from_map(unpack_map(body, what="blob frame"))
         if not isinstance(msg, ChunkHeader):
             return msg
+        if msg.length > self.max_chunk_bytes:
+            raise RemoteProtocolError(f"chunk.length: {msg.length} bytes announced for chunk "
+                                      f"{msg.index}; chunks here are at most "
+                                      f"{self.max_chunk_bytes}", code=ErrorCode.FRAME_TOO_LARGE)
         self._header, raw = msg, bytearray()
         take = min(len(buf), msg.length)
         raw += buf[:take]

@@ -207,6 +207,14 @@ def test_a_stream_that_ends_inside_a_chunk_is_a_remote_error() -> None:
         decoder.next_event()
 
 
+def test_a_chunk_longer_than_asked_is_refused_from_its_header() -> None:
+    decoder = wb.AnswerDecoder(max_chunk_bytes=1024)
+    decoder.feed(wb.encode_answer(wb.ChunkHeader(index=2, length=1025)))
+    with pytest.raises(RemoteProtocolError, match=r"chunk\.length: 1025 bytes") as info:
+        decoder.next_event()  # before a single byte of the chunk is buffered
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
 def test_an_oversized_frame_is_refused_from_its_length_prefix() -> None:
     decoder = wb.AnswerDecoder()
     decoder.feed(struct.pack(">I", wb.MAX_ANSWER_FRAME_BYTES + 1))
