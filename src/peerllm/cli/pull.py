@@ -20,15 +20,22 @@ from .common import ApiTarget, api_url_option, console
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
 
 
-def _sources(doc: dict[str, Any]) -> str:
+def _sources(doc: dict[str, Any], names: dict[str, str] | None = None) -> str:
     active = [s for s in doc.get("sources") or [] if s.get("state") == "active"]
     if not active:
         return ""
-    # A peer id by its tail (its head is the same for every key type); a URL by its host.
-    names = ", ".join(str(s.get("label", "?"))[-12:] if s.get("kind") == "peer"
-                      else str(s.get("label", "?")) for s in active[:3])
+    names = names or {}
+
+    def shown(s: dict[str, Any]) -> str:
+        label = str(s.get("label", "?"))
+        if s.get("kind") != "peer":
+            return label  # a URL by its origin
+        # A peer by its friendly name, else its id's tail (the head is the same for all).
+        return names.get(label) or label[-12:]
+
+    names_text = ", ".join(shown(s) for s in active[:3])
     more = f" +{len(active) - 3}" if len(active) > 3 else ""
-    return f"from {names}{more}"
+    return f"from {names_text}{more}"
 
 
 async def _follow(api: ApiTarget, ref: str, digest: str | None, as_json: bool) -> None:
@@ -46,6 +53,11 @@ async def _follow(api: ApiTarget, ref: str, digest: str | None, as_json: bool) -
             TransferSpeedColumn,
         )
 
+        try:  # friendly names for the sources; ids will do when the list is refused
+            names = {str(r["peer_id"]): str(r["name"]) for r in await client.peers()
+                     if r.get("peer_id") and r.get("name")}
+        except PeerLLMError:
+            names = {}
         last: dict[str, Any] = {}
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), TimeRemainingColumn(),
@@ -56,7 +68,7 @@ async def _follow(api: ApiTarget, ref: str, digest: str | None, as_json: bool) -
                 last = doc
                 bar.update(task, description=str(doc.get("status") or ref),
                            total=doc.get("total"), completed=doc.get("completed") or 0,
-                           sources=_sources(doc))
+                           sources=_sources(doc, names))
         model = last.get("model") or ref
         digest_text = f" ({last['digest']})" if last.get("digest") else ""
         console().print(f"[green]{model}[/green] is ready{digest_text}")

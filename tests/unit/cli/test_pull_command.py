@@ -61,3 +61,18 @@ def test_models_shows_digest_size_holders_and_loaded(stub: Stub) -> None:
     row = next(line for line in out.splitlines() if "abababababab" in line)
     assert "3.0 MiB" in row and "box (local), far" in row
     assert row.rstrip(" │┃").endswith("box (local)")
+
+
+def test_sources_are_shown_by_node_name_when_known() -> None:
+    from peerllm.cli.pull import _sources
+
+    doc = {"sources": [
+        {"label": "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "kind": "peer",
+         "state": "active"},
+        {"label": "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBtail12chars", "kind": "peer",
+         "state": "active"},
+        {"label": "https://hub.example", "kind": "http", "state": "active"},
+        {"label": "12D3KooWCCCC", "kind": "peer", "state": "dropped"}]}
+    names = {"12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA": "node-a"}
+    assert _sources(doc, names) == "from node-a, Btail12chars, https://hub.example"
+    assert _sources({"sources": []}, names) == ""
