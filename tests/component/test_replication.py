@@ -197,7 +197,7 @@ async def test_a_chosen_node_that_cannot_pull_is_passed_over_after_its_patience(
         mesh.add(first, disk_free=FILE)  # no room: it never starts
         mesh.add(second)
         await mesh.start_all()
-        await trio.sleep(GRACE_S - INTERVAL_S)
+        await trio.sleep(2 * GRACE_S - INTERVAL_S)  # patience: two graces
         assert mesh.pulls() == 0  # the second waits for the first...
         await trio.sleep(2 * INTERVAL_S + PULL_S)
         assert mesh.holders() == {"holder-a", second}  # ...then steps in

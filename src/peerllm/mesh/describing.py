@@ -5,6 +5,8 @@ honest source would then look like it sends bad chunks and the pull would fail. 
 holders are asked in parallel (a few at a time, each within a deadline) and the manifest
 most of them give is followed; a holder whose manifest differs is left out as a bad
 answer. Honest holders of one file give the same manifest (the chunk size is fixed).
+Once one holder has answered, the others get AGREE_GRACE_S more: a holder that has just
+gone (its dial still timing out) must not hold the pull up.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ DESCRIBE_TIMEOUT_S: Final = 10.0
 """How long one holder may take to describe the file."""
 DESCRIBE_AT_ONCE: Final = 4
 """Holders asked at the same time (each costs a stream)."""
+AGREE_GRACE_S: Final = 1.0
+"""How long the other holders may still answer once one has (live ones take ms)."""
 
 Described = tuple[wb.Manifest | None, wb.ModelMeta | None, dict[str, str]]
 
@@ -38,8 +42,20 @@ async def describe_holders(peers: BlobPeers, holders: Sequence[Holder], ref: str
     reasons: dict[str, str] = {}
     answers: dict[str, tuple[wb.Manifest, wb.ModelMeta | None]] = {}
     limiter = trio.CapacityLimiter(DESCRIBE_AT_ONCE)
+    asked = list(dict.fromkeys(h.peer_id for h in holders))
+    first, everyone = trio.Event(), trio.Event()
+    left = len(asked)
 
     async def ask(peer_id: str) -> None:
+        nonlocal left
+        try:
+            await _ask(peer_id)
+        finally:
+            left -= 1
+            if not left:
+                everyone.set()
+
+    async def _ask(peer_id: str) -> None:
         async with limiter:
             with trio.move_on_after(timeout_s) as scope:
                 try:
@@ -56,10 +72,22 @@ async def describe_holders(peers: BlobPeers, holders: Sequence[Holder], ref: str
                 reasons[peer_id] = f"bad_answer: {problem}"
                 return
             answers[peer_id] = (manifest, meta)
+            first.set()
 
-    async with trio.open_nursery() as nursery:
-        for peer_id in dict.fromkeys(h.peer_id for h in holders):
-            nursery.start_soon(ask, peer_id)
+    if asked:
+        async with trio.open_nursery() as nursery:
+            for peer_id in asked:
+                nursery.start_soon(ask, peer_id)
+            async with trio.open_nursery() as waiting:  # the first answer, or all failed
+                async def on(event: trio.Event) -> None:
+                    await event.wait()
+                    waiting.cancel_scope.cancel()
+                waiting.start_soon(on, first)
+                waiting.start_soon(on, everyone)
+            with trio.move_on_after(AGREE_GRACE_S):
+                await everyone.wait()
+            # Holders still thinking stay sources: the download judges them by their chunks.
+            nursery.cancel_scope.cancel()
     if not answers:
         return None, None, reasons
     votes = Counter(manifest for manifest, _ in answers.values())

@@ -156,8 +156,13 @@ def pullers(view: ModelView) -> list[str]:
 
 
 def patience_s(view: ModelView, *, grace_s: float) -> float:
-    """How long a chosen candidate may take before the next in rank steps in."""
-    return max(grace_s, (view.file_bytes or 0) / PATIENCE_RATE_BPS)
+    """How long a chosen candidate may take before the next in rank steps in.
+
+    At least two graces: nodes see a holder leave up to one grace apart (each counts it
+    until a grace after its own last sighting), so the chosen node may start its pull
+    a grace after we saw the shortfall; one grace of patience would double the copy.
+    """
+    return max(2 * grace_s, (view.file_bytes or 0) / PATIENCE_RATE_BPS)
 
 
 def chosen(view: ModelView, *, short_for_s: float, grace_s: float) -> list[str]:

@@ -310,14 +310,27 @@ class SilentPeers(Peers):
         return await super().describe(peer_id, ref)
 
 
-async def test_holders_are_described_at_once_and_a_silent_one_is_left_out(
+async def test_a_silent_holder_does_not_hold_up_the_others(
         autojump_clock: trio.testing.MockClock) -> None:
-    from peerllm.mesh.describing import DESCRIBE_TIMEOUT_S, describe_holders
+    from peerllm.mesh.describing import AGREE_GRACE_S, describe_holders
 
     holders = [Holder(peer_id=p, model_id="m", digest=DIGEST) for p in ("silent", "a", "b")]
     started = trio.current_time()
     manifest, _, reasons = await describe_holders(SilentPeers(["silent", "a", "b"]),
                                                   holders, DIGEST)
     assert manifest == MANIFEST
+    assert reasons == {}  # still a source: the download judges it by its chunks
+    assert trio.current_time() - started == pytest.approx(AGREE_GRACE_S)
+
+
+async def test_when_every_holder_is_silent_each_is_given_its_deadline(
+        autojump_clock: trio.testing.MockClock) -> None:
+    from peerllm.mesh.describing import DESCRIBE_TIMEOUT_S, describe_holders
+
+    started = trio.current_time()
+    manifest, meta, reasons = await describe_holders(
+        SilentPeers(["silent"]), [Holder(peer_id="silent", model_id="m", digest=DIGEST)],
+        DIGEST)
+    assert (manifest, meta) == (None, None)
     assert reasons == {"silent": f"stalled: no answer within {DESCRIBE_TIMEOUT_S:g} s"}
     assert trio.current_time() - started == pytest.approx(DESCRIBE_TIMEOUT_S)

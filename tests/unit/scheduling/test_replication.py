@@ -127,7 +127,7 @@ def test_the_deficit_widens_by_one_candidate_per_patience() -> None:
 
 def test_patience_grows_with_the_file() -> None:
     assert rep.patience_s(view(target=1, candidates=set(), file_bytes=None),
-                          grace_s=60.0) == 60.0
+                          grace_s=60.0) == 120.0  # two graces
     assert rep.patience_s(view(target=1, candidates=set(), file_bytes=40 * 10**9),
                           grace_s=60.0) == 4000.0
 
@@ -210,6 +210,6 @@ def test_the_worked_example_of_the_protocol_doc() -> None:
     assert rep.pullers(view(target=3, holders={a, d}, candidates={c}, digest=digest)) == [c]
     short = view(target=3, holders={a, b}, candidates={c, d}, digest=digest,
                  file_bytes=10**9)
-    assert rep.patience_s(short, grace_s=60.0) == 100.0
-    assert rep.chosen(short, short_for_s=99.0, grace_s=60.0) == [d]
-    assert rep.chosen(short, short_for_s=100.0, grace_s=60.0) == [d, c]
+    assert rep.patience_s(short, grace_s=60.0) == 120.0  # two graces, more than 100 s
+    assert rep.chosen(short, short_for_s=119.0, grace_s=60.0) == [d]
+    assert rep.chosen(short, short_for_s=120.0, grace_s=60.0) == [d, c]
