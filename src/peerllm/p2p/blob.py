@@ -275,20 +275,26 @@ async def _first_of(listener: SideListener, stream: ByteStream, decoder: wb.Requ
     listener times out). Raises RemoteProtocolError for anything else on the stream."""
     got: list[SideConnection | None] = []
     other: list[object] = []
-    async with trio.open_nursery() as nursery:
-        async def accept() -> None:
-            try:
-                got.append(await listener.accept())
-            except PeerTimeout:
-                got.append(None)
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            async def accept() -> None:
+                try:
+                    got.append(await listener.accept())
+                except PeerTimeout:
+                    got.append(None)
+                nursery.cancel_scope.cancel()
 
-        async def fallback() -> None:
-            other.append(await receive_event(stream, decoder.feed, decoder.next_event))
-            nursery.cancel_scope.cancel()
+            async def fallback() -> None:
+                other.append(await receive_event(stream, decoder.feed, decoder.next_event))
+                nursery.cancel_scope.cancel()
 
-        nursery.start_soon(accept)
-        nursery.start_soon(fallback)
+            nursery.start_soon(accept)
+            nursery.start_soon(fallback)
+    except BaseException:  # cancelled from outside (or the stream broke): it is ours to close
+        for conn in got:
+            if conn is not None:
+                conn.close()
+        raise
     if other and not isinstance(other[0], wb.Fallback):
         for conn in got:
             if conn is not None:

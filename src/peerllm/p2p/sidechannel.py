@@ -258,7 +258,9 @@ async def dial(host: str, port: int, *, cert_sha256: bytes, token: bytes, peer_i
 
     Cancellation: the thread finishes within DIAL_TIMEOUT_S and closes what it opened.
     """
-    abandoned = threading.Event()
+    lock = threading.Lock()
+    abandoned = False
+    made: list[ssl.SSLSocket] = []  # the socket, once the thread has it
 
     def connect() -> ssl.SSLSocket:
         raw = socket.create_connection((host, port), timeout=DIAL_TIMEOUT_S)
@@ -272,14 +274,20 @@ async def dial(host: str, port: int, *, cert_sha256: bytes, token: bytes, peer_i
         except BaseException:
             sock.close()
             raise
-        if abandoned.is_set():
-            tls.close()
+        with lock:  # whoever comes second closes it: the thread, or the cancelled caller
+            if abandoned:
+                tls.close()
+            else:
+                made.append(tls)
         return tls
 
     try:
         sock = await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
     except trio.Cancelled:
-        abandoned.set()
+        with lock:
+            abandoned = True
+            for tls in made:  # the thread finished as we were cancelled
+                tls.close()
         raise
     except (OSError, ssl.SSLError) as exc:
         raise PeerUnavailable(peer_id, f"side channel {host}:{port} not usable: {exc}") from exc
