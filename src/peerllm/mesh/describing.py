@@ -54,6 +54,7 @@ async def describe_holders(peers: BlobPeers, holders: Sequence[Holder], ref: str
             left -= 1
             if not left:
                 everyone.set()
+                first.set()  # nobody answered: nothing more to wait for
 
     async def _ask(peer_id: str) -> None:
         async with limiter:
@@ -78,12 +79,7 @@ async def describe_holders(peers: BlobPeers, holders: Sequence[Holder], ref: str
         async with trio.open_nursery() as nursery:
             for peer_id in asked:
                 nursery.start_soon(ask, peer_id)
-            async with trio.open_nursery() as waiting:  # the first answer, or all failed
-                async def on(event: trio.Event) -> None:
-                    await event.wait()
-                    waiting.cancel_scope.cancel()
-                waiting.start_soon(on, first)
-                waiting.start_soon(on, everyone)
+            await first.wait()  # the first answer, or every holder failed
             with trio.move_on_after(AGREE_GRACE_S):
                 await everyone.wait()
             # Holders still thinking stay sources: the download judges them by their chunks.
