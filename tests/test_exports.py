@@ -63,6 +63,7 @@ EXPECTED = [
     "PeerUnavailable",
     "ProtocolError",
     "RecordError",
+    "RelayRefused",
     "RemoteProtocolError",
     "Routed",
     "SamplingParams",

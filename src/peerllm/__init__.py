@@ -52,6 +52,7 @@ from .errors import PeerTimeout as PeerTimeout
 from .errors import PeerUnavailable as PeerUnavailable
 from .errors import ProtocolError as ProtocolError
 from .errors import RecordError as RecordError
+from .errors import RelayRefused as RelayRefused
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .errors import SourceFailed as SourceFailed
 from .errors import TransferError as TransferError
@@ -110,6 +111,7 @@ __all__ = [
     "PeerUnavailable",
     "ProtocolError",
     "RecordError",
+    "RelayRefused",
     "RemoteProtocolError",
     "Routed",
     "SamplingParams",

@@ -12,7 +12,8 @@
     │   ├── PeerTimeout            a dial or call ran past its deadline (.phase)
     │   ├── PeerConnectionLost     the connection or stream broke mid-call
     │   ├── PeerBusy               the peer is up but refused the call for now (a per-peer limit)
-    │   └── NetworkKeyMismatch     the peer belongs to another private network
+    │   ├── NetworkKeyMismatch     the peer belongs to another private network
+    │   └── RelayRefused           a circuit relay refused a reservation or a relayed connection
     ├── DiscoveryError         a discovery mechanism could not start
     ├── InvalidField           a request value is bad or over a limit (.field); a ValueError too
     ├── InferenceRejected      a serving node refused or failed a request (.code, .retryable)
@@ -139,6 +140,10 @@ class PeerBusy(PeerError):
 
 class NetworkKeyMismatch(PeerError):
     """The peer is in a different private network (or in none while we are in one)."""
+
+
+class RelayRefused(PeerError):
+    """A circuit relay refused a reservation or a relayed connection (its status named)."""
 
 
 class DiscoveryError(PeerLLMError):

@@ -39,6 +39,12 @@ FLUSH_TIMEOUT_S = 0.5
 @click.option("--listen", multiple=True, help="libp2p listen multiaddr (repeatable).")
 @click.option("--announce", multiple=True, help="Address to announce instead (repeatable).")
 @click.option("--bootstrap", multiple=True, help="Peer multiaddr ending in /p2p/<id> (repeatable).")
+@click.option("--relay", "relays", multiple=True,
+              help="Circuit relay v2 multiaddr ending in /p2p/<id>, tried first when this "
+                   "node is behind a NAT (repeatable).")
+@click.option("--relay-service", type=click.Choice(["auto", "on", "off"]),
+              help="Serve as a circuit relay for NATed nodes: auto (while publicly "
+                   "reachable, the default), on or off.")
 @click.option("--network-key",
               help="Private network key: 64 hex characters. Other local users can see it "
                    "in `ps`: prefer --network-key-file [env PEERLLM_NETWORK_KEY].")
@@ -145,11 +151,13 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
                       ("context_size", "inference.context_size"),
                       ("gpu_layers", "inference.gpu_layers"), ("mdns", "discovery.mdns"),
                       ("dht", "discovery.dht"), ("require_auth", "auth.required"),
-                      ("serve_peers", "p2p.serve_peers")):
+                      ("serve_peers", "p2p.serve_peers"),
+                      ("relay_service", "p2p.relay_service")):
         if o[opt] is not None:
             put_dotted(flags, path, o[opt])
     for opt, path in (("tags", "node.tags"), ("listen", "p2p.listen"),
                       ("announce", "p2p.announce"), ("bootstrap", "p2p.bootstrap"),
+                      ("relays", "p2p.relays"),
                       ("mdns_interfaces", "discovery.mdns_interfaces"),
                       ("models", "models.paths"), ("preload", "inference.preload"),
                       ("trust_issuers", "auth.trusted_issuers"),

@@ -41,6 +41,8 @@ STRATEGIES: Final = ("mcda", "round_robin", "weighted_round_robin", "least_conne
                      "latency", "random")
 
 SERVE_PEERS: Final = ("any", "trusted")
+RELAY_SERVICE_MODES: Final = ("auto", "on", "off")
+REACHABILITY_MODES: Final = ("auto", "public", "private")
 SHARE_MODES: Final = ("any", "trusted", "off")
 DEFAULT_HF_ENDPOINT: Final = "https://huggingface.co"
 
@@ -93,6 +95,19 @@ class P2PConfig:
     max_streams_per_peer: int = 8  # infer requests served at once for one peer
     peer_streams_per_s: float = 20.0  # new infer streams per second per peer (burst: same)
     peer_info_requests_per_s: float = 10.0  # node-info requests per second per peer (burst: same)
+    # Reach across NATs (protocols/relay.md). auto: serve as a circuit relay v2 while
+    # this node is known to be publicly reachable (AutoNAT); on / off: always / never.
+    relay_service: str = "auto"
+    relays: tuple[str, ...] = ()  # relay multiaddrs ending in /p2p/<id>, tried first
+    relay_max_reservations: int = 64  # reservations this relay holds at once
+    relay_max_circuits: int = 32  # relayed connections through this relay at once
+    relay_reservation_ttl_s: float = 3600.0  # a reservation lasts this long unless renewed
+    relay_circuit_duration_s: float = 3600.0  # a relayed connection is cut after this
+    relay_circuit_bytes: int = 1 << 28  # ...or after this many bytes (each direction)
+    hole_punch: bool = True  # try DCUtR to turn a relayed connection into a direct one
+    # auto: ask peers to dial us back (AutoNAT) to learn whether we are reachable;
+    # public / private: take that as known (private = always reserve relay slots).
+    reachability: str = "auto"
 
     def __post_init__(self) -> None:
         listen = multiaddrs("p2p.listen", self.listen, need_tcp=True)
@@ -102,6 +117,16 @@ class P2PConfig:
         set_field(self, "announce", multiaddrs("p2p.announce", self.announce, need_tcp=True))
         set_field(self, "bootstrap",
                   multiaddrs("p2p.bootstrap", self.bootstrap, need_peer_id=True))
+        set_field(self, "relays", multiaddrs("p2p.relays", self.relays, need_peer_id=True))
+        set_field(self, "relay_service", choice("p2p.relay_service", self.relay_service,
+                                                RELAY_SERVICE_MODES))
+        set_field(self, "reachability", choice("p2p.reachability", self.reachability,
+                                               REACHABILITY_MODES))
+        set_field(self, "hole_punch", boolean("p2p.hole_punch", self.hole_punch))
+        for name in ("relay_max_reservations", "relay_max_circuits", "relay_circuit_bytes"):
+            set_field(self, name, integer(f"p2p.{name}", getattr(self, name), 1))
+        for name in ("relay_reservation_ttl_s", "relay_circuit_duration_s"):
+            set_field(self, name, positive_float(f"p2p.{name}", getattr(self, name)))
         set_field(self, "serve_peers", choice("p2p.serve_peers", self.serve_peers,
                                               SERVE_PEERS))
         peers = str_tuple("p2p.trusted_peers", self.trusted_peers)

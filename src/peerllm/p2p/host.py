@@ -42,12 +42,24 @@ _E = TypeVar("_E", bound=BaseException)
 
 @dataclass(frozen=True, slots=True)
 class ConnectionEvent:
-    """A connection to ``peer_id`` opened or closed; ``inbound`` says who dialled."""
+    """A connection to ``peer_id`` opened or closed; ``inbound`` says who dialled;
+    ``relay`` is the relay's peer ID when the connection runs through a circuit relay
+    (None: direct)."""
 
     kind: Literal["connected", "disconnected"]
     peer_id: str
     inbound: bool
     addr: str | None
+    relay: str | None = None
+
+
+def relay_of(addr: str | None) -> str | None:
+    """The relay peer ID of a ``.../p2p/<relay>/p2p-circuit/...`` address, else None."""
+    if not addr or "/p2p-circuit" not in addr:
+        return None
+    head = addr.split("/p2p-circuit", 1)[0]
+    _, sep, relay = head.rpartition("/p2p/")
+    return relay if sep and relay else None
 
 
 def route_libp2p_logging() -> None:
@@ -108,7 +120,7 @@ class _ConnectionNotifee(INotifee):
             logger.debug("could not describe connection for %s event", kind, exc_info=True)
             return
         try:
-            self._send.send_nowait(ConnectionEvent(kind, peer, inbound, addr))
+            self._send.send_nowait(ConnectionEvent(kind, peer, inbound, addr, relay_of(addr)))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             logger.debug("dropped %s event for %s", kind, peer)
 
