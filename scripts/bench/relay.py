@@ -78,7 +78,8 @@ async def fresh_connect(node: Node, peer: str, addrs: Sequence[str]) -> float:
 
 
 async def generate(node: Node, tokens: int) -> dict[str, float | None]:
-    req = GenerationRequest(model=DEFAULT_MODEL_ID, messages=(ChatMessage(role="user", content=PROMPT),),
+    req = GenerationRequest(model=DEFAULT_MODEL_ID,
+                            messages=(ChatMessage(role="user", content=PROMPT),),
                             params=SamplingParams(max_tokens=tokens, temperature=0.0, seed=1))
     t0 = time.perf_counter()
     stamps: list[float] = []

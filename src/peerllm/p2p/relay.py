@@ -149,7 +149,7 @@ class Relay:
                 stream=stream, initiator=True, connection_type=ConnectionType.RELAYED,
                 addresses=[circuit_addr(relay, peer_id)])
             if self._protect is not None:
-                raw = self._protect(raw)
+                raw = self._protect(raw, True, peer_id)
             await self._host.upgrade_outbound_connection(raw, target)
         except RelayRefused:
             await _close(stream)
