@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..p2p.dht import Dht
 from ..p2p.host import ConnectionEvent, P2PHost
-from ..p2p.identify import host_identifier
+from ..p2p.identify import host_identifier, kad_protocol_id
 from ..p2p.known_peers import KnownPeers
 from ..p2p.mdns import Mdns, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
@@ -135,14 +135,24 @@ class Membership:
             nursery.start_soon(self._welcome, ev.peer_id)
 
     async def _welcome(self, peer_id: str) -> None:
-        if self.dht is not None:
-            await self.dht.add_peer(peer_id)
         entry = self.registry.get(peer_id)
         # A peer we had written off that connects again (a restarted node dialling its
         # known peers) is asked at once, not at the next heartbeat: until then the router
         # would not send it anything.
         if entry is not None and (entry.info is None or entry.state is not PeerState.HEALTHY):
             await self.refresh_peer(peer_id)
+        await self._join_dht(peer_id)
+
+    async def _join_dht(self, peer_id: str) -> None:
+        """Put ``peer_id`` in the DHT's table, unless it is a plain libp2p peer whose
+        identify lacks our Kademlia protocol: every query would end in "na" there."""
+        if self.dht is None:
+            return
+        entry = self.registry.get(peer_id)
+        if entry is not None and entry.state is PeerState.LIBP2P \
+                and kad_protocol_id() not in entry.protocols:
+            return
+        await self.dht.add_peer(peer_id)
 
     async def _bootstrap(self, addr: str) -> None:
         """Dial one bootstrap address until it answers, and again whenever it drops.
@@ -294,9 +304,8 @@ class Membership:
         done = self._connecting[peer_id] = trio.Event()
         try:
             await self.host.connect(peer_id, entry.addrs)
-            if self.dht is not None:
-                await self.dht.add_peer(peer_id)
             await self.refresh_peer(peer_id)
+            await self._join_dht(peer_id)
         except NetworkKeyMismatch as exc:
             logger.warning("peer %s is in another network: %s", peer_id, exc.message)
             self.registry.failed(peer_id, "network key differs", now=time.time(), refused=True)
