@@ -34,7 +34,9 @@ def render_table(doc: dict[str, Any], now: float) -> Table:
     for p in doc["peers"]:
         res = p.get("resources") or {}
         load = p.get("load")
-        state = p["state"] + (f" ({p['reason']})" if p.get("reason") else "")
+        # A plain libp2p peer's reason is its kind (shown beside it): not repeated.
+        state = p["state"] + (f" ({p['reason']})" if p.get("reason")
+                              and p.get("kind") != "libp2p" else "")
         if p.get("conflicts"):
             state += " ! " + "; ".join(p["conflicts"])
         table.add_row(

@@ -44,17 +44,18 @@ class PlainPeers:
     async def is_plain(self, peer_id: str) -> bool:
         """True if ``peer_id`` is known not to speak node-info, so it must not be asked.
 
-        No I/O for a peer already recorded as plain: the host's identify (refreshed by
-        identify push) still lacking node-info is enough. A peer met for the first time
-        whose cached protocols lack node-info is asked identify once, for its agent.
+        A peer recorded as plain stays so without any I/O until the host's identify
+        (refreshed by identify push and on every new connection) lists node-info. A peer
+        met for the first time whose cached protocols lack node-info is asked identify
+        once, for its agent; one without a cached list yet is asked node-info as usual.
         """
         cached = self._identifier.cached_protocols(peer_id)
-        if cached is None or wni.PROTOCOL_ID in cached:
-            return False
         entry = self._registry.get(peer_id)
         if entry is not None and entry.state is PeerState.LIBP2P:
-            return True
-        return await self.classify(peer_id)
+            return cached is None or wni.PROTOCOL_ID not in cached
+        if cached is not None and wni.PROTOCOL_ID not in cached:
+            return await self.classify(peer_id)
+        return False
 
     async def classify(self, peer_id: str) -> bool:
         """Node-info could not be opened on a live connection to ``peer_id``: ask its

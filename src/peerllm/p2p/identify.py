@@ -106,7 +106,10 @@ async def read_identify(stream: ByteStream) -> PeerIdentity:
     while True:
         end = _message_end(data)
         if end is not None:
-            return decode_identify(data[:end])
+            try:
+                return decode_identify(data[:end])
+            except RemoteProtocolError:
+                pass  # a bare protobuf whose first bytes read as a length: read to its end
         if len(data) > MAX_IDENTIFY_BYTES:
             raise RemoteProtocolError(f"identify answer longer than {MAX_IDENTIFY_BYTES} "
                                       "bytes")
