@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -31,11 +32,12 @@ from ..p2p.known_peers import KnownPeers
 from ..p2p.mdns import Mdns, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
 from ..p2p.registry import Link, PeerRegistry, PeerState, Source
-from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
+from ..scheduling.membership import dht_poll_period, redial_due
 from ..scheduling.negative_cache import NegativeCache
 from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import nodeinfo as wni
 from .announcing import Announcer, mdns_announcement
+from .bootstrapping import bootstrap_peer_id, keep_bootstrap
 from .local import LocalNode
 from .plain_peers import PeerIdentifier, PlainPeers
 
@@ -77,7 +79,7 @@ class Membership:
         self.plain = PlainPeers(registry, identifier if identifier is not None
                                 else host_identifier(host, timeout_s=p2p.call_timeout_s))
         # Peers a bootstrap loop redials itself (with its own backoff): not the heartbeat.
-        self._bootstrap_peers: set[str] = set()
+        self._bootstrap_peers = {bootstrap_peer_id(a) for a in p2p.bootstrap}
         # Dials in progress; a second caller waits for the first instead of failing.
         self._connecting: dict[str, trio.Event] = {}
         self._wake = trio.Event()
@@ -105,7 +107,12 @@ class Membership:
                 for peer_id, addrs in self.known_peers.load():
                     nursery.start_soon(self.connect_peer, peer_id, addrs, Source.CACHE)
                 for addr in self._p2p.bootstrap:
-                    nursery.start_soon(self._bootstrap, addr)
+                    nursery.start_soon(partial(
+                        keep_bootstrap, addr, links=self.host, registry=self.registry,
+                        meet=partial(self.connect_peer, source=Source.BOOTSTRAP),
+                        joined=lambda: self._wake.set(),
+                        watch_s=self._p2p.heartbeat_interval_s,
+                        misses=self._p2p.heartbeat_misses))
                 nursery.start_soon(self._dht_maintenance, nursery)
                 nursery.start_soon(self.announcer.run)
                 task_status.started()
@@ -153,48 +160,6 @@ class Membership:
                 and kad_protocol_id() not in entry.protocols:
             return
         await self.dht.add_peer(peer_id)
-
-    async def _bootstrap(self, addr: str) -> None:
-        """Dial one bootstrap address until it answers, and again whenever it drops.
-
-        Its entry (source bootstrap) exists from the start, so a dial failure is listed
-        with its reason (``peerllm peers``), not only logged; this loop alone redials it.
-        """
-        delay = next_bootstrap_delay(None)
-        # Config validation made sure it ends in /p2p/<peer-id>.
-        expected = addr.rpartition("/p2p/")[2]
-        self._bootstrap_peers.add(expected)
-        self.registry.saw(expected, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
-        while True:
-            try:
-                peer_id = await self.host.connect_addr(addr)
-            except NetworkKeyMismatch as exc:
-                logger.error("bootstrap peer %s is in another network: %s", addr, exc.message)
-                self.registry.saw(exc.peer_id, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
-                self.registry.failed(exc.peer_id, "network key differs", now=time.time(),
-                                     refused=True)
-                return
-            except PeerError as exc:
-                logger.info("bootstrap %s not reachable yet: %s", addr, exc.message)
-                self.registry.saw(exc.peer_id, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
-                self.registry.failed(exc.peer_id, f"bootstrap dial failed: {exc.message}",
-                                     now=time.time(), max_misses=self._p2p.heartbeat_misses)
-            except ValueError as exc:  # unparsable multiaddr slipped past config validation
-                logger.error("bad bootstrap address %s: %s", addr, exc)
-                self.registry.failed(expected, f"bad bootstrap address: {exc}",
-                                     now=time.time(), refused=True)
-                return
-            else:
-                await self.connect_peer(peer_id, [addr], Source.BOOTSTRAP)
-                self._wake.set()
-                e = self.registry.get(peer_id)
-                if e is not None and e.state in (PeerState.HEALTHY, PeerState.LIBP2P):
-                    delay = next_bootstrap_delay(None)
-                # Keep watching: a bootstrap peer that drops is redialled.
-                while self.host.is_connected(peer_id):
-                    await trio.sleep(self._p2p.heartbeat_interval_s)
-            await trio.sleep(delay)
-            delay = next_bootstrap_delay(delay)
 
     async def _heartbeat(self, nursery: trio.Nursery) -> None:
         interval = self._p2p.heartbeat_interval_s
