@@ -17,7 +17,7 @@ import sys
 import multiaddr
 import trio
 from libp2p import generate_new_ed25519_identity, new_host
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee, ITransport
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
@@ -26,16 +26,6 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
 from libp2p.stream_muxer.yamux.yamux import Yamux
-
-
-def transports() -> list[ITransport] | None:
-    """py-libp2p's own TCP transport (None), or, while this branch still has PeerLLM's
-    network prelude (removed by #11's pnet part), the gated one with no key."""
-    try:
-        from peerllm.p2p.gate import GatedTCP, NetworkKey
-    except ImportError:
-        return None
-    return [GatedTCP(NetworkKey.from_hex(None))]
 
 
 def say(**fact: object) -> None:
@@ -72,7 +62,6 @@ async def main(dial: str | None) -> None:
             keypair, noise_privkey=create_x25519_key_pair().private_key)},
         muxer_opt={TProtocol(YAMUX): Yamux},
         listen_addrs=listen,
-        transports=transports(),
         connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0,
                                            low_watermark=0),
     )

@@ -24,7 +24,7 @@ from peerllm.api import open_api
 from peerllm.cli import cli
 from peerllm.node import Node
 from peerllm.wire import nodeinfo as wni
-from tests.helpers import REPO, MakeConfig, clean_env, free_port, wait_until
+from tests.helpers import MakeConfig, clean_env, free_port, wait_until
 
 SCRIPT = Path(__file__).with_name("plain_libp2p_peer.py")
 HEARTBEATS_WATCHED = 4
@@ -59,7 +59,7 @@ async def plain_peer(*args: str) -> AsyncIterator[PlainPeer]:
     peer = PlainPeer()
     proc = await trio.lowlevel.open_process(
         [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env=clean_env(PYTHONPATH=str(REPO / "src")))
+        env=clean_env())
     assert proc.stdin is not None and proc.stdout is not None
     stdout = proc.stdout
 

@@ -25,9 +25,9 @@ from ..errors import (
     PeerUnavailable,
     ProtocolError,
 )
-from ..p2p.dht import Dht
+from ..p2p.dht import DHT_PROTOCOL_ID, Dht
 from ..p2p.host import ConnectionEvent, P2PHost
-from ..p2p.identify import host_identifier, kad_protocol_id
+from ..p2p.identify import host_identifier
 from ..p2p.known_peers import KnownPeers
 from ..p2p.mdns import Mdns, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
@@ -157,7 +157,7 @@ class Membership:
             return
         entry = self.registry.get(peer_id)
         if entry is not None and entry.state is PeerState.LIBP2P \
-                and kad_protocol_id() not in entry.protocols:
+                and DHT_PROTOCOL_ID not in entry.protocols:
             return
         await self.dht.add_peer(peer_id)
 

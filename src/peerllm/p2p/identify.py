@@ -15,7 +15,6 @@ from typing import Final
 import trio
 from google.protobuf.message import DecodeError
 from libp2p.identity.identify.pb.identify_pb2 import Identify
-from libp2p.kad_dht import common as kad_common
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
 
@@ -30,12 +29,6 @@ MAX_PROTOCOLS: Final = 64
 """Most protocols kept of one answer; the rest are dropped."""
 MAX_TEXT: Final = 128
 """Longest agent version or protocol id kept (longer ones are cut)."""
-
-
-def kad_protocol_id() -> str:
-    """The Kademlia protocol id our DHT speaks, read when asked (p2p/dht.py rebinds
-    py-libp2p's)."""
-    return str(kad_common.PROTOCOL_ID)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ import trio
 from peerllm.config import NodeConfig
 from peerllm.errors import PeerUnavailable
 from peerllm.mesh.membership import Membership
+from peerllm.p2p.dht import DHT_PROTOCOL_ID
 from peerllm.p2p.host import ConnectionEvent
-from peerllm.p2p.identify import PeerIdentity, kad_protocol_id
+from peerllm.p2p.identify import PeerIdentity
 from peerllm.p2p.known_peers import KnownPeers
 from peerllm.p2p.registry import PeerRegistry, PeerState, Source
 from peerllm.scheduling.membership import next_bootstrap_delay
@@ -170,7 +171,7 @@ async def test_a_plain_peer_the_hosts_identify_already_knew_is_never_asked_node_
 async def test_a_plain_peer_that_speaks_our_kademlia_stays_a_dht_peer(
         autojump_clock: trio.abc.Clock) -> None:
     links = Links(up={PLAIN})
-    kad = dataclasses.replace(IDENT, protocols=(*IDENT.protocols, kad_protocol_id()))
+    kad = dataclasses.replace(IDENT, protocols=(*IDENT.protocols, DHT_PROTOCOL_ID))
     dht = Dht()
     m, registry, _ = membership(links, FakeIdentifier({PLAIN: kad}), dht=dht)
     await m.connect_peer(PLAIN, [addr(PLAIN)], Source.BOOTSTRAP)
