@@ -97,6 +97,9 @@ class PeerRegistry:
         self.stale_after_s = stale_after_s
         self.max_peers = max_peers
         self._peers: dict[str, PeerEntry] = {}
+        # Connections to peers not listed yet (the DHT or a relay keeper dialled them):
+        # adopted when the peer is listed, so it does not look disconnected then.
+        self._unlisted: dict[str, list[Link]] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -116,7 +119,8 @@ class PeerRegistry:
         if entry is None:
             if len(self._peers) >= self.max_peers and not self._evict_one():
                 return None
-            entry = PeerEntry(peer_id=peer_id, first_seen=now)
+            entry = PeerEntry(peer_id=peer_id, first_seen=now,
+                              links=self._unlisted.pop(peer_id, []))
             self._peers[peer_id] = entry
         entry.sources.add(source)
         for a in addrs:
@@ -136,8 +140,13 @@ class PeerRegistry:
         return True
 
     def connection_opened(self, peer_id: str, link: Link, *, now: float) -> None:
+        if peer_id == self.self_peer_id:
+            return
         entry = self._peers.get(peer_id)
         if entry is None:
+            if peer_id not in self._unlisted and len(self._unlisted) >= self.max_peers:
+                del self._unlisted[next(iter(self._unlisted))]  # the oldest
+            self._unlisted.setdefault(peer_id, []).append(link)
             return
         entry.links.append(link)
         entry.last_seen = now
@@ -146,13 +155,14 @@ class PeerRegistry:
         """One connection closed; the others (a direct one that replaced a relayed one)
         stay."""
         entry = self._peers.get(peer_id)
-        if entry is None:
-            return
-        if link in entry.links:
-            entry.links.remove(link)
-        elif entry.links:
+        links = entry.links if entry is not None else self._unlisted.get(peer_id, [])
+        if link in links:
+            links.remove(link)
+        elif links:
             # Its address was unreadable on one side of the event pair: drop the oldest.
-            del entry.links[0]
+            del links[0]
+        if entry is None and not links:
+            self._unlisted.pop(peer_id, None)
 
     def info_received(self, peer_id: str, info: NodeInfo, *, rtt_ms: float, now: float,
                       compatible_version: int) -> PeerEntry | None:

@@ -175,3 +175,26 @@ def test_a_disconnected_plain_peer_may_be_evicted_a_connected_one_not() -> None:
     r.connection_closed("p2", Link(None))
     assert r.saw("p4", Source.DHT, now=2) is not None
     assert r.get("p2") is None
+
+
+def test_a_connection_opened_before_the_peer_is_listed_is_adopted() -> None:
+    r = reg()
+    relayed = Link("/ip4/10.0.0.1/tcp/1/p2p/R/p2p-circuit", relay="R")
+    r.connection_opened("p1", relayed, now=0)  # dialled by the DHT or a relay keeper
+    r.connection_opened("p2", Link(None), now=0)
+    r.connection_closed("p2", Link(None))
+    r.connection_opened(SELF, Link(None), now=0)
+    assert len(r) == 0
+    e = r.saw("p1", Source.DHT, now=1)
+    assert e is not None and (e.connected, e.relay) == (True, "R")
+    e2 = r.saw("p2", Source.DHT, now=1)
+    assert e2 is not None and not e2.connected  # it closed before being listed
+
+
+def test_unlisted_connections_are_bounded() -> None:
+    r = reg()  # max_peers=3: at most 3 unlisted peers' connections are kept, the newest
+    for i in range(10):
+        r.connection_opened(f"u{i}", Link(None), now=0)
+    newest, oldest = r.saw("u9", Source.DHT, now=1), r.saw("u0", Source.DHT, now=1)
+    assert newest is not None and newest.connected
+    assert oldest is not None and not oldest.connected
