@@ -14,6 +14,7 @@ from typing import Final
 
 import trio
 from google.protobuf.message import DecodeError
+from libp2p.identity.identify.identify import ID as LIBP2P_IDENTIFY_ID
 from libp2p.identity.identify.pb.identify_pb2 import Identify
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
@@ -22,9 +23,10 @@ from ..errors import PeerTimeout, RemoteProtocolError
 from .host import P2PHost
 from .streams import ByteStream, StreamOpener
 
-IDENTIFY_PROTOCOL_ID: Final = "/ipfs/id/1.0.0"
+IDENTIFY_PROTOCOL_ID: Final = str(LIBP2P_IDENTIFY_ID)
+"""/ipfs/id/1.0.0, as py-libp2p serves it."""
 MAX_IDENTIFY_BYTES: Final = 64 * 1024
-"""Most bytes read of one identify answer (go-libp2p's signed answers are under 8 KiB)."""
+"""Most bytes read of one identify answer (go-libp2p caps its own signed ones at 8 KiB)."""
 MAX_PROTOCOLS: Final = 64
 """Most protocols kept of one answer; the rest are dropped."""
 MAX_TEXT: Final = 128
