@@ -184,12 +184,15 @@ class Membership:
         dht = self.dht
         if dht is None:
             return
-        last_publish = -1e9
+        last_publish = last_local = -1e9
         while True:
-            if trio.current_time() - last_publish >= self._discovery.dht_republish_s \
-                    and dht.routing_peers():
+            due = self._discovery.dht_republish_s
+            if trio.current_time() - last_publish >= due and dht.routing_peers():
                 last_publish = trio.current_time()
                 nursery.start_soon(self._publish)
+            elif trio.current_time() - last_local >= due and not dht.routing_peers():
+                last_local = trio.current_time()
+                self._store_local()
             await dht.refresh()
             for peer_id in dht.routing_peers():
                 entry = self.registry.get(peer_id)
@@ -215,11 +218,19 @@ class Membership:
     async def _announce_now(self) -> None:
         if self.dht is not None and self.dht.routing_peers():
             await self._publish()
+        elif self.dht is not None:
+            self._store_local()
         if self._mdns_live is not None:
             try:
                 await self._mdns_live.update(mdns_announcement(self.local))
             except DiscoveryError as exc:
                 logger.warning("mDNS: could not refresh our record: %s", exc)
+
+    def _store_local(self) -> None:
+        if self.dht is not None:
+            self.dht.store_local(addrs=self.local.addrs(),
+                                 models=[m.id for m in self.local.model_statuses()],
+                                 ttl_s=self._discovery.record_ttl_s)
 
     async def _publish(self) -> None:
         if self.dht is None:

@@ -28,6 +28,10 @@ class PeerIdentifier(Protocol):
         """The protocols the host's own identify stored; None until it finished."""
         ...
 
+    def cached_agent(self, peer_id: str) -> str | None:
+        """The agent version the host's own identify stored; None if none."""
+        ...
+
     async def identify(self, peer_id: str) -> PeerIdentity:
         """A fresh identify answer (raises PeerError / ProtocolError)."""
         ...
@@ -54,6 +58,9 @@ class PlainPeers:
         if entry is not None and entry.state is PeerState.LIBP2P:
             return cached is None or wni.PROTOCOL_ID not in cached
         if cached is not None and wni.PROTOCOL_ID not in cached:
+            agent = self._identifier.cached_agent(peer_id)
+            if agent is not None:  # the host's own identify told us all: no stream
+                return self._record(peer_id, PeerIdentity(agent=agent, protocols=cached))
             return await self.classify(peer_id)
         return False
 
@@ -64,10 +71,19 @@ class PlainPeers:
         try:
             ident = await self._identifier.identify(peer_id)
         except (PeerError, ProtocolError) as exc:
-            logger.debug("peer %s: identify failed too: %s", peer_id, exc)
-            return False
+            # Some stacks refuse a second identify stream; the host's own answer, if it
+            # has one, still tells what the peer is.
+            cached = self._identifier.cached_protocols(peer_id)
+            if cached is None or wni.PROTOCOL_ID in cached:
+                logger.debug("peer %s: identify failed too: %s", peer_id, exc)
+                return False
+            ident = PeerIdentity(agent=self._identifier.cached_agent(peer_id),
+                                 protocols=cached)
         if wni.PROTOCOL_ID in ident.protocols:
             return False
+        return self._record(peer_id, ident)
+
+    def _record(self, peer_id: str, ident: PeerIdentity) -> bool:
         before = self._registry.get(peer_id)
         was_plain = before is not None and before.state is PeerState.LIBP2P
         entry = self._registry.plain_peer(peer_id, agent=ident.agent,

@@ -1,16 +1,18 @@
 """What a peer says it is over libp2p identify (/ipfs/id/1.0.0): its agent and protocols.
 
 py-libp2p runs identify on every connection but keeps only the protocols (in the
-peerstore), not the agent version, so a plain libp2p peer — one that does not speak
-/peerllm/node-info/1.0.0 — is asked here, once, over its own stream. The answer is a
-peer's claim, shown to operators: it is bounded and cleaned before anyone prints it.
+peerstore), not the agent version: ``keep_agent_versions`` makes it keep that too, so a
+plain libp2p peer — one that does not speak /peerllm/node-info/1.0.0 — needs no stream
+of ours (js-libp2p resets a second inbound identify stream). Only when the host has no
+answer yet is the peer asked here, once. The answer is a peer's claim, shown to
+operators: it is bounded and cleaned before anyone prints it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 from google.protobuf.message import DecodeError
@@ -134,6 +136,35 @@ async def fetch_identity(opener: StreamOpener, peer_id: str, *,
 
 CachedProtocols = Callable[[str], tuple[str, ...] | None]
 """The protocols a host's own identify stored for a peer; None until it finished."""
+CachedAgent = Callable[[str], str | None]
+"""The agent version a host's own identify stored for a peer (keep_agent_versions)."""
+
+AGENT_KEY: Final = "AgentVersion"
+"""The peerstore metadata key the agent version is kept under (go-libp2p's name)."""
+
+
+def keep_agent_versions() -> None:
+    """Make py-libp2p's identify (and identify push) store each peer's agent version.
+
+    0.8.1 parses the whole Identify answer but its ``update_peerstore_from_identify``
+    drops ``agent_version``; both callers import that function by name, so the name is
+    rebound in their modules to one that stores the (cleaned) agent as well. Idempotent.
+    """
+    import libp2p.host.basic_host as basic_host
+    import libp2p.identity.identify_push.identify_push as push
+
+    original = basic_host.update_peerstore_from_identify
+    if getattr(original, "_keeps_agent", False):
+        return
+
+    async def update(peerstore: Any, peer_id: ID, msg: Any) -> None:
+        await original(peerstore, peer_id, msg)
+        if msg.HasField("agent_version") and msg.agent_version:
+            peerstore.put(peer_id, AGENT_KEY, _clean(msg.agent_version))
+
+    update._keeps_agent = True  # type: ignore[attr-defined]
+    basic_host.update_peerstore_from_identify = update
+    push.update_peerstore_from_identify = update
 
 
 class Identifier:
@@ -141,13 +172,18 @@ class Identifier:
     fresh answer over ``opener``."""
 
     def __init__(self, opener: StreamOpener, *, timeout_s: float,
-                 cached: CachedProtocols | None = None) -> None:
+                 cached: CachedProtocols | None = None,
+                 cached_agent: CachedAgent | None = None) -> None:
         self._opener = opener
         self._timeout_s = timeout_s
         self._cached = cached
+        self._cached_agent = cached_agent
 
     def cached_protocols(self, peer_id: str) -> tuple[str, ...] | None:
         return None if self._cached is None else self._cached(peer_id)
+
+    def cached_agent(self, peer_id: str) -> str | None:
+        return None if self._cached_agent is None else self._cached_agent(peer_id)
 
     async def identify(self, peer_id: str) -> PeerIdentity:
         """``fetch_identity`` (same errors)."""
@@ -163,4 +199,12 @@ def host_identifier(host: P2PHost, *, timeout_s: float) -> Identifier:
             return None
         return tuple(str(p) for p in found) or None
 
-    return Identifier(host, timeout_s=timeout_s, cached=cached)
+    def agent(peer_id: str) -> str | None:
+        try:
+            value = host.libp2p.get_peerstore().get(ID.from_base58(peer_id), AGENT_KEY)
+        except (PeerStoreError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
+
+    keep_agent_versions()
+    return Identifier(host, timeout_s=timeout_s, cached=cached, cached_agent=agent)

@@ -167,14 +167,21 @@ class FakeIdentifier:
     def __init__(self, plain: dict[str, PeerIdentity] | None = None) -> None:
         self.plain = plain or {}
         self.cached: set[str] = set()
+        self.agents: set[str] = set()  # cached peers whose agent the host kept too
+        self.refuses: set[str] = set()  # peers that reset a second identify stream
         self.asked: list[str] = []
 
     def cached_protocols(self, peer_id: str) -> tuple[str, ...] | None:
         return self.plain[peer_id].protocols if peer_id in self.cached else None
 
+    def cached_agent(self, peer_id: str) -> str | None:
+        if peer_id in self.cached and peer_id in self.agents:
+            return self.plain[peer_id].agent
+        return None
+
     async def identify(self, peer_id: str) -> PeerIdentity:
         self.asked.append(peer_id)
-        if peer_id not in self.plain:
+        if peer_id not in self.plain or peer_id in self.refuses:
             raise PeerUnavailable(peer_id, "cannot open /ipfs/id/1.0.0")
         return self.plain[peer_id]
 

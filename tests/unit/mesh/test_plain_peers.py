@@ -168,6 +168,39 @@ async def test_a_plain_peer_the_hosts_identify_already_knew_is_never_asked_node_
     assert dht.added == []  # no Kademlia in its identify: it stays out of the DHT table
 
 
+async def test_a_plain_peer_whose_agent_the_host_kept_needs_no_stream_of_ours(
+        autojump_clock: trio.abc.Clock) -> None:
+    links = Links(up={PLAIN})
+    identifier = FakeIdentifier({PLAIN: IDENT})
+    identifier.cached.add(PLAIN)
+    identifier.agents.add(PLAIN)
+    m, registry, info = membership(links, identifier)
+    assert not await m.connect_peer(PLAIN, [addr(PLAIN)], Source.INBOUND)
+    entry = registry.get(PLAIN)
+    assert entry is not None
+    assert (entry.state, entry.agent, entry.protocols) == (
+        PeerState.LIBP2P, IDENT.agent, IDENT.protocols)
+    assert (info.asked, identifier.asked, links.disconnected) == ([], [], [])
+
+
+async def test_a_plain_peer_that_resets_a_second_identify_is_still_kept(
+        autojump_clock: trio.abc.Clock) -> None:
+    # js-libp2p allows one inbound identify stream: ours is reset, the host's answer
+    # (protocols without node-info) still says what it is.
+    links = Links(up={PLAIN})
+    identifier = FakeIdentifier({PLAIN: IDENT})
+    identifier.refuses.add(PLAIN)
+    m, registry, _ = membership(links, identifier)
+    identifier.cached.add(PLAIN)  # the host's identify finished while we asked node-info
+    await m.connect_peer(PLAIN, [addr(PLAIN)], Source.BOOTSTRAP)
+    for _ in range(HEARTBEATS):
+        await m.refresh_peer(PLAIN)
+    entry = registry.get(PLAIN)
+    assert entry is not None
+    assert (entry.state, entry.agent) == (PeerState.LIBP2P, None)
+    assert links.disconnected == []  # kept: not written off, so never dropped
+
+
 async def test_a_plain_peer_that_speaks_our_kademlia_stays_a_dht_peer(
         autojump_clock: trio.abc.Clock) -> None:
     links = Links(up={PLAIN})
