@@ -1,4 +1,4 @@
-"""The libp2p host, built safe: Noise only, Yamux, gated TCP, one connection per peer.
+"""The libp2p host, built safe: Noise only, Yamux, checked TCP, one connection per peer.
 
 py-libp2p 0.8.1's defaults are unsafe (plaintext accepted, a handler exception kills
 the host, ~250 ms per dial, no timeouts); this module is the one place that knows
@@ -21,6 +21,7 @@ from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.identity.identify import identify as libp2p_identify
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -29,15 +30,26 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from .._version import __version__
 from ..audit import NULL_AUDIT, AuditSink
 from ..errors import NetworkKeyMismatch, PeerTimeout, PeerUnavailable
 from ..identity import Identity, to_libp2p_keypair
-from .gate import GatedTCP, NetworkKey
+from .pnet import NetworkKey
 from .streams import ByteStream, Libp2pStream, StreamHandler, safe_handler
+from .transport import NetworkTCP
 
 logger = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
+
+AGENT_VERSION = f"peerllm/{__version__}"
+"""What identify tells other libp2p peers we are."""
+
+
+def name_our_agent() -> None:
+    """Make identify announce ``AGENT_VERSION``: py-libp2p reads the module attribute
+    ``identify.AGENT_VERSION`` each time it answers, and defaults it to its own name."""
+    libp2p_identify.AGENT_VERSION = AGENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,10 @@ def route_libp2p_logging() -> None:
 _ROUTINE_ERRORS = {
     "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
+    # A failed handshake reaches our caller as PeerUnavailable / NetworkKeyMismatch
+    # naming the peer (and a refused network key was a WARNING in p2p/transport.py).
+    "libp2p.network.swarm": ("failed to upgrade security for peer",),
+    "libp2p.protocol_muxer.multiselect_client": ("MultiselectClient handshake",),
 }
 
 
@@ -322,8 +338,8 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
                     network_key: str | None = None, dial_timeout_s: float = 5.0,
                     max_peers: int = 200, audit: AuditSink = NULL_AUDIT
                     ) -> AsyncIterator[P2PHost]:
-    """Run a libp2p host for ``identity`` until the block exits (network-gate refusals
-    are written to ``audit``).
+    """Run a libp2p host for ``identity`` until the block exits (connections refused for
+    another network key are written to ``audit``).
 
     Raises:
         PeerLLMError subclasses are not raised here; a listen failure surfaces as
@@ -331,6 +347,7 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
         so the CLI can name the address.
     """
     route_libp2p_logging()
+    name_our_agent()
     key = NetworkKey.from_hex(network_key)
     keypair = to_libp2p_keypair(identity.private_key)
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -350,11 +367,13 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
             keypair, noise_privkey=create_x25519_key_pair().private_key)},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=listen_addrs,
-        transports=[GatedTCP(key, audit=audit)],
+        # The private network's pnet wrapping is ours (p2p/pnet.py), in the transport:
+        # no psk= here, py-libp2p's own PSK speaks a cipher no other libp2p does.
+        transports=[NetworkTCP(key, audit=audit)],
         connection_config=conn_cfg,
         announce_addrs=[multiaddr.Multiaddr(a) for a in announce] or None,
     )
-    # A refused gate is final: the library's 3 retries would only repeat the refusal.
+    # A refusal for another network is final: 3 retries would only repeat it.
     host.get_network().retry_config = RetryConfig(max_retries=0)
     send, recv = trio.open_memory_channel[ConnectionEvent](1024)
     host.get_network().register_notifee(_ConnectionNotifee(send))
