@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 import peerllm
+from peerllm.p2p.registry import PeerState
 from peerllm.testing import FakeBackend
 from tests.helpers import FAKE_MODEL, MakeConfig, wait_until, with_fake_model
 from tests.interop.jspeer import js_dial, js_listener, swarm_key_file
 
 pytestmark = pytest.mark.usefixtures("js_libp2p")
-# Interim, until the branch merges part 1 (plain libp2p on the wire): before it every
-# connection starts with PeerLLM's own prelude, which no other libp2p speaks.
-pytest.importorskip("peerllm.p2p.pnet", reason="needs plain libp2p on the wire (pnet)")
+# Interim, until this branch merges part 3 (plain libp2p peers are kept): before it a node
+# disconnects, within a second, any peer that does not answer node-info, js included.
+needs_plain_peers = pytest.mark.skipif(
+    not hasattr(PeerState, "LIBP2P"), reason="needs plain libp2p peers kept (PeerState.LIBP2P)")
 
 KEY = "5ca1ab1e" * 8
 OTHER_KEY = "0ddba11" + "0" * 57
@@ -49,11 +52,12 @@ def key_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
             and r.name.startswith("peerllm") and "network key differs" in r.getMessage()]
 
 
+@needs_plain_peers
 @pytest.mark.parametrize("network", NETWORKS)
 async def test_js_dials_a_node_identifies_pings_and_reads_its_signed_info_and_record(
         make_config: MakeConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         network: str) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="peerllm")
     key = key_for(network, tmp_path)
     cfg = with_fake_model(make_config("interop-node", **key_settings(key)))
     async with peerllm.open_node(cfg, backend=FakeBackend()) as node:
@@ -71,7 +75,7 @@ async def test_js_dials_a_node_identifies_pings_and_reads_its_signed_info_and_re
     assert info["verified"] and info["signer"] == info["peer_id"] == node.peer_id
     assert info["name"] == "interop-node" and info["node_id"] == node.identity.node_id
     assert info["private_network"] is (network == "private")
-    assert set(info["protocols"]) >= OURS
+    assert "/peerllm/node-info/1.0.0" in info["protocols"]
 
     record = result.one("dht_record")  # GET_VALUE over /peerllm/kad/1.0.0, verified in JS
     assert record["verified"] and record["from"] == node.peer_id
@@ -81,6 +85,7 @@ async def test_js_dials_a_node_identifies_pings_and_reads_its_signed_info_and_re
     assert KEY not in caplog.text.lower(), "the network key must never be logged"
 
 
+@needs_plain_peers
 @pytest.mark.parametrize("network", NETWORKS)
 async def test_a_node_bootstrapped_to_js_connects_lists_it_and_keeps_it(
         make_config: MakeConfig, tmp_path: Path, network: str) -> None:
@@ -92,9 +97,12 @@ async def test_a_node_bootstrapped_to_js_connects_lists_it_and_keeps_it(
                               what="the js peer to identify the node")
             assert js.of("identify", node.peer_id)[0]["agent"] == \
                 f"peerllm/{peerllm.__version__}"
-            await wait_until(lambda: any(row["peer_id"] == js.peer_id
-                                         and row["connected"] for row in node.peers()),
-                             what="the node to list the js peer as connected")
+
+            def row() -> dict[str, Any] | None:
+                return next((r for r in node.peers() if r["peer_id"] == js.peer_id), None)
+
+            await wait_until(lambda: (r := row()) is not None and r["state"] == "libp2p",
+                             what="the node to list the js peer as a plain libp2p peer")
             assert node.dht is not None
             await wait_until(lambda: js.peer_id in node.dht.routing_peers(),  # type: ignore[union-attr]
                              what="the js peer in the node's DHT routing table")
@@ -102,8 +110,13 @@ async def test_a_node_bootstrapped_to_js_connects_lists_it_and_keeps_it(
             await trio.sleep(4 * cfg.p2p.heartbeat_interval_s)
             assert len(js.of("connection_open", node.peer_id)) == 1, js.events
             assert not js.of("disconnected", node.peer_id), js.events
-            row = next(row for row in node.peers() if row["peer_id"] == js.peer_id)
-            assert row["connected"], row
+            shown = row()
+            assert shown is not None
+            assert shown["kind"] == "libp2p" and shown["connected"], shown
+            assert shown["path"] == "direct" and "bootstrap" in shown["sources"], shown
+            assert shown["agent"].startswith("js-libp2p/"), shown
+            assert set(shown["protocols"]) >= STANDARD | {"/peerllm/kad/1.0.0"}, shown
+            assert "/peerllm/node-info/1.0.0" not in shown["protocols"], shown
 
 
 async def test_js_with_another_key_is_refused_fast_with_a_warning(

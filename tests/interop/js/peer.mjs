@@ -1,7 +1,7 @@
 // A stock js-libp2p 3.x peer (TCP, Noise, Yamux, identify, ping, kad-dht on
 // /peerllm/kad/1.0.0, optional pnet), driven by tests/interop/test_js_libp2p.py.
 //
-//   node peer.mjs dial <multiaddr> [--swarm-key FILE] [--steps identify,ping,node-info,dht]
+//   node peer.mjs dial <multiaddr> [--swarm-key FILE] [--listen MULTIADDR] [--steps identify,ping,node-info,dht]
 //   node peer.mjs listen [--swarm-key FILE] [--listen MULTIADDR]
 //
 // Every result is one JSON line on stdout ({"event": ...}); a failed step prints
@@ -25,6 +25,7 @@ import { multiaddr } from "@multiformats/multiaddr";
 import * as peerllm from "./peerllm.mjs";
 
 const STEP_TIMEOUT_MS = 10_000; // a hang guard: each step takes milliseconds on loopback
+const ATTEMPT_TIMEOUT_MS = 3_000; // one DHT query; a stuck one is retried, not waited out
 const ALL_STEPS = ["identify", "ping", "node-info", "dht"];
 
 function emit(event) {
@@ -54,7 +55,9 @@ function parseArgs(argv) {
 
 async function startPeer(options) {
   return createLibp2p({
-    addresses: { listen: options.mode === "listen" ? [options.listen] : [] },
+    // Both modes listen, as a stock node does: a DHT server peer without a listen
+    // address is one nobody can put in a routing table (py-libp2p skips it).
+    addresses: { listen: [options.listen] },
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
@@ -62,7 +65,10 @@ async function startPeer(options) {
     ...(options.swarmKey ? { connectionProtector: preSharedKey({ psk: readFileSync(options.swarmKey) }) } : {}),
     services: {
       identify: identify(),
-      ping: ping(),
+      // The DHT pings a new contact before it enters the routing table, on a stream of
+      // its own; with the default of one outbound ping stream, our `ping` step racing it
+      // would keep the node out of the table for good.
+      ping: ping({ maxOutboundStreams: 4 }),
       dht: kadDHT({
         protocol: peerllm.DHT_PROTOCOL,
         clientMode: false,
@@ -125,7 +131,8 @@ async function dialSteps(node, options) {
         attempts++;
         let answer = null;
         try {
-          for await (const event of node.services.dht.get(new TextEncoder().encode(key), { signal: signal() })) {
+          const attempt = AbortSignal.timeout(ATTEMPT_TIMEOUT_MS);
+          for await (const event of node.services.dht.get(new TextEncoder().encode(key), { signal: attempt })) {
             if (event.name === "PEER_RESPONSE" && event.record != null && event.from.toString() === remote) answer = event.record;
           }
         } catch (err) {
