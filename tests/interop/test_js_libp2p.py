@@ -9,6 +9,7 @@ its test ends (jspeer.py). Installed by ``npm ci --prefix tests/interop/js`` (.c
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import trio
 import peerllm
 from peerllm.p2p.registry import PeerState
 from peerllm.testing import FakeBackend
+from peerllm.wire.records import node_record_key
 from tests.helpers import FAKE_MODEL, MakeConfig, wait_until, with_fake_model
-from tests.interop.jspeer import js_dial, js_listener, swarm_key_file
+from tests.interop.jspeer import JS, JsListener, js_dial, js_listener, swarm_key_file
 
-pytestmark = pytest.mark.usefixtures("js_libp2p")
+needs_js = pytest.mark.usefixtures("js_libp2p")
 # Interim, until this branch merges part 3 (plain libp2p peers are kept): before it a node
 # disconnects, within a second, any peer that does not answer node-info, js included.
 needs_plain_peers = pytest.mark.skipif(
@@ -46,12 +48,17 @@ def key_settings(key: Path | None) -> dict[str, Path]:
     return {"network_key_file": key} if key is not None else {}
 
 
+def checked(js: JsListener, key: str) -> list[dict[str, Any]]:
+    return [e for e in js.of("record_checked") if e["key"] == key]
+
+
 def key_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Our WARNING-or-worse lines that say the network key differs."""
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
             and r.name.startswith("peerllm") and "network key differs" in r.getMessage()]
 
 
+@needs_js
 @needs_plain_peers
 @pytest.mark.parametrize("network", NETWORKS)
 async def test_js_dials_a_node_identifies_pings_and_reads_its_signed_info_and_record(
@@ -85,6 +92,7 @@ async def test_js_dials_a_node_identifies_pings_and_reads_its_signed_info_and_re
     assert KEY not in caplog.text.lower(), "the network key must never be logged"
 
 
+@needs_js
 @needs_plain_peers
 @pytest.mark.parametrize("network", NETWORKS)
 async def test_a_node_bootstrapped_to_js_connects_lists_it_and_keeps_it(
@@ -117,6 +125,10 @@ async def test_a_node_bootstrapped_to_js_connects_lists_it_and_keeps_it(
             assert shown["agent"].startswith("js-libp2p/"), shown
             assert set(shown["protocols"]) >= STANDARD | {"/peerllm/kad/1.0.0"}, shown
             assert "/peerllm/node-info/1.0.0" not in shown["protocols"], shown
+            # The node put its record on the js peer: it passed the spec's validator there.
+            await js.wait_for(lambda: bool(checked(js, node_record_key(node.peer_id))),
+                              what="the node's DHT record to reach the js peer")
+            assert all(e["valid"] for e in js.of("record_checked")), js.of("record_checked")
 
 
 MISMATCHES = {  # (our key, theirs): None = the open network
@@ -129,6 +141,7 @@ def mismatch(case: str, tmp_path: Path) -> tuple[Path | None, Path | None]:
                  for key in MISMATCHES[case])  # type: ignore[return-value]
 
 
+@needs_js
 @pytest.mark.parametrize("case", MISMATCHES)
 async def test_js_from_another_network_is_refused_fast_with_a_warning(
         make_config: MakeConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -155,6 +168,7 @@ _SILENT_JS = pytest.mark.xfail(
     "a refusal, about half the time (see above)")
 
 
+@needs_js
 @pytest.mark.parametrize("case", [
     pytest.param(case, marks=_SILENT_JS) if MISMATCHES[case][0] is not None else case
     for case in MISMATCHES])
@@ -174,3 +188,11 @@ async def test_a_node_bootstrapped_to_js_of_another_network_refuses_it_with_a_wa
                                              for row in node.peers()),
                                  what="the js peer listed as refused")
         assert not js.of("identify", node.peer_id), "no libp2p session may start"
+
+
+def test_the_lockfile_pins_what_package_json_asks_for() -> None:
+    """`npm ci` refuses a lockfile that disagrees with package.json; catch it here first."""
+    manifest = json.loads((JS / "package.json").read_text())
+    lock = json.loads((JS / "package-lock.json").read_text())
+    for name, version in manifest["dependencies"].items():
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version, name

@@ -53,6 +53,20 @@ function parseArgs(argv) {
   return options;
 }
 
+// Every /peerllm/ value this peer is handed (a PUT_VALUE from a node, a GET_VALUE answer)
+// is checked by the spec's rules and the verdict printed, so the test sees that what a
+// node publishes passes a validator written from protocols/dht-records.md.
+async function validateAndReport(key, value) {
+  const where = new TextDecoder().decode(key);
+  try {
+    await peerllm.validateRecord(key, value);
+  } catch (err) {
+    emit({ event: "record_checked", key: where, valid: false, ...describe(err) });
+    throw err;
+  }
+  emit({ event: "record_checked", key: where, valid: true });
+}
+
 async function startPeer(options) {
   return createLibp2p({
     // Both modes listen, as a stock node does: a DHT server peer without a listen
@@ -72,7 +86,7 @@ async function startPeer(options) {
       dht: kadDHT({
         protocol: peerllm.DHT_PROTOCOL,
         clientMode: false,
-        validators: { peerllm: peerllm.validateRecord },
+        validators: { peerllm: validateAndReport },
         selectors: { peerllm: peerllm.selectRecord },
         peerInfoMapper: passthroughMapper, // keep loopback addresses: the test runs on 127.0.0.1
       }),
