@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -18,7 +18,7 @@ import multiaddr
 import psutil
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, IRawConnection
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify import identify as libp2p_identify
@@ -32,15 +32,21 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from .._version import __version__
 from ..audit import NULL_AUDIT, AuditSink
-from ..errors import NetworkKeyMismatch, PeerTimeout, PeerUnavailable
+from ..errors import NetworkKeyMismatch, PeerError, PeerTimeout, PeerUnavailable
 from ..identity import Identity, to_libp2p_keypair
+from .hop import HopLimits
 from .pnet import NetworkKey
+from .relay import Relay, is_circuit, open_relay, split_circuit
 from .streams import ByteStream, Libp2pStream, StreamHandler, safe_handler
-from .transport import NetworkTCP
+from .transport import NetworkTCP, protect
 
 logger = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
+
+# With circuit addresses known for a peer, its direct addresses get this long before we
+# go through a relay (a NATed peer's direct addresses usually just time out).
+DIRECT_BEFORE_RELAY_S = 1.5
 
 AGENT_VERSION = f"peerllm/{__version__}"
 """What identify tells other libp2p peers we are."""
@@ -95,10 +101,16 @@ def route_libp2p_logging() -> None:
 
 
 # Messages py-libp2p logs at ERROR for routine events: a peer that left (we log that
-# ourselves, naming the peer, as "cannot reach ..."), or a DHT bookkeeping miss.
+# ourselves, naming the peer, as "cannot reach ..."), a DHT bookkeeping miss, or a
+# protocol a peer does not speak (a plain libp2p peer answering "na": 7 lines each).
 _ROUTINE_ERRORS = {
     "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
+    "libp2p.host.basic_host": ("Failed to open stream to peer",),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
+    # A relay client closing its hop stream after the exchange (every reservation).
+    "libp2p.relay.circuit_v2.protocol": ("Error reading from hop stream",
+                                         "Unexpected error handling hop stream",
+                                         "Error sending status message"),
     # A failed handshake reaches our caller as PeerUnavailable / NetworkKeyMismatch
     # naming the peer (and a refused network key was a WARNING in p2p/transport.py).
     "libp2p.network.swarm": ("failed to upgrade security for peer",),
@@ -163,8 +175,10 @@ class P2PHost:
     """Our face of the libp2p host: timeouts on every dial and stream, safe handlers."""
 
     def __init__(self, host: IHost, *, dial_timeout_s: float, network_key: NetworkKey,
-                 events: trio.MemoryReceiveChannel[ConnectionEvent]) -> None:
+                 events: trio.MemoryReceiveChannel[ConnectionEvent],
+                 relay: Relay | None = None) -> None:
         self.libp2p = host
+        self.relay = relay  # circuit relay v2 (p2p/relay.py); None: relaying is off
         self.peer_id = str(host.get_id())
         self.network_key = network_key
         self.events = events
@@ -223,16 +237,57 @@ class P2PHost:
     async def connect(self, peer_id: str, addrs: Sequence[str] = ()) -> None:
         """Ensure a connection to ``peer_id`` (reusing an open one).
 
+        Circuit addresses (``…/p2p/<relay>/p2p-circuit/p2p/<peer>``) are remembered and
+        tried, in order, when the direct ones fail.
+
         Raises:
             NetworkKeyMismatch: the peer is in another private network.
             PeerTimeout: no connection within the dial timeout.
             PeerUnavailable: every address failed.
+            RelayRefused: the last relay tried refused the circuit (status named).
         """
         if peer_id == self.peer_id:
             raise PeerUnavailable(peer_id, "refusing to dial ourselves")
         if self.is_connected(peer_id):
             return
-        self.add_addrs(peer_id, addrs, ttl_s=120)
+        circuits = self.relay.learn(peer_id, addrs) if self.relay is not None else []
+        self.add_addrs(peer_id, [a for a in addrs if not is_circuit(a)], ttl_s=120)
+        if not circuits:
+            await self._dial_direct(peer_id, self._dial_timeout_s)
+            return
+        try:
+            await self._dial_direct(peer_id, min(self._dial_timeout_s, DIRECT_BEFORE_RELAY_S))
+        except NetworkKeyMismatch:
+            raise
+        except PeerError as exc:
+            logger.debug("direct dial of %s failed (%s); trying its relays", peer_id, exc.message)
+            await self._dial_circuits(peer_id, circuits)
+
+    async def _dial_circuits(self, peer_id: str, circuits: Sequence[str]) -> None:
+        assert self.relay is not None
+        last: PeerError | None = None
+        for addr in circuits:
+            relay, relay_addrs, _ = split_circuit(addr)
+            if relay == self.peer_id:
+                continue
+            try:
+                if not self.is_connected(relay):  # the relay itself is dialled directly
+                    self.add_addrs(relay, relay_addrs, ttl_s=120)
+                    await self._dial_direct(relay, self._dial_timeout_s)
+                with trio.fail_after(self._dial_timeout_s):
+                    await self.relay.dial(relay, peer_id)
+                return
+            except trio.TooSlowError:
+                last = PeerTimeout(peer_id, f"no relayed connection via {relay} within "
+                                            f"{self._dial_timeout_s} s", phase="dial")
+            except PeerError as exc:
+                mismatch = _find_cause(exc, NetworkKeyMismatch)
+                if mismatch is not None:
+                    raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
+                last = exc
+        raise last or PeerUnavailable(peer_id, "no usable circuit address")
+
+    async def _dial_direct(self, peer_id: str, timeout_s: float) -> None:
         pid = ID.from_base58(peer_id)
         # py-libp2p refuses to redial a peer whose last dial failed for a while (its
         # "negative cache"); a restarted peer would stay unreachable. Our callers pace
@@ -241,7 +296,7 @@ class P2PHost:
         if unblock is not None:
             unblock(pid)
         info = PeerInfo(pid, [])
-        with trio.move_on_after(self._dial_timeout_s) as scope:
+        with trio.move_on_after(timeout_s) as scope:
             try:
                 await self.libp2p.connect(info)
             except Exception as exc:
@@ -250,8 +305,7 @@ class P2PHost:
                     raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
                 raise PeerUnavailable(peer_id, f"dial failed: {_describe(exc)}") from exc
         if scope.cancelled_caught:
-            raise PeerTimeout(peer_id, f"no connection within {self._dial_timeout_s} s",
-                              phase="dial")
+            raise PeerTimeout(peer_id, f"no connection within {timeout_s} s", phase="dial")
 
     async def connect_addr(self, addr: str) -> str:
         """Dial a full multiaddr ending in /p2p/<id>; return the peer ID."""
@@ -336,10 +390,12 @@ def _describe(exc: BaseException) -> str:
 @asynccontextmanager
 async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequence[str] = (),
                     network_key: str | None = None, dial_timeout_s: float = 5.0,
-                    max_peers: int = 200, audit: AuditSink = NULL_AUDIT
-                    ) -> AsyncIterator[P2PHost]:
+                    max_peers: int = 200, audit: AuditSink = NULL_AUDIT,
+                    relay_limits: HopLimits | None = None) -> AsyncIterator[P2PHost]:
     """Run a libp2p host for ``identity`` until the block exits (connections refused for
-    another network key are written to ``audit``).
+    another network key are written to ``audit``); with ``relay_limits`` it speaks
+    circuit relay v2 (accepts and dials relayed connections; relays for others once
+    told to).
 
     Raises:
         PeerLLMError subclasses are not raised here; a listen failure surfaces as
@@ -377,8 +433,16 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
     host.get_network().retry_config = RetryConfig(max_retries=0)
     send, recv = trio.open_memory_channel[ConnectionEvent](1024)
     host.get_network().register_notifee(_ConnectionNotifee(send))
-    async with send, recv, host.run(listen_addrs):
-        p2p = P2PHost(host, dial_timeout_s=dial_timeout_s, network_key=key, events=recv)
+    async with send, recv, host.run(listen_addrs), AsyncExitStack() as stack:
+        # A relayed connection is a raw connection like a TCP one: same pnet wrapping,
+        # same first-bytes check (py-libp2p would wrap only the accepting side).
+        def wrap(raw: IRawConnection, initiator: bool, peer: str) -> IRawConnection:
+            return protect(raw, key, initiator=initiator, peer=peer, audit=audit)
+
+        relay = await stack.enter_async_context(open_relay(host, relay_limits, protect=wrap)) \
+            if relay_limits is not None else None
+        p2p = P2PHost(host, dial_timeout_s=dial_timeout_s, network_key=key, events=recv,
+                      relay=relay)
         logger.info("libp2p host %s listening on %s (network %s)", p2p.peer_id,
                     ", ".join(p2p.addrs()), key.describe())
         try:
