@@ -1,14 +1,16 @@
 // A stock js-libp2p 3.x peer (TCP, Noise, Yamux, identify, ping, kad-dht on
 // /peerllm/kad/1.0.0, optional pnet), driven by tests/interop/test_js_libp2p.py.
 //
-//   node peer.mjs dial <multiaddr> [--swarm-key FILE] [--listen MULTIADDR] [--steps identify,ping,node-info,dht]
+//   node peer.mjs dial <multiaddr> [--swarm-key FILE] [--listen MULTIADDR]
+//                     [--steps identify,ping,node-info,dht]
 //   node peer.mjs listen [--swarm-key FILE] [--listen MULTIADDR]
 //
 // Every result is one JSON line on stdout ({"event": ...}); a failed step prints
 // {"event": "error", "step": ..., "name": ..., "message": ...}. `dial` exits 0 when every
 // step passed, 1 otherwise. `listen` prints {"event": "listening", ...}, then a line per
-// connection, identify and disconnection, and stops on SIGTERM, SIGINT or when its stdin closes (so it never
-// outlives the test that started it).
+// connection, identify, checked DHT record and disconnection, and stops on SIGTERM,
+// SIGINT or when its stdin closes (so it never outlives the test that started it).
+// Both modes listen (127.0.0.1, an ephemeral port unless --listen says otherwise).
 
 import "./polyfill.mjs"; // first: see there
 import { readFileSync } from "node:fs";
