@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,41 +33,6 @@ OURS = {"/peerllm/node-info/1.0.0", "/peerllm/kad/1.0.0"}
 REFUSAL_BOUND_S = 5.0
 """A refusal must not take py-libp2p's 30 s wrong-key path: it ends well inside this (the
 promise is ≤ 2 s; this bound includes starting the js process)."""
-
-
-@dataclass(frozen=True)
-class KnownGap:
-    """A failure against stock js-libp2p that is not this lane's to fix, recognised by the
-    node's own log line; a test that fails *and* shows it is an xfail naming the gap, any
-    other failure stays a failure."""
-
-    logger: str
-    needle: str
-    reason: str
-
-    def xfail_if_seen(self, caplog: pytest.LogCaptureFixture) -> None:
-        if any(r.name == self.logger and self.needle in r.getMessage()
-               for r in caplog.records):
-            pytest.xfail(self.reason)
-
-
-IDENTIFY_RACE = KnownGap(
-    "peerllm.mesh.plain_peers", "identify failed too",
-    "known gap (mesh/plain_peers.py): stock js-libp2p serves one inbound identify stream "
-    "per connection and resets a second; the node's own identify (opened by py-libp2p on "
-    "connect) and PlainPeers.classify's run at once, so classify gets 'empty identify "
-    "answer' / MuxedStreamReset, counts the peer unreachable and drops the connection; "
-    "the redial then succeeds. Fix: retry classify's identify once after a short pause, "
-    "or classify from the host's cached protocol list when the extra identify fails")
-SILENT_LISTENER = KnownGap(
-    "peerllm.mesh.bootstrapping", "no connection within",
-    "known gap (p2p/transport.py): a js-libp2p listener of another network reads our "
-    "bytes as a multistream length prefix; when that length is under its 1024 cap but "
-    "more than arrived (about half the time) it waits silently for the rest (up to its "
-    "10 s upgrade timeout), so our dial has no byte to check and ends as a dial timeout, "
-    "without the WARNING. Fix: in the dialler's first-bytes check, a peer that sent "
-    "nothing valid (in a private network: nothing after its nonce) within ~1.5 s is of "
-    "another network")
 
 
 def key_for(network: str, tmp_path: Path, key: str = KEY) -> Path | None:
@@ -99,8 +63,6 @@ async def test_js_dials_a_node_identifies_pings_and_reads_its_signed_info_and_re
     cfg = with_fake_model(make_config("interop-node", **key_settings(key)))
     async with peerllm.open_node(cfg, backend=FakeBackend()) as node:
         result = await js_dial(node.addrs()[0], swarm_key=key)
-    if result.returncode != 0:
-        IDENTIFY_RACE.xfail_if_seen(caplog)
     assert result.returncode == 0, f"{result.errors()}\n{result.stderr[-2000:]}"
 
     assert result.one("connected")["peer_id"] == node.peer_id
@@ -149,8 +111,6 @@ async def test_a_node_bootstrapped_to_js_connects_lists_it_and_keeps_it(
                              what="the js peer in the node's DHT routing table")
             # Several heartbeats: a peer without node-info is neither dropped nor redialled.
             await trio.sleep(4 * cfg.p2p.heartbeat_interval_s)
-            if len(js.of("connection_open", node.peer_id)) != 1:
-                IDENTIFY_RACE.xfail_if_seen(caplog)
             assert len(js.of("connection_open", node.peer_id)) == 1, js.events
             assert not js.of("disconnected", node.peer_id), js.events
             shown = row()
@@ -212,8 +172,6 @@ async def test_a_node_bootstrapped_to_js_of_another_network_refuses_it_with_a_wa
                 while not refused():
                     await trio.sleep(0.05)
             if not refused():
-                if ours is not None:  # we dialled with a key: the silent-listener gap
-                    SILENT_LISTENER.xfail_if_seen(caplog)
                 raise AssertionError(f"no refusal with a WARNING within {REFUSAL_BOUND_S} s;"
                                      f" peers: {node.peers()}")
         assert not js.of("identify", node.peer_id), "no libp2p session may start"
