@@ -216,7 +216,12 @@ class Node:
         """One row per known peer (the ``peers --json`` rows), sorted by name."""
         self.registry.refresh_states(now=time.time())
         entries = sorted(self.registry.entries(), key=lambda e: (e.name or "~", e.peer_id))
-        return [peer_row(e, breaker=self.router.breakers.describe(e.peer_id)) for e in entries]
+        return [peer_row(e, breaker=self.router.breakers.describe(e.peer_id),
+                         relay_name=self._name_of(e.relay)) for e in entries]
+
+    def _name_of(self, peer_id: str | None) -> str | None:
+        relay = self.registry.get(peer_id) if peer_id is not None else None
+        return relay.name if relay is not None else None
 
     def explain(self, model: str) -> Json:
         """Why each node would (or would not) get a request for ``model`` right now."""

@@ -102,9 +102,11 @@ def route_libp2p_logging() -> None:
 
 
 # Messages py-libp2p logs at ERROR for routine events: a peer that left (we log that
-# ourselves, naming the peer, as "cannot reach ..."), or a DHT bookkeeping miss.
+# ourselves, naming the peer, as "cannot reach ..."), a DHT bookkeeping miss, or a
+# protocol a peer does not speak (a plain libp2p peer answering "na": 7 lines each).
 _ROUTINE_ERRORS = {
     "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
+    "libp2p.host.basic_host": ("Failed to open stream to peer",),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
     # A relay client closing its hop stream after the exchange (every reservation).
     "libp2p.relay.circuit_v2.protocol": ("Error reading from hop stream",
