@@ -136,11 +136,12 @@ class ReservationKeeper:
             rsv = replace(rsv, addrs=tuple(a for a in addrs if a.endswith(f"/p2p/{relay}")))
         mine = tuple(rsv.circuit_addrs(self._host.peer_id)[:ADDRS_PER_RELAY])
         life = max(0.0, rsv.expires_at - time.time())
-        fresh = relay not in self.held
+        before = self.held.get(relay)
         self.held[relay] = _Held(rsv, trio.current_time() + RENEW_AT * life, mine)
-        if fresh:
+        if before is None:
             logger.info("reserved a slot on relay %s for %.0f s: reachable at %s", relay,
                         life, ", ".join(mine) or "(the relay gave no address)")
+        if before is None or before.addrs != mine:  # a renewal may bring new addresses
             self._publish()
         return True
 

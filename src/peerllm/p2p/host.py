@@ -300,10 +300,13 @@ class P2PHost:
             if relay == self.peer_id:
                 continue
             try:
-                # The relay itself is dialled directly (never a circuit through a circuit).
+                # The relay itself is dialled directly (never a circuit through a circuit),
+                # and waiting for another dial to it is bounded too (two peers that name
+                # each other as relays would otherwise wait for each other).
                 self.add_addrs(relay, relay_addrs, ttl_s=120)
-                await self._one_dial(relay, partial(self._dial_direct, relay,
-                                                    self._dial_timeout_s))
+                with trio.fail_after(self._dial_timeout_s):
+                    await self._one_dial(relay, partial(self._dial_direct, relay,
+                                                        self._dial_timeout_s))
                 with trio.fail_after(self._dial_timeout_s):
                     await self.relay.dial(relay, peer_id)
                 return
