@@ -139,7 +139,16 @@ class PeerBusy(PeerError):
 
 
 class NetworkKeyMismatch(PeerError):
-    """The peer is in a different private network (or in none while we are in one)."""
+    """The peer is in a different private network (or in none while we are in one).
+
+    ``suspected`` is True when the evidence is only behaviour (the peer went silent or
+    hung up right after the handshake, as a peer of another network does, but as a
+    stalled or overloaded one might too): such a peer is dialled again with backoff.
+    """
+
+    def __init__(self, peer_id: str, message: str, *, suspected: bool = False) -> None:
+        super().__init__(peer_id, message)
+        self.suspected = suspected
 
 
 class RelayRefused(PeerError):

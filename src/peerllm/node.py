@@ -428,6 +428,8 @@ async def open_node(config: NodeConfig | None = None, *,
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
             host.set_handler(wrev.PROTOCOL_ID, RevocationServer(node.gossip.on_records).handle,
                              timeout_s=REVOCATION_PUSH_S)
+            # Peers that connected while the handlers were being set saw none of them.
+            nursery.start_soon(host.push_identify)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)

@@ -181,3 +181,37 @@ async def test_a_silent_dialler_is_left_to_the_upgrade_timeout(
         await b.read(64)
     assert scope.cancelled_caught
     await raw_a.close()
+
+
+async def test_a_dialler_that_hangs_up_without_a_byte_is_not_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A health check or a port scan on a private node: no WARNING flood, no audit line.
+    raw_a, raw_b = pipe()
+    audit = RecordingAudit()
+    b = protect(raw_b, K1, initiator=False, peer="10.0.0.9:4001", audit=audit)
+    await raw_a.close()
+    with caplog.at_level(logging.INFO), trio.fail_after(5), \
+            pytest.raises(NetworkKeyMismatch) as info:
+        await b.read(64)
+    assert info.value.suspected
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert audit.of(AuditEvent.NETWORK_KEY_MISMATCH) == []
+
+
+async def test_refusals_on_behaviour_are_suspected_on_bytes_certain() -> None:
+    raw_a, raw_b = pipe()
+    a = protect(raw_a, K1, initiator=True, peer="PEER-B")
+    await a.write(HELLO)
+    await raw_b.write(b"\x5a" * NONCE_LEN)
+    await raw_b.close()  # hung up after its nonce: behaviour only
+    with trio.fail_after(5), pytest.raises(NetworkKeyMismatch) as hung_up:
+        await a.read(64)
+    assert hung_up.value.suspected
+    raw_c, raw_d = pipe()
+    c = protect(raw_c, K1, initiator=True, peer="PEER-D")
+    d = protect(raw_d, K2, initiator=False, peer="10.0.0.9:4001")
+    await c.write(HELLO)
+    await d.write(HELLO)  # bytes under another key: certain
+    with trio.fail_after(5), pytest.raises(NetworkKeyMismatch) as garbled:
+        await c.read(64)
+    assert not garbled.value.suspected

@@ -10,6 +10,7 @@ import click
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .common import ApiTarget, api_url_option, console, fetch
 
@@ -23,6 +24,12 @@ def _ago(ts: float | None, now: float) -> str:
         return "never"
     d = max(0.0, now - ts)
     return f"{d:.0f}s ago" if d < 120 else f"{d / 60:.0f}m ago"
+
+
+def _plain(*cells: str) -> list[Text]:
+    # Names, models, reasons, agents and protocols come from peers: never rich markup
+    # (an agent "[/x]" would crash the table, "[link=...]" would pass for our output).
+    return [Text(c) for c in cells]
 
 
 def render_table(doc: dict[str, Any], now: float) -> Table:
@@ -39,7 +46,7 @@ def render_table(doc: dict[str, Any], now: float) -> Table:
                               and p.get("kind") != "libp2p" else "")
         if p.get("conflicts"):
             state += " ! " + "; ".join(p["conflicts"])
-        table.add_row(
+        table.add_row(*_plain(
             p.get("name") or ("-" if p.get("kind") == "libp2p" else "?"),
             "…" + p["peer_id"][-8:],
             p.get("kind") or "?",
@@ -54,7 +61,7 @@ def render_table(doc: dict[str, Any], now: float) -> Table:
             p.get("breaker") or "-",
             ",".join(p.get("sources") or []),
             _ago(p.get("last_seen"), now),
-        )
+        ))
     return table
 
 
@@ -67,8 +74,8 @@ def render_plain(doc: dict[str, Any]) -> Table | None:
     for col in ("peer", "agent", "protocols"):
         table.add_column(col)
     for p in rows:
-        table.add_row("…" + p["peer_id"][-8:], p.get("agent") or "?",
-                      ", ".join(p.get("protocols") or []) or "-")
+        table.add_row(*_plain("…" + p["peer_id"][-8:], p.get("agent") or "?",
+                              ", ".join(p.get("protocols") or []) or "-"))
     return table
 
 

@@ -16,7 +16,7 @@ import trio
 
 from ..errors import NetworkKeyMismatch, PeerError
 from ..p2p.registry import PeerRegistry, PeerState, Source
-from ..scheduling.membership import next_bootstrap_delay
+from ..scheduling.membership import MISMATCH_REDIAL_S, next_bootstrap_delay
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ async def keep_bootstrap(addr: str, *, links: BootstrapLinks, registry: PeerRegi
                          meet: Callable[[str, list[str]], Awaitable[object]],
                          joined: Callable[[], None], watch_s: float, misses: int) -> None:
     """Dial ``addr`` until it answers, ``meet`` the peer (node-info or identify), call
-    ``joined``, watch the connection every ``watch_s`` and redial when it drops. Returns
-    only when the address can never work (another network, or unparsable)."""
+    ``joined``, watch the connection every ``watch_s`` and redial when it drops (a peer
+    of another network every MISMATCH_REDIAL_S). Returns only for an unparsable
+    address."""
     delay = next_bootstrap_delay(None)
     expected = bootstrap_peer_id(addr)
     registry.saw(expected, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
@@ -48,10 +49,12 @@ async def keep_bootstrap(addr: str, *, links: BootstrapLinks, registry: PeerRegi
         try:
             peer_id = await links.connect_addr(addr)
         except NetworkKeyMismatch as exc:
-            logger.error("bootstrap peer %s is in another network: %s", addr, exc.message)
+            logger.error("bootstrap peer %s is in another network: %s (dialling it again "
+                         "in %.0f s)", addr, exc.message, MISMATCH_REDIAL_S)
             registry.saw(exc.peer_id, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
-            registry.failed(exc.peer_id, "network key differs", now=time.time(), refused=True)
-            return
+            registry.failed(exc.peer_id, exc.message if exc.suspected else "network key differs",
+                            now=time.time(), refused=True, suspected=exc.suspected)
+            delay = max(delay, MISMATCH_REDIAL_S)
         except PeerError as exc:
             logger.info("bootstrap %s not reachable yet: %s", addr, exc.message)
             registry.saw(exc.peer_id, Source.BOOTSTRAP, now=time.time(), addrs=[addr])

@@ -171,7 +171,8 @@ class Membership:
                     continue
                 if entry.connected or entry.state in (PeerState.HEALTHY, PeerState.STALE):
                     nursery.start_soon(self.refresh_peer, entry.peer_id)
-                elif entry.state is PeerState.UNREACHABLE and entry.addrs \
+                elif (entry.state is PeerState.UNREACHABLE or entry.retry_refused) \
+                        and entry.addrs \
                         and entry.peer_id not in self._bootstrap_peers and redial_due(
                         interval_s=interval, failures=entry.consecutive_failures,
                         since_last_s=now - (entry.last_seen or entry.first_seen)):
@@ -284,7 +285,8 @@ class Membership:
             await self._join_dht(peer_id)
         except NetworkKeyMismatch as exc:
             logger.warning("peer %s is in another network: %s", peer_id, exc.message)
-            self.registry.failed(peer_id, "network key differs", now=time.time(), refused=True)
+            self.registry.failed(peer_id, exc.message if exc.suspected else "network key differs",
+                                 now=time.time(), refused=True, suspected=exc.suspected)
         except PeerError as exc:
             logger.info("cannot reach %s (%s): %s", peer_id, source.value, exc.message)
             self.registry.failed(peer_id, exc.message, now=time.time(),
@@ -323,6 +325,7 @@ class Membership:
             reason = exc.message if isinstance(exc, PeerError) else f"bad node-info: {exc}"
             entry = self.registry.failed(peer_id, reason, now=time.time(),
                                          refused=isinstance(exc, NetworkKeyMismatch),
+                                         suspected=getattr(exc, "suspected", False),
                                          max_misses=self._p2p.heartbeat_misses)
             if entry is not None and entry.state is PeerState.UNREACHABLE:
                 # Yamux never notices a frozen peer; drop the connection so a redial

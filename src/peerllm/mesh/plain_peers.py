@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 from ..errors import PeerError, ProtocolError
+from ..p2p.host import AGENT_NAME
 from ..p2p.identify import PeerIdentity
 from ..p2p.registry import PeerRegistry, PeerState
 from ..wire import nodeinfo as wni
@@ -56,6 +57,10 @@ class PlainPeers:
         cached = self._identifier.cached_protocols(peer_id)
         entry = self._registry.get(peer_id)
         if entry is not None and entry.state is PeerState.LIBP2P:
+            if (entry.agent or "").startswith(f"{AGENT_NAME}/"):
+                # A PeerLLM node met while it was still starting (its handlers not yet
+                # registered): ask again until its identify lists node-info.
+                return await self.classify(peer_id)
             return cached is None or wni.PROTOCOL_ID not in cached
         if cached is not None and wni.PROTOCOL_ID not in cached:
             agent = self._identifier.cached_agent(peer_id)

@@ -49,7 +49,8 @@ _E = TypeVar("_E", bound=BaseException)
 # go through a relay (a NATed peer's direct addresses usually just time out).
 DIRECT_BEFORE_RELAY_S = 1.5
 
-AGENT_VERSION = f"peerllm/{__version__}"
+AGENT_NAME = "peerllm"
+AGENT_VERSION = f"{AGENT_NAME}/{__version__}"
 """What identify tells other libp2p peers we are."""
 
 
@@ -316,7 +317,8 @@ class P2PHost:
             except PeerError as exc:
                 mismatch = _find_cause(exc, NetworkKeyMismatch)
                 if mismatch is not None:
-                    raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
+                    raise NetworkKeyMismatch(peer_id, mismatch.message,
+                                             suspected=mismatch.suspected) from exc
                 last = exc
         raise last or PeerUnavailable(peer_id, "no usable circuit address")
 
@@ -335,7 +337,8 @@ class P2PHost:
             except Exception as exc:
                 mismatch = _find_cause(exc, NetworkKeyMismatch)
                 if mismatch is not None:
-                    raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
+                    raise NetworkKeyMismatch(peer_id, mismatch.message,
+                                             suspected=mismatch.suspected) from exc
                 raise PeerUnavailable(peer_id, f"dial failed: {_describe(exc)}") from exc
         if scope.cancelled_caught:
             raise PeerTimeout(peer_id, f"no connection within {timeout_s} s", phase="dial")
@@ -361,6 +364,19 @@ class P2PHost:
             return Libp2pStream(raw, peer_id=peer_id)
         raise PeerTimeout(peer_id, f"{protocol} stream not open within {self._dial_timeout_s} s",
                           phase="open")
+
+    async def push_identify(self) -> None:
+        """Tell every connected peer our protocols again (identify push).
+
+        The host listens before the node has registered all its handlers; a peer that
+        connected in between holds an identify answer without them (and would take us
+        for a plain libp2p peer). py-libp2p pushes only when listen addresses change.
+        """
+        with trio.move_on_after(self._dial_timeout_s):
+            try:
+                await self.libp2p._push_identify_to_all_peers()
+            except Exception:  # best effort: a peer that missed it re-identifies anyway
+                logger.debug("identify push failed", exc_info=True)
 
     async def disconnect(self, peer_id: str) -> None:
         with trio.move_on_after(2, shield=True):

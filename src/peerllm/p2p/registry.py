@@ -66,6 +66,8 @@ class PeerEntry:
     """The protocols its identify listed, once asked (plain libp2p peers)."""
     links: list[Link] = field(default_factory=list)
     """Its open connections (usually one; two while a hole punch replaces a relay)."""
+    retry_refused: bool = False
+    """Refused on behaviour only (a suspected key mismatch): redialled with backoff."""
 
     @property
     def name(self) -> str | None:
@@ -133,6 +135,9 @@ class PeerRegistry:
         dead = [e for e in self._peers.values()
                 if e.state in (PeerState.UNREACHABLE, PeerState.REFUSED, PeerState.LIBP2P)
                 and not e.connected]
+        # Plain libp2p peers stay connected, so throwaway peer IDs could otherwise pin
+        # every slot and lock PeerLLM nodes out: the oldest of them goes next.
+        dead = dead or [e for e in self._peers.values() if e.state is PeerState.LIBP2P]
         if not dead:
             return False
         victim = min(dead, key=lambda e: e.last_seen or e.first_seen)
@@ -216,12 +221,15 @@ class PeerRegistry:
         return entry
 
     def failed(self, peer_id: str, reason: str, *, now: float, refused: bool = False,
-               max_misses: int = 2) -> PeerEntry | None:
+               max_misses: int = 2, suspected: bool = False) -> PeerEntry | None:
+        """Record a failed dial or call. ``refused``: the peer is of another network
+        (``suspected``: judged by its behaviour only, so it is dialled again)."""
         entry = self._peers.get(peer_id)
         if entry is None:
             return None
         entry.consecutive_failures += 1
         entry.reason = reason
+        entry.retry_refused = refused and suspected
         if refused:
             entry.state = PeerState.REFUSED
         elif entry.consecutive_failures >= max_misses or entry.info is None:

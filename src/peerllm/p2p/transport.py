@@ -116,20 +116,20 @@ class CheckedConn(WrappedConn):
             with trio.move_on_after(silent_for) as silence:
                 data: bytes = await self._conn.read(want)
         except NonceUnreadable as exc:
-            await self._refuse(nonce_problem(exc.seen), exc)
+            await self._refuse(nonce_problem(exc.seen), exc, suspected=not exc.seen)
         except Exception as exc:
             if self._private and not self._seen:  # a reset right after the nonces: below
-                await self._refuse(nonce_problem(b""), exc)
+                await self._refuse(nonce_problem(b""), exc, suspected=True)
             raise
         if silence.cancelled_caught:
             await self._refuse(f"{KEY_DIFFERS}: the peer sent nothing for {SILENT_PEER_S} s "
                                "after our first bytes, as a libp2p peer of another network "
-                               "does (it cannot read them and waits)", None)
+                               "does (it cannot read them and waits)", None, suspected=True)
         if not data:
             # In a private network a peer holding another key hangs up on the nonce
             # exchange; in the open one an EOF says nothing about keys.
             if self._private and not self._seen:
-                await self._refuse(nonce_problem(b""), None)
+                await self._refuse(nonce_problem(b""), None, suspected=True)
             return data
         self._seen += data
         nonce = self._conn.their_nonce if isinstance(self._conn, PnetConn) else None
@@ -145,16 +145,26 @@ class CheckedConn(WrappedConn):
         out, self._pending = self._pending[:size], self._pending[size:]
         return out
 
-    async def _refuse(self, reason: str, cause: BaseException | None) -> NoReturn:
+    async def _refuse(self, reason: str, cause: BaseException | None, *,
+                      suspected: bool = False) -> NoReturn:
+        """Close and raise NetworkKeyMismatch. ``suspected``: the evidence is behaviour
+        (silence, a hang-up), not bytes. On our dials that is still the likely cause and
+        said as a WARNING (the dial is retried with backoff); a dialler that connects and
+        hangs up without a byte (a health check, a port scan, a cancelled dial) is not
+        worth a WARNING or an audit line."""
         direction = Direction.OUTBOUND if self.is_initiator else Direction.INBOUND
         if direction is Direction.OUTBOUND:
             logger.warning("refused connection to %s: %s", self._peer, reason)
+        elif suspected:
+            logger.info("inbound connection from %s ended before its first bytes: %s",
+                        self._peer, reason)
         else:
             logger.warning("refused inbound connection from %s: %s", self._peer, reason)
-        audit_events.network_key_mismatch(self._audit, peer=self._peer, direction=direction,
-                                          reason=reason)
+        if not (suspected and direction is Direction.INBOUND):
+            audit_events.network_key_mismatch(self._audit, peer=self._peer,
+                                              direction=direction, reason=reason)
         await _close_quietly(self._conn)
-        raise NetworkKeyMismatch(self._peer, reason) from cause
+        raise NetworkKeyMismatch(self._peer, reason, suspected=suspected) from cause
 
 
 def protect(conn: ReadWriteCloser, key: NetworkKey, *, initiator: bool, peer: str,

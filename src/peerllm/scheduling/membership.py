@@ -12,6 +12,9 @@ REDIAL_CAP_S: Final = 60.0
 REDIAL_MAX_DOUBLINGS: Final = 6
 BOOTSTRAP_FIRST_S: Final = 0.5
 BOOTSTRAP_CAP_S: Final = 30.0
+MISMATCH_REDIAL_S: Final = 60.0
+"""A bootstrap peer refused for another network key is dialled again after this: the
+operator asked for it and may fix either key; each refusal says so in a WARNING."""
 DHT_FAST_PERIOD_S: Final = 1.0
 DHT_SLOW_PERIOD_S: Final = 30.0
 DHT_FAST_WINDOW_S: Final = 30.0  # while the mesh forms after start

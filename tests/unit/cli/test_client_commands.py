@@ -135,6 +135,21 @@ def test_peers_shows_kind_path_and_the_plain_peers_identify(stub: Stub) -> None:
     assert "/ipfs/id/1.0.0, /ipfs/ping/1.0.0" in line("…plainP01", "js-libp2p/3.0.2")
 
 
+def test_a_peers_agent_and_protocols_are_shown_as_text_never_as_markup(stub: Stub) -> None:
+    registry = PeerRegistry("12D3KooWme", stale_after_s=1e9, max_peers=8)
+    registry.saw("12D3KooWplainP01", Source.INBOUND, now=1.0)
+    registry.plain_peer("12D3KooWplainP01", agent="[/evil]",
+                        protocols=("[bold red]official[/bold red]", "[link=http://x]y[/link]"),
+                        now=1.0)
+    stub.json("/v1/peers", {"self": {"node": {"name": "me", "peer_id": "12D3KooWme"}},
+                            "peers": [peer_row(e, breaker="closed", relay_name=None)
+                                      for e in registry.entries()]})
+    code, out, err = invoke("peers", "--api", stub.url)
+    assert code == 0, err  # "[/evil]" used to be a rich MarkupError
+    assert "[/evil]" in out
+    assert "[bold red]official[/bold red]" in out
+
+
 def test_run_streams_the_answer_and_names_the_server(stub: Stub) -> None:
     stub.answers["/v1/chat/completions"] = (200, "text/event-stream", sse(
         {"choices": [{"index": 0, "delta": {"content": "Hello"}}]},

@@ -16,14 +16,15 @@ from typing import Any, cast
 import trio
 
 from peerllm.config import NodeConfig
-from peerllm.errors import PeerUnavailable
+from peerllm.errors import NetworkKeyMismatch, PeerUnavailable
 from peerllm.mesh.membership import Membership
+from peerllm.mesh.plain_peers import PlainPeers
 from peerllm.p2p.dht import DHT_PROTOCOL_ID
 from peerllm.p2p.host import ConnectionEvent
 from peerllm.p2p.identify import PeerIdentity
 from peerllm.p2p.known_peers import KnownPeers
 from peerllm.p2p.registry import PeerRegistry, PeerState, Source
-from peerllm.scheduling.membership import next_bootstrap_delay
+from peerllm.scheduling.membership import MISMATCH_REDIAL_S, next_bootstrap_delay
 from peerllm.testing import make_identity, make_node_info
 from peerllm.wire import nodeinfo as wni
 
@@ -241,3 +242,94 @@ async def test_a_plain_peer_that_learns_node_info_is_asked_again(
     entry = registry.get(NODE)
     assert info.asked == [NODE]
     assert entry is not None and entry.state is PeerState.HEALTHY and entry.info is not None
+
+
+class MismatchLinks(Links):
+    """Every dial of ``other`` is refused as another network (``suspected`` or not)."""
+
+    def __init__(self, other: str, *, suspected: bool) -> None:
+        super().__init__(up=set())
+        self.other, self.suspected = other, suspected
+
+    async def connect(self, peer_id: str, addrs: Sequence[str] = ()) -> None:
+        if peer_id != self.other:
+            await super().connect(peer_id, addrs)
+            return
+        self.dials.setdefault(peer_id, []).append(trio.current_time())
+        raise NetworkKeyMismatch(peer_id, "network key differs: it sent nothing for 1.5 s",
+                                 suspected=self.suspected)
+
+
+async def test_a_bootstrap_peer_of_another_network_is_dialled_again_slowly(
+        autojump_clock: trio.abc.Clock) -> None:
+    # The operator asked for it and may fix either key.
+    links = MismatchLinks(DEAD, suspected=False)
+    m, registry, _ = membership(links, FakeIdentifier(), bootstrap=(addr(DEAD),))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        await trio.sleep(MISMATCH_REDIAL_S * 3.5)
+        nursery.cancel_scope.cancel()
+    times = links.dials[DEAD]
+    assert len(times) == 4
+    assert all(b - a >= MISMATCH_REDIAL_S for a, b in itertools.pairwise(times))
+    entry = registry.get(DEAD)
+    assert entry is not None
+    assert (entry.state, entry.reason, entry.retry_refused) == (
+        PeerState.REFUSED, "network key differs", False)
+
+
+async def test_a_peer_refused_on_behaviour_only_is_redialled_by_the_heartbeat(
+        autojump_clock: trio.abc.Clock) -> None:
+    links = MismatchLinks(DEAD, suspected=True)
+    m, registry, _ = membership(links, FakeIdentifier())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        await m.connect_peer(DEAD, [addr(DEAD)], Source.MDNS)
+        # redial_due reads the wall clock, which autojump does not move: age the entry.
+        entry = registry.get(DEAD)
+        assert entry is not None
+        entry.first_seen -= 3600
+        await trio.sleep(m._p2p.heartbeat_interval_s * HEARTBEATS)
+        nursery.cancel_scope.cancel()
+    entry = registry.get(DEAD)
+    assert entry is not None and entry.state is PeerState.REFUSED and entry.retry_refused
+    assert "sent nothing" in (entry.reason or "")
+    assert len(links.dials[DEAD]) >= 3  # retried, with backoff (redial_due)
+
+
+async def test_a_peer_refused_on_its_bytes_is_not_redialled_by_the_heartbeat(
+        autojump_clock: trio.abc.Clock) -> None:
+    # e.g. a node of another mesh on the same LAN, found over mDNS: one WARNING, not one
+    # a minute forever.
+    links = MismatchLinks(DEAD, suspected=False)
+    m, registry, _ = membership(links, FakeIdentifier())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        await m.connect_peer(DEAD, [addr(DEAD)], Source.MDNS)
+        # redial_due reads the wall clock, which autojump does not move: age the entry.
+        entry = registry.get(DEAD)
+        assert entry is not None
+        entry.first_seen -= 3600
+        await trio.sleep(m._p2p.heartbeat_interval_s * HEARTBEATS)
+        nursery.cancel_scope.cancel()
+    assert len(links.dials[DEAD]) == 1
+
+
+async def test_a_peerllm_node_met_before_its_handlers_were_set_is_asked_again() -> None:
+    # It listened before registering node-info: its first identify lacked it.
+    early = PeerIdentity(agent="peerllm/0.1.0", protocols=("/ipfs/id/1.0.0",))
+    identifier = FakeIdentifier({NODE: early})
+    identifier.cached.add(NODE)
+    identifier.agents.add(NODE)
+    registry = PeerRegistry("self", stale_after_s=1e9, max_peers=8)
+    registry.saw(NODE, Source.INBOUND, now=0)
+    plain = PlainPeers(registry, identifier)
+    assert await plain.is_plain(NODE)
+    entry = registry.get(NODE)
+    assert entry is not None and entry.state is PeerState.LIBP2P
+    # Handlers set; the host's cache may still hold the old answer (no push reached us).
+    identifier.plain[NODE] = dataclasses.replace(
+        early, protocols=(*early.protocols, wni.PROTOCOL_ID))
+    identifier.cached.discard(NODE)
+    assert not await plain.is_plain(NODE)  # a fresh identify: node-info is asked now
+    assert identifier.asked == [NODE]

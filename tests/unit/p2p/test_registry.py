@@ -165,16 +165,33 @@ def test_kind_says_what_answered() -> None:
     assert peer_row(e, breaker="closed")["kind"] == "peerllm"
 
 
-def test_a_disconnected_plain_peer_may_be_evicted_a_connected_one_not() -> None:
+def test_disconnected_plain_peers_go_first_then_connected_ones_never_nodes() -> None:
+    # Plain peers stay connected: throwaway peer IDs must not pin every slot and lock
+    # PeerLLM nodes out.
     r = reg()
     for p in ("p1", "p2", "p3"):
-        r.saw(p, Source.INBOUND, now=0)
+        r.saw(p, Source.INBOUND, now=5 if p == "p1" else 0)
         r.plain_peer(p, agent=None, protocols=(), now=0)
         r.connection_opened(p, Link(None), now=0)
-    assert r.saw("p4", Source.DHT, now=1) is None  # all connected: kept
     r.connection_closed("p2", Link(None))
-    assert r.saw("p4", Source.DHT, now=2) is not None
-    assert r.get("p2") is None
+    assert r.saw("node-a", Source.DHT, now=1) is not None
+    assert r.get("p2") is None  # the disconnected one first
+    assert r.saw("node-b", Source.DHT, now=2) is not None
+    assert r.get("p3") is None and r.get("p1") is not None  # then the oldest connected
+    assert r.saw("node-c", Source.DHT, now=3) is not None
+    assert r.saw("node-d", Source.DHT, now=4) is None  # PeerLLM nodes are never pushed out
+    assert {e.peer_id for e in r.entries()} == {"node-a", "node-b", "node-c"}
+
+
+def test_a_suspected_refusal_is_retried_a_certain_one_not() -> None:
+    r = reg()
+    r.saw("p1", Source.DHT, now=0)
+    r.saw("p2", Source.DHT, now=0)
+    one = r.failed("p1", "network key differs: silent", now=1, refused=True, suspected=True)
+    two = r.failed("p2", "network key differs", now=1, refused=True)
+    assert one is not None and two is not None
+    assert (one.state, one.retry_refused) == (PeerState.REFUSED, True)
+    assert (two.state, two.retry_refused) == (PeerState.REFUSED, False)
 
 
 def test_a_connection_opened_before_the_peer_is_listed_is_adopted() -> None:
