@@ -179,7 +179,23 @@ class Node:
                 "uptime_seconds": round(trio.current_time() - self._started_mono, 3),
                 "peers": states, "connected": len(self.host.connected_peers()),
                 "auth": self.auth_summary(), "warnings": self.warnings(),
-                "uploads": self.blob_server.statistics() if self.blob_server else None}
+                "uploads": self.blob_server.statistics() if self.blob_server else None,
+                "reachability": {"status": self.reachability.status.value,
+                                 "reason": self.reachability.reason},
+                "relay": self.relay_status()}
+
+    def relay_status(self) -> Json | None:
+        """Our relay slots and our own relay service (None: circuit relay is off)."""
+        relay = self.host.relay
+        if relay is None:
+            return None
+        held = self.relays.held if self.relays is not None else {}
+        return {"reservations": [{"relay": r, "expires_at": h.reservation.expires_at,
+                                  "addrs": list(h.addrs)} for r, h in held.items()],
+                "service": {"serving": relay.service.serving,
+                            "reservations": relay.service.reservations(),
+                            "circuits": relay.service.circuits,
+                            "refused": relay.service.refused}}
 
     def auth_summary(self) -> Json:
         """Whether tokens are required here, and whose (public facts only)."""

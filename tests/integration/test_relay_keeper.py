@@ -55,6 +55,23 @@ async def test_a_relay_is_found_in_the_dht(make_config: MakeConfig) -> None:
         await c.relays.look()
         assert r.peer_id in c.relays.held
         assert hub.peer_id not in c.relays.held  # the hub does not relay
+        # The circuit address reaches identify (libp2p's own address list) and C's signed
+        # node record in the DHT (republished when the reservation came).
+        circuit = c.relays.circuit_addrs()[0]
+        assert circuit in map(str, c.host.libp2p.get_addrs())
+        hub_dht = hub.dht
+        assert hub_dht is not None
+        record = await wait_for_value(lambda: _record_with(hub_dht, c.peer_id, circuit),
+                                      timeout_s=40, what="C's record with its circuit address")
+        assert circuit in record
+
+
+async def _record_with(dht: object, peer: str, addr: str) -> tuple[str, ...] | None:
+    from peerllm.p2p.dht import Dht
+
+    assert isinstance(dht, Dht)
+    record = await dht.find_node(peer)
+    return record.addrs if record is not None and addr in record.addrs else None
 
 
 async def _providers(dht: object) -> list[str] | None:

@@ -14,12 +14,15 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 import peerllm
 from peerllm.errors import PeerConnectionLost, RelayRefused
 from peerllm.node import Node
-from peerllm.p2p.hop import HOP_PROTOCOL_ID
+from peerllm.p2p.hop import HOP_PROTOCOL_ID, STOP_PROTOCOL_ID_STR
 from peerllm.p2p.streams import ByteStream
 from tests.helpers import MakeConfig, wait_until
 from tests.integration.test_relay import relay_and_private
 
 ECHO = "/peerllm-test/echo/1"
+# Where a test cuts a circuit: no heartbeat redials the peer it lost, so no dial is still
+# in flight when the nodes close (py-libp2p can leave a cancelled dial's socket open).
+QUIET = {"heartbeat_interval_s": 60.0}
 
 
 async def echo(stream: ByteStream) -> None:
@@ -44,8 +47,9 @@ def circuit_of(r: Node, c: Node) -> str:
 
 async def test_the_byte_limit_is_per_direction_and_cuts_the_circuit(
         make_config: MakeConfig) -> None:
-    async with relay_and_private(make_config, r_p2p={"relay_circuit_bytes": 300_000}) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False)) as a:
+    async with relay_and_private(make_config, r_p2p={"relay_circuit_bytes": 300_000},
+                                 c_p2p=QUIET) as (r, c), \
+            peerllm.open_node(make_config("a", dht=False, **QUIET)) as a:
         c.host.set_handler(ECHO, echo)
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         stream = await a.host.open_stream(c.peer_id, ECHO)
@@ -59,8 +63,9 @@ async def test_the_byte_limit_is_per_direction_and_cuts_the_circuit(
 
 
 async def test_an_idle_circuit_is_cut_at_the_duration_limit(make_config: MakeConfig) -> None:
-    async with relay_and_private(make_config, r_p2p={"relay_circuit_duration_s": 1.0}) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, heartbeat_interval_s=60.0)) as a:
+    async with relay_and_private(make_config, r_p2p={"relay_circuit_duration_s": 1.0},
+                                 c_p2p=QUIET) as (r, c), \
+            peerllm.open_node(make_config("a", dht=False, **QUIET)) as a:
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         await wait_until(lambda: not a.host.is_connected(c.peer_id), timeout_s=15,
                          what="the circuit cut after 1 s")
@@ -94,3 +99,25 @@ async def test_a_reservation_is_for_the_connections_peer_not_the_one_it_names(
         assert r.host.relay is not None
         held = set(map(str, r.host.relay.service.resource_manager._reservations))
         assert held == {c.peer_id, d.peer_id}
+
+
+async def test_hostile_hop_and_stop_streams_leave_the_relay_serving(
+        make_config: MakeConfig) -> None:
+    async with relay_and_private(make_config) as (r, c), \
+            peerllm.open_node(make_config("h", dht=False)) as h:
+        await h.host.connect(r.peer_id, [r.addrs()[0]])
+        await h.host.connect(c.peer_id, [c.addrs()[0]])
+        # Junk on the relay's hop protocol, a STOP that claims a circuit on C.
+        for peer, proto in ((r.peer_id, HOP_PROTOCOL_ID), (c.peer_id, STOP_PROTOCOL_ID_STR)):
+            raw = await h.host.libp2p.new_stream(ID.from_base58(peer), [TProtocol(proto)])
+            await raw.write(b"\x05junk!" * 10)
+            with trio.fail_after(5):  # answered and ended, not left open
+                try:
+                    while await raw.read(1024):
+                        pass
+                except Exception:  # reset by the other side: what we expect
+                    pass
+        # Both still do their jobs: a fresh node reaches C through R.
+        async with peerllm.open_node(make_config("a", dht=False)) as a:
+            await a.host.connect(c.peer_id, [circuit_of(r, c)])
+            assert a.host.is_connected(c.peer_id)

@@ -86,7 +86,8 @@ class CircuitService(CircuitV2Protocol):
     def serve(self, on: bool) -> None:
         """Start or stop relaying for others (running circuits are left to finish)."""
         if on and not self.serving:
-            self.host.set_stream_handler(PROTOCOL_ID, _guarded("hop", self._handle_hop_stream))
+            self.host.set_stream_handler(PROTOCOL_ID, _guarded("hop", self._handle_hop_stream,
+                                                               close_after=True))
             logger.info("relay service on: up to %d reservations, %d circuits",
                         self.hop_limits.max_reservations, self.hop_limits.max_circuits)
         elif not on and self.serving:
@@ -186,9 +187,11 @@ class CircuitService(CircuitV2Protocol):
                                   f"{type(exc).__name__}: {exc}") from exc
 
 
-def _guarded(side: str, handler: Callable[[INetStream], Awaitable[None]]
-             ) -> Callable[[INetStream], Awaitable[None]]:
-    """A handler exception would take the whole host down in 0.8.1: log and reset instead."""
+def _guarded(side: str, handler: Callable[[INetStream], Awaitable[None]], *,
+             close_after: bool = False) -> Callable[[INetStream], Awaitable[None]]:
+    """A handler exception would take the whole host down in 0.8.1: log and reset instead.
+    ``close_after``: close the stream when the handler returns (not for stop, whose
+    stream goes on as the relayed connection)."""
 
     async def on_stream(stream: INetStream) -> None:
         try:
@@ -198,8 +201,19 @@ def _guarded(side: str, handler: Callable[[INetStream], Awaitable[None]]
                         side, getattr(stream.muxed_conn, "peer_id", "?"),
                         type(exc).__name__, exc)
             await _reset(stream)
+        else:
+            if close_after:  # 0.8.1 answers a malformed message and leaves it open
+                await _close(stream)
 
     return on_stream
+
+
+async def _close(stream: INetStream) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.close()
+        except Exception:  # already closed or reset: nothing left to do
+            logger.debug("close of a relay stream raised", exc_info=True)
 
 
 async def _reset(stream: INetStream) -> None:
