@@ -61,6 +61,8 @@ from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
 from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
+from .p2p.reachability import ReachabilityProber, serve_dial_backs, state_for
+from .p2p.reachability_state import ReachabilityState
 from .p2p.registry import PeerRegistry, PeerState
 from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
@@ -111,6 +113,7 @@ class Node:
         self.blob_server: BlobServer | None = None  # serves our model files to peers
         self.replicator: Replicator | None = None  # keeps replica targets (set by open_node)
         self.installer: StoreInstaller | None = None  # pulled files in, deleted models out
+        self.reachability: ReachabilityState | None = None  # AutoNAT's verdict (open_node)
         self._started_mono = trio.current_time()
 
     # -- what we are -----------------------------------------------------------------
@@ -173,6 +176,9 @@ class Node:
                 "uptime_seconds": round(trio.current_time() - self._started_mono, 3),
                 "peers": states, "connected": len(self.host.connected_peers()),
                 "auth": self.auth_summary(), "warnings": self.warnings(),
+                "reachability": None if self.reachability is None else {
+                    "status": self.reachability.status.value,
+                    "reason": self.reachability.reason},
                 "uploads": self.blob_server.statistics() if self.blob_server else None}
 
     def auth_summary(self) -> Json:
@@ -396,6 +402,11 @@ async def open_node(config: NodeConfig | None = None, *,
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
             host.set_handler(wrev.PROTOCOL_ID, RevocationServer(node.gossip.on_records).handle,
                              timeout_s=REVOCATION_PUSH_S)
+            # Reachability (protocols/autonat.md): dial peers back when they ask, ask
+            # them to dial us back; the one state the relay parts read.
+            node.reachability = state_for(cfg.p2p.reachability)
+            serve_dial_backs(host, max_peers=cfg.p2p.max_peers)
+            await nursery.start(ReachabilityProber(host, node.reachability).run)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)

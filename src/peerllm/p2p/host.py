@@ -87,6 +87,8 @@ def route_libp2p_logging() -> None:
 _ROUTINE_ERRORS = {
     "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
+    # An AutoNAT dial-back (p2p/dialback.py) closes after the Noise handshake.
+    "libp2p.network.swarm": ("fail to upgrade mux",),
 }
 
 

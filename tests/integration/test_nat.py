@@ -1,0 +1,72 @@
+"""Real NAT topologies (tests/netlab.py: network namespaces, veth, nftables masquerade):
+nodes behind NATs learn they are private, reach a public node, and are served through it.
+
+Each node is a process in its own namespace (tests/netlab_node.py), run with FakeBackend;
+the lab is torn down after each test. Without root, ``ip`` or ``nft`` the tests skip
+with the reason (and fail under PEERLLM_CI=1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import FAKE_MODEL, poll_until
+from tests.netlab import Lab, open_lab, require_netlab
+from tests.netlab_node import NetNode
+
+VERDICT_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    require_netlab()
+    short = request.node.name.removeprefix("test_")[:10].replace("_", "")
+    with open_lab(short) as made:
+        yield made
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[..., NetNode]]:
+    """Factory for lab nodes; all are stopped (and their logs shown on failure) after."""
+    made: list[NetNode] = []
+
+    def start(host: Any, name: str, **kw: Any) -> NetNode:
+        node = NetNode.start(host, tmp_path, name, **kw)
+        made.append(node)
+        return node
+
+    yield start
+    for node in made:
+        node.stop()
+        print(f"--- {node.name} log (tail) ---\n{node.tail(30)}")
+
+
+def reachability(node: NetNode) -> str:
+    return str(node.ask("state")["status"]["reachability"]["status"])
+
+
+def test_natted_node_dials_a_public_one_and_learns_it_is_private(
+        lab: Lab, nodes: Callable[..., NetNode]) -> None:
+    public = nodes(lab.public_host("r"), "pub", fake_model=True)
+    nat = lab.nat("n1")
+    inside = nodes(lab.private_host("a", nat), "inside", bootstrap=[public.addr])
+    # AutoNAT: the public node cannot dial the NATed one back, the other way works.
+    poll_until(lambda: reachability(inside), lambda s: s == "private",
+               timeout_s=VERDICT_TIMEOUT_S, what="the NATed node's verdict")
+    poll_until(lambda: reachability(public), lambda s: s == "public",
+               timeout_s=VERDICT_TIMEOUT_S, what="the public node's verdict")
+    state = inside.ask("state")
+    assert "NAT" in state["status"]["reachability"]["reason"]
+    assert public.peer_id in state["connected"]
+    # The NATed node is served by the public one over its direct (outbound) connection.
+    poll_until(lambda: inside.ask("state")["peers"],
+               lambda rows: any(r["peer_id"] == public.peer_id and r["state"] == "healthy"
+                                for r in rows), what="the public node healthy")
+    done = inside.ask("chat", model=FAKE_MODEL)
+    assert done["status_code"] == 200, done
+    assert done["body"]["peerllm"]["served_by"] == public.peer_id
+    assert done["body"]["choices"][0]["message"]["content"]
