@@ -47,6 +47,7 @@ from .mesh.installing import StoreInstaller, stored_specs
 from .mesh.local import LocalNode
 from .mesh.membership import Membership, NameLookup
 from .mesh.pulls import Pulls
+from .mesh.relaying import ReservationKeeper, run_relay_service
 from .mesh.replica_settings import SETTINGS_FILE, ReplicaSettings
 from .mesh.replication import Replicator, build_replicator
 from .mesh.routed import Routed
@@ -56,13 +57,14 @@ from .metrics import Metrics
 from .p2p.blob import BlobServer
 from .p2p.dht import Dht, open_dht
 from .p2p.embed import EmbedClient, EmbedServer
+from .p2p.hop import HopLimits
 from .p2p.host import P2PHost, open_host
 from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
 from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
-from .p2p.reachability import ReachabilityProber, serve_dial_backs, state_for
-from .p2p.reachability_state import ReachabilityState
+from .p2p.reachability import ReachabilityProber, serve_dial_backs
+from .p2p.reachability_state import Reachability, ReachabilityState
 from .p2p.registry import PeerRegistry, PeerState
 from .p2p.revocations import RevocationServer
 from .scheduling.candidates import Candidate
@@ -113,7 +115,9 @@ class Node:
         self.blob_server: BlobServer | None = None  # serves our model files to peers
         self.replicator: Replicator | None = None  # keeps replica targets (set by open_node)
         self.installer: StoreInstaller | None = None  # pulled files in, deleted models out
-        self.reachability: ReachabilityState | None = None  # AutoNAT's verdict (open_node)
+        self.reachability = ReachabilityState(
+            None if config.p2p.reachability == "auto" else Reachability(config.p2p.reachability))
+        self.relays: ReservationKeeper | None = None  # our relay slots (set by open_node)
         self._started_mono = trio.current_time()
 
     # -- what we are -----------------------------------------------------------------
@@ -176,9 +180,8 @@ class Node:
                 "uptime_seconds": round(trio.current_time() - self._started_mono, 3),
                 "peers": states, "connected": len(self.host.connected_peers()),
                 "auth": self.auth_summary(), "warnings": self.warnings(),
-                "reachability": None if self.reachability is None else {
-                    "status": self.reachability.status.value,
-                    "reason": self.reachability.reason},
+                "reachability": {"status": self.reachability.status.value,
+                                 "reason": self.reachability.reason},
                 "uploads": self.blob_server.statistics() if self.blob_server else None}
 
     def auth_summary(self) -> Json:
@@ -381,7 +384,12 @@ async def open_node(config: NodeConfig | None = None, *,
             host = await stack.enter_async_context(open_host(
                 identity, listen=cfg.p2p.listen, announce=cfg.p2p.announce,
                 network_key=network_key, dial_timeout_s=cfg.p2p.dial_timeout_s,
-                max_peers=cfg.p2p.max_peers, audit=audit))
+                max_peers=cfg.p2p.max_peers, audit=audit, relay_limits=HopLimits(
+                    max_reservations=cfg.p2p.relay_max_reservations,
+                    max_circuits=cfg.p2p.relay_max_circuits,
+                    reservation_ttl_s=cfg.p2p.relay_reservation_ttl_s,
+                    circuit_duration_s=cfg.p2p.relay_circuit_duration_s,
+                    circuit_bytes=cfg.p2p.relay_circuit_bytes)))
             dht: Dht | None = await stack.enter_async_context(
                 open_dht(host, identity, audit=audit)) if cfg.discovery.dht else None
             nursery = await stack.enter_async_context(trio.open_nursery())
@@ -404,7 +412,6 @@ async def open_node(config: NodeConfig | None = None, *,
                              timeout_s=REVOCATION_PUSH_S)
             # Reachability (protocols/autonat.md): dial peers back when they ask, ask
             # them to dial us back; the one state the relay parts read.
-            node.reachability = state_for(cfg.p2p.reachability)
             serve_dial_backs(host, max_peers=cfg.p2p.max_peers)
             await nursery.start(ReachabilityProber(host, node.reachability).run)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
@@ -415,6 +422,15 @@ async def open_node(config: NodeConfig | None = None, *,
                 pulls=models.pulls, settings=replica_settings, disk_free=store.free_bytes,
                 config=cfg.models)
             await nursery.start(node.replicator.run)
+            if host.relay is not None:  # circuit relay v2 (protocols/relay.md)
+                await nursery.start(partial(run_relay_service, host.relay,
+                                            mode=cfg.p2p.relay_service,
+                                            reachability=node.reachability, dht=dht))
+                node.relays = ReservationKeeper(
+                    host=host, relay=host.relay, reachability=node.reachability,
+                    relays=cfg.p2p.relays, bootstrap=cfg.p2p.bootstrap, dht=dht,
+                    on_change=node.membership.announce)
+                await nursery.start(node.relays.run)
             # One digest cache (and its fallback folder) for the digest task and the
             # blob catalog: a pulled file's manifest, cached at install, is not re-read.
             nursery.start_soon(partial(keep_digests, registry, models.cache,

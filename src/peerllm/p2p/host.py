@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -30,14 +30,20 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from ..audit import NULL_AUDIT, AuditSink
-from ..errors import NetworkKeyMismatch, PeerTimeout, PeerUnavailable
+from ..errors import NetworkKeyMismatch, PeerError, PeerTimeout, PeerUnavailable
 from ..identity import Identity, to_libp2p_keypair
 from .gate import GatedTCP, NetworkKey
+from .hop import HopLimits
+from .relay import Relay, is_circuit, open_relay, split_circuit
 from .streams import ByteStream, Libp2pStream, StreamHandler, safe_handler
 
 logger = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
+
+# With circuit addresses known for a peer, its direct addresses get this long before we
+# go through a relay (a NATed peer's direct addresses usually just time out).
+DIRECT_BEFORE_RELAY_S = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,10 @@ _ROUTINE_ERRORS = {
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
     # An AutoNAT dial-back (p2p/dialback.py) closes after the Noise handshake.
     "libp2p.network.swarm": ("fail to upgrade mux",),
+    # A relay client closing its hop stream after the exchange (every reservation).
+    "libp2p.relay.circuit_v2.protocol": ("Error reading from hop stream",
+                                         "Unexpected error handling hop stream",
+                                         "Error sending status message"),
 }
 
 
@@ -149,8 +159,10 @@ class P2PHost:
     """Our face of the libp2p host: timeouts on every dial and stream, safe handlers."""
 
     def __init__(self, host: IHost, *, dial_timeout_s: float, network_key: NetworkKey,
-                 events: trio.MemoryReceiveChannel[ConnectionEvent]) -> None:
+                 events: trio.MemoryReceiveChannel[ConnectionEvent],
+                 relay: Relay | None = None) -> None:
         self.libp2p = host
+        self.relay = relay  # circuit relay v2 (p2p/relay.py); None: relaying is off
         self.peer_id = str(host.get_id())
         self.network_key = network_key
         self.events = events
@@ -209,16 +221,54 @@ class P2PHost:
     async def connect(self, peer_id: str, addrs: Sequence[str] = ()) -> None:
         """Ensure a connection to ``peer_id`` (reusing an open one).
 
+        Circuit addresses (``…/p2p/<relay>/p2p-circuit/p2p/<peer>``) are remembered and
+        tried, in order, when the direct ones fail.
+
         Raises:
             NetworkKeyMismatch: the peer is in another private network.
             PeerTimeout: no connection within the dial timeout.
             PeerUnavailable: every address failed.
+            RelayRefused: the last relay tried refused the circuit (status named).
         """
         if peer_id == self.peer_id:
             raise PeerUnavailable(peer_id, "refusing to dial ourselves")
         if self.is_connected(peer_id):
             return
-        self.add_addrs(peer_id, addrs, ttl_s=120)
+        circuits = self.relay.learn(peer_id, addrs) if self.relay is not None else []
+        self.add_addrs(peer_id, [a for a in addrs if not is_circuit(a)], ttl_s=120)
+        if not circuits:
+            await self._dial_direct(peer_id, self._dial_timeout_s)
+            return
+        try:
+            await self._dial_direct(peer_id, min(self._dial_timeout_s, DIRECT_BEFORE_RELAY_S))
+        except NetworkKeyMismatch:
+            raise
+        except PeerError as exc:
+            logger.debug("direct dial of %s failed (%s); trying its relays", peer_id, exc.message)
+            await self._dial_circuits(peer_id, circuits)
+
+    async def _dial_circuits(self, peer_id: str, circuits: Sequence[str]) -> None:
+        assert self.relay is not None
+        last: PeerError | None = None
+        for addr in circuits:
+            relay, relay_addrs, _ = split_circuit(addr)
+            if relay == self.peer_id:
+                continue
+            try:
+                if not self.is_connected(relay):  # the relay itself is dialled directly
+                    self.add_addrs(relay, relay_addrs, ttl_s=120)
+                    await self._dial_direct(relay, self._dial_timeout_s)
+                with trio.fail_after(self._dial_timeout_s):
+                    await self.relay.dial(relay, peer_id)
+                return
+            except trio.TooSlowError:
+                last = PeerTimeout(peer_id, f"no relayed connection via {relay} within "
+                                            f"{self._dial_timeout_s} s", phase="dial")
+            except PeerError as exc:
+                last = exc
+        raise last or PeerUnavailable(peer_id, "no usable circuit address")
+
+    async def _dial_direct(self, peer_id: str, timeout_s: float) -> None:
         pid = ID.from_base58(peer_id)
         # py-libp2p refuses to redial a peer whose last dial failed for a while (its
         # "negative cache"); a restarted peer would stay unreachable. Our callers pace
@@ -227,7 +277,7 @@ class P2PHost:
         if unblock is not None:
             unblock(pid)
         info = PeerInfo(pid, [])
-        with trio.move_on_after(self._dial_timeout_s) as scope:
+        with trio.move_on_after(timeout_s) as scope:
             try:
                 await self.libp2p.connect(info)
             except Exception as exc:
@@ -236,8 +286,7 @@ class P2PHost:
                     raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
                 raise PeerUnavailable(peer_id, f"dial failed: {_describe(exc)}") from exc
         if scope.cancelled_caught:
-            raise PeerTimeout(peer_id, f"no connection within {self._dial_timeout_s} s",
-                              phase="dial")
+            raise PeerTimeout(peer_id, f"no connection within {timeout_s} s", phase="dial")
 
     async def connect_addr(self, addr: str) -> str:
         """Dial a full multiaddr ending in /p2p/<id>; return the peer ID."""
@@ -322,10 +371,11 @@ def _describe(exc: BaseException) -> str:
 @asynccontextmanager
 async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequence[str] = (),
                     network_key: str | None = None, dial_timeout_s: float = 5.0,
-                    max_peers: int = 200, audit: AuditSink = NULL_AUDIT
-                    ) -> AsyncIterator[P2PHost]:
+                    max_peers: int = 200, audit: AuditSink = NULL_AUDIT,
+                    relay_limits: HopLimits | None = None) -> AsyncIterator[P2PHost]:
     """Run a libp2p host for ``identity`` until the block exits (network-gate refusals
-    are written to ``audit``).
+    are written to ``audit``); with ``relay_limits`` it speaks circuit relay v2
+    (accepts and dials relayed connections; relays for others once told to).
 
     Raises:
         PeerLLMError subclasses are not raised here; a listen failure surfaces as
@@ -360,8 +410,11 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
     host.get_network().retry_config = RetryConfig(max_retries=0)
     send, recv = trio.open_memory_channel[ConnectionEvent](1024)
     host.get_network().register_notifee(_ConnectionNotifee(send))
-    async with send, recv, host.run(listen_addrs):
-        p2p = P2PHost(host, dial_timeout_s=dial_timeout_s, network_key=key, events=recv)
+    async with send, recv, host.run(listen_addrs), AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(open_relay(host, relay_limits, protect=None)) \
+            if relay_limits is not None and key.key is None else None
+        p2p = P2PHost(host, dial_timeout_s=dial_timeout_s, network_key=key, events=recv,
+                      relay=relay)
         logger.info("libp2p host %s listening on %s (network %s)", p2p.peer_id,
                     ", ".join(p2p.addrs()), key.describe())
         try:

@@ -192,11 +192,6 @@ def serve_dial_backs(host: P2PHost, *, max_peers: int) -> DialBackServer:
     return server
 
 
-def state_for(setting: str) -> ReachabilityState:
-    """The node's one ReachabilityState for ``p2p.reachability`` (auto: unpinned)."""
-    return ReachabilityState(None if setting == "auto" else Reachability(setting))
-
-
 # -- asking others -----------------------------------------------------------------------
 
 class ReachabilityProber:
