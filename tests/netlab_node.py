@@ -163,6 +163,24 @@ async def _answer(node: Any, http: Any, request: dict[str, Any]) -> dict[str, An
     if op == "state":
         return {"status": node.status(), "addrs": node.addrs(), "peers": node.peers(),
                 "connected": node.host.connected_peers()}
+    if op == "peerstore":  # what libp2p knows of a peer's addresses (diagnostics)
+        from libp2p.peer.id import ID
+
+        try:
+            addrs = node.host.libp2p.get_peerstore().addrs(ID.from_base58(request["peer"]))
+        except Exception as exc:  # unknown peer, or its addresses expired
+            return {"addrs": [], "why": str(exc)}
+        return {"addrs": [str(a) for a in addrs]}
+    if op == "link":  # the relay the connection to a peer runs through (None: direct)
+        from libp2p.peer.id import ID
+
+        from peerllm.p2p.host import relay_of
+
+        conns = node.host.libp2p.get_network().connections.get(ID.from_base58(request["peer"]))
+        addrs = [str(a) for c in conns or [] for a in c.get_transport_addresses()]
+        relays = [relay_of(a) for a in addrs]
+        return {"connected": bool(conns), "addrs": addrs,
+                "relay": relays[0] if relays and all(relays) else None}
     if op == "connect":
         return {"peer_id": await node.host.connect_addr(request["addr"])}
     if op == "chat":

@@ -70,3 +70,44 @@ def test_natted_node_dials_a_public_one_and_learns_it_is_private(
     assert done["status_code"] == 200, done
     assert done["body"]["peerllm"]["served_by"] == public.peer_id
     assert done["body"]["choices"][0]["message"]["content"]
+
+
+def test_two_natted_nodes_meet_and_are_served_through_a_public_relay(
+        lab: Lab, nodes: Callable[..., NetNode]) -> None:
+    relay = nodes(lab.public_host("r"), "relay")
+    bob = nodes(lab.private_host("b", lab.nat("n2")), "bob", bootstrap=[relay.addr],
+                fake_model=True, hole_punch=False)
+    private_with_circuit(bob, relay)
+    assert reachability(relay) == "public"  # bob dialled it back: it relays (auto)
+    # Alice comes later (bob's circuit address is known by then: see the report on
+    # DHT-found peers whose first dial fails) and finds bob through the relay's DHT.
+    alice = nodes(lab.private_host("a", lab.nat("n1")), "alice", bootstrap=[relay.addr],
+                  hole_punch=False)
+    row = poll_until(lambda: _row(alice, bob.peer_id),
+                     lambda r: r is not None and r["state"] == "healthy",
+                     timeout_s=60, what="bob healthy at alice")
+    assert row is not None
+    private_with_circuit(alice, relay)
+    # The connection runs through the relay (no hole punching asked for).
+    assert _relayed_via(alice, bob.peer_id) == relay.peer_id
+    done = alice.ask("chat", model=FAKE_MODEL)
+    assert done["status_code"] == 200, done
+    assert done["body"]["peerllm"]["served_by"] == bob.peer_id
+    assert done["body"]["choices"][0]["message"]["content"]
+
+
+def private_with_circuit(node: NetNode, relay: NetNode) -> None:
+    """Wait until ``node`` knows it is behind a NAT and holds a slot on ``relay``."""
+    poll_until(lambda: reachability(node), lambda s: s == "private",
+               timeout_s=VERDICT_TIMEOUT_S, what=f"{node.name}'s verdict")
+    poll_until(lambda: node.ask("state")["addrs"],
+               lambda addrs: any(f"/p2p/{relay.peer_id}/p2p-circuit" in a for a in addrs),
+               timeout_s=VERDICT_TIMEOUT_S, what=f"{node.name}'s circuit address")
+
+
+def _relayed_via(node: NetNode, peer_id: str) -> str | None:
+    return node.ask("link", peer=peer_id)["relay"]  # type: ignore[no-any-return]
+
+
+def _row(node: NetNode, peer_id: str) -> dict[str, Any] | None:
+    return next((r for r in node.ask("state")["peers"] if r["peer_id"] == peer_id), None)

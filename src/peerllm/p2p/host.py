@@ -234,7 +234,10 @@ class P2PHost:
             raise PeerUnavailable(peer_id, "refusing to dial ourselves")
         if self.is_connected(peer_id):
             return
-        circuits = self.relay.learn(peer_id, addrs) if self.relay is not None else []
+        # Circuit addresses learnt elsewhere (identify, DHT lookups) sit in the peerstore,
+        # where py-libp2p's swarm ignores them as "relay-only": hand them to the relay.
+        circuits = self.relay.learn(peer_id, [*addrs, *self._stored_circuits(peer_id)]) \
+            if self.relay is not None else []
         self.add_addrs(peer_id, [a for a in addrs if not is_circuit(a)], ttl_s=120)
         if not circuits:
             await self._dial_direct(peer_id, self._dial_timeout_s)
@@ -246,6 +249,13 @@ class P2PHost:
         except PeerError as exc:
             logger.debug("direct dial of %s failed (%s); trying its relays", peer_id, exc.message)
             await self._dial_circuits(peer_id, circuits)
+
+    def _stored_circuits(self, peer_id: str) -> list[str]:
+        try:
+            stored = self.libp2p.get_peerstore().addrs(ID.from_base58(peer_id))
+        except Exception:  # py-libp2p raises PeerStoreError for an unknown or expired peer
+            return []
+        return [str(a) for a in stored if is_circuit(str(a))]
 
     async def _dial_circuits(self, peer_id: str, circuits: Sequence[str]) -> None:
         assert self.relay is not None
