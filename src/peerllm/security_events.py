@@ -1,7 +1,7 @@
 """The names of security events, one fact each: audit event kinds and the bounded label sets.
 
 The audit log (``peerllm.audit``), the metrics (``peerllm.metrics``) and the code that
-refuses something (the API's auth, ``p2p``'s per-peer limits, the network gate) all name
+refuses something (the API's auth, ``p2p``'s per-peer limits, the network-key check) all name
 an event with these enums, so a reason or a limit is spelled once and a metric label can
 only take one of the values listed here (a Prometheus label set must stay bounded).
 Pure values: every layer may import them.
@@ -17,7 +17,7 @@ from typing import TypeAlias
 class AuditEvent(StrEnum):
     """The ``event`` of an audit line. Fields of each are fixed by ``peerllm.audit.events``."""
 
-    NETWORK_KEY_MISMATCH = "network_key_mismatch"  # the network gate refused a connection
+    NETWORK_KEY_MISMATCH = "network_key_mismatch"  # refused: another network
     INVALID_RECORD = "invalid_record"  # a forged or invalid DHT record or signed node-info
     MODEL_MANAGEMENT = "model_management"  # load / unload / warmup / pull / delete / replicas (API)
     INFERENCE = "inference"  # one line per inference request, ours or a peer's
@@ -68,7 +68,7 @@ class RecordKind(StrEnum):
 
 
 class Direction(StrEnum):
-    """Who opened the connection a network-gate refusal was about."""
+    """Who opened the connection a refusal for another network key was about."""
 
     INBOUND = "inbound"
     OUTBOUND = "outbound"

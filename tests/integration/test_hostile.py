@@ -9,7 +9,7 @@ import trio
 
 import peerllm
 from peerllm.errors import PeerConnectionLost
-from peerllm.p2p.gate import NetworkKey
+from peerllm.p2p.transport import MULTISTREAM_HEADER, OLD_PRELUDE_MAGIC
 from peerllm.wire.framing import encode_frame
 from peerllm.wire.nodeinfo import PROTOCOL_ID
 from tests.helpers import MakeConfig, healthy_names, wait_until
@@ -24,7 +24,8 @@ async def test_garbage_on_the_p2p_port(make_config: MakeConfig) -> None:
     async with peerllm.open_node(make_config("victim")) as victim:
         port = tcp_port(victim.addrs()[0])
         payloads = [os.urandom(4096), b"\x00" * 100, b"GET / HTTP/1.1\r\n\r\n",
-                    NetworkKey(None).prelude() + os.urandom(2048),  # passes the gate, then junk
+                    MULTISTREAM_HEADER + os.urandom(2048),  # passes the first-bytes check
+                    OLD_PRELUDE_MAGIC + bytes(33),  # a PeerLLM from before #11
                     b"/multistream/1.0.0\n"]
         for data in payloads:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -40,7 +41,7 @@ async def test_garbage_on_the_p2p_port(make_config: MakeConfig) -> None:
                 pass
             finally:
                 await stream.aclose()
-        # A connection that says nothing at all is dropped by the gate's timeout.
+        # A connection that says nothing at all is dropped by the upgrade's timeout.
         silent = await trio.open_tcp_stream("127.0.0.1", port)
         with trio.fail_after(10):
             while await silent.receive_some(65536):

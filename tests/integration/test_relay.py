@@ -98,3 +98,17 @@ async def test_no_reservation_means_the_relay_refuses_the_circuit(
         with pytest.raises(RelayRefused, match="NO_RESERVATION"):
             await a.host.connect(b.peer_id, [circuit])
         assert not a.host.is_connected(b.peer_id)
+
+
+async def test_relayed_connections_get_the_private_networks_pnet_wrapping(
+        make_config: MakeConfig) -> None:
+    # Both ends wrap the relayed stream in pnet (py-libp2p alone wraps only the accepting
+    # side, so this connection would not come up).
+    key = "5a" * 32
+    async with relay_and_private(make_config, r_p2p={"network_key": key},
+                                 c_p2p={"network_key": key}) as (r, c), \
+            peerllm.open_node(make_config("a", dht=False, network_key=key)) as a:
+        assert r.host.network_key.key is not None
+        circuit = f"{r.addrs()[0]}/p2p-circuit/p2p/{c.peer_id}"
+        assert await a.membership.connect_peer(c.peer_id, [circuit], Source.DHT)
+        assert {relay_of(t) for t in transport_addrs(a, c.peer_id)} == {r.peer_id}

@@ -2,7 +2,7 @@
 
 How events flow. Nothing emits through a global: each node opens its own ``Auditor``
 (``open_audit_log``, in node.py's ``open_node``) and the composition root hands it, as
-the small ``AuditSink`` port, to whatever emits — the network gate, the DHT validator,
+the small ``AuditSink`` port, to whatever emits — the network-key check, the DHT validator,
 the node-info client (p2p/), the serving side (mesh/), the API (api/, through
 ``node.audit``). Emitters call the typed functions of ``audit.events`` (one per event:
 its fields are one fact); constructors default to ``NULL_AUDIT``, so code and tests that

@@ -35,7 +35,7 @@ InferenceKind = Literal["generation", "embedding"]
 
 def network_key_mismatch(sink: AuditSink, *, peer: str, direction: Direction,
                          reason: str) -> None:
-    """The network gate refused a connection: another private network key, or none."""
+    """A connection was refused for another network: another private network key, or none."""
     sink.record(AuditEvent.NETWORK_KEY_MISMATCH, peer=peer, direction=direction,
                 reason=reason)
 

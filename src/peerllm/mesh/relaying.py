@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -28,6 +28,7 @@ CHECK_S = 5.0  # how often held relays are checked (a lapsed one's addresses are
 RESERVE_TIMEOUT_S = 10.0  # connecting to a relay and reserving, together
 PROVIDE_RETRY_S = 60.0  # a relay says so in the DHT until that works once...
 PROVIDE_S = 600.0  # ...then again this often
+ROUTING_POLL_S = 1.0  # a relay with an empty DHT table looks again this often
 
 
 @dataclass(slots=True)
@@ -84,35 +85,38 @@ class ReservationKeeper:
                 if trio.current_time() >= held.renew_at:
                     await self._renew(relay)
             if len(self.held) < self._max and trio.current_time() >= next_look:
-                await self._look()
+                await self.look()
                 next_look = trio.current_time() + self._retry_s
             wake = [trio.current_time() + CHECK_S, *(h.renew_at for h in self.held.values())]
             if len(self.held) < self._max:
                 wake.append(next_look)
             await trio.sleep_until(min(wake))
 
-    async def _look(self) -> None:
-        async for relay, addrs in self._candidates():
-            if len(self.held) >= self._max:
-                return
-            if relay in self.held or relay == self._host.peer_id:
-                continue
-            await self._reserve(relay, addrs)
+    async def look(self) -> None:
+        """Reserve on the preferred relays we do not hold yet, until we hold enough:
+        p2p.relays, then bootstrap peers that serve hop (or have not said), then relays
+        found in the DHT."""
+        await self._try(self._known_candidates())
+        if self._dht is not None and len(self.held) < self._max:
+            await self._try(await self._dht.find_providers(RELAY_PROVIDER_REF))
 
-    async def _candidates(self) -> AsyncIterator[tuple[str, list[str]]]:
-        """Relays in order of preference: p2p.relays, bootstrap peers that serve hop (or
-        have not said), then relays found in the DHT."""
-        for addr in self._configured:
-            yield _peer_of(addr), [addr]
+    def _known_candidates(self) -> list[tuple[str, list[str]]]:
+        out = [(_peer_of(addr), [addr]) for addr in self._configured]
         for addr in self._bootstrap:
             peer = _peer_of(addr)
             if self._relay.speaks_hop(peer) is not False:
-                yield peer, [addr]
-        if self._dht is not None and len(self.held) < self._max:
-            for peer, addrs in await self._dht.find_providers(RELAY_PROVIDER_REF):
-                yield peer, addrs
+                out.append((peer, [addr]))
+        return out
 
-    async def _reserve(self, relay: str, addrs: list[str]) -> bool:
+    async def _try(self, candidates: Sequence[tuple[str, list[str]]]) -> None:
+        for relay, addrs in candidates:
+            if len(self.held) >= self._max:
+                return
+            if relay not in self.held and relay != self._host.peer_id:
+                await self.reserve(relay, addrs)
+
+    async def reserve(self, relay: str, addrs: list[str]) -> bool:
+        """Connect to ``relay`` and take (or renew) a slot; False (logged) if refused."""
         try:
             with trio.fail_after(RESERVE_TIMEOUT_S):
                 await self._host.connect(relay, addrs)
@@ -137,7 +141,7 @@ class ReservationKeeper:
 
     async def _renew(self, relay: str) -> None:
         held = self.held[relay]
-        if not await self._reserve(relay, list(held.reservation.addrs)):
+        if not await self.reserve(relay, list(held.reservation.addrs)):
             self._drop(relay, "its renewal failed")
 
     def _drop_lapsed(self) -> None:
@@ -195,13 +199,14 @@ async def run_relay_service(relay: Relay, *, mode: str, reachability: Reachabili
 async def _provide_relay(dht: Dht) -> None:
     key = provider_key(RELAY_PROVIDER_REF)
     while True:
+        while not dht.routing_peers():
+            await trio.sleep(ROUTING_POLL_S)
         done = False
-        if dht.routing_peers():
-            with trio.move_on_after(DHT_OP_TIMEOUT_S):
-                try:
-                    done = bool(await dht.kad.provide(key))
-                except Exception:  # retried below; the DHT is best effort
-                    logger.debug("providing %s failed", RELAY_PROVIDER_REF, exc_info=True)
+        with trio.move_on_after(DHT_OP_TIMEOUT_S):
+            try:
+                done = bool(await dht.kad.provide(key))
+            except Exception:  # retried below; the DHT is best effort
+                logger.debug("providing %s failed", RELAY_PROVIDER_REF, exc_info=True)
         await trio.sleep(PROVIDE_S if done else PROVIDE_RETRY_S)
 
 

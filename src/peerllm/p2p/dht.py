@@ -1,7 +1,9 @@
 """Kademlia DHT facade: signed node records, name claims and model provider records.
 
 Values are only for slowly-changing, signed, versioned facts (py-libp2p serves them
-from a local cache, so reads can be stale); live state comes from node-info.
+from a local cache, so reads can be stale); live state comes from node-info. The DHT
+speaks ``DHT_PROTOCOL_ID``, not the public IPFS DHT's /ipfs/kad/1.0.0, so a node that
+meets an IPFS peer never merges the two networks (protocols/dht-records.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht import common as kad_common
+from libp2p.kad_dht import kad_dht as kad_module
+from libp2p.kad_dht import peer_routing as kad_peer_routing
+from libp2p.kad_dht import provider_store as kad_provider_store
+from libp2p.kad_dht import value_store as kad_value_store
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.records.validator import Validator
@@ -38,12 +46,28 @@ from .host import P2PHost
 
 logger = logging.getLogger(__name__)
 
+DHT_PROTOCOL_ID = TProtocol("/peerllm/kad/1.0.0")
+"""The Kademlia protocol id PeerLLM's DHT speaks (open and private networks alike)."""
+
 DHT_OP_TIMEOUT_S = 30.0
 """Every DHT operation runs under this deadline: frozen peers cost 10 s per query round."""
 
 
 ONE_HOP_FANOUT = 3
 ONE_HOP_TIMEOUT_S = 1.5
+
+
+def use_our_dht_protocol_id() -> None:
+    """Make py-libp2p's KadDHT speak ``DHT_PROTOCOL_ID``.
+
+    py-libp2p 0.8.1 hard-codes /ipfs/kad/1.0.0 and ignores ``protocol_prefix``: each
+    of these modules imported ``PROTOCOL_ID`` by name (the routing table reads
+    ``common.PROTOCOL_ID`` when it runs), so each binding is replaced. Idempotent; call
+    before a KadDHT is built (its constructor registers the stream handler).
+    """
+    for module in (kad_common, kad_module, kad_peer_routing, kad_provider_store,
+                   kad_value_store):
+        module.PROTOCOL_ID = DHT_PROTOCOL_ID
 
 
 class RecordValidator(Validator):
@@ -90,6 +114,7 @@ class Dht:
         self._audit = audit
         # Created before any dial: Identify caches protocols at connect time, and a
         # peer identified before the DHT existed is silently not added (notes §4.1).
+        use_our_dht_protocol_id()
         self.kad = KadDHT(host.libp2p, DHTMode.SERVER, strict_validation=True)
         self.kad.register_validator(NAMESPACE, RecordValidator(audit))
         self._seq = int(time.time() * 1000)

@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 HOP_PROTOCOL_ID = str(PROTOCOL_ID)  # /libp2p/circuit/relay/0.2.0/hop
 STOP_PROTOCOL_ID_STR = str(STOP_PROTOCOL_ID)  # /libp2p/circuit/relay/0.2.0/stop
 
-Protect = Callable[[IRawConnection], IRawConnection]
-"""Wraps a raw connection in the private network's pnet cipher (p2p/pnet.py)."""
+Protect = Callable[[IRawConnection, bool, str], IRawConnection]
+"""``(raw, initiator, peer)`` -> the connection as our network speaks it: pnet-wrapped
+in a private network, first bytes checked either way (p2p/transport.py ``protect``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +176,8 @@ class CircuitService(CircuitV2Protocol):
         raw: IRawConnection = RawConnection(stream=stream, initiator=False,
                                             connection_type=ConnectionType.RELAYED,
                                             addresses=[addr])
-        if self._protect is not None and getattr(self.host.get_network(), "psk", None) is None:
-            raw = self._protect(raw)
+        if self._protect is not None:
+            raw = self._protect(raw, False, str(ID(remote_peer_id)))
         try:
             await self.host.upgrade_inbound_connection(raw, addr)
         except Exception as exc:

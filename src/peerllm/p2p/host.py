@@ -1,4 +1,4 @@
-"""The libp2p host, built safe: Noise only, Yamux, gated TCP, one connection per peer.
+"""The libp2p host, built safe: Noise only, Yamux, checked TCP, one connection per peer.
 
 py-libp2p 0.8.1's defaults are unsafe (plaintext accepted, a handler exception kills
 the host, ~250 ms per dial, no timeouts); this module is the one place that knows
@@ -18,9 +18,10 @@ import multiaddr
 import psutil
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, IRawConnection
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.identity.identify import identify as libp2p_identify
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -29,13 +30,15 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from .._version import __version__
 from ..audit import NULL_AUDIT, AuditSink
 from ..errors import NetworkKeyMismatch, PeerError, PeerTimeout, PeerUnavailable
 from ..identity import Identity, to_libp2p_keypair
-from .gate import GatedTCP, NetworkKey
 from .hop import HopLimits
+from .pnet import NetworkKey
 from .relay import Relay, is_circuit, open_relay, split_circuit
 from .streams import ByteStream, Libp2pStream, StreamHandler, safe_handler
+from .transport import NetworkTCP, protect
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,15 @@ _E = TypeVar("_E", bound=BaseException)
 # With circuit addresses known for a peer, its direct addresses get this long before we
 # go through a relay (a NATed peer's direct addresses usually just time out).
 DIRECT_BEFORE_RELAY_S = 1.5
+
+AGENT_VERSION = f"peerllm/{__version__}"
+"""What identify tells other libp2p peers we are."""
+
+
+def name_our_agent() -> None:
+    """Make identify announce ``AGENT_VERSION``: py-libp2p reads the module attribute
+    ``identify.AGENT_VERSION`` each time it answers, and defaults it to its own name."""
+    libp2p_identify.AGENT_VERSION = AGENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,10 @@ _ROUTINE_ERRORS = {
     "libp2p.relay.circuit_v2.protocol": ("Error reading from hop stream",
                                          "Unexpected error handling hop stream",
                                          "Error sending status message"),
+    # A failed handshake reaches our caller as PeerUnavailable / NetworkKeyMismatch
+    # naming the peer (and a refused network key was a WARNING in p2p/transport.py).
+    "libp2p.network.swarm": ("failed to upgrade security for peer",),
+    "libp2p.protocol_muxer.multiselect_client": ("MultiselectClient handshake",),
 }
 
 
@@ -275,6 +291,9 @@ class P2PHost:
                 last = PeerTimeout(peer_id, f"no relayed connection via {relay} within "
                                             f"{self._dial_timeout_s} s", phase="dial")
             except PeerError as exc:
+                mismatch = _find_cause(exc, NetworkKeyMismatch)
+                if mismatch is not None:
+                    raise NetworkKeyMismatch(peer_id, mismatch.message) from exc
                 last = exc
         raise last or PeerUnavailable(peer_id, "no usable circuit address")
 
@@ -383,9 +402,10 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
                     network_key: str | None = None, dial_timeout_s: float = 5.0,
                     max_peers: int = 200, audit: AuditSink = NULL_AUDIT,
                     relay_limits: HopLimits | None = None) -> AsyncIterator[P2PHost]:
-    """Run a libp2p host for ``identity`` until the block exits (network-gate refusals
-    are written to ``audit``); with ``relay_limits`` it speaks circuit relay v2
-    (accepts and dials relayed connections; relays for others once told to).
+    """Run a libp2p host for ``identity`` until the block exits (connections refused for
+    another network key are written to ``audit``); with ``relay_limits`` it speaks
+    circuit relay v2 (accepts and dials relayed connections; relays for others once
+    told to).
 
     Raises:
         PeerLLMError subclasses are not raised here; a listen failure surfaces as
@@ -393,6 +413,7 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
         so the CLI can name the address.
     """
     route_libp2p_logging()
+    name_our_agent()
     key = NetworkKey.from_hex(network_key)
     keypair = to_libp2p_keypair(identity.private_key)
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -412,17 +433,24 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
             keypair, noise_privkey=create_x25519_key_pair().private_key)},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=listen_addrs,
-        transports=[GatedTCP(key, audit=audit)],
+        # The private network's pnet wrapping is ours (p2p/pnet.py), in the transport:
+        # no psk= here, py-libp2p's own PSK speaks a cipher no other libp2p does.
+        transports=[NetworkTCP(key, audit=audit)],
         connection_config=conn_cfg,
         announce_addrs=[multiaddr.Multiaddr(a) for a in announce] or None,
     )
-    # A refused gate is final: the library's 3 retries would only repeat the refusal.
+    # A refusal for another network is final: 3 retries would only repeat it.
     host.get_network().retry_config = RetryConfig(max_retries=0)
     send, recv = trio.open_memory_channel[ConnectionEvent](1024)
     host.get_network().register_notifee(_ConnectionNotifee(send))
     async with send, recv, host.run(listen_addrs), AsyncExitStack() as stack:
-        relay = await stack.enter_async_context(open_relay(host, relay_limits, protect=None)) \
-            if relay_limits is not None and key.key is None else None
+        # A relayed connection is a raw connection like a TCP one: same pnet wrapping,
+        # same first-bytes check (py-libp2p would wrap only the accepting side).
+        def wrap(raw: IRawConnection, initiator: bool, peer: str) -> IRawConnection:
+            return protect(raw, key, initiator=initiator, peer=peer, audit=audit)
+
+        relay = await stack.enter_async_context(open_relay(host, relay_limits, protect=wrap)) \
+            if relay_limits is not None else None
         p2p = P2PHost(host, dial_timeout_s=dial_timeout_s, network_key=key, events=recv,
                       relay=relay)
         logger.info("libp2p host %s listening on %s (network %s)", p2p.peer_id,

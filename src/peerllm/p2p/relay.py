@@ -74,7 +74,10 @@ def split_circuit(addr: str) -> tuple[str, list[str], str]:
     peer = tail[len("/p2p/"):]
     if not peer or "/" in peer:
         raise ValueError(f"circuit address must end in /p2p/<peer>: {addr}")
-    ID.from_base58(relay), ID.from_base58(peer)  # ValueError when not peer ids
+    try:
+        multiaddr.Multiaddr(addr)  # checks each /p2p/ value is a peer id (a multihash)
+    except Exception as exc:
+        raise ValueError(f"unparsable circuit address {addr}: {exc}") from exc
     return relay, ([head] if relay_head else []), peer
 
 
@@ -146,7 +149,7 @@ class Relay:
                 stream=stream, initiator=True, connection_type=ConnectionType.RELAYED,
                 addresses=[circuit_addr(relay, peer_id)])
             if self._protect is not None:
-                raw = self._protect(raw)
+                raw = self._protect(raw, True, peer_id)
             await self._host.upgrade_outbound_connection(raw, target)
         except RelayRefused:
             await _close(stream)

@@ -12,7 +12,7 @@ import pytest
 from peerllm.config import NodeConfig, P2PConfig, config_from_mapping, load_config
 from peerllm.config.keyfiles import parse_network_key
 from peerllm.errors import ConfigError
-from peerllm.p2p.gate import NetworkKey
+from peerllm.p2p.pnet import NetworkKey
 
 KEY = "0123456789abcdef" * 4
 SECRET = "5ec7e7" * 10 + "abcd"  # 64 hex characters that must never be shown anywhere
