@@ -35,8 +35,11 @@ PREFIX = "pllm"
 BRIDGE = "br0"
 # A masquerading home router: outbound LAN traffic leaves with the router's address;
 # the forward chain admits only replies (conntrack), so nothing outside can open a
-# connection to the LAN, as behind a real NAT. Linux keeps the source port when it can,
-# so the mapping is endpoint-independent in practice (TCP hole punching may work).
+# connection to the LAN, as behind a real NAT. Like most home routers it drops an
+# unsolicited connection silently instead of refusing it: a refusal (RST) would also
+# kill the other side's half of a TCP simultaneous open, so hole punching would only
+# work when both SYNs crossed within one veth round trip. Linux keeps the source port
+# when it can, so the mapping is endpoint-independent in practice.
 _NAT_RULES = """\
 table ip peerllm_nat {
     chain postrouting {
@@ -47,6 +50,10 @@ table ip peerllm_nat {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         iifname "lan" oifname "wan" accept
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wan" ct state new drop
     }
 }
 """

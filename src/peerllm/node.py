@@ -57,6 +57,7 @@ from .metrics import Metrics
 from .p2p.blob import BlobServer
 from .p2p.dht import Dht, open_dht
 from .p2p.embed import EmbedClient, EmbedServer
+from .p2p.holepunch import open_hole_punch
 from .p2p.hop import HopLimits
 from .p2p.host import P2PHost, open_host
 from .p2p.infer import InferClient, InferServer
@@ -414,6 +415,8 @@ async def open_node(config: NodeConfig | None = None, *,
             # them to dial us back; the one state the relay parts read.
             serve_dial_backs(host, max_peers=cfg.p2p.max_peers)
             await nursery.start(ReachabilityProber(host, node.reachability).run)
+            if cfg.p2p.hole_punch:  # DCUtR: relayed connections become direct when they can
+                await stack.enter_async_context(open_hole_punch(host))
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)

@@ -111,3 +111,25 @@ def _relayed_via(node: NetNode, peer_id: str) -> str | None:
 
 def _row(node: NetNode, peer_id: str) -> dict[str, Any] | None:
     return next((r for r in node.ask("state")["peers"] if r["peer_id"] == peer_id), None)
+
+
+def test_hole_punching_upgrades_the_relayed_connection_to_direct(
+        lab: Lab, nodes: Callable[..., NetNode]) -> None:
+    relay = nodes(lab.public_host("r"), "relay")
+    bob_nat = lab.nat("n2")
+    bob = nodes(lab.private_host("b", bob_nat), "bob", bootstrap=[relay.addr],
+                fake_model=True)
+    private_with_circuit(bob, relay)
+    alice = nodes(lab.private_host("a", lab.nat("n1")), "alice", bootstrap=[relay.addr])
+    poll_until(lambda: _row(alice, bob.peer_id),
+               lambda r: r is not None and r["state"] == "healthy",
+               timeout_s=60, what="bob healthy at alice")
+    # DCUtR: both dial from their listen port at once; the masquerading NATs keep the
+    # port, so alice ends up connected to bob's NAT at port 4001, no relay in between.
+    link = poll_until(lambda: alice.ask("link", peer=bob.peer_id),
+                      lambda got: f"/ip4/{bob_nat.public_ip}/tcp/4001" in got["addrs"],
+                      timeout_s=60, what="a direct connection from alice to bob")
+    assert link["connected"]
+    done = alice.ask("chat", model=FAKE_MODEL)
+    assert done["status_code"] == 200, done
+    assert done["body"]["peerllm"]["served_by"] == bob.peer_id

@@ -103,17 +103,18 @@ def route_libp2p_logging() -> None:
 # Messages py-libp2p logs at ERROR for routine events: a peer that left (we log that
 # ourselves, naming the peer, as "cannot reach ..."), or a DHT bookkeeping miss.
 _ROUTINE_ERRORS = {
-    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
+    # ...and a hole-punch dial from our listen port (DCUtR logs its outcome itself).
+    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",
+                                 "Unexpected error opening TCP stream"),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
-    # An AutoNAT dial-back (p2p/dialback.py) closes after the Noise handshake.
-    "libp2p.network.swarm": ("fail to upgrade mux",),
     # A relay client closing its hop stream after the exchange (every reservation).
     "libp2p.relay.circuit_v2.protocol": ("Error reading from hop stream",
                                          "Unexpected error handling hop stream",
                                          "Error sending status message"),
     # A failed handshake reaches our caller as PeerUnavailable / NetworkKeyMismatch
-    # naming the peer (and a refused network key was a WARNING in p2p/transport.py).
-    "libp2p.network.swarm": ("failed to upgrade security for peer",),
+    # naming the peer (and a refused network key was a WARNING in p2p/transport.py);
+    # an AutoNAT dial-back (p2p/dialback.py) closes after the Noise handshake.
+    "libp2p.network.swarm": ("failed to upgrade security for peer", "fail to upgrade mux"),
     "libp2p.protocol_muxer.multiselect_client": ("MultiselectClient handshake",),
 }
 
