@@ -13,10 +13,12 @@ import pytest
 from tests.helpers import Daemon, MakeConfig, free_port, node_config
 
 TESTS = Path(__file__).parent
-# Folder -> extra markers. integration/ and e2e/ start real hosts or processes (and e2e
-# the model too), so `-m "not slow"` is the fast lane: unit, component and the root tests.
+# Folder -> extra markers. integration/, interop/ and e2e/ start real hosts or processes
+# (interop also another libp2p implementation, e2e the model), so `-m "not slow"` is the
+# fast lane: unit, component and the root tests.
 KINDS: dict[str, tuple[str, ...]] = {
-    "unit": (), "component": (), "integration": ("slow",), "e2e": ("slow",)}
+    "unit": (), "component": (), "integration": ("slow",), "interop": ("slow",),
+    "e2e": ("slow",)}
 # Tests of the whole package, which belong to no kind.
 PACKAGE_TESTS = frozenset({"test_layers.py", "test_exports.py"})
 
@@ -34,8 +36,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if kind not in KINDS:
             raise pytest.UsageError(
                 f"tests/{where}: a test lives in tests/unit, tests/component, "
-                "tests/integration or tests/e2e (that folder says what it needs: nothing, "
-                "in-memory streams, real hosts, the model), so its markers are right")
+                "tests/integration, tests/interop or tests/e2e (that folder says what it "
+                "needs: nothing, in-memory streams, real hosts, another libp2p "
+                "implementation, the model), so its markers are right")
         item.add_marker(kind)
         for marker in KINDS[kind]:
             item.add_marker(marker)

@@ -181,9 +181,23 @@ class Node:
                 "uptime_seconds": round(trio.current_time() - self._started_mono, 3),
                 "peers": states, "connected": len(self.host.connected_peers()),
                 "auth": self.auth_summary(), "warnings": self.warnings(),
+                "uploads": self.blob_server.statistics() if self.blob_server else None,
                 "reachability": {"status": self.reachability.status.value,
                                  "reason": self.reachability.reason},
-                "uploads": self.blob_server.statistics() if self.blob_server else None}
+                "relay": self.relay_status()}
+
+    def relay_status(self) -> Json | None:
+        """Our relay slots and our own relay service (None: circuit relay is off)."""
+        relay = self.host.relay
+        if relay is None:
+            return None
+        held = self.relays.held if self.relays is not None else {}
+        return {"reservations": [{"relay": r, "expires_at": h.reservation.expires_at,
+                                  "addrs": list(h.addrs)} for r, h in held.items()],
+                "service": {"serving": relay.service.serving,
+                            "reservations": relay.service.reservations(),
+                            "circuits": relay.service.circuits,
+                            "refused": relay.service.refused}}
 
     def auth_summary(self) -> Json:
         """Whether tokens are required here, and whose (public facts only)."""
@@ -204,7 +218,12 @@ class Node:
         """One row per known peer (the ``peers --json`` rows), sorted by name."""
         self.registry.refresh_states(now=time.time())
         entries = sorted(self.registry.entries(), key=lambda e: (e.name or "~", e.peer_id))
-        return [peer_row(e, breaker=self.router.breakers.describe(e.peer_id)) for e in entries]
+        return [peer_row(e, breaker=self.router.breakers.describe(e.peer_id),
+                         relay_name=self._name_of(e.relay)) for e in entries]
+
+    def _name_of(self, peer_id: str | None) -> str | None:
+        relay = self.registry.get(peer_id) if peer_id is not None else None
+        return relay.name if relay is not None else None
 
     def explain(self, model: str) -> Json:
         """Why each node would (or would not) get a request for ``model`` right now."""

@@ -12,7 +12,7 @@ from libp2p.io.abc import ReadWriteCloser
 
 from peerllm.errors import NetworkKeyMismatch
 from peerllm.p2p.pnet import NONCE_LEN, NetworkKey, XSalsa20
-from peerllm.p2p.transport import MULTISTREAM_HEADER, OLD_PRELUDE_MAGIC, protect
+from peerllm.p2p.transport import MULTISTREAM_HEADER, OLD_PRELUDE_MAGIC, SILENT_PEER_S, protect
 from peerllm.security_events import AuditEvent
 from tests.helpers import RecordingAudit
 
@@ -152,3 +152,32 @@ async def test_an_open_peer_that_hangs_up_is_just_gone() -> None:
     a = protect(raw_a, OPEN, initiator=True, peer="PEER-B")
     await raw_b.close()
     assert await a.read(64) == b""  # an EOF says nothing about keys in the open network
+
+
+@pytest.mark.parametrize("key", [OPEN, K1])
+async def test_a_dialled_peer_that_stays_silent_is_of_another_network(
+        key: NetworkKey, autojump_clock: trio.abc.Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A js-libp2p listener of another network reads our bytes as a length prefix and
+    # waits for the rest: it never sends a byte back.
+    raw_a, raw_b = pipe()
+    a = protect(raw_a, key, initiator=True, peer="PEER-B")
+    await a.write(HELLO)
+    assert await raw_b.read(4096)  # it hears us, then says nothing
+    start = trio.current_time()
+    with caplog.at_level(logging.WARNING), \
+            pytest.raises(NetworkKeyMismatch, match=r"sent nothing for 1\.5 s"):
+        await a.read(64)
+    assert trio.current_time() - start == pytest.approx(SILENT_PEER_S)
+    assert any("network key differs" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_silent_dialler_is_left_to_the_upgrade_timeout(
+        autojump_clock: trio.abc.Clock) -> None:
+    # The rule is for peers we dialled: a listener does not judge a slow dialler.
+    raw_a, raw_b = pipe()
+    b = protect(raw_b, OPEN, initiator=False, peer="10.0.0.9:4001")
+    with trio.move_on_after(60) as scope:
+        await b.read(64)
+    assert scope.cancelled_caught
+    await raw_a.close()

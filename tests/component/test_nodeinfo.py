@@ -26,6 +26,7 @@ from peerllm.errors import (
 )
 from peerllm.identity import Identity
 from peerllm.mesh.membership import Membership
+from peerllm.p2p.identify import Identifier
 from peerllm.p2p.known_peers import KnownPeers
 from peerllm.p2p.limits import PeerRate
 from peerllm.p2p.nodeinfo import NodeInfoClient, serve_node_info
@@ -181,7 +182,8 @@ async def test_a_busy_node_info_answer_is_no_failure_for_membership(
         registry=registry, info_client=NodeInfoClient(net.opener("client"),
                                                       call_timeout_s=CALL_S),
         known_peers=KnownPeers(Path("/nonexistent/known_peers.json"), limit=8),
-        p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None)
+        p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None,
+        identifier=Identifier(net.opener("client"), timeout_s=CALL_S))
     await membership.refresh_peer(SERVER.peer_id)
     first = registry.get(SERVER.peer_id)
     assert first is not None and first.state is PeerState.HEALTHY and first.info is not None

@@ -109,6 +109,18 @@ async def test_the_dht_speaks_peerllm_kad_only_and_still_finds_records() -> None
         assert record.addrs == tuple(a.addrs())
 
 
+async def test_a_node_with_an_empty_table_still_answers_for_its_own_records() -> None:
+    # A js-libp2p client that only dials never enters our table, yet asks GET_VALUE.
+    async with dht_host("a") as (a, dht_a), dht_host("b") as (b, dht_b):
+        await b.connect(a.peer_id, a.addrs())
+        await dht_b.add_peer(a.peer_id)  # b knows a; a's table stays empty
+        assert dht_a.routing_peers() == []
+        dht_a.store_local(addrs=a.addrs(), models=["tiny"], ttl_s=600)
+        record = await wait_for_value(lambda: dht_b.find_node(a.peer_id),
+                                      what="b to read a's node record from a")
+        assert (record.addrs, record.models) == (tuple(a.addrs()), ("tiny",))
+
+
 @pytest.mark.parametrize(("ours", "theirs", "cause"), [
     (K1, K2, "holds another key"),
     (None, K1, "probably in a private network"),

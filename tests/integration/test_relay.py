@@ -79,6 +79,12 @@ async def test_reservation_is_renewed_before_it_lapses(make_config: MakeConfig) 
                          timeout_s=10, what="a renewed reservation")
         assert c.relays.held[r.peer_id].addrs[0] in c.addrs()
         assert r.host.relay is not None and r.host.relay.service.reservations() == 1
+        # GET /v1/node/status shows both sides.
+        mine = c.status()["relay"]["reservations"]
+        assert [x["relay"] for x in mine] == [r.peer_id]
+        assert c.status()["reachability"]["status"] == "private"
+        assert r.status()["relay"]["service"] == {"serving": True, "reservations": 1,
+                                                  "circuits": 0, "refused": 0}
 
 
 async def test_a_full_relay_refuses_a_second_reservation_naming_the_status(

@@ -20,6 +20,9 @@ from tests.helpers import MakeConfig, wait_until
 from tests.integration.test_relay import relay_and_private
 
 ECHO = "/peerllm-test/echo/1"
+# Where a test cuts a circuit: no heartbeat redials the peer it lost, so no dial is still
+# in flight when the nodes close (py-libp2p can leave a cancelled dial's socket open).
+QUIET = {"heartbeat_interval_s": 60.0}
 
 
 async def echo(stream: ByteStream) -> None:
@@ -44,8 +47,9 @@ def circuit_of(r: Node, c: Node) -> str:
 
 async def test_the_byte_limit_is_per_direction_and_cuts_the_circuit(
         make_config: MakeConfig) -> None:
-    async with relay_and_private(make_config, r_p2p={"relay_circuit_bytes": 300_000}) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, hole_punch=False)) as a:
+    async with relay_and_private(make_config, r_p2p={"relay_circuit_bytes": 300_000},
+                                 c_p2p=QUIET) as (r, c), \
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False, **QUIET)) as a:
         c.host.set_handler(ECHO, echo)
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         stream = await a.host.open_stream(c.peer_id, ECHO)
@@ -59,9 +63,9 @@ async def test_the_byte_limit_is_per_direction_and_cuts_the_circuit(
 
 
 async def test_an_idle_circuit_is_cut_at_the_duration_limit(make_config: MakeConfig) -> None:
-    async with relay_and_private(make_config, r_p2p={"relay_circuit_duration_s": 1.0}) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, hole_punch=False,
-                                          heartbeat_interval_s=60.0)) as a:
+    async with relay_and_private(make_config, r_p2p={"relay_circuit_duration_s": 1.0},
+                                 c_p2p=QUIET) as (r, c), \
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False, **QUIET)) as a:
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         await wait_until(lambda: not a.host.is_connected(c.peer_id), timeout_s=15,
                          what="the circuit cut after 1 s")

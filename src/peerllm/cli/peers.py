@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import click
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
@@ -27,19 +28,23 @@ def _ago(ts: float | None, now: float) -> str:
 def render_table(doc: dict[str, Any], now: float) -> Table:
     me = doc["self"]["node"]
     table = Table(title=f"peers seen by {me['name']} ({me['peer_id'][-8:]})", expand=False)
-    for col in ("name", "peer", "address", "models", "free vram/ram", "load", "rtt",
-                "state", "breaker", "sources", "last seen"):
+    for col in ("name", "peer", "kind", "address", "path", "models", "free vram/ram", "load",
+                "rtt", "state", "breaker", "sources", "last seen"):
         table.add_column(col)
     for p in doc["peers"]:
         res = p.get("resources") or {}
         load = p.get("load")
-        state = p["state"] + (f" ({p['reason']})" if p.get("reason") else "")
+        # A plain libp2p peer's reason is its kind (shown beside it): not repeated.
+        state = p["state"] + (f" ({p['reason']})" if p.get("reason")
+                              and p.get("kind") != "libp2p" else "")
         if p.get("conflicts"):
             state += " ! " + "; ".join(p["conflicts"])
         table.add_row(
-            p.get("name") or "?",
+            p.get("name") or ("-" if p.get("kind") == "libp2p" else "?"),
             "…" + p["peer_id"][-8:],
+            p.get("kind") or "?",
             _short_addr(p.get("addrs") or []),
+            p.get("path") or "-",
             ", ".join(p.get("models") or []) or "-",
             f"{_gib(res.get('vram_free_bytes')) if res.get('gpus') else '-'}"
             f"/{_gib(res.get('ram_free_bytes'))}",
@@ -51,6 +56,26 @@ def render_table(doc: dict[str, Any], now: float) -> Table:
             _ago(p.get("last_seen"), now),
         )
     return table
+
+
+def render_plain(doc: dict[str, Any]) -> Table | None:
+    """The plain libp2p peers' identify answers (agent, protocols); None if there are none."""
+    rows = [p for p in doc["peers"] if p.get("kind") == "libp2p"]
+    if not rows:
+        return None
+    table = Table(title="plain libp2p peers (kept, not used for inference)", expand=False)
+    for col in ("peer", "agent", "protocols"):
+        table.add_column(col)
+    for p in rows:
+        table.add_row("…" + p["peer_id"][-8:], p.get("agent") or "?",
+                      ", ".join(p.get("protocols") or []) or "-")
+    return table
+
+
+def render(doc: dict[str, Any], now: float) -> Group:
+    """Everything ``peerllm peers`` prints: the peer table, then the plain libp2p peers."""
+    plain = render_plain(doc)
+    return Group(render_table(doc, now), *([] if plain is None else [plain]))
 
 
 def _short_addr(addrs: list[str]) -> str:
@@ -74,12 +99,12 @@ def peers(api: ApiTarget, as_json: bool, watch: bool, interval: float) -> None:
             return
         term = console()
         if not watch:
-            term.print(render_table(doc, time.time()))
+            term.print(render(doc, time.time()))
             return
-        with Live(render_table(doc, time.time()), console=term, auto_refresh=False) as live:
+        with Live(render(doc, time.time()), console=term, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(render_table(fetch(api, "/v1/peers"), time.time()),
+                live.update(render(fetch(api, "/v1/peers"), time.time()),
                             refresh=True)
     except KeyboardInterrupt:
         pass

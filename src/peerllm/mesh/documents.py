@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import NodeConfig
 from ..p2p.limits import StreamStatistics
-from ..p2p.registry import PeerEntry
+from ..p2p.registry import PeerEntry, PeerState
 from ..wire import nodeinfo as wni
 
 Json = dict[str, Any]
@@ -85,11 +85,31 @@ def info_document(info: wni.NodeInfo, *, uptime_s: float, network: Json,
     }
 
 
-def peer_row(e: PeerEntry, *, breaker: str) -> Json:
-    """One row of ``GET /v1/peers`` / ``peerllm peers --json``."""
+def peer_kind(e: PeerEntry) -> str:
+    """``peerllm`` (it answered node-info), ``libp2p`` (a plain libp2p peer), or
+    ``unknown`` (not asked yet, or it could not be)."""
+    if e.state is PeerState.LIBP2P:
+        return "libp2p"
+    return "peerllm" if e.info is not None else "unknown"
+
+
+def peer_path(e: PeerEntry, relay_name: str | None = None) -> str | None:
+    """How we reach a connected peer: ``direct`` or ``relayed via <relay name or id>``;
+    None while not connected."""
+    if not e.connected:
+        return None
+    if e.relay is None:
+        return "direct"
+    return f"relayed via {relay_name or e.relay}"
+
+
+def peer_row(e: PeerEntry, *, breaker: str, relay_name: str | None = None) -> Json:
+    """One row of ``GET /v1/peers`` / ``peerllm peers --json`` (``relay_name``: the name
+    of the relay ``e`` is reached through, when it is known)."""
     info = e.info
     return {
         "peer_id": e.peer_id,
+        "kind": peer_kind(e),
         "name": info.name if info else None,
         "id": info.node_id if info else None,
         "addrs": list(info.addrs) if info and info.addrs else list(e.addrs),
@@ -100,6 +120,10 @@ def peer_row(e: PeerEntry, *, breaker: str) -> Json:
         "last_seen": e.last_seen,
         "reason": e.reason,
         "connected": e.connected,
+        "path": peer_path(e, relay_name),
+        "relay": e.relay,
+        "agent": e.agent,
+        "protocols": list(e.protocols),
         "location": info.location if info else None,
         "tags": list(info.tags) if info else [],
         "version": info.software_version if info else None,

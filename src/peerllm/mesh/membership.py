@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -24,18 +25,21 @@ from ..errors import (
     PeerUnavailable,
     ProtocolError,
 )
-from ..p2p.dht import Dht
+from ..p2p.dht import DHT_PROTOCOL_ID, Dht
 from ..p2p.host import ConnectionEvent, P2PHost
+from ..p2p.identify import host_identifier
 from ..p2p.known_peers import KnownPeers
 from ..p2p.mdns import Mdns, open_mdns
 from ..p2p.nodeinfo import NodeInfoClient
-from ..p2p.registry import PeerRegistry, PeerState, Source
-from ..scheduling.membership import dht_poll_period, next_bootstrap_delay, redial_due
+from ..p2p.registry import Link, PeerRegistry, PeerState, Source
+from ..scheduling.membership import dht_poll_period, redial_due
 from ..scheduling.negative_cache import NegativeCache
 from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import nodeinfo as wni
 from .announcing import Announcer, mdns_announcement
+from .bootstrapping import bootstrap_peer_id, keep_bootstrap
 from .local import LocalNode
+from .plain_peers import PeerIdentifier, PlainPeers
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,8 @@ class Membership:
                  registry: PeerRegistry, info_client: NodeInfoClient, known_peers: KnownPeers,
                  p2p: P2PConfig, discovery: DiscoveryConfig,
                  on_peer_down: Callable[[str], None],
-                 on_peer_connected: Callable[[str], None] | None = None) -> None:
+                 on_peer_connected: Callable[[str], None] | None = None,
+                 identifier: PeerIdentifier | None = None) -> None:
         self.local = local
         self.host = host
         self.dht = dht
@@ -71,6 +76,10 @@ class Membership:
         self._discovery = discovery
         self._on_peer_down = on_peer_down
         self._on_peer_connected = on_peer_connected  # every new connection, either way
+        self.plain = PlainPeers(registry, identifier if identifier is not None
+                                else host_identifier(host, timeout_s=p2p.call_timeout_s))
+        # Peers a bootstrap loop redials itself (with its own backoff): not the heartbeat.
+        self._bootstrap_peers = {bootstrap_peer_id(a) for a in p2p.bootstrap}
         # Dials in progress; a second caller waits for the first instead of failing.
         self._connecting: dict[str, trio.Event] = {}
         self._wake = trio.Event()
@@ -98,7 +107,12 @@ class Membership:
                 for peer_id, addrs in self.known_peers.load():
                     nursery.start_soon(self.connect_peer, peer_id, addrs, Source.CACHE)
                 for addr in self._p2p.bootstrap:
-                    nursery.start_soon(self._bootstrap, addr)
+                    nursery.start_soon(partial(
+                        keep_bootstrap, addr, links=self.host, registry=self.registry,
+                        meet=partial(self.connect_peer, source=Source.BOOTSTRAP),
+                        joined=lambda: self._wake.set(),
+                        watch_s=self._p2p.heartbeat_interval_s,
+                        misses=self._p2p.heartbeat_misses))
                 nursery.start_soon(self._dht_maintenance, nursery)
                 nursery.start_soon(self.announcer.run)
                 task_status.started()
@@ -115,54 +129,37 @@ class Membership:
 
     def _on_connection_event(self, ev: ConnectionEvent, nursery: trio.Nursery) -> None:
         now = time.time()
+        link = Link(ev.addr, ev.relay)
         if ev.kind == "disconnected":
-            self.registry.set_connected(ev.peer_id, False, now=now)
+            self.registry.connection_closed(ev.peer_id, link)
             return
         if ev.inbound:
             self.registry.saw(ev.peer_id, Source.INBOUND, now=now)
-        self.registry.set_connected(ev.peer_id, True, now=now)
+        self.registry.connection_opened(ev.peer_id, link, now=now)
         if self._on_peer_connected is not None:
             self._on_peer_connected(ev.peer_id)
         if ev.peer_id not in self._connecting:
             nursery.start_soon(self._welcome, ev.peer_id)
 
     async def _welcome(self, peer_id: str) -> None:
-        if self.dht is not None:
-            await self.dht.add_peer(peer_id)
         entry = self.registry.get(peer_id)
         # A peer we had written off that connects again (a restarted node dialling its
         # known peers) is asked at once, not at the next heartbeat: until then the router
         # would not send it anything.
         if entry is not None and (entry.info is None or entry.state is not PeerState.HEALTHY):
             await self.refresh_peer(peer_id)
+        await self._join_dht(peer_id)
 
-    async def _bootstrap(self, addr: str) -> None:
-        delay = next_bootstrap_delay(None)
-        while True:
-            try:
-                peer_id = await self.host.connect_addr(addr)
-            except NetworkKeyMismatch as exc:
-                logger.error("bootstrap peer %s is in another network: %s", addr, exc.message)
-                self.registry.saw(exc.peer_id, Source.BOOTSTRAP, now=time.time(), addrs=[addr])
-                self.registry.failed(exc.peer_id, "network key differs", now=time.time(),
-                                     refused=True)
-                return
-            except PeerError as exc:
-                logger.info("bootstrap %s not reachable yet: %s", addr, exc.message)
-            except ValueError as exc:  # unparsable multiaddr slipped past config validation
-                logger.error("bad bootstrap address %s: %s", addr, exc)
-                return
-            else:
-                await self.connect_peer(peer_id, [addr], Source.BOOTSTRAP)
-                self._wake.set()
-                e = self.registry.get(peer_id)
-                if e is not None and e.state is PeerState.HEALTHY:
-                    delay = next_bootstrap_delay(None)
-                # Keep watching: a bootstrap peer that drops is redialled.
-                while self.host.is_connected(peer_id):
-                    await trio.sleep(self._p2p.heartbeat_interval_s)
-            await trio.sleep(delay)
-            delay = next_bootstrap_delay(delay)
+    async def _join_dht(self, peer_id: str) -> None:
+        """Put ``peer_id`` in the DHT's table, unless it is a plain libp2p peer whose
+        identify lacks our Kademlia protocol: every query would end in "na" there."""
+        if self.dht is None:
+            return
+        entry = self.registry.get(peer_id)
+        if entry is not None and entry.state is PeerState.LIBP2P \
+                and DHT_PROTOCOL_ID not in entry.protocols:
+            return
+        await self.dht.add_peer(peer_id)
 
     async def _heartbeat(self, nursery: trio.Nursery) -> None:
         interval = self._p2p.heartbeat_interval_s
@@ -174,7 +171,8 @@ class Membership:
                     continue
                 if entry.connected or entry.state in (PeerState.HEALTHY, PeerState.STALE):
                     nursery.start_soon(self.refresh_peer, entry.peer_id)
-                elif entry.state is PeerState.UNREACHABLE and entry.addrs and redial_due(
+                elif entry.state is PeerState.UNREACHABLE and entry.addrs \
+                        and entry.peer_id not in self._bootstrap_peers and redial_due(
                         interval_s=interval, failures=entry.consecutive_failures,
                         since_last_s=now - (entry.last_seen or entry.first_seen)):
                     nursery.start_soon(self.connect_peer, entry.peer_id, entry.addrs,
@@ -186,19 +184,24 @@ class Membership:
         dht = self.dht
         if dht is None:
             return
-        last_publish = -1e9
+        last_publish = last_local = -1e9
         while True:
-            if trio.current_time() - last_publish >= self._discovery.dht_republish_s \
-                    and dht.routing_peers():
+            due = self._discovery.dht_republish_s
+            if trio.current_time() - last_publish >= due and dht.routing_peers():
                 last_publish = trio.current_time()
                 nursery.start_soon(self._publish)
+            elif trio.current_time() - last_local >= due and not dht.routing_peers():
+                last_local = trio.current_time()
+                self._store_local()
             await dht.refresh()
             for peer_id in dht.routing_peers():
                 entry = self.registry.get(peer_id)
-                # Unreachable and refused peers are redialled by the heartbeat, with backoff.
+                # Unreachable and refused peers are redialled by the heartbeat, with
+                # backoff; a plain libp2p peer is known for what it is.
                 if entry is None or (entry.state is not PeerState.HEALTHY and not entry.connected
                                      and entry.state not in (PeerState.REFUSED,
-                                                             PeerState.UNREACHABLE)):
+                                                             PeerState.UNREACHABLE,
+                                                             PeerState.LIBP2P)):
                     nursery.start_soon(self.connect_peer, peer_id, [], Source.DHT)
                 elif Source.DHT not in entry.sources:
                     entry.sources.add(Source.DHT)
@@ -215,11 +218,19 @@ class Membership:
     async def _announce_now(self) -> None:
         if self.dht is not None and self.dht.routing_peers():
             await self._publish()
+        elif self.dht is not None:
+            self._store_local()
         if self._mdns_live is not None:
             try:
                 await self._mdns_live.update(mdns_announcement(self.local))
             except DiscoveryError as exc:
                 logger.warning("mDNS: could not refresh our record: %s", exc)
+
+    def _store_local(self) -> None:
+        if self.dht is not None:
+            self.dht.store_local(addrs=self.local.addrs(),
+                                 models=[m.id for m in self.local.model_statuses()],
+                                 ttl_s=self._discovery.record_ttl_s)
 
     async def _publish(self) -> None:
         if self.dht is None:
@@ -269,9 +280,8 @@ class Membership:
         done = self._connecting[peer_id] = trio.Event()
         try:
             await self.host.connect(peer_id, entry.addrs)
-            if self.dht is not None:
-                await self.dht.add_peer(peer_id)
             await self.refresh_peer(peer_id)
+            await self._join_dht(peer_id)
         except NetworkKeyMismatch as exc:
             logger.warning("peer %s is in another network: %s", peer_id, exc.message)
             self.registry.failed(peer_id, "network key differs", now=time.time(), refused=True)
@@ -289,7 +299,10 @@ class Membership:
         return e is not None and e.state is PeerState.HEALTHY
 
     async def refresh_peer(self, peer_id: str) -> None:
-        """Ask one peer for its node-info now and record the outcome."""
+        """Ask one peer for its node-info now and record the outcome (a plain libp2p
+        peer is not asked: plain_peers.py)."""
+        if await self.plain.is_plain(peer_id):
+            return
         try:
             info, rtt_ms = await self.info_client.fetch(peer_id)
         except PeerBusy:
@@ -297,6 +310,11 @@ class Membership:
             logger.debug("peer %s is over its node-info rate; keeping its last info", peer_id)
             return
         except (PeerError, ProtocolError) as exc:
+            # py-libp2p reports a refused protocol ("na") as a failed stream, like any
+            # other: identify tells a plain libp2p peer from a broken PeerLLM node.
+            if isinstance(exc, PeerUnavailable) and self.host.is_connected(peer_id) \
+                    and await self.plain.classify(peer_id):
+                return
             if isinstance(exc, PeerUnavailable | PeerConnectionLost) \
                     and not self.host.is_connected(peer_id):
                 # Refused, or its connection dropped: it is gone (or cut off) until it

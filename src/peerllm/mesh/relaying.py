@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -26,6 +26,7 @@ RENEW_AT = 0.75  # a reservation is renewed at this fraction of its lifetime
 RETRY_S = 30.0  # looking for (more) relays again after this long
 CHECK_S = 5.0  # how often held relays are checked (a lapsed one's addresses are dropped)
 RESERVE_TIMEOUT_S = 10.0  # connecting to a relay and reserving, together
+ADDRS_PER_RELAY = 4  # circuit addresses we advertise per relay (records hold 32 in all)
 PROVIDE_RETRY_S = 60.0  # a relay says so in the DHT until that works once...
 PROVIDE_S = 600.0  # ...then again this often
 ROUTING_POLL_S = 1.0  # a relay with an empty DHT table looks again this often
@@ -80,7 +81,10 @@ class ReservationKeeper:
     async def _hold(self) -> None:
         next_look = trio.current_time()
         while True:
+            count = len(self.held)
             self._drop_lapsed()
+            if len(self.held) < count:  # look again now (the same relay may be back)
+                next_look = trio.current_time()
             for relay, held in list(self.held.items()):
                 if trio.current_time() >= held.renew_at:
                     await self._renew(relay)
@@ -128,8 +132,9 @@ class ReservationKeeper:
             logger.info("relay %s: no reservation: %s", relay, exc.message)
             return False
         # A relay listening on a wildcard sends no address: use the one we dialled.
-        via = rsv.addrs or tuple(a for a in addrs if a.endswith(f"/p2p/{relay}"))
-        mine = tuple(f"{a}/p2p-circuit/p2p/{self._host.peer_id}" for a in via)
+        if not rsv.addrs:
+            rsv = replace(rsv, addrs=tuple(a for a in addrs if a.endswith(f"/p2p/{relay}")))
+        mine = tuple(rsv.circuit_addrs(self._host.peer_id)[:ADDRS_PER_RELAY])
         life = max(0.0, rsv.expires_at - time.time())
         fresh = relay not in self.held
         self.held[relay] = _Held(rsv, trio.current_time() + RENEW_AT * life, mine)

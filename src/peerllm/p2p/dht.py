@@ -140,19 +140,24 @@ class Dht:
             except Exception:  # a refresh that fails is retried on the next round
                 logger.debug("DHT refresh failed", exc_info=True)
 
-    async def publish(self, *, addrs: Sequence[str], models: Sequence[str], ttl_s: float,
-                      digests: Sequence[str] = ()) -> None:
-        """Publish our node record, our name claim and a provider record per model id
-        and per file digest (``sha256:…``) we hold."""
+    def _records(self, *, addrs: Sequence[str], models: Sequence[str],
+                 ttl_s: float) -> list[tuple[str, bytes]]:
+        """Our node record and name claim, sealed now: (key, value) pairs."""
         ident = self._identity
         expires = time.time() + ttl_s
         node = NodeRecord(peer_id=ident.peer_id, node_id=ident.node_id, name=ident.name,
                           addrs=tuple(addrs), models=tuple(models))
         claim = NameClaim(name=ident.name, peer_id=ident.peer_id, node_id=ident.node_id)
-        for kind, body, key in (("node", node, node_record_key(ident.peer_id)),
-                                ("name", claim, name_record_key(ident.name))):
-            value = seal_record(kind, body, seq=self._next_seq(), expires_at=expires,  # type: ignore[arg-type]
-                                public_key=ident.public_key, sign=ident.sign)
+        return [(key, seal_record(kind, body, seq=self._next_seq(), expires_at=expires,  # type: ignore[arg-type]
+                                  public_key=ident.public_key, sign=ident.sign))
+                for kind, body, key in (("node", node, node_record_key(ident.peer_id)),
+                                        ("name", claim, name_record_key(ident.name)))]
+
+    async def publish(self, *, addrs: Sequence[str], models: Sequence[str], ttl_s: float,
+                      digests: Sequence[str] = ()) -> None:
+        """Publish our node record, our name claim and a provider record per model id
+        and per file digest (``sha256:…``) we hold."""
+        for key, value in self._records(addrs=addrs, models=models, ttl_s=ttl_s):
             await self._put(key, value)
         for ref in (*models, *digests):
             with trio.move_on_after(DHT_OP_TIMEOUT_S):
@@ -160,6 +165,17 @@ class Dht:
                     await self.kad.provide(provider_key(ref))
                 except Exception:
                     logger.info("providing %s in the DHT failed", ref, exc_info=True)
+
+    def store_local(self, *, addrs: Sequence[str], models: Sequence[str],
+                    ttl_s: float) -> None:
+        """Keep our node record and name claim in our own store only (no network).
+
+        With an empty routing table there is nobody to publish to, but a peer that
+        dials us (a js-libp2p client that does not listen is never a table entry) and
+        asks GET_VALUE for our records must still find them here.
+        """
+        for key, value in self._records(addrs=addrs, models=models, ttl_s=ttl_s):
+            self.kad.value_store.put(key.encode(), value)
 
     async def _put(self, key: str, value: bytes) -> None:
         with trio.move_on_after(DHT_OP_TIMEOUT_S) as scope:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, TypeVar
 
 import multiaddr
@@ -101,11 +102,13 @@ def route_libp2p_logging() -> None:
 
 
 # Messages py-libp2p logs at ERROR for routine events: a peer that left (we log that
-# ourselves, naming the peer, as "cannot reach ..."), or a DHT bookkeeping miss.
+# ourselves, naming the peer, as "cannot reach ..."), a DHT bookkeeping miss, or a
+# protocol a peer does not speak (a plain libp2p peer answering "na": 7 lines each).
 _ROUTINE_ERRORS = {
     # ...and a hole-punch dial from our listen port (DCUtR logs its outcome itself).
     "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",
                                  "Unexpected error opening TCP stream"),
+    "libp2p.host.basic_host": ("Failed to open stream to peer",),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
     # A relay client closing its hop stream after the exchange (every reservation).
     "libp2p.relay.circuit_v2.protocol": ("Error reading from hop stream",
@@ -185,6 +188,10 @@ class P2PHost:
         self.events = events
         self._dial_timeout_s = dial_timeout_s
         self._ips: dict[str, list[str]] | None = None
+        # Dials in flight per peer: py-libp2p has no per-peer dial lock, and two
+        # concurrent dials (the bootstrap loop and the relay keeper, say) open two
+        # connections, one of which it drops without closing its socket.
+        self._dialling: dict[str, trio.Event] = {}
 
     def addrs(self) -> list[str]:
         """Full multiaddrs others can dial (with /p2p/<peer-id>).
@@ -249,8 +256,22 @@ class P2PHost:
         """
         if peer_id == self.peer_id:
             raise PeerUnavailable(peer_id, "refusing to dial ourselves")
+        await self._one_dial(peer_id, partial(self._connect, peer_id, addrs))
+
+    async def _one_dial(self, peer_id: str, dial: Callable[[], Awaitable[None]]) -> None:
+        """``dial()`` unless connected, after any dial to ``peer_id`` in flight."""
+        while (pending := self._dialling.get(peer_id)) is not None:
+            await pending.wait()
         if self.is_connected(peer_id):
             return
+        done = self._dialling[peer_id] = trio.Event()
+        try:
+            await dial()
+        finally:
+            del self._dialling[peer_id]
+            done.set()
+
+    async def _connect(self, peer_id: str, addrs: Sequence[str]) -> None:
         # Circuit addresses learnt elsewhere (identify, DHT lookups) sit in the peerstore,
         # where py-libp2p's swarm ignores them as "relay-only": hand them to the relay.
         circuits = self.relay.learn(peer_id, [*addrs, *self._stored_circuits(peer_id)]) \
@@ -282,9 +303,10 @@ class P2PHost:
             if relay == self.peer_id:
                 continue
             try:
-                if not self.is_connected(relay):  # the relay itself is dialled directly
-                    self.add_addrs(relay, relay_addrs, ttl_s=120)
-                    await self._dial_direct(relay, self._dial_timeout_s)
+                # The relay itself is dialled directly (never a circuit through a circuit).
+                self.add_addrs(relay, relay_addrs, ttl_s=120)
+                await self._one_dial(relay, partial(self._dial_direct, relay,
+                                                    self._dial_timeout_s))
                 with trio.fail_after(self._dial_timeout_s):
                     await self.relay.dial(relay, peer_id)
                 return
@@ -346,6 +368,20 @@ class P2PHost:
                 await self.libp2p.disconnect(ID.from_base58(peer_id))
             except Exception:  # already gone
                 logger.debug("disconnect from %s raised", peer_id, exc_info=True)
+
+
+def _no_blind_dials(host: IHost) -> None:
+    """Switch py-libp2p's auto-connector off: it aims at the middle of [low_watermark,
+    high_watermark] (not at low_watermark=0), so it kept dialling every peer in the
+    peerstore — a relayed peer's direct addresses included — and a dial it had in flight
+    when the host closed left its socket open. We decide whom to dial (membership)."""
+
+    async def nothing() -> None:
+        return None
+
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        connector.maybe_connect = nothing
 
 
 def _interface_ips() -> dict[str, list[str]]:
@@ -442,6 +478,7 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
     )
     # A refusal for another network is final: 3 retries would only repeat it.
     host.get_network().retry_config = RetryConfig(max_retries=0)
+    _no_blind_dials(host)
     send, recv = trio.open_memory_channel[ConnectionEvent](1024)
     host.get_network().register_notifee(_ConnectionNotifee(send))
     async with send, recv, host.run(listen_addrs), AsyncExitStack() as stack:

@@ -32,6 +32,17 @@ class PeerState(StrEnum):
     UNREACHABLE = "unreachable"
     REFUSED = "refused"
     INCOMPATIBLE = "incompatible"
+    LIBP2P = "libp2p"
+    """A plain libp2p peer: connected, answers identify, does not speak node-info. Kept
+    (it may be a DHT peer, a bootstrap peer, a relay), never a scheduling candidate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One open connection to a peer: its transport address and relay (None: direct)."""
+
+    addr: str | None
+    relay: str | None = None
 
 
 @dataclass
@@ -47,13 +58,30 @@ class PeerEntry:
     state: PeerState = PeerState.CONNECTING
     reason: str | None = None
     consecutive_failures: int = 0
-    connected: bool = False
     boot_nonces: dict[bytes, float] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
+    agent: str | None = None
+    """Its identify agent version, once asked (plain libp2p peers)."""
+    protocols: tuple[str, ...] = ()
+    """The protocols its identify listed, once asked (plain libp2p peers)."""
+    links: list[Link] = field(default_factory=list)
+    """Its open connections (usually one; two while a hole punch replaces a relay)."""
 
     @property
     def name(self) -> str | None:
         return self.info.name if self.info else None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.links)
+
+    @property
+    def relay(self) -> str | None:
+        """The relay's peer ID while every connection to it is relayed; None = direct
+        (or not connected)."""
+        if not self.links or any(link.relay is None for link in self.links):
+            return None
+        return self.links[0].relay
 
 
 # A second boot nonce for the same peer ID within this window means two live
@@ -69,6 +97,9 @@ class PeerRegistry:
         self.stale_after_s = stale_after_s
         self.max_peers = max_peers
         self._peers: dict[str, PeerEntry] = {}
+        # Connections to peers not listed yet (the DHT or a relay keeper dialled them):
+        # adopted when the peer is listed, so it does not look disconnected then.
+        self._unlisted: dict[str, list[Link]] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -88,7 +119,8 @@ class PeerRegistry:
         if entry is None:
             if len(self._peers) >= self.max_peers and not self._evict_one():
                 return None
-            entry = PeerEntry(peer_id=peer_id, first_seen=now)
+            entry = PeerEntry(peer_id=peer_id, first_seen=now,
+                              links=self._unlisted.pop(peer_id, []))
             self._peers[peer_id] = entry
         entry.sources.add(source)
         for a in addrs:
@@ -99,20 +131,38 @@ class PeerRegistry:
 
     def _evict_one(self) -> bool:
         dead = [e for e in self._peers.values()
-                if e.state in (PeerState.UNREACHABLE, PeerState.REFUSED) and not e.connected]
+                if e.state in (PeerState.UNREACHABLE, PeerState.REFUSED, PeerState.LIBP2P)
+                and not e.connected]
         if not dead:
             return False
         victim = min(dead, key=lambda e: e.last_seen or e.first_seen)
         del self._peers[victim.peer_id]
         return True
 
-    def set_connected(self, peer_id: str, connected: bool, *, now: float) -> None:
+    def connection_opened(self, peer_id: str, link: Link, *, now: float) -> None:
+        if peer_id == self.self_peer_id:
+            return
         entry = self._peers.get(peer_id)
         if entry is None:
+            if peer_id not in self._unlisted and len(self._unlisted) >= self.max_peers:
+                del self._unlisted[next(iter(self._unlisted))]  # the oldest
+            self._unlisted.setdefault(peer_id, []).append(link)
             return
-        entry.connected = connected
-        if connected:
-            entry.last_seen = now
+        entry.links.append(link)
+        entry.last_seen = now
+
+    def connection_closed(self, peer_id: str, link: Link) -> None:
+        """One connection closed; the others (a direct one that replaced a relayed one)
+        stay."""
+        entry = self._peers.get(peer_id)
+        links = entry.links if entry is not None else self._unlisted.get(peer_id, [])
+        if link in links:
+            links.remove(link)
+        elif links:
+            # Its address was unreadable on one side of the event pair: drop the oldest.
+            del links[0]
+        if entry is None and not links:
+            self._unlisted.pop(peer_id, None)
 
     def info_received(self, peer_id: str, info: NodeInfo, *, rtt_ms: float, now: float,
                       compatible_version: int) -> PeerEntry | None:
@@ -146,6 +196,23 @@ class PeerRegistry:
         else:
             entry.state = PeerState.HEALTHY
             entry.reason = None
+        return entry
+
+    def plain_peer(self, peer_id: str, *, agent: str | None, protocols: tuple[str, ...],
+                   now: float) -> PeerEntry | None:
+        """``peer_id`` answered identify without /peerllm/node-info/1.0.0: a plain libp2p
+        peer. Whatever node-info it gave before is forgotten, so nothing routes to it."""
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            return None
+        entry.state = PeerState.LIBP2P
+        entry.reason = "does not speak /peerllm/node-info/1.0.0"
+        entry.agent = agent
+        entry.protocols = protocols
+        entry.info = None
+        entry.info_received_at = None
+        entry.consecutive_failures = 0
+        entry.last_seen = now
         return entry
 
     def failed(self, peer_id: str, reason: str, *, now: float, refused: bool = False,

@@ -117,6 +117,8 @@ class Relay:
         """Remember ``peer_id``'s circuit addresses among ``addrs``; return all we know."""
         fresh = []
         for a in addrs:
+            if a.endswith(CIRCUIT):  # the peerstore keeps addresses without /p2p/<peer>
+                a = f"{a}/p2p/{peer_id}"
             try:
                 if is_circuit(a) and split_circuit(a)[2] == peer_id:
                     fresh.append(a)

@@ -43,6 +43,11 @@ OLD_PRELUDE_MAGIC = b"/peerllm/pnet/1\n"
 only to name the cause of a refusal."""
 
 KEY_DIFFERS = "network key differs"
+SILENT_PEER_S = 1.5
+"""How long a peer we dialled may stay silent before its first byte. A libp2p listener
+answers multistream-select within one round trip; one of another network reads our
+bytes as garbage, and js-libp2p then waits silently for a length it will never get (up
+to its 10 s upgrade timeout), leaving nothing for the check to read."""
 
 
 _OLDER_PEERLLM = (f"peer runs an older PeerLLM (network prelude "
@@ -106,14 +111,20 @@ class CheckedConn(WrappedConn):
         # Read at least a header's worth while checking, so that the verdict (and the
         # cause named in it) rests on more than the one byte a varint reader asks for.
         want = None if n is None else max(n, len(MULTISTREAM_HEADER) - len(self._seen))
+        silent_for = SILENT_PEER_S if self.is_initiator and not self._seen else float("inf")
         try:
-            data: bytes = await self._conn.read(want)
+            with trio.move_on_after(silent_for) as silence:
+                data: bytes = await self._conn.read(want)
         except NonceUnreadable as exc:
             await self._refuse(nonce_problem(exc.seen), exc)
         except Exception as exc:
             if self._private and not self._seen:  # a reset right after the nonces: below
                 await self._refuse(nonce_problem(b""), exc)
             raise
+        if silence.cancelled_caught:
+            await self._refuse(f"{KEY_DIFFERS}: the peer sent nothing for {SILENT_PEER_S} s "
+                               "after our first bytes, as a libp2p peer of another network "
+                               "does (it cannot read them and waits)", None)
         if not data:
             # In a private network a peer holding another key hangs up on the nonce
             # exchange; in the open one an EOF says nothing about keys.

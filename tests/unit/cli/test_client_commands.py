@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from peerllm.cli import cli
+from peerllm.mesh.documents import peer_row
+from peerllm.p2p.registry import Link, PeerRegistry, Source
+from peerllm.testing import make_node_info
+from peerllm.wire.nodeinfo import PROTOCOL_VERSION
 from tests.helpers import free_port
 
 
@@ -96,6 +101,38 @@ def test_peers_json_is_the_daemons_document(stub: Stub) -> None:
     stub.json("/v1/peers", doc)
     code, out, _ = invoke("peers", "--api", stub.url, "--json")
     assert (code, json.loads(out)) == (0, doc)
+
+
+def test_peers_shows_kind_path_and_the_plain_peers_identify(stub: Stub) -> None:
+    registry = PeerRegistry("12D3KooWme", stale_after_s=1e9, max_peers=8)
+    for peer in ("12D3KooWrelayed1", "12D3KooWrelayR00", "12D3KooWplainP01"):
+        registry.saw(peer, Source.DHT, now=1.0)
+    for peer, name in (("12D3KooWrelayed1", "far-node"), ("12D3KooWrelayR00", "relay-1")):
+        registry.info_received(peer, dataclasses.replace(make_node_info(peer), name=name),
+                               rtt_ms=1.0, now=1.0, compatible_version=PROTOCOL_VERSION)
+    registry.connection_opened("12D3KooWrelayed1", Link(
+        "/ip4/10.0.0.1/tcp/1/p2p/12D3KooWrelayR00/p2p-circuit", relay="12D3KooWrelayR00"),
+        now=1.0)
+    registry.connection_opened("12D3KooWrelayR00", Link("/ip4/10.0.0.1/tcp/1"), now=1.0)
+    registry.plain_peer("12D3KooWplainP01", agent="js-libp2p/3.0.2",
+                        protocols=("/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"), now=1.0)
+    registry.connection_opened("12D3KooWplainP01", Link("/ip4/10.0.0.2/tcp/1"), now=1.0)
+    rows = [peer_row(e, breaker="closed", relay_name="relay-1" if e.relay else None)
+            for e in registry.entries()]
+    stub.json("/v1/peers", {"self": {"node": {"name": "me", "peer_id": "12D3KooWme"}},
+                            "peers": rows})
+    code, out, _ = invoke("peers", "--api", stub.url)
+    assert code == 0
+    lines = out.splitlines()
+
+    def line(*words: str) -> str:
+        return next(ln for ln in lines if all(w in ln for w in words))
+
+    assert "peerllm" in line("far-node", "relayed via relay-1")
+    assert "direct" in line("relay-1", "…relayR00")
+    assert "direct" in line("…plainP01", "libp2p")
+    assert "plain libp2p peers (kept, not used for inference)" in out
+    assert "/ipfs/id/1.0.0, /ipfs/ping/1.0.0" in line("…plainP01", "js-libp2p/3.0.2")
 
 
 def test_run_streams_the_answer_and_names_the_server(stub: Stub) -> None:

@@ -21,6 +21,7 @@ from peerllm.inference.request import GenerationRequest, SamplingParams
 from peerllm.mesh.breakers import BreakerBook
 from peerllm.mesh.membership import Membership
 from peerllm.mesh.router import Router, breaker_config
+from peerllm.p2p.identify import PeerIdentity
 from peerllm.p2p.known_peers import KnownPeers
 from peerllm.p2p.registry import PeerRegistry, Source
 from peerllm.scheduling.filter import Policy
@@ -159,6 +160,32 @@ class FakeInfoClient:
         return make_node_info(peer_id, models=(MODEL,), boot_nonce=b"\x02" * 16), 1.0
 
 
+class FakeIdentifier:
+    """Identify as membership sees it: ``plain`` peers answer without node-info (and the
+    host's cache knows it once ``cached`` holds them); everyone else cannot be asked."""
+
+    def __init__(self, plain: dict[str, PeerIdentity] | None = None) -> None:
+        self.plain = plain or {}
+        self.cached: set[str] = set()
+        self.agents: set[str] = set()  # cached peers whose agent the host kept too
+        self.refuses: set[str] = set()  # peers that reset a second identify stream
+        self.asked: list[str] = []
+
+    def cached_protocols(self, peer_id: str) -> tuple[str, ...] | None:
+        return self.plain[peer_id].protocols if peer_id in self.cached else None
+
+    def cached_agent(self, peer_id: str) -> str | None:
+        if peer_id in self.cached and peer_id in self.agents:
+            return self.plain[peer_id].agent
+        return None
+
+    async def identify(self, peer_id: str) -> PeerIdentity:
+        self.asked.append(peer_id)
+        if peer_id not in self.plain or peer_id in self.refuses:
+            raise PeerUnavailable(peer_id, "cannot open /ipfs/id/1.0.0")
+        return self.plain[peer_id]
+
+
 class FakeDht:
     """Counts provider lookups; ``providers`` is what it answers per model."""
 
@@ -191,14 +218,17 @@ def written_off(*peers: str, refused: tuple[str, ...] = ()) -> PeerRegistry:
 
 
 def make_membership(registry: PeerRegistry, links: FakeLinks, dht: FakeDht,
-                    connected: list[str] | None = None) -> Membership:
+                    connected: list[str] | None = None, *, info_client: Any = None,
+                    identifier: FakeIdentifier | None = None) -> Membership:
     """``connected`` collects the peers the on_peer_connected hook heard of."""
     cfg = NodeConfig()
     return Membership(
         local=cast(Any, SimpleNamespace(name="self", peer_id="self")), host=cast(Any, links),
-        dht=cast(Any, dht), registry=registry, info_client=cast(Any, FakeInfoClient()),
+        dht=cast(Any, dht), registry=registry,
+        info_client=cast(Any, info_client or FakeInfoClient()),
         known_peers=KnownPeers(Path("/nonexistent/known_peers.json"), limit=8),
         p2p=cfg.p2p, discovery=cfg.discovery, on_peer_down=lambda peer: None,
-        on_peer_connected=None if connected is None else connected.append)
+        on_peer_connected=None if connected is None else connected.append,
+        identifier=identifier or FakeIdentifier())
 
 

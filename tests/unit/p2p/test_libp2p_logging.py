@@ -21,3 +21,16 @@ def test_routine_libp2p_errors_are_lowered(caplog: pytest.LogCaptureFixture) -> 
         tcp.error("listener crashed")
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         ("libp2p.transport.tcp.tcp", "ERROR", "listener crashed")]
+
+
+def test_a_refused_handshake_is_not_logged_again_as_a_libp2p_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # p2p/transport.py already logged the WARNING naming the peer and the cause; the
+    # caller gets NetworkKeyMismatch / PeerUnavailable naming the peer.
+    route_libp2p_logging()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("libp2p.network.swarm").error(
+            "failed to upgrade security for peer %s: %s", "12D3KooW...", "negotiation failed")
+        logging.getLogger("libp2p.protocol_muxer.multiselect_client").error(
+            "MultiselectClient handshake: read failed: %s", "network key differs")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
