@@ -88,8 +88,11 @@ def test_two_natted_nodes_meet_and_are_served_through_a_public_relay(
                      timeout_s=60, what="bob healthy at alice")
     assert row is not None
     private_with_circuit(alice, relay)
-    # The connection runs through the relay (no hole punching asked for).
+    # The connection runs through the relay (no hole punching asked for), and the
+    # peers list says so.
     assert _relayed_via(alice, bob.peer_id) == relay.peer_id
+    row = _row(alice, bob.peer_id)
+    assert row is not None and row["path"] == "relayed via relay", row
     done = alice.ask("chat", model=FAKE_MODEL)
     assert done["status_code"] == 200, done
     assert done["body"]["peerllm"]["served_by"] == bob.peer_id
@@ -130,6 +133,8 @@ def test_hole_punching_upgrades_the_relayed_connection_to_direct(
                       lambda got: f"/ip4/{bob_nat.public_ip}/tcp/4001" in got["addrs"],
                       timeout_s=60, what="a direct connection from alice to bob")
     assert link["connected"]
+    poll_until(lambda: _row(alice, bob.peer_id), lambda r: r is not None
+               and r["path"] == "direct", what="bob shown as direct at alice")
     done = alice.ask("chat", model=FAKE_MODEL)
     assert done["status_code"] == 200, done
     assert done["body"]["peerllm"]["served_by"] == bob.peer_id
