@@ -159,6 +159,8 @@ async def _serve(spec: dict[str, Any]) -> None:
 
 
 async def _answer(node: Any, http: Any, request: dict[str, Any]) -> dict[str, Any]:
+    import trio
+
     op = request["op"]
     if op == "state":
         return {"status": node.status(), "addrs": node.addrs(), "peers": node.peers(),
@@ -181,8 +183,13 @@ async def _answer(node: Any, http: Any, request: dict[str, Any]) -> dict[str, An
         relays = [relay_of(a) for a in addrs]
         return {"connected": bool(conns), "addrs": addrs,
                 "relay": relays[0] if relays and all(relays) else None}
-    if op == "connect":
-        return {"peer_id": await node.host.connect_addr(request["addr"])}
+    if op == "connect":  # with how long it took (scripts/bench/nat.py reads it)
+        started = trio.current_time()
+        peer = await node.host.connect_addr(request["addr"])
+        return {"peer_id": peer, "seconds": trio.current_time() - started}
+    if op == "disconnect":
+        await node.host.disconnect(request["peer"])
+        return {"connected": node.host.is_connected(request["peer"])}
     if op == "chat":
         r = await http.post("/v1/chat/completions", json={
             "model": request["model"], "max_tokens": 4,
