@@ -412,6 +412,10 @@ async def open_node(config: NodeConfig | None = None, *,
                     circuit_bytes=cfg.p2p.relay_circuit_bytes)))
             dht: Dht | None = await stack.enter_async_context(
                 open_dht(host, identity, audit=audit)) if cfg.discovery.dht else None
+            if cfg.p2p.hole_punch:  # DCUtR (protocols/dcutr.md): relayed -> direct
+                # Outside the node's nursery: the service's teardown awaits, and inside a
+                # cancelled scope its Cancelled would replace the caller's exception.
+                await stack.enter_async_context(open_hole_punch(host))
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht, Engine(registry), authority,
                             audit)
@@ -434,8 +438,6 @@ async def open_node(config: NodeConfig | None = None, *,
             # them to dial us back; the one state the relay parts read.
             serve_dial_backs(host, max_peers=cfg.p2p.max_peers)
             await nursery.start(ReachabilityProber(host, node.reachability).run)
-            if cfg.p2p.hole_punch:  # DCUtR: relayed connections become direct when they can
-                await stack.enter_async_context(open_hole_punch(host))
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)

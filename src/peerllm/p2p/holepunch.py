@@ -39,14 +39,10 @@ DIAL_TIMEOUT_S: Final = 5  # one hole-punch dial (its rounds are 5 s each, 3 rou
 
 
 class HolePunch:
-    """The DCUtR service of one host, and what it achieved (for peers and benches)."""
+    """The DCUtR service of one host."""
 
     def __init__(self, host: P2PHost) -> None:
         self.protocol = dcutr.DCUtRProtocol(host.libp2p, dial_timeout=DIAL_TIMEOUT_S)
-
-    def direct_peers(self) -> list[str]:
-        """Peers the service upgraded to a direct connection."""
-        return sorted(str(p) for p in self.protocol._direct_connections)
 
 
 @asynccontextmanager
