@@ -57,12 +57,14 @@ from .metrics import Metrics
 from .p2p.blob import BlobServer
 from .p2p.dht import Dht, open_dht
 from .p2p.embed import EmbedClient, EmbedServer
+from .p2p.holepunch import open_hole_punch
 from .p2p.hop import HopLimits
 from .p2p.host import P2PHost, open_host
 from .p2p.infer import InferClient, InferServer
 from .p2p.known_peers import KnownPeers
 from .p2p.limits import PeerRate
 from .p2p.nodeinfo import NodeInfoClient, serve_node_info
+from .p2p.reachability import ReachabilityProber, serve_dial_backs
 from .p2p.reachability_state import Reachability, ReachabilityState
 from .p2p.registry import PeerRegistry, PeerState
 from .p2p.revocations import RevocationServer
@@ -410,6 +412,10 @@ async def open_node(config: NodeConfig | None = None, *,
                     circuit_bytes=cfg.p2p.relay_circuit_bytes)))
             dht: Dht | None = await stack.enter_async_context(
                 open_dht(host, identity, audit=audit)) if cfg.discovery.dht else None
+            if cfg.p2p.hole_punch:  # DCUtR (protocols/dcutr.md): relayed -> direct
+                # Outside the node's nursery: the service's teardown awaits, and inside a
+                # cancelled scope its Cancelled would replace the caller's exception.
+                await stack.enter_async_context(open_hole_punch(host))
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = _compose(cfg, data_dir, identity, host, dht, Engine(registry), authority,
                             audit)
@@ -428,8 +434,12 @@ async def open_node(config: NodeConfig | None = None, *,
             host.set_handler(wni.PROTOCOL_ID, _info_handler(node.local, node.info_rate))
             host.set_handler(wrev.PROTOCOL_ID, RevocationServer(node.gossip.on_records).handle,
                              timeout_s=REVOCATION_PUSH_S)
+            # Reachability (protocols/autonat.md): dial peers back when they ask, ask
+            # them to dial us back; the one state the relay parts read.
+            serve_dial_backs(host, max_peers=cfg.p2p.max_peers)
             # Peers that connected while the handlers were being set saw none of them.
             nursery.start_soon(host.push_identify)
+            await nursery.start(ReachabilityProber(host, node.reachability).run)
             await nursery.start(node.gossip.run)  # before any connection: it hears them all
             await nursery.start(node.membership.run)
             await nursery.start(models.pulls.run)

@@ -1,5 +1,8 @@
 """Circuit relay v2 between real nodes on 127.0.0.1: C (pinned private) reserves on relay
-R, A reaches C only through R, and node-info and inference work over that circuit."""
+R, A reaches C only through R, and node-info and inference work over that circuit.
+
+Hole punching is off in these tests: on one machine DCUtR's first step (a plain direct
+dial) always succeeds and would move the traffic off the circuit under test."""
 
 from __future__ import annotations
 
@@ -33,10 +36,10 @@ async def relay_and_private(make_config: MakeConfig, *, r_p2p: dict[str, Any] | 
                             ) -> AsyncIterator[tuple[Node, Node]]:
     """R relays for anyone; C, serving FAKE_MODEL and pinned private, reserves on R."""
     async with peerllm.open_node(make_config(
-            "r", dht=False, relay_service="on", **(r_p2p or {}))) as r:
+            "r", dht=False, hole_punch=False, relay_service="on", **(r_p2p or {}))) as r:
         c_cfg = with_fake_model(make_config(
-            "c", dht=False, reachability="private", bootstrap=[r.addrs()[0]],
-            relays=[r.addrs()[0]], **(c_p2p or {})))
+            "c", dht=False, hole_punch=False, reachability="private",
+            bootstrap=[r.addrs()[0]], relays=[r.addrs()[0]], **(c_p2p or {})))
         async with peerllm.open_node(c_cfg, backend=FakeBackend()) as c:
             await wait_until(lambda: bool(c.relays and c.relays.held), what="C's reservation")
             yield r, c
@@ -45,7 +48,8 @@ async def relay_and_private(make_config: MakeConfig, *, r_p2p: dict[str, Any] | 
 async def test_a_reaches_private_c_through_relay_for_node_info_and_chat(
         make_config: MakeConfig) -> None:
     async with relay_and_private(make_config) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, bootstrap=[r.addrs()[0]])) as a:
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False,
+                                          bootstrap=[r.addrs()[0]])) as a:
         # C advertises where it can be reached through R, in node-info's addrs too.
         circuit = f"{r.addrs()[0]}/p2p-circuit/p2p/{c.peer_id}"
         assert circuit in c.addrs()
@@ -86,7 +90,8 @@ async def test_reservation_is_renewed_before_it_lapses(make_config: MakeConfig) 
 async def test_a_full_relay_refuses_a_second_reservation_naming_the_status(
         make_config: MakeConfig) -> None:
     async with relay_and_private(make_config, r_p2p={"relay_max_reservations": 1}) as (r, _c), \
-            peerllm.open_node(make_config("d", dht=False, bootstrap=[r.addrs()[0]])) as d:
+            peerllm.open_node(make_config("d", dht=False, hole_punch=False,
+                                          bootstrap=[r.addrs()[0]])) as d:
         assert d.host.relay is not None
         await d.host.connect(r.peer_id, [r.addrs()[0]])
         with pytest.raises(RelayRefused, match="RESOURCE_LIMIT_EXCEEDED"):
@@ -97,9 +102,10 @@ async def test_a_full_relay_refuses_a_second_reservation_naming_the_status(
 
 async def test_no_reservation_means_the_relay_refuses_the_circuit(
         make_config: MakeConfig) -> None:
-    async with peerllm.open_node(make_config("r", dht=False, relay_service="on")) as r, \
-            peerllm.open_node(make_config("b", dht=False)) as b, \
-            peerllm.open_node(make_config("a", dht=False)) as a:
+    async with peerllm.open_node(make_config("r", dht=False, hole_punch=False,
+                                             relay_service="on")) as r, \
+            peerllm.open_node(make_config("b", dht=False, hole_punch=False)) as b, \
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False)) as a:
         circuit = f"{r.addrs()[0]}/p2p-circuit/p2p/{b.peer_id}"
         with pytest.raises(RelayRefused, match="NO_RESERVATION"):
             await a.host.connect(b.peer_id, [circuit])
@@ -113,7 +119,7 @@ async def test_relayed_connections_get_the_private_networks_pnet_wrapping(
     key = "5a" * 32
     async with relay_and_private(make_config, r_p2p={"network_key": key},
                                  c_p2p={"network_key": key}) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, network_key=key)) as a:
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False, network_key=key)) as a:
         assert r.host.network_key.key is not None
         circuit = f"{r.addrs()[0]}/p2p-circuit/p2p/{c.peer_id}"
         assert await a.membership.connect_peer(c.peer_id, [circuit], Source.DHT)

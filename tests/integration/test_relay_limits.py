@@ -49,7 +49,7 @@ async def test_the_byte_limit_is_per_direction_and_cuts_the_circuit(
         make_config: MakeConfig) -> None:
     async with relay_and_private(make_config, r_p2p={"relay_circuit_bytes": 300_000},
                                  c_p2p=QUIET) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, **QUIET)) as a:
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False, **QUIET)) as a:
         c.host.set_handler(ECHO, echo)
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         stream = await a.host.open_stream(c.peer_id, ECHO)
@@ -65,7 +65,7 @@ async def test_the_byte_limit_is_per_direction_and_cuts_the_circuit(
 async def test_an_idle_circuit_is_cut_at_the_duration_limit(make_config: MakeConfig) -> None:
     async with relay_and_private(make_config, r_p2p={"relay_circuit_duration_s": 1.0},
                                  c_p2p=QUIET) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False, **QUIET)) as a:
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False, **QUIET)) as a:
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         await wait_until(lambda: not a.host.is_connected(c.peer_id), timeout_s=15,
                          what="the circuit cut after 1 s")
@@ -74,8 +74,8 @@ async def test_an_idle_circuit_is_cut_at_the_duration_limit(make_config: MakeCon
 
 async def test_the_circuit_cap_refuses_one_more(make_config: MakeConfig) -> None:
     async with relay_and_private(make_config, r_p2p={"relay_max_circuits": 1}) as (r, c), \
-            peerllm.open_node(make_config("a", dht=False)) as a, \
-            peerllm.open_node(make_config("b", dht=False)) as b:
+            peerllm.open_node(make_config("a", dht=False, hole_punch=False)) as a, \
+            peerllm.open_node(make_config("b", dht=False, hole_punch=False)) as b:
         await a.host.connect(c.peer_id, [circuit_of(r, c)])
         with pytest.raises(RelayRefused, match="RESOURCE_LIMIT_EXCEEDED"):
             await b.host.connect(c.peer_id, [circuit_of(r, c)])
@@ -86,7 +86,7 @@ async def test_the_circuit_cap_refuses_one_more(make_config: MakeConfig) -> None
 async def test_a_reservation_is_for_the_connections_peer_not_the_one_it_names(
         make_config: MakeConfig) -> None:
     async with relay_and_private(make_config) as (r, c), \
-            peerllm.open_node(make_config("d", dht=False)) as d:
+            peerllm.open_node(make_config("d", dht=False, hole_punch=False)) as d:
         await d.host.connect(r.peer_id, [r.addrs()[0]])
         raw = await d.host.libp2p.new_stream(ID.from_base58(r.peer_id),
                                              [TProtocol(HOP_PROTOCOL_ID)])

@@ -106,7 +106,9 @@ def route_libp2p_logging() -> None:
 # ourselves, naming the peer, as "cannot reach ..."), a DHT bookkeeping miss, or a
 # protocol a peer does not speak (a plain libp2p peer answering "na": 7 lines each).
 _ROUTINE_ERRORS = {
-    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",),
+    # ...and a hole-punch dial from our listen port (DCUtR logs its outcome itself).
+    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream",
+                                 "Unexpected error opening TCP stream"),
     "libp2p.host.basic_host": ("Failed to open stream to peer",),
     "libp2p.kad_dht.utils": ("Failed to update the Certified-Addr-Book",),
     # A relay client closing its hop stream after the exchange (every reservation).
@@ -114,8 +116,9 @@ _ROUTINE_ERRORS = {
                                          "Unexpected error handling hop stream",
                                          "Error sending status message"),
     # A failed handshake reaches our caller as PeerUnavailable / NetworkKeyMismatch
-    # naming the peer (and a refused network key was a WARNING in p2p/transport.py).
-    "libp2p.network.swarm": ("failed to upgrade security for peer",),
+    # naming the peer (and a refused network key was a WARNING in p2p/transport.py);
+    # an AutoNAT dial-back (p2p/dialback.py) closes after the Noise handshake.
+    "libp2p.network.swarm": ("failed to upgrade security for peer", "fail to upgrade mux"),
     "libp2p.protocol_muxer.multiselect_client": ("MultiselectClient handshake",),
 }
 

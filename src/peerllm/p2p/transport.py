@@ -196,6 +196,17 @@ class NetworkTCP(TCP):
             peer = str(maddr)
         return protect(conn, self._key, initiator=True, peer=peer, audit=self._audit)
 
+    async def dial_with_source(self, maddr: Multiaddr, source: tuple[str, int]
+                               ) -> IRawConnection:
+        """A dial from ``source`` (DCUtR hole punching dials from the listen port,
+        p2p/holepunch.py); protected like every other raw connection."""
+        conn = await super().dial_with_source(maddr, source)
+        try:
+            peer = str(maddr.value_for_protocol("p2p") or maddr)
+        except Exception:  # no /p2p/ part: name the address instead
+            peer = str(maddr)
+        return protect(conn, self._key, initiator=True, peer=peer, audit=self._audit)
+
     def create_listener(
         self, handler_function: Callable[[IRawConnection], Awaitable[None]]
     ) -> TCPListener:
