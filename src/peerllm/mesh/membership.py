@@ -171,8 +171,10 @@ class Membership:
                     continue
                 if entry.connected or entry.state in (PeerState.HEALTHY, PeerState.STALE):
                     nursery.start_soon(self.refresh_peer, entry.peer_id)
+                # A peer the DHT named has its addresses in the host's peerstore (and
+                # its circuit addresses once it holds a relay slot), not in the entry.
                 elif (entry.state is PeerState.UNREACHABLE or entry.retry_refused) \
-                        and entry.addrs \
+                        and (entry.addrs or Source.DHT in entry.sources) \
                         and entry.peer_id not in self._bootstrap_peers and redial_due(
                         interval_s=interval, failures=entry.consecutive_failures,
                         since_last_s=now - (entry.last_seen or entry.first_seen)):

@@ -333,3 +333,20 @@ async def test_a_peerllm_node_met_before_its_handlers_were_set_is_asked_again() 
     identifier.cached.discard(NODE)
     assert not await plain.is_plain(NODE)  # a fresh identify: node-info is asked now
     assert identifier.asked == [NODE]
+
+
+async def test_a_peer_the_dht_named_is_redialled_though_its_entry_has_no_address(
+        autojump_clock: trio.abc.Clock) -> None:
+    # Its addresses are in the host's peerstore (its relay address comes later, once it
+    # holds a slot): a first failed dial must not be the last.
+    links = Links(up=set())
+    m, registry, _ = membership(links, FakeIdentifier())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        await m.connect_peer(DEAD, [], Source.DHT)
+        entry = registry.get(DEAD)
+        assert entry is not None and entry.addrs == []
+        entry.first_seen -= 3600  # redial_due reads the wall clock; autojump does not move it
+        await trio.sleep(m._p2p.heartbeat_interval_s * HEARTBEATS)
+        nursery.cancel_scope.cancel()
+    assert len(links.dials[DEAD]) >= 3
