@@ -31,6 +31,7 @@ class OpenOptions:
     chat_format: str | None = None
     embedding: bool = False  # an embedding context (pooled vectors) instead of a generator
     mean_pooling: bool = False  # embedding context of a generative model: average tokens
+    parallel: int = 1  # sequences decoded together (inference/batched.py); 1 = one stream
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,6 +25,7 @@ from .backend import (
     OpenOptions,
     StopCheck,
 )
+from .batched_llama import BatchedLlamaInstance
 from .grammar import schema_to_gbnf
 from .request import MIN_P, REPEAT_LAST_N, ChatMessage, SamplingParams
 from .stops import StopScanner
@@ -55,12 +56,27 @@ def _peer_llama_class() -> type[Llama]:
     class PeerLlama(Llama):  # type: ignore[misc]  # llama_cpp's Llama is Any to mypy
         _peer_use_extra_bufts: bool
         _peer_progress: Any  # a ctypes callback; referenced here so it outlives the load
+        _peer_parallel: int
 
         def __init__(self, model_path: str, *, use_extra_bufts: bool, progress: Any,
-                     **kwargs: Any) -> None:
+                     parallel: int = 1, **kwargs: Any) -> None:
             self._peer_use_extra_bufts = use_extra_bufts
             self._peer_progress = progress
+            self._peer_parallel = parallel
             super().__init__(model_path, **kwargs)
+
+        @property
+        def context_params(self) -> Any:
+            return self.__dict__["context_params"]
+
+        @context_params.setter
+        def context_params(self, params: Any) -> None:
+            if self._peer_parallel > 1:
+                # One KV stream per sequence (kv_unified off), so each slot attends only
+                # to its own cells, as a single-stream context does.
+                params.n_seq_max = self._peer_parallel
+                params.kv_unified = False
+            self.__dict__["context_params"] = params
 
         @property
         def model_params(self) -> Any:
@@ -80,7 +96,7 @@ class LlamaBackend:
     """Opens GGUF files with llama.cpp (CPU, or GPU layers when built with CUDA/Metal)."""
 
     def open(self, path: Path, options: OpenOptions, *,
-             should_stop: StopCheck) -> LlamaInstance:
+             should_stop: StopCheck) -> LlamaInstance | BatchedLlamaInstance:
         """Load ``path``; see ``ModelBackend.open``."""
         pooling = _POOLING_MEAN if options.embedding and options.mean_pooling \
             else _POOLING_UNSPECIFIED
@@ -93,6 +109,8 @@ class LlamaBackend:
         instance = LlamaInstance(llm, options)
         if not options.embedding:
             instance.check_chat_format()
+        if options.parallel > 1 and not options.embedding:
+            return BatchedLlamaInstance.wrap(instance, llm, options)
         return instance
 
 
@@ -105,12 +123,18 @@ def _open_llama(path: Path, options: OpenOptions, *, should_stop: StopCheck,
         return not should_stop()  # False aborts the load
 
     kwargs: dict[str, Any] = {}
+    n_ctx = options.context_size
+    if options.parallel > 1 and not options.embedding:
+        # Each slot gets the whole context window; a full-size SWA cache lets a slot be
+        # truncated to any prefix (prefix reuse) on sliding-window models such as Gemma 3.
+        n_ctx *= options.parallel
+        kwargs.update(parallel=options.parallel, swa_full=True)
     if options.n_threads is not None:
         kwargs.update(n_threads=options.n_threads, n_threads_batch=options.n_threads)
     cls = _peer_llama_class()
     try:
         llm = cls(str(path), use_extra_bufts=options.use_extra_bufts, progress=progress,
-                  n_ctx=options.context_size, n_gpu_layers=options.gpu_layers,
+                  n_ctx=n_ctx, n_gpu_layers=options.gpu_layers,
                   chat_format=options.chat_format, embedding=options.embedding,
                   pooling_type=pooling, last_n_tokens_size=REPEAT_LAST_N, verbose=False,
                   **kwargs)
@@ -123,6 +147,11 @@ def _open_llama(path: Path, options: OpenOptions, *, should_stop: StopCheck,
         llm.close()
         raise ModelLoadError(options.model_id, "this llama-cpp-python ignores use_extra_bufts; "
                              "refusing to load with the wrong setting")
+    if options.parallel > 1 and not options.embedding \
+            and llama_cpp.llama_n_seq_max(llm._ctx.ctx) < options.parallel:
+        llm.close()
+        raise ModelLoadError(options.model_id, f"llama.cpp refused {options.parallel} parallel "
+                             "sequences in one context")
     return llm
 
 
@@ -162,7 +191,10 @@ class LlamaInstance:
 
     @property
     def context_size(self) -> int:
-        return int(self._llm.n_ctx())
+        """The window of one sequence (the whole context unless opened with parallel)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_n_ctx_seq(self._llm._ctx.ctx))
 
     # -- prompts -------------------------------------------------------------------
 
