@@ -165,7 +165,8 @@ class BatchedRuntime:
             free = [FreeSlot(index=s.index, cached=s.cached, last_used=s.last_used)
                     for s in self._slots if s.seq is None]
             seq = self._waiting[0]
-            choice = choose_slot(seq.prompt, free)
+            busy = [s.index for s in self._slots if s.seq is not None]
+            choice = choose_slot(seq.prompt, free, busy=busy)
             if choice is None:
                 return
             self._waiting.pop(0)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidField, InvalidInferenceRequest, ModelLoadError
+from ..errors import InvalidInferenceRequest, ModelLoadError
 from ..events import FinishReason
 from .backend import (
     Benchmark,
@@ -26,8 +26,8 @@ from .backend import (
     StopCheck,
 )
 from .batched_llama import BatchedLlamaInstance
-from .grammar import schema_to_gbnf
 from .request import MIN_P, REPEAT_LAST_N, ChatMessage, SamplingParams
+from .sampler import checked_gbnf
 from .stops import StopScanner
 
 if TYPE_CHECKING:
@@ -72,8 +72,12 @@ def _peer_llama_class() -> type[Llama]:
         @context_params.setter
         def context_params(self, params: Any) -> None:
             if self._peer_parallel > 1:
-                # One KV stream per sequence (kv_unified off), so each slot attends only
-                # to its own cells, as a single-stream context does.
+                # One KV stream per sequence: a slot attends to its own cells laid out as
+                # in a single-stream context, so greedy output is the same token for
+                # token (a unified cache interleaves the cells, which changes float
+                # sums enough to flip a greedy pick). The price: llama.cpp computes a
+                # step in one pass per run of consecutive sequence ids
+                # (scheduling.batching keeps the running slots together).
                 params.n_seq_max = self._peer_parallel
                 params.kv_unified = False
             self.__dict__["context_params"] = params
@@ -125,7 +129,7 @@ def _open_llama(path: Path, options: OpenOptions, *, should_stop: StopCheck,
     kwargs: dict[str, Any] = {}
     n_ctx = options.context_size
     if options.parallel > 1 and not options.embedding:
-        # Each slot gets the whole context window; a full-size SWA cache lets a slot be
+        # Room for every slot's whole window; a full-size SWA cache lets a slot be
         # truncated to any prefix (prefix reuse) on sliding-window models such as Gemma 3.
         n_ctx *= options.parallel
         kwargs.update(parallel=options.parallel, swa_full=True)
@@ -191,10 +195,11 @@ class LlamaInstance:
 
     @property
     def context_size(self) -> int:
-        """The window of one sequence (the whole context unless opened with parallel)."""
-        import llama_cpp
-
-        return int(llama_cpp.llama_n_ctx_seq(self._llm._ctx.ctx))
+        """The window of one sequence: the context, or one slot's share of a parallel one
+        (each slot's KV, running or cached, stays within it, so the slots never run out)."""
+        if self._options.parallel > 1:
+            return self._options.context_size
+        return int(self._llm.n_ctx())
 
     # -- prompts -------------------------------------------------------------------
 
@@ -340,20 +345,12 @@ class LlamaInstance:
 
     def _grammar(self, prompt: EncodedPrompt, params: SamplingParams) -> Any:
         """The llama.cpp grammar for ``params.json_schema``, checked to compile, or None."""
-        if params.json_schema is None:
+        gbnf = checked_gbnf(self._model_id, prompt, params)
+        if gbnf is None:
             return None
         import llama_cpp
         from llama_cpp import LlamaGrammar
 
-        if len(prompt.tokens) > prompt.prompt_tokens:
-            # The grammar would have to accept the resumed text first, and llama.cpp aborts
-            # the process on text the grammar refuses: never feed it a peer's resume_text.
-            raise InvalidInferenceRequest(self._model_id, "structured output (json_schema) "
-                                          "cannot resume a partial answer")
-        try:
-            gbnf = schema_to_gbnf(params.json_schema)
-        except InvalidField as exc:
-            raise InvalidInferenceRequest(self._model_id, str(exc)) from exc
         # llama_cpp adds a grammar sampler to its chain without checking it parsed (a NULL
         # sampler would crash the process): parse it once here first.
         probe = llama_cpp.llama_sampler_init_grammar(self._llm._model.vocab,

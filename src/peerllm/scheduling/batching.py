@@ -13,13 +13,16 @@ Rules:
 - Rule 2 (no stall): every decoding sequence gets exactly one token per step; at most one
   joining sequence gets a prefill chunk, of at most ``chunk`` tokens, and only while the
   step has room (``n_batch``). With nobody decoding, the chunk may fill the batch.
-- Rule 3 (fairness): joining sequences prefill in the order they joined; a free slot with
-  nothing worth reusing is picked least recently used, so warm prefixes live longest.
+- Rule 3 (fairness): joining sequences prefill in the order they joined.
+- Rule 4 (contiguity): among free slots that reuse equally, one next to a running slot
+  wins, then the least recently used (warm prefixes live longest). llama.cpp computes a
+  step in one pass per run of consecutive slot ids (one KV stream per slot), so a slot
+  that extends a run costs nothing, and one that starts a new run costs a pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -50,21 +53,32 @@ class SlotChoice:
     reuse: int
 
 
-def choose_slot(prompt: Sequence[int], free: Sequence[FreeSlot]) -> SlotChoice | None:
-    """The slot for ``prompt`` (Rule 1, Rule 3), or None when no slot is free.
+def choose_slot(prompt: Sequence[int], free: Sequence[FreeSlot], *,
+                busy: Collection[int] = ()) -> SlotChoice | None:
+    """The slot for ``prompt`` (Rule 1, Rule 4), or None when no slot is free.
 
-    Ties on reuse go to the least recently used slot, then the lowest index, so the
-    choice is deterministic.
+    ``busy`` are the indices of the running slots. Remaining ties go to the lowest
+    index, so the choice is deterministic.
     """
     if not free:
         return None
     limit = max(len(prompt) - 1, 0)
+    running = set(busy)
 
     def reuse_of(slot: FreeSlot) -> int:
         return min(common_prefix(slot.cached, prompt), limit)
 
-    best = min(free, key=lambda s: (-reuse_of(s), s.last_used, s.index))
+    def apart(slot: FreeSlot) -> bool:
+        return bool(running) and not {slot.index - 1, slot.index + 1} & running
+
+    best = min(free, key=lambda s: (-reuse_of(s), apart(s), s.last_used, s.index))
     return SlotChoice(index=best.index, reuse=reuse_of(best))
+
+
+def passes(indices: Collection[int]) -> int:
+    """How many runs of consecutive ids ``indices`` form (llama.cpp's passes per step)."""
+    ids = set(indices)
+    return sum(1 for i in ids if i - 1 not in ids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

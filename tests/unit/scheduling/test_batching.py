@@ -11,6 +11,7 @@ from peerllm.scheduling.batching import (
     Joining,
     choose_slot,
     common_prefix,
+    passes,
     plan_step,
 )
 
@@ -37,14 +38,14 @@ def test_the_slot_with_the_longest_usable_prefix_wins(caches: list[list[int]],
                                                       used: list[int],
                                                       prompt: list[int]) -> None:
     slots = free_slots(caches, used)
-    choice = choose_slot(prompt, slots)
+    choice = choose_slot(prompt, slots)  # nothing running: Rule 4 is plain LRU
     assert choice is not None
     usable = [min(common_prefix(s.cached, prompt), len(prompt) - 1) for s in slots]
     assert choice.reuse == max(usable)
     # Rule 1: at least the last prompt token is always decoded again.
     assert choice.reuse <= len(prompt) - 1
     assert tuple(prompt[:choice.reuse]) == slots[choice.index].cached[:choice.reuse]
-    # Rule 3: among equals, the least recently used.
+    # Rule 4, with nothing running: among equals, the least recently used.
     tied = [s for s, u in zip(slots, usable, strict=True) if u == choice.reuse]
     assert slots[choice.index].last_used == min(s.last_used for s in tied)
 
@@ -59,6 +60,27 @@ def test_a_second_chat_turn_takes_the_slot_holding_the_first() -> None:
     # Nothing shared: the least recently used (the empty, never used) slot.
     other = choose_slot((7, 8), slots)
     assert other is not None and (other.index, other.reuse) == (0, 0)
+
+
+def test_a_new_request_extends_the_run_of_running_slots() -> None:
+    free = [FreeSlot(index=i, cached=(), last_used=i) for i in (0, 3, 6)]
+    # Slots 1 and 2 run: slot 3 extends their run (one pass per step), slot 0 would too.
+    choice = choose_slot((5, 6), free, busy=(1, 2))
+    assert choice is not None and choice.index == 0
+    choice = choose_slot((5, 6), free[1:], busy=(1, 2))
+    assert choice is not None and choice.index == 3
+    # Reuse still comes first.
+    warm = [*free, FreeSlot(index=7, cached=(5, 6, 7), last_used=9)]
+    choice = choose_slot((5, 6, 7, 8), warm, busy=(1, 2))
+    assert choice is not None and (choice.index, choice.reuse) == (7, 3)
+
+
+@given(st.sets(st.integers(0, 15)))
+def test_passes_count_runs_of_consecutive_slots(ids: set[int]) -> None:
+    runs = passes(ids)
+    assert runs == len([i for i in sorted(ids) if i - 1 not in ids])
+    assert (runs == 0) == (not ids)
+    assert passes(range(len(ids))) == (1 if ids else 0)
 
 
 def test_an_identical_prompt_still_decodes_its_last_token() -> None:
