@@ -4,7 +4,8 @@ it would get alone.
 
 The reference is the single-stream LlamaInstance on its own context. Both contexts are
 opened once per module (2 threads); generation is kept to <= 16 tokens. Requests run in
-plain threads, as the engine's worker threads would call ``generate``.
+plain threads, as the engine's worker threads would call ``generate``; the last test goes
+through the registry and engine with ``parallel`` set.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 
+from peerllm.config import InferenceConfig
 from peerllm.errors import InvalidInferenceRequest
-from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOptions
+from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOptions, StopCheck
 from peerllm.inference.batched_llama import BatchedLlamaInstance
 from peerllm.inference.catalog import assemble_bundled
+from peerllm.inference.engine import Engine, GenerationRequest
 from peerllm.inference.llama import LlamaBackend
+from peerllm.inference.registry import open_registry
 from peerllm.inference.request import ChatMessage, SamplingParams
+from peerllm.inference.specs import ModelSpec
 
 PARALLEL = 4
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
@@ -226,3 +232,45 @@ def test_a_logit_bias_outside_the_vocabulary_is_refused(
     with pytest.raises(InvalidInferenceRequest):
         job.run(batched)
     assert batched.running == 0 and batched.queued == 0
+
+
+class RecordingBackend:
+    """The real LlamaBackend, keeping what it opened so the test can read the seam."""
+
+    def __init__(self) -> None:
+        self._real = LlamaBackend()
+        self.opened: list[ModelInstance] = []
+
+    def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck
+             ) -> ModelInstance:
+        instance = self._real.open(path, options, should_stop=should_stop)
+        self.opened.append(instance)
+        return instance
+
+
+async def test_the_engine_batches_concurrent_requests_of_a_parallel_model(
+        model_path: Path, single: ModelInstance) -> None:
+    backend = RecordingBackend()
+    config = InferenceConfig(n_threads=2, warmup_tokens=4, max_queue=0, parallel=PARALLEL)
+    spec = ModelSpec(id="gemma", path=model_path, chat_format="gemma", context_size=1024)
+    texts: dict[str, str] = {}
+    async with open_registry([spec], config=config, backend=backend) as registry:
+        engine = Engine(registry)
+        await registry.load("gemma")
+
+        async def ask(prompt: str) -> None:
+            text, _ = await engine.complete(GenerationRequest(model="gemma", prompt=prompt,
+                                                              params=GREEDY))
+            texts[prompt] = text
+
+        async with trio.open_nursery() as nursery:
+            for prompt in PROMPTS:
+                nursery.start_soon(ask, prompt)
+        (instance,) = backend.opened
+        assert isinstance(instance, BatchedLlamaInstance)
+        stats = instance.statistics()
+        assert max(stats.steps_by_width) > 1
+        assert registry.concurrency("gemma") == PARALLEL
+        assert registry.status("gemma").requests == len(PROMPTS)
+    for prompt in PROMPTS:
+        assert texts[prompt] == alone(single, Job(prompt=prompt)).text
