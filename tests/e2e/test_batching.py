@@ -24,7 +24,7 @@ from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOpti
 from peerllm.inference.batched_llama import BatchedLlamaInstance
 from peerllm.inference.catalog import assemble_bundled
 from peerllm.inference.engine import Engine, GenerationRequest
-from peerllm.inference.llama import LlamaBackend
+from peerllm.inference.llama import LlamaBackend, LlamaInstance
 from peerllm.inference.registry import open_registry
 from peerllm.inference.request import ChatMessage, SamplingParams
 from peerllm.inference.specs import ModelSpec
@@ -112,6 +112,11 @@ def run_together(instance: ModelInstance, jobs: Sequence[Job]) -> None:
 
 
 def alone(single: ModelInstance, job: Job) -> Job:
+    """``job`` on the single-stream context from a clean cache. (llama_cpp's Llama reuses
+    the prefix of its previous prompt, at least the BOS token, whose KV was computed in
+    another batch shape: enough to flip a greedy pick now and then.)"""
+    assert isinstance(single, LlamaInstance)
+    single._llm.reset()
     reference = Job(prompt=job.prompt, messages=job.messages, params=job.params)
     reference.run(single)
     return reference
@@ -274,3 +279,40 @@ async def test_the_engine_batches_concurrent_requests_of_a_parallel_model(
         assert registry.status("gemma").requests == len(PROMPTS)
     for prompt in PROMPTS:
         assert texts[prompt] == alone(single, Job(prompt=prompt)).text
+
+
+def test_a_prefix_cached_away_from_the_running_slots_is_copied_next_to_them(
+        model_path: Path, single: ModelInstance) -> None:
+    instance = LlamaBackend().open(model_path, options(3), should_stop=lambda: False)
+    assert isinstance(instance, BatchedLlamaInstance)
+    try:
+        question = ChatMessage(role="user", content="Tell me a story about a brave knight.")
+        first = Job(messages=(question,))
+        first.run(instance)  # nothing cached anywhere: slot 0
+        Job(prompt=PROMPTS[1]).run(instance)  # the least recently used: slot 1
+        turn2 = (question, ChatMessage(role="assistant", content=first.text),
+                 ChatMessage(role="user", content="What was his name?"))
+        second = Job(messages=turn2)
+        started = threading.Event()
+        later: list[threading.Thread] = []
+
+        class Long(Job):
+            def _emit(self, text: str, n_tokens: int) -> None:
+                super()._emit(text, n_tokens)
+                if not started.is_set():  # slot 2 runs: join the turn while it does
+                    started.set()
+                    later.append(threading.Thread(target=second.run, args=(instance,)))
+                    later[0].start()
+
+        long = Long(prompt=PROMPTS[2])
+        before = instance.statistics()
+        long.run(instance)  # slot 2 (never used); the turn goes next to it, to slot 1
+        later[0].join()
+        after = instance.statistics()
+        assert after.cache_copies - before.cache_copies == 1
+        assert after.reused_tokens - before.reused_tokens >= len(
+            instance.encode(messages=(question,), prompt=None, resume_text="").tokens)
+        assert second.text == alone(single, second).text
+        assert long.text == alone(single, Job(prompt=PROMPTS[2])).text
+    finally:
+        instance.close()

@@ -46,6 +46,7 @@ class RuntimeStatistics:
     steps_by_width: dict[int, int]  # sequences in a step -> how many steps had that many
     prefilled_tokens: int  # prompt tokens decoded
     reused_tokens: int  # prompt tokens found in a slot's cache instead
+    cache_copies: int  # reused prefixes copied from another slot (scheduling.batching)
 
 
 @dataclass(slots=True)
@@ -77,7 +78,7 @@ class BatchedRuntime:
         self._closing = False
         self._steps = 0
         self._widths: Counter[int] = Counter()
-        self._prefilled = self._reused = 0
+        self._prefilled = self._reused = self._copies = 0
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name=f"batch-{model_id}",
                                         daemon=True)
@@ -114,7 +115,8 @@ class BatchedRuntime:
                                      queued=len(self._waiting), decode_calls=self._steps,
                                      steps_by_width=dict(self._widths),
                                      prefilled_tokens=self._prefilled,
-                                     reused_tokens=self._reused)
+                                     reused_tokens=self._reused,
+                                     cache_copies=self._copies)
 
     def close(self) -> None:
         """Fail what is queued or running (InferenceCancelled), stop the step thread and
@@ -173,6 +175,11 @@ class BatchedRuntime:
             slot = self._slots[choice.index]
             reuse = choice.reuse
             lib = self._lib
+            if choice.source is not None:
+                # Whole-stream copy (llama.cpp copies across KV streams only in full; the
+                # data moves at the next decode), then truncated like an own cache.
+                lib.llama_memory_seq_cp(self._mem, choice.source, slot.index, -1, -1)
+                self._copies += 1
             if not lib.llama_memory_seq_rm(self._mem, slot.index, reuse, -1):
                 lib.llama_memory_seq_rm(self._mem, slot.index, -1, -1)
                 reuse = 0

@@ -14,16 +14,25 @@ Rules:
   joining sequence gets a prefill chunk, of at most ``chunk`` tokens, and only while the
   step has room (``n_batch``). With nobody decoding, the chunk may fill the batch.
 - Rule 3 (fairness): joining sequences prefill in the order they joined.
-- Rule 4 (contiguity): among free slots that reuse equally, one next to a running slot
-  wins, then the least recently used (warm prefixes live longest). llama.cpp computes a
-  step in one pass per run of consecutive slot ids (one KV stream per slot), so a slot
-  that extends a run costs nothing, and one that starts a new run costs a pass.
+- Rule 4 (contiguity): llama.cpp computes a step in one pass per run of consecutive slot
+  ids (one KV stream per slot), so a slot next to a running one costs nothing and any
+  other costs a pass per step for the request's whole life. A request goes next to the
+  running slots; a long cached prefix held elsewhere is copied there (``source``).
+  Among equals, the least recently used slot wins, so warm prefixes live longest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+MIN_REUSE = 16
+"""Shorter shared prefixes are prefilled again: they save next to nothing, and KV computed
+in another batch shape can differ in the last float bits (llama.cpp picks kernels by batch
+size), which is enough to flip a greedy pick after a shared BOS token."""
+COPY_MIN = 16
+"""Prompt tokens a cache copy must save: copying a slot's KV is a memcpy of the slot's
+whole stream, about what prefilling a few tokens costs on a CPU."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -47,18 +56,25 @@ class FreeSlot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlotChoice:
-    """Where a request goes and how many of its leading prompt tokens need no prefill."""
+    """Where a request goes (``index``), how many of its leading prompt tokens need no
+    prefill (``reuse``), and the free slot whose cache to copy into ``index`` first
+    (``source``; None = use ``index``'s own cache)."""
 
     index: int
     reuse: int
+    source: int | None = None
 
 
 def choose_slot(prompt: Sequence[int], free: Sequence[FreeSlot], *,
-                busy: Collection[int] = ()) -> SlotChoice | None:
-    """The slot for ``prompt`` (Rule 1, Rule 4), or None when no slot is free.
+                busy: Collection[int] = (), min_reuse: int = MIN_REUSE,
+                copy_min: int = COPY_MIN) -> SlotChoice | None:
+    """The slot for ``prompt`` (Rules 1 and 4), or None when no slot is free.
 
-    ``busy`` are the indices of the running slots. Remaining ties go to the lowest
-    index, so the choice is deterministic.
+    ``busy`` are the running slots. A shared prefix shorter than ``min_reuse`` is not
+    reused. A cached prefix in a slot that would add a compute pass is copied into a
+    slot that does not, when it saves at least ``copy_min`` more tokens than that slot's
+    own cache (a copy moves the whole slot's KV). Remaining ties go to the lowest index,
+    so the choice is deterministic.
     """
     if not free:
         return None
@@ -66,13 +82,22 @@ def choose_slot(prompt: Sequence[int], free: Sequence[FreeSlot], *,
     running = set(busy)
 
     def reuse_of(slot: FreeSlot) -> int:
-        return min(common_prefix(slot.cached, prompt), limit)
+        n = min(common_prefix(slot.cached, prompt), limit)
+        return n if n >= min_reuse else 0
 
     def apart(slot: FreeSlot) -> bool:
         return bool(running) and not {slot.index - 1, slot.index + 1} & running
 
     best = min(free, key=lambda s: (-reuse_of(s), apart(s), s.last_used, s.index))
-    return SlotChoice(index=best.index, reuse=reuse_of(best))
+    if not apart(best):
+        return SlotChoice(index=best.index, reuse=reuse_of(best))
+    near = [s for s in free if not apart(s)]
+    if not near:  # every free slot starts a new run: take the best cache where it is
+        return SlotChoice(index=best.index, reuse=reuse_of(best))
+    place = min(near, key=lambda s: (-reuse_of(s), s.last_used, s.index))
+    if reuse_of(best) - reuse_of(place) >= copy_min:
+        return SlotChoice(index=place.index, reuse=reuse_of(best), source=best.index)
+    return SlotChoice(index=place.index, reuse=reuse_of(place))
 
 
 def passes(indices: Collection[int]) -> int:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from peerllm.scheduling.batching import (
     FreeSlot,
     Joining,
+    SlotChoice,
     choose_slot,
     common_prefix,
     passes,
@@ -38,9 +39,12 @@ def test_the_slot_with_the_longest_usable_prefix_wins(caches: list[list[int]],
                                                       used: list[int],
                                                       prompt: list[int]) -> None:
     slots = free_slots(caches, used)
-    choice = choose_slot(prompt, slots)  # nothing running: Rule 4 is plain LRU
+    choice = choose_slot(prompt, slots, min_reuse=1)  # nothing running: plain LRU
     assert choice is not None
     usable = [min(common_prefix(s.cached, prompt), len(prompt) - 1) for s in slots]
+    assert choose_slot(prompt, slots, min_reuse=len(prompt) + 1) == \
+        choose_slot(prompt, [FreeSlot(index=s.index, cached=(), last_used=s.last_used)
+                             for s in slots])  # below min_reuse, a cache counts as none
     assert choice.reuse == max(usable)
     # Rule 1: at least the last prompt token is always decoded again.
     assert choice.reuse <= len(prompt) - 1
@@ -55,10 +59,10 @@ def test_a_second_chat_turn_takes_the_slot_holding_the_first() -> None:
     slots = [FreeSlot(index=0, cached=(), last_used=0),
              FreeSlot(index=1, cached=first_turn, last_used=5),
              FreeSlot(index=2, cached=(2, 10, 99), last_used=1)]
-    choice = choose_slot((*first_turn, 15, 16), slots)
+    choice = choose_slot((*first_turn, 15, 16), slots, min_reuse=1)
     assert choice is not None and (choice.index, choice.reuse) == (1, 6)
     # Nothing shared: the least recently used (the empty, never used) slot.
-    other = choose_slot((7, 8), slots)
+    other = choose_slot((7, 8), slots, min_reuse=1)
     assert other is not None and (other.index, other.reuse) == (0, 0)
 
 
@@ -69,10 +73,40 @@ def test_a_new_request_extends_the_run_of_running_slots() -> None:
     assert choice is not None and choice.index == 0
     choice = choose_slot((5, 6), free[1:], busy=(1, 2))
     assert choice is not None and choice.index == 3
-    # Reuse still comes first.
+    # A long prefix cached in a slot that would add a pass is copied next to the run;
+    # a short one is not worth copying a whole slot's KV.
     warm = [*free, FreeSlot(index=7, cached=(5, 6, 7), last_used=9)]
-    choice = choose_slot((5, 6, 7, 8), warm, busy=(1, 2))
-    assert choice is not None and (choice.index, choice.reuse) == (7, 3)
+    choice = choose_slot((5, 6, 7, 8), warm, busy=(1, 2), min_reuse=1, copy_min=3)
+    assert choice == SlotChoice(index=0, reuse=3, source=7)
+    choice = choose_slot((5, 6, 7, 8), warm, busy=(1, 2), min_reuse=1, copy_min=4)
+    assert choice == SlotChoice(index=0, reuse=0)
+    # A warm slot that already sits next to the run is used in place.
+    choice = choose_slot((5, 6, 7, 8), [*free, FreeSlot(index=8, cached=(5, 6, 7),
+                                                        last_used=9)], busy=(7,),
+                         min_reuse=1)
+    assert choice == SlotChoice(index=8, reuse=3)
+
+
+@given(st.lists(tokens, min_size=1, max_size=8), st.sets(st.integers(0, 11), max_size=6),
+       st.lists(st.integers(0, 5), min_size=1, max_size=12), st.integers(1, 4))
+def test_a_choice_never_adds_a_pass_when_it_need_not(caches: list[list[int]],
+                                                     busy: set[int], prompt: list[int],
+                                                     copy_min: int) -> None:
+    free = [FreeSlot(index=i, cached=tuple(c), last_used=i % 3)
+            for i, c in enumerate(caches) if i not in busy]
+    choice = choose_slot(prompt, free, busy=busy, min_reuse=1, copy_min=copy_min)
+    if not free:
+        assert choice is None
+        return
+    assert choice is not None and choice.index in {s.index for s in free}
+    could_stay = any(not busy or {s.index - 1, s.index + 1} & busy for s in free)
+    if could_stay:
+        assert passes({*busy, choice.index}) <= max(passes(busy), 1)
+    cache = {s.index: s.cached for s in free}[choice.source if choice.source is not None
+                                              else choice.index]
+    assert choice.reuse <= len(prompt) - 1
+    assert cache[:choice.reuse] == tuple(prompt[:choice.reuse])
+    assert choice.source != choice.index
 
 
 @given(st.sets(st.integers(0, 15)))
@@ -84,7 +118,8 @@ def test_passes_count_runs_of_consecutive_slots(ids: set[int]) -> None:
 
 
 def test_an_identical_prompt_still_decodes_its_last_token() -> None:
-    choice = choose_slot((1, 2, 3), [FreeSlot(index=0, cached=(1, 2, 3, 4), last_used=1)])
+    choice = choose_slot((1, 2, 3), [FreeSlot(index=0, cached=(1, 2, 3, 4), last_used=1)],
+                         min_reuse=1)
     assert choice is not None and choice.reuse == 2
 
 
