@@ -2,7 +2,8 @@
 
 ``inference/llama.py`` implements it with llama-cpp-python; tests can supply a fake.
 Every method here blocks and runs in a worker thread; an instance is used by one
-thread at a time.
+thread at a time, except a batched one (``OpenOptions.parallel`` > 1, batched_llama.py),
+whose ``generate`` serves several threads at once, one sequence each.
 """
 
 from __future__ import annotations
