@@ -25,6 +25,7 @@ EVICTION_POLICIES: Final[tuple[str, ...]] = get_args(EvictionPolicy)
 
 # Share of total RAM the model cache may use when cache_size_gb is not set.
 DEFAULT_CACHE_FRACTION: Final = 0.75
+MAX_PARALLEL: Final = 64  # sequences in one batched llama context (llama.cpp allows 256)
 GIB: Final = 1024**3
 
 
@@ -46,6 +47,10 @@ class InferenceConfig:
     cache_size_gb: float | None = None  # memory budget for loaded models; None = 75% of RAM
     max_concurrent: int = 1  # generations running at once per model (one llama context each)
     max_queue: int = 8  # requests waiting per model before ModelBusy (ours counted apart)
+    # Sequences a generative model decodes together in one llama context (continuous
+    # batching, inference/batched.py); a model's spec may say otherwise. 1 = one llama
+    # context per running request, max_concurrent of them.
+    parallel: int = 1
     # Share of a model's slots that peers' requests may hold at once (0 < share <= 1;
     # at least one slot). Our own requests always go first in the queue (priority.py).
     peer_share: float = 1.0
@@ -71,6 +76,8 @@ class InferenceConfig:
         set_field(self, "max_concurrent", integer("inference.max_concurrent",
                                                   self.max_concurrent, 1))
         set_field(self, "max_queue", integer("inference.max_queue", self.max_queue, 0))
+        set_field(self, "parallel", integer("inference.parallel", self.parallel, 1,
+                                            MAX_PARALLEL))
         set_field(self, "peer_share", fraction("inference.peer_share", self.peer_share,
                                                high=1.0))
         if self.peer_share == 0:
@@ -94,7 +101,11 @@ class InferenceConfig:
     @property
     def peer_slots(self) -> int:
         """How many of a model's ``max_concurrent`` slots peers may hold at once."""
-        return max(1, math.floor(self.peer_share * self.max_concurrent + 1e-9))
+        return self.peer_slots_of(self.max_concurrent)
+
+    def peer_slots_of(self, slots: int) -> int:
+        """How many of a model's ``slots`` peers may hold at once."""
+        return max(1, math.floor(self.peer_share * slots + 1e-9))
 
     def cache_size_bytes(self, total_ram_bytes: int) -> int:
         """The memory budget for loaded models on a machine with this much RAM."""

@@ -135,8 +135,11 @@ class Admission:
     async def _checkout(self, loaded: LoadedModel, embedding: bool) -> ModelInstance:
         pool = loaded.idle.setdefault(embedding, [])
         loaded.busy += 1
+        shared = self._loader.shares_context(self.slot.spec, embedding=embedding)
         if pool:
-            return pool.pop()
+            # A batched context serves every request at once (its slots, which the
+            # slot limiter counts); other contexts serve one request at a time.
+            return pool[0] if shared else pool.pop()
         # All contexts of this kind are busy (max_concurrent > 1) or none exists yet (the
         # first embedding request on a generative model): open one more.
         loaded.created[embedding] = loaded.created.get(embedding, 0) + 1
@@ -147,12 +150,15 @@ class Admission:
             loaded.created[embedding] -= 1
             _checkin(loaded, None, embedding)
             raise
+        if shared:
+            pool.append(instance)
         return instance
 
 
 def _checkin(loaded: LoadedModel, instance: ModelInstance | None, embedding: bool) -> None:
-    if instance is not None:
-        loaded.idle.setdefault(embedding, []).append(instance)
+    pool = loaded.idle.setdefault(embedding, [])
+    if instance is not None and not any(i is instance for i in pool):  # shared: stays
+        pool.append(instance)
     loaded.busy -= 1
     if loaded.retired and loaded.busy == 0:
         loaded.drained.set()

@@ -2,7 +2,8 @@
 
 ``inference/llama.py`` implements it with llama-cpp-python; tests can supply a fake.
 Every method here blocks and runs in a worker thread; an instance is used by one
-thread at a time.
+thread at a time, except a batched one (``OpenOptions.parallel`` > 1, batched_llama.py),
+whose ``generate`` serves several threads at once, one sequence each.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class OpenOptions:
     chat_format: str | None = None
     embedding: bool = False  # an embedding context (pooled vectors) instead of a generator
     mean_pooling: bool = False  # embedding context of a generative model: average tokens
+    parallel: int = 1  # sequences decoded together (inference/batched.py); 1 = one stream
 
 
 @dataclass(frozen=True, kw_only=True)

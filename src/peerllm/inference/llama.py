@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import InvalidField, InvalidInferenceRequest, ModelLoadError
+from ..errors import InvalidInferenceRequest, ModelLoadError
 from ..events import FinishReason
 from .backend import (
     Benchmark,
@@ -25,8 +25,9 @@ from .backend import (
     OpenOptions,
     StopCheck,
 )
-from .grammar import schema_to_gbnf
+from .batched_llama import BatchedLlamaInstance
 from .request import MIN_P, REPEAT_LAST_N, ChatMessage, SamplingParams
+from .sampler import checked_gbnf
 from .stops import StopScanner
 
 if TYPE_CHECKING:
@@ -55,12 +56,31 @@ def _peer_llama_class() -> type[Llama]:
     class PeerLlama(Llama):  # type: ignore[misc]  # llama_cpp's Llama is Any to mypy
         _peer_use_extra_bufts: bool
         _peer_progress: Any  # a ctypes callback; referenced here so it outlives the load
+        _peer_parallel: int
 
         def __init__(self, model_path: str, *, use_extra_bufts: bool, progress: Any,
-                     **kwargs: Any) -> None:
+                     parallel: int = 1, **kwargs: Any) -> None:
             self._peer_use_extra_bufts = use_extra_bufts
             self._peer_progress = progress
+            self._peer_parallel = parallel
             super().__init__(model_path, **kwargs)
+
+        @property
+        def context_params(self) -> Any:
+            return self.__dict__["context_params"]
+
+        @context_params.setter
+        def context_params(self, params: Any) -> None:
+            if self._peer_parallel > 1:
+                # One KV stream per sequence: a slot attends to its own cells laid out as
+                # in a single-stream context, so greedy output is the same token for
+                # token (a unified cache interleaves the cells, which changes float
+                # sums enough to flip a greedy pick). The price: llama.cpp computes a
+                # step in one pass per run of consecutive sequence ids
+                # (scheduling.batching keeps the running slots together).
+                params.n_seq_max = self._peer_parallel
+                params.kv_unified = False
+            self.__dict__["context_params"] = params
 
         @property
         def model_params(self) -> Any:
@@ -80,7 +100,7 @@ class LlamaBackend:
     """Opens GGUF files with llama.cpp (CPU, or GPU layers when built with CUDA/Metal)."""
 
     def open(self, path: Path, options: OpenOptions, *,
-             should_stop: StopCheck) -> LlamaInstance:
+             should_stop: StopCheck) -> LlamaInstance | BatchedLlamaInstance:
         """Load ``path``; see ``ModelBackend.open``."""
         pooling = _POOLING_MEAN if options.embedding and options.mean_pooling \
             else _POOLING_UNSPECIFIED
@@ -93,6 +113,8 @@ class LlamaBackend:
         instance = LlamaInstance(llm, options)
         if not options.embedding:
             instance.check_chat_format()
+        if options.parallel > 1 and not options.embedding:
+            return BatchedLlamaInstance.wrap(instance, llm, options)
         return instance
 
 
@@ -105,12 +127,18 @@ def _open_llama(path: Path, options: OpenOptions, *, should_stop: StopCheck,
         return not should_stop()  # False aborts the load
 
     kwargs: dict[str, Any] = {}
+    n_ctx = options.context_size
+    if options.parallel > 1 and not options.embedding:
+        # Room for every slot's whole window; a full-size SWA cache lets a slot be
+        # truncated to any prefix (prefix reuse) on sliding-window models such as Gemma 3.
+        n_ctx *= options.parallel
+        kwargs.update(parallel=options.parallel, swa_full=True)
     if options.n_threads is not None:
         kwargs.update(n_threads=options.n_threads, n_threads_batch=options.n_threads)
     cls = _peer_llama_class()
     try:
         llm = cls(str(path), use_extra_bufts=options.use_extra_bufts, progress=progress,
-                  n_ctx=options.context_size, n_gpu_layers=options.gpu_layers,
+                  n_ctx=n_ctx, n_gpu_layers=options.gpu_layers,
                   chat_format=options.chat_format, embedding=options.embedding,
                   pooling_type=pooling, last_n_tokens_size=REPEAT_LAST_N, verbose=False,
                   **kwargs)
@@ -123,6 +151,11 @@ def _open_llama(path: Path, options: OpenOptions, *, should_stop: StopCheck,
         llm.close()
         raise ModelLoadError(options.model_id, "this llama-cpp-python ignores use_extra_bufts; "
                              "refusing to load with the wrong setting")
+    if options.parallel > 1 and not options.embedding \
+            and llama_cpp.llama_n_seq_max(llm._ctx.ctx) < options.parallel:
+        llm.close()
+        raise ModelLoadError(options.model_id, f"llama.cpp refused {options.parallel} parallel "
+                             "sequences in one context")
     return llm
 
 
@@ -162,6 +195,10 @@ class LlamaInstance:
 
     @property
     def context_size(self) -> int:
+        """The window of one sequence: the context, or one slot's share of a parallel one
+        (each slot's KV, running or cached, stays within it, so the slots never run out)."""
+        if self._options.parallel > 1:
+            return self._options.context_size
         return int(self._llm.n_ctx())
 
     # -- prompts -------------------------------------------------------------------
@@ -308,20 +345,12 @@ class LlamaInstance:
 
     def _grammar(self, prompt: EncodedPrompt, params: SamplingParams) -> Any:
         """The llama.cpp grammar for ``params.json_schema``, checked to compile, or None."""
-        if params.json_schema is None:
+        gbnf = checked_gbnf(self._model_id, prompt, params)
+        if gbnf is None:
             return None
         import llama_cpp
         from llama_cpp import LlamaGrammar
 
-        if len(prompt.tokens) > prompt.prompt_tokens:
-            # The grammar would have to accept the resumed text first, and llama.cpp aborts
-            # the process on text the grammar refuses: never feed it a peer's resume_text.
-            raise InvalidInferenceRequest(self._model_id, "structured output (json_schema) "
-                                          "cannot resume a partial answer")
-        try:
-            gbnf = schema_to_gbnf(params.json_schema)
-        except InvalidField as exc:
-            raise InvalidInferenceRequest(self._model_id, str(exc)) from exc
         # llama_cpp adds a grammar sampler to its chain without checking it parsed (a NULL
         # sampler would crash the process): parse it once here first.
         probe = llama_cpp.llama_sampler_init_grammar(self._llm._model.vocab,

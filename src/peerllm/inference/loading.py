@@ -20,7 +20,7 @@ from ._concurrency import stop_check
 from .backend import Benchmark, ModelBackend, ModelInstance, OpenOptions
 from .catalog import assemble_bundled
 from .memory import choose_variant, estimate_memory_bytes
-from .slots import LoadedModel, ModelSlot, check_gguf, ema, gib
+from .slots import LoadedModel, ModelSlot, check_gguf, concurrency_of, ema, gib, parallel_of
 from .specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class ModelLoader:
                                    "(load_timeout_s)")
         return error
 
+    def shares_context(self, spec: ModelSpec, *, embedding: bool) -> bool:
+        """True when one (batched) context of this kind serves all of the model's slots."""
+        return not embedding and parallel_of(spec, self._config) > 1
+
     async def open_context(self, path: Path, spec: ModelSpec, *,
                            embedding: bool) -> ModelInstance:
         """One more llama context of a loaded model (in a worker thread)."""
@@ -87,7 +91,8 @@ class ModelLoader:
         started = trio.current_time()
         path, quant, size = await self._pick_file(slot)
         slot.path, slot.quant = path, quant
-        need = estimate_memory_bytes(size, spec.context_size, contexts=self._config.max_concurrent)
+        need = estimate_memory_bytes(size, spec.context_size,
+                                     contexts=concurrency_of(spec, self._config))
         slot.estimate_bytes = need
         victims = self._memory.reserve(slot, need)
         try:
@@ -121,7 +126,8 @@ class ModelLoader:
         return OpenOptions(model_id=spec.id, context_size=spec.context_size,
                            gpu_layers=spec.gpu_layers, n_threads=cfg.n_threads,
                            use_extra_bufts=cfg.use_extra_bufts, chat_format=spec.chat_format,
-                           embedding=embedding, mean_pooling=embedding and spec.type == "llm")
+                           embedding=embedding, mean_pooling=embedding and spec.type == "llm",
+                           parallel=1 if embedding else parallel_of(spec, cfg))
 
     def _open_instance(self, path: Path, options: OpenOptions) -> ModelInstance:
         """Worker thread: open the file."""
@@ -167,11 +173,12 @@ class ModelLoader:
         limit = self._memory.fit_limit(slot)
         pick = choose_variant([(q, size) for q, _, size in found],
                               context_size=spec.context_size,
-                              contexts=self._config.max_concurrent, limit_bytes=limit)
+                              contexts=concurrency_of(slot.spec, self._config),
+                              limit_bytes=limit)
         if pick is None:
             smallest = min(size for _, _, size in found)
             need = estimate_memory_bytes(smallest, spec.context_size,
-                                         contexts=self._config.max_concurrent)
+                                         contexts=concurrency_of(slot.spec, self._config))
             raise ModelLoadError(spec.id, f"no variant fits: the smallest needs ~{gib(need)}, "
                                  f"{gib(limit)} is available")
         quant, path, size = found[pick]

@@ -5,6 +5,7 @@ registry's nursery, so a load shared by several waiting requests survives any on
 them going away, and leaving the ``async with`` frees every model.
 
 Per model: a ``SlotLimiter(max_concurrent)`` (one llama context per running request;
+or ``parallel`` sequences of one batched context, slots.concurrency_of;
 our own requests before peers', peers capped at ``peer_slots``) and at most ``max_queue``
 more requests waiting for it; past that, ModelBusy. Our own requests are counted on
 their own against that bound, so peers filling the queue never make one of ours busy.
@@ -49,7 +50,14 @@ from .backend import ModelBackend
 from .books import CLOSE_GRACE_S, MemoryBooks
 from .loading import ModelLoader, record_benchmark
 from .priority import Origin, SlotLimiter
-from .slots import LoadedModel, LoadJob, ModelSlot, startup_problem, status_of
+from .slots import (
+    LoadedModel,
+    LoadJob,
+    ModelSlot,
+    concurrency_of,
+    startup_problem,
+    status_of,
+)
 from .slots import ModelState as ModelState
 from .slots import ModelStatus as ModelStatus
 from .specs import ModelSpec
@@ -124,8 +132,8 @@ class ModelRegistry:
 
     def _new_slot(self, spec: ModelSpec) -> ModelSlot:
         cfg = self._config
-        slot = ModelSlot(spec=spec,
-                         limiter=SlotLimiter(cfg.max_concurrent, peer_limit=cfg.peer_slots))
+        n = concurrency_of(spec, cfg)
+        slot = ModelSlot(spec=spec, limiter=SlotLimiter(n, peer_limit=cfg.peer_slots_of(n)))
         problem = startup_problem(spec)  # reads headers only: cheap even for big files
         if problem is not None:
             logger.warning("model %s is not served (not advertised to the mesh): %s",
@@ -204,6 +212,15 @@ class ModelRegistry:
     def list(self) -> builtins.list[ModelStatus]:
         """Every model's status, in registration order."""
         return [self._status(slot) for slot in self._slots.values()]
+
+    def concurrency(self, model_id: str) -> int:
+        """Requests ``model_id`` runs at once (its slots: ``max_concurrent`` contexts, or
+        ``parallel`` sequences of one batched context).
+
+        Raises:
+            ModelNotFound.
+        """
+        return concurrency_of(self._slot(model_id).spec, self._config)
 
     def status(self, model_id: str) -> ModelStatus:
         """Raises ModelNotFound."""
@@ -359,7 +376,8 @@ class ModelRegistry:
         """Take a place in the model's queue, or fail at once.
 
         ``origin`` "peer" is a request forwarded by a peer: it counts every request
-        admitted against ``max_concurrent + max_queue``; a "local" one (our own router)
+        admitted against its slots (``max_concurrent``, or ``parallel`` when batched)
+        plus ``max_queue``; a "local" one (our own router)
         counts only the local ones, so it can always queue behind peers.
 
         Raises:
@@ -369,10 +387,11 @@ class ModelRegistry:
         if self._closed:
             raise InferenceCancelled(model_id, "the inference engine is shutting down")
         cfg = self._config
+        n = concurrency_of(slot.spec, cfg)
         ahead = slot.pending_local if origin == "local" else slot.pending
-        if ahead >= cfg.max_concurrent + cfg.max_queue:
+        if ahead >= n + cfg.max_queue:
             per_request = slot.request_s if slot.request_s is not None else DEFAULT_REQUEST_S
-            waves = (ahead - cfg.max_concurrent) // cfg.max_concurrent + 1
+            waves = (ahead - n) // n + 1
             raise ModelBusy(model_id, retry_after_s=round(max(0.5, per_request * waves), 1))
         slot.pending += 1
         if origin == "local":

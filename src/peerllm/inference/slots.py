@@ -8,6 +8,7 @@ from typing import Final, Literal, Protocol
 
 import trio
 
+from ..config import InferenceConfig
 from ..errors import ModelLoadError
 from .backend import ModelInstance
 from .gguf import gguf_problem
@@ -158,6 +159,21 @@ def status_of(slot: ModelSlot) -> ModelStatus:
         quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
         context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
         advertised=slot.advertised, digest=slot.digest, replicas=spec.replicas)
+
+
+def parallel_of(spec: ModelSpec, config: InferenceConfig) -> int:
+    """Sequences the model's generating context decodes together (1 = not batched).
+    Embedding models are never batched here."""
+    if spec.type != "llm":
+        return 1
+    return spec.parallel if spec.parallel is not None else config.parallel
+
+
+def concurrency_of(spec: ModelSpec, config: InferenceConfig) -> int:
+    """Requests the model runs at once: its batch slots when batched, else
+    ``max_concurrent`` llama contexts. Its KV caches are this many contexts' worth."""
+    parallel = parallel_of(spec, config)
+    return parallel if parallel > 1 else config.max_concurrent
 
 
 def file_stamps(spec: ModelSpec) -> tuple[FileStamp, ...]:

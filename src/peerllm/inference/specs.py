@@ -10,6 +10,7 @@ from typing import Any, Final, Literal, get_args
 
 import yaml
 
+from ..config.inference import MAX_PARALLEL
 from ..errors import ConfigError
 from ..wire.blob import parse_digest
 from ..wire.nodeinfo import MAX_REPLICAS
@@ -45,6 +46,7 @@ class ModelSpec:
     size_bytes: int | None = None  # known file size (bundled: sum of its chunks)
     replicas: int = 0  # copies the mesh keeps (protocols/replication.md); 0 = no target
     digest: str | None = None  # sha256:<hex> of the file when known (a pulled model's)
+    parallel: int | None = None  # batched sequences (InferenceConfig.parallel); None = it
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _MODEL_ID.fullmatch(self.id):
@@ -63,6 +65,11 @@ class ModelSpec:
         if isinstance(self.gpu_layers, bool) or not isinstance(self.gpu_layers, int) \
                 or self.gpu_layers < -1:
             raise ValueError(f"gpu_layers: must be a whole number >= -1, got {self.gpu_layers!r}")
+        if self.parallel is not None and (
+                isinstance(self.parallel, bool) or not isinstance(self.parallel, int)
+                or not 1 <= self.parallel <= MAX_PARALLEL):
+            raise ValueError(f"parallel: must be a whole number 1-{MAX_PARALLEL}, "
+                             f"got {self.parallel!r}")
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) \
                 or not 0 <= self.replicas <= MAX_REPLICAS:
             raise ValueError(f"replicas: must be a whole number 0-{MAX_REPLICAS}, "
@@ -138,7 +145,7 @@ def node_specs(*, catalog: Sequence[ModelEntry], models_yaml: Path | None = None
 _TOP_KEYS: Final = ("defaults", "available")
 _DEFAULT_KEYS: Final = ("gpu_layers", "context_size")
 _ENTRY_KEYS: Final = ("id", "path", "bundled", "type", "chat_format", "context_size",
-                      "gpu_layers", "preload", "tags", "variants", "replicas")
+                      "gpu_layers", "preload", "tags", "variants", "replicas", "parallel")
 
 
 def load_models_yaml(path: Path, *, models_dir: Path | None = None,
@@ -256,6 +263,8 @@ def _entry(where: str, raw: object, *, base_dir: Path, base: Mapping[str, Any]) 
         preload=_bool(f"{where}.preload", entry.get("preload", False)),
         tags=tuple(tags), variants=tuple(variants),
         replicas=_int(f"{where}.replicas", entry.get("replicas", 0), 0, MAX_REPLICAS),
+        parallel=None if entry.get("parallel") is None
+        else _int(f"{where}.parallel", entry["parallel"], 1, MAX_PARALLEL),
     )
 
 

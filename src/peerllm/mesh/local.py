@@ -74,7 +74,9 @@ class LocalNode:
         """How many generations this node runs at once across its models."""
         if self._engine is None:
             return 0
-        return self._engine.registry.config.max_concurrent * max(1, len(self.model_ids()))
+        registry = self._engine.registry
+        return sum(registry.concurrency(m) for m in self.model_ids()) \
+            or registry.config.max_concurrent
 
     def load(self, statuses: list[ModelStatus] | None = None) -> wni.Load:
         """Generations running and queued here, and how many can run at once."""

@@ -1,0 +1,113 @@
+"""The ``parallel`` setting: a batched model runs its slots on one context, its queue and
+memory count the slots, node capacity sees them (fake backend, no model)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from peerllm.config import InferenceConfig
+from peerllm.errors import ConfigError, ModelBusy
+from peerllm.events import Done
+from peerllm.inference.engine import Engine, GenerationRequest, SamplingParams
+from peerllm.inference.memory import estimate_memory_bytes
+from peerllm.inference.registry import ModelRegistry, open_registry
+from peerllm.inference.slots import concurrency_of, parallel_of
+from peerllm.inference.specs import ModelSpec, parse_models_config
+from peerllm.testing import FakeBackend, write_fake_gguf
+
+MB = 1024**2
+BATCHED = InferenceConfig(warmup_tokens=0, max_queue=0, cache_size_gb=1.0, parallel=3)
+
+
+@asynccontextmanager
+async def registry_for(spec: ModelSpec, backend: FakeBackend, config: InferenceConfig
+                       ) -> AsyncIterator[tuple[Engine, ModelRegistry]]:
+    async with open_registry([spec], config=config, backend=backend,
+                             total_ram_bytes=16 * 1024 * MB) as registry:
+        yield Engine(registry), registry
+
+
+def request() -> GenerationRequest:
+    return GenerationRequest(model="a", prompt="hi", params=SamplingParams(max_tokens=2))
+
+
+async def test_a_batched_model_serves_its_slots_from_one_context(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()  # generation blocks until the test lets it go
+    spec = ModelSpec(id="a", path=write_fake_gguf(tmp_path / "a.gguf", MB), context_size=512)
+    async with registry_for(spec, backend, BATCHED) as (engine, registry):
+        await registry.load("a")
+        async with AsyncExitStack() as stack:
+            streams = [await stack.enter_async_context(engine.stream(request()))
+                       for _ in range(3)]
+            while registry.status("a").active < 3:
+                await trio.sleep(0.005)
+            # A queue beyond the slots (max_queue 0 here) is still ModelBusy.
+            with pytest.raises(ModelBusy):
+                async with engine.stream(request()):
+                    pass
+            backend.gate.set()
+            for stream in streams:
+                items = [item async for item in stream]
+                assert isinstance(items[-1], Done) and items[-1].completion_tokens == 2
+        generators = [i for i in backend.opened if not i.options.embedding]
+        assert len(generators) == 1 and generators[0].options.parallel == 3
+        assert registry.concurrency("a") == 3
+        # The KV cache of every slot is in the memory estimate.
+        assert registry.status("a").memory_bytes == estimate_memory_bytes(
+            MB, 512, contexts=3)
+        assert (registry.status("a").active, registry.status("a").queued) == (0, 0)
+
+
+async def test_parallel_1_keeps_one_context_per_request(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    spec = ModelSpec(id="a", path=write_fake_gguf(tmp_path / "a.gguf", MB), context_size=512)
+    config = InferenceConfig(warmup_tokens=0, max_queue=0, cache_size_gb=1.0,
+                             max_concurrent=2)
+    async with registry_for(spec, backend, config) as (engine, registry):
+        await registry.load("a")
+        async with engine.stream(request()) as one, engine.stream(request()) as two:
+            while registry.status("a").active < 2:
+                await trio.sleep(0.005)
+            backend.gate.set()
+            for stream in (one, two):
+                assert [item async for item in stream]
+        assert [i.options.parallel for i in backend.opened] == [1, 1]
+        assert registry.concurrency("a") == 2
+
+
+def test_the_spec_overrides_the_default_and_embeddings_are_not_batched(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    cfg = InferenceConfig(parallel=4, max_concurrent=2)
+    llm = ModelSpec(id="a", path=path)
+    assert (parallel_of(llm, cfg), concurrency_of(llm, cfg)) == (4, 4)
+    own = ModelSpec(id="a", path=path, parallel=1)
+    assert (parallel_of(own, cfg), concurrency_of(own, cfg)) == (1, 2)
+    embed = ModelSpec(id="e", path=path, type="embedding", parallel=8)
+    assert (parallel_of(embed, cfg), concurrency_of(embed, cfg)) == (1, 2)
+
+
+def test_models_yaml_takes_parallel_per_model(tmp_path: Path) -> None:
+    specs = parse_models_config({"available": [{"id": "a", "path": "a.gguf", "parallel": 4},
+                                               {"id": "b", "path": "b.gguf"}]},
+                                base_dir=tmp_path)
+    assert [s.parallel for s in specs] == [4, None]
+    with pytest.raises(ConfigError) as info:
+        parse_models_config({"available": [{"id": "a", "path": "a.gguf", "parallel": 0}]},
+                            base_dir=tmp_path)
+    assert info.value.key == "available[0].parallel"
+
+
+@pytest.mark.parametrize("bad", [0, 65, True, 2.0])
+def test_bad_parallel_values_are_refused(bad: object, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        InferenceConfig(parallel=bad)  # type: ignore[arg-type]
+    assert info.value.key == "inference.parallel"
+    with pytest.raises(ValueError, match="parallel"):
+        ModelSpec(id="a", path=tmp_path / "a.gguf", parallel=bad)  # type: ignore[arg-type]
