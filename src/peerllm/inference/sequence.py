@@ -17,19 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import InferenceError
-from ..events import FinishReason
+from ..events import FinishReason, TokenChunk
 from .backend import EncodedPrompt, GenerationOutcome
 from .request import SamplingParams
 from .sampler import SamplerChain
 from .stops import StopScanner
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Final text, and how many generated tokens it covers (may be 0 for a tail)."""
-
-    text: str
-    n_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +33,7 @@ class Finished:
     reused: int = 0  # prompt tokens found in the slot's cache (not prefilled)
 
 
-Item = Piece | Finished
+Item = TokenChunk | Finished  # final text (never empty), then the outcome
 
 
 class Sequence:
@@ -91,7 +83,7 @@ class Sequence:
             self._first = self._last
         text = self._scanner.feed(self._decoder.decode(self._detokenize(token)))
         if text:
-            self.out.put(Piece(text, self._unsent))
+            self.out.put(TokenChunk(text=text, n_tokens=self._unsent))
             self._unsent = 0
         if self._scanner.stopped:
             return "stop"
@@ -110,7 +102,7 @@ class Sequence:
             tail = self._scanner.feed(self._decoder.decode(b"", final=True))
             tail += self._scanner.flush()
             if tail:
-                self.out.put(Piece(tail, self._unsent))
+                self.out.put(TokenChunk(text=tail, n_tokens=self._unsent))
         self.sampler.close()
         seconds = self._last - self._first if self.produced > 1 else 0.0
         self.out.put(Finished(GenerationOutcome(finish_reason=reason,

@@ -327,7 +327,8 @@ class Membership:
             reason = exc.message if isinstance(exc, PeerError) else f"bad node-info: {exc}"
             entry = self.registry.failed(peer_id, reason, now=time.time(),
                                          refused=isinstance(exc, NetworkKeyMismatch),
-                                         suspected=getattr(exc, "suspected", False),
+                                         suspected=isinstance(exc, NetworkKeyMismatch)
+                                         and exc.suspected,
                                          max_misses=self._p2p.heartbeat_misses)
             if entry is not None and entry.state is PeerState.UNREACHABLE:
                 # Yamux never notices a frozen peer; drop the connection so a redial

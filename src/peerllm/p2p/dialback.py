@@ -32,7 +32,7 @@ from libp2p.peer.id import ID
 from libp2p.utils.varint import encode_uvarint
 
 from ..errors import PeerUnavailable, RemoteProtocolError
-from .streams import ByteStream
+from .streams import ByteStream, quietly
 
 logger = logging.getLogger(__name__)
 
@@ -186,14 +186,7 @@ async def dial_back(network: INetwork, peer_id: str, addr: multiaddr.Multiaddr) 
     finally:  # also when cancelled mid-handshake: an open socket would leak
         with trio.move_on_after(1, shield=True):
             for conn in reversed(conns):
-                await _close_quietly(conn)
+                close = getattr(conn, "close", None)
+                if close is not None:
+                    await quietly(close, "closing a dial-back connection")
 
-
-async def _close_quietly(conn: object) -> None:
-    close = getattr(conn, "close", None)
-    if close is None:
-        return
-    try:
-        await close()
-    except Exception:  # already closed by the other side
-        logger.debug("closing a dial-back connection raised", exc_info=True)

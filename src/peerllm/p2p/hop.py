@@ -32,6 +32,8 @@ from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.tools.constants import MAX_READ_LEN
 
+from .streams import quietly
+
 logger = logging.getLogger(__name__)
 
 HOP_PROTOCOL_ID = str(PROTOCOL_ID)  # /libp2p/circuit/relay/0.2.0/hop
@@ -164,7 +166,7 @@ class CircuitService(CircuitV2Protocol):
         if cut is not None:
             logger.info("relay: cut a circuit of %s at its limit of %s", peer_id, cut)
             for s in (src_stream, dst_stream):
-                await _reset(s)
+                await quietly(s.reset, "reset of a relay stream")
         else:
             await self._close_stream(dst_stream)
             await self._close_stream(src_stream)
@@ -182,7 +184,7 @@ class CircuitService(CircuitV2Protocol):
         try:
             await self.host.upgrade_inbound_connection(raw, addr)
         except Exception as exc:
-            await _reset(stream)
+            await quietly(stream.reset, "reset of a relay stream")
             raise ConnectionError(f"relayed connection via {relay} failed its upgrade: "
                                   f"{type(exc).__name__}: {exc}") from exc
 
@@ -200,25 +202,10 @@ def _guarded(side: str, handler: Callable[[INetStream], Awaitable[None]], *,
             logger.info("relay %s stream from %s failed (theirs or the path's): %s: %s",
                         side, getattr(stream.muxed_conn, "peer_id", "?"),
                         type(exc).__name__, exc)
-            await _reset(stream)
+            await quietly(stream.reset, "reset of a relay stream")
         else:
             if close_after:  # 0.8.1 answers a malformed message and leaves it open
-                await _close(stream)
+                await quietly(stream.close, "close of a relay stream")
 
     return on_stream
 
-
-async def _close(stream: INetStream) -> None:
-    with trio.move_on_after(1):
-        try:
-            await stream.close()
-        except Exception:  # already closed or reset: nothing left to do
-            logger.debug("close of a relay stream raised", exc_info=True)
-
-
-async def _reset(stream: INetStream) -> None:
-    with trio.move_on_after(1):
-        try:
-            await stream.reset()
-        except Exception:  # already gone
-            logger.debug("reset of a relay stream raised", exc_info=True)

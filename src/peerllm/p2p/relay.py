@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import multiaddr
-import trio
 from libp2p.abc import IHost, INetStream, IRawConnection
 from libp2p.connection_types import ConnectionType
 from libp2p.custom_types import TProtocol
@@ -34,6 +33,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from ..errors import PeerUnavailable, RelayRefused
 from .hop import HOP_PROTOCOL_ID, CircuitService, HopLimits, Protect, circuit_addr
+from .streams import quietly
 
 logger = logging.getLogger(__name__)
 
@@ -154,10 +154,10 @@ class Relay:
                 raw = self._protect(raw, True, peer_id)
             await self._host.upgrade_outbound_connection(raw, target)
         except RelayRefused:
-            await _close(stream)
+            await quietly(stream.close, "close of a relay stream")
             raise
         except Exception as exc:
-            await _close(stream)
+            await quietly(stream.close, "close of a relay stream")
             raise PeerUnavailable(peer_id, f"relayed connection via {relay} failed: "
                                            f"{type(exc).__name__}: {exc}") from exc
 
@@ -187,7 +187,7 @@ class Relay:
             raise PeerUnavailable(relay, f"reservation exchange failed: "
                                          f"{type(exc).__name__}: {exc}") from exc
         finally:
-            await _close(stream)
+            await quietly(stream.close, "close of a relay stream")
         _check_status(relay, reply, "a reservation")
         if not reply.HasField("reservation") or reply.reservation.expire <= time.time():
             raise PeerUnavailable(relay, "the relay said OK but sent no reservation with a "
@@ -248,13 +248,6 @@ def _voucher_ok(voucher: bytes, relay: str, us: ID) -> bool:
     except Exception:
         return False
 
-
-async def _close(stream: INetStream) -> None:
-    with trio.move_on_after(1):
-        try:
-            await stream.close()
-        except Exception:  # already gone
-            logger.debug("close of a relay stream raised", exc_info=True)
 
 
 @asynccontextmanager

@@ -221,3 +221,13 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+async def quietly(step: Callable[[], Awaitable[object]], what: str) -> None:
+    """Close or reset something that may already be gone: at most 1 s, shielded (it
+    runs while a scope is being cancelled too), any error logged at DEBUG as ``what``."""
+    with trio.move_on_after(1, shield=True):
+        try:
+            await step()
+        except Exception:  # already closed or reset by the other side
+            logger.debug("%s raised", what, exc_info=True)

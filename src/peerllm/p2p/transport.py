@@ -33,6 +33,7 @@ from ..audit import events as audit_events
 from ..errors import NetworkKeyMismatch
 from ..security_events import Direction
 from .pnet import NetworkKey, NonceUnreadable, PnetConn, WrappedConn
+from .streams import quietly
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class CheckedConn(WrappedConn):
         if not (suspected and direction is Direction.INBOUND):
             audit_events.network_key_mismatch(self._audit, peer=self._peer,
                                               direction=direction, reason=reason)
-        await _close_quietly(self._conn)
+        await quietly(self._conn.close, "close after a refusal")
         raise NetworkKeyMismatch(self._peer, reason, suspected=suspected) from cause
 
 
@@ -218,10 +219,3 @@ class NetworkTCP(TCP):
 
         return TCPListener(checked)
 
-
-async def _close_quietly(conn: ReadWriteCloser) -> None:
-    with trio.move_on_after(1, shield=True):
-        try:
-            await conn.close()
-        except Exception:  # closing a socket that is already gone
-            logger.debug("close after a refusal raised", exc_info=True)

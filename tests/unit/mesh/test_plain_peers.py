@@ -278,9 +278,8 @@ async def test_a_bootstrap_peer_of_another_network_is_dialled_again_slowly(
         PeerState.REFUSED, "network key differs", False)
 
 
-async def test_a_peer_refused_on_behaviour_only_is_redialled_by_the_heartbeat(
-        autojump_clock: trio.abc.Clock) -> None:
-    links = MismatchLinks(DEAD, suspected=True)
+async def heartbeats_after_one_refusal(links: MismatchLinks) -> PeerRegistry:
+    """Meet DEAD over mDNS (refused), then run the heartbeat for a while."""
     m, registry, _ = membership(links, FakeIdentifier())
     async with trio.open_nursery() as nursery:
         await nursery.start(m.run)
@@ -291,6 +290,13 @@ async def test_a_peer_refused_on_behaviour_only_is_redialled_by_the_heartbeat(
         entry.first_seen -= 3600
         await trio.sleep(m._p2p.heartbeat_interval_s * HEARTBEATS)
         nursery.cancel_scope.cancel()
+    return registry
+
+
+async def test_a_peer_refused_on_behaviour_only_is_redialled_by_the_heartbeat(
+        autojump_clock: trio.abc.Clock) -> None:
+    links = MismatchLinks(DEAD, suspected=True)
+    registry = await heartbeats_after_one_refusal(links)
     entry = registry.get(DEAD)
     assert entry is not None and entry.state is PeerState.REFUSED and entry.retry_refused
     assert "sent nothing" in (entry.reason or "")
@@ -302,16 +308,7 @@ async def test_a_peer_refused_on_its_bytes_is_not_redialled_by_the_heartbeat(
     # e.g. a node of another mesh on the same LAN, found over mDNS: one WARNING, not one
     # a minute forever.
     links = MismatchLinks(DEAD, suspected=False)
-    m, registry, _ = membership(links, FakeIdentifier())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(m.run)
-        await m.connect_peer(DEAD, [addr(DEAD)], Source.MDNS)
-        # redial_due reads the wall clock, which autojump does not move: age the entry.
-        entry = registry.get(DEAD)
-        assert entry is not None
-        entry.first_seen -= 3600
-        await trio.sleep(m._p2p.heartbeat_interval_s * HEARTBEATS)
-        nursery.cancel_scope.cancel()
+    await heartbeats_after_one_refusal(links)
     assert len(links.dials[DEAD]) == 1
 
 
