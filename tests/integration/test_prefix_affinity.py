@@ -6,6 +6,7 @@ that served its first turn, because that node's node-info advertises the convers
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import httpx
@@ -71,7 +72,7 @@ async def test_a_second_turn_without_a_session_goes_where_the_first_was_served(
         for holder, messages in first_turns:
             digest = next_turn_prefix(as_request(messages))
             assert digest is not None
-            await wait_until(lambda h=holder, d=digest: advertised(c, h, d), timeout_s=30,
+            await wait_until(functools.partial(advertised, c, holder, digest), timeout_s=30,
                              what="the holder's node-info to advertise the conversation")
         # /v1/route on C shows how many conversations each candidate holds.
         rows = (await to_c.get("/v1/route", params={"model": FAKE_MODEL})).json()["candidates"]
