@@ -1,7 +1,8 @@
 """Prefix affinity with real nodes: A and B serve FAKE_MODEL on slotted fake contexts, C
 serves nothing. A chat's second turn sent to C without a session key lands on the node
 that served its first turn, because that node's node-info advertises the conversation
-(ModelInfo.prefixes); once its slot moves on, the advertisement goes."""
+(ModelInfo.prefixes); once its slot moves on, or the model is unloaded, the
+advertisement goes."""
 
 from __future__ import annotations
 
@@ -92,3 +93,8 @@ async def test_a_second_turn_without_a_session_goes_where_the_first_was_served(
         assert servers[holder].local.prefixes(FAKE_MODEL) == ()
         await wait_until(lambda: not advertised(c, holder, digest), timeout_s=30,
                          what="the evicted conversation to leave the holder's node-info")
+        # An unloaded model advertises nothing, whatever its book still says.
+        other = b if servers[holder] is a else a
+        assert other.engine is not None and other.local.prefixes(FAKE_MODEL)
+        await other.engine.registry.unload(FAKE_MODEL)
+        assert [m.prefixes for m in other.local.node_info().models] == [()]

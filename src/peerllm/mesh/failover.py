@@ -144,6 +144,8 @@ class Placement:
     async def run(self) -> None:
         self._started = trio.current_time()
         model = self.req.model
+        # The conversation before the new user turn: a node whose batch holds it goes first.
+        prefix = next_turn_prefix(self.req) if self.r.settings.affinity else None
         while True:
             filtered = self.r.filtered(model)
             cands, excluded = filtered.candidates, filtered.reasons()
@@ -153,7 +155,7 @@ class Placement:
             if back:  # peers that said "busy" to us and whose Retry-After has passed
                 self._tried -= back
                 self._busy_tried -= back
-            order, scored = self.r.ranked(cands, self.session, next_turn_prefix(self.req))
+            order, scored = self.r.ranked(cands, self.session, prefix)
             ranked = [c for c in order if c.peer_id not in self._tried]
             if self._tokens:  # resuming: the user is waiting mid-answer
                 ranked = prefer_loaded(ranked)
