@@ -70,6 +70,16 @@ def _minutes(requests: Sequence[Mapping[str, Any]], load_start: float
     return rows
 
 
+def _placement(requests: Sequence[Mapping[str, Any]], nodes: Mapping[str, Mapping[str, Any]]
+               ) -> dict[str, dict[str, int]]:
+    """Per entry node, how many of its requests each node served (the router's choices)."""
+    names = {v["peer_id"]: n for n, v in nodes.items()}
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in requests:
+        out[r["entry"]][names.get(r["served_by"], str(r["served_by"]))] += 1
+    return {entry: dict(c) for entry, c in sorted(out.items())}
+
+
 def _target(name: str, ok: bool | None, value: Any) -> dict[str, Any]:
     return {"target": name, "value": value,
             "verdict": "n/a" if ok is None else "PASS" if ok else "MISS"}
@@ -88,7 +98,8 @@ def summarize(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, An
         "disconnected": sum(r["disconnected"] for r in reqs),
         "completion_tokens": sum(r["tokens"] for r in reqs),
         "failure_reasons": Counter(str(r["error"]) for r in failed).most_common(10),
-        "warmup_s": warm, "nodes": nodes, "minutes": minutes}
+        "warmup_s": warm, "nodes": nodes, "minutes": minutes,
+        "placement": _placement(reqs, doc["nodes"])}
     steady = [m["ttft_ms_p95"] for m in minutes[1:] if m["ttft_ms_p95"] is not None] \
         if len(minutes) > 1 else [m["ttft_ms_p95"] for m in minutes if m["ttft_ms_p95"]]
     mid = median(steady)
@@ -123,6 +134,9 @@ def print_report(doc: Mapping[str, Any]) -> None:
           f"{s['failed']}, completion tokens {s['completion_tokens']}")
     for reason, count in s["failure_reasons"]:
         print(f"  {count} x {reason}")
+    for entry, served in s["placement"].items():
+        print(f"  entered at {entry}: served by " + ", ".join(
+            f"{n} {c}" for n, c in sorted(served.items())))
     rows = [[n, fmt(v["rss_mb_idle_before"], digits=1), fmt(v["rss_mb_after_warmup"], digits=1),
              fmt(v["rss_mb_last"], digits=1), fmt(v["rss_growth_pct"], " %"),
              fmt(v["rss_mb_idle_after"], digits=1),

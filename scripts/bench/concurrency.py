@@ -170,8 +170,12 @@ def measure(args: argparse.Namespace, work: Path, model: Path, binary: Path | No
                   file=sys.stderr)
             if w["failed"]:
                 raise BenchError(f"warm-up of {PATH_NAMES[key]} failed: {w['errors']}")
-        ages = [now() - s.child.started_at for s in servers.values()
-                if s.name.startswith("node-")]
+            peer_a = servers["a"].info["node"]["peer_id"]
+            if key in ("a", "b") and w["served_by"] != [peer_a]:
+                raise BenchError(f"{PATH_NAMES[key]} was served by {w['served_by']}, not "
+                                 f"node A ({peer_a})")
+        ages = [now() - v.child.started_at for v in servers.values()
+                if v.name.startswith("node-")]
         if ages and min(ages) < NODE_MIN_AGE_S:
             time.sleep(NODE_MIN_AGE_S - min(ages))
         for r in range(args.runs):
@@ -184,10 +188,11 @@ def measure(args: argparse.Namespace, work: Path, model: Path, binary: Path | No
                     print(f"run {r + 1}/{args.runs} C={level:<2} {key}: "
                           f"{fmt(s['aggregate_tokens_per_s'], ' tok/s', 1)}, "
                           f"{s['tokens']} tokens, failed {s['failed']}", file=sys.stderr)
-            for s in servers.values():
-                if not s.child.alive():
-                    raise BenchError(f"{s.name} died during the runs:\n{s.child.log_tail()}")
-        setup = {k: {"name": s.name, "url": s.url, "info": s.info} for k, s in servers.items()}
+            for srv in servers.values():
+                if not srv.child.alive():
+                    raise BenchError(f"{srv.name} died during the runs:\n"
+                                     f"{srv.child.log_tail()}")
+        setup = {k: {"name": v.name, "url": v.url, "info": v.info} for k, v in servers.items()}
     return {"samples": samples, "slots": slots, "paths": paths, "servers": setup}
 
 
