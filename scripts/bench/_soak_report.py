@@ -52,6 +52,19 @@ def _node_summary(samples: Sequence[Mapping[str, Any]], node: str, warm: float
     return out
 
 
+def _timeline(samples: Sequence[Mapping[str, Any]], load_start: float
+              ) -> list[dict[str, Any]]:
+    """Per minute of load, each node's last reading in it: RSS MB, fds, served streams."""
+    last: dict[int, Mapping[str, Any]] = {}
+    for s in samples:
+        if s["phase"] == "load":
+            last[int((s["t_s"] - load_start) // 60)] = s
+    return [{"minute": m, "nodes": {n: {"rss_mb": rnd(v["rss_mb"], 1), "fds": v["fds"],
+                                        "served_streams": v["served_streams"]}
+                                    for n, v in s["nodes"].items()}}
+            for m, s in sorted(last.items())]
+
+
 def _minutes(requests: Sequence[Mapping[str, Any]], load_start: float
              ) -> list[dict[str, Any]]:
     by_min: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
@@ -99,6 +112,7 @@ def summarize(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, An
         "completion_tokens": sum(r["tokens"] for r in reqs),
         "failure_reasons": Counter(str(r["error"]) for r in failed).most_common(10),
         "warmup_s": warm, "nodes": nodes, "minutes": minutes,
+        "timeline": _timeline(samples, load_start),
         "placement": _placement(reqs, doc["nodes"])}
     steady = [m["ttft_ms_p95"] for m in minutes[1:] if m["ttft_ms_p95"] is not None] \
         if len(minutes) > 1 else [m["ttft_ms_p95"] for m in minutes if m["ttft_ms_p95"]]
@@ -146,11 +160,15 @@ def print_report(doc: Mapping[str, Any]) -> None:
             for n, v in s["nodes"].items()]
     print(table(rows, ["node", "RSS idle MB", "after warm-up", "last", "growth",
                        "idle after", "fds idle/max/idle", "streams idle/max/idle"]))
+    names = list(s["nodes"])
+    readings = {t["minute"]: t["nodes"] for t in s["timeline"]}
     rows = [[str(r["minute"]), str(r["requests"]), str(r["failed"]), str(r["disconnected"]),
-             str(r["tokens"]), fmt(r["ttft_ms_p50"], digits=0), fmt(r["ttft_ms_p95"], digits=0)]
+             str(r["tokens"]), fmt(r["ttft_ms_p50"], digits=0), fmt(r["ttft_ms_p95"], digits=0),
+             *("/".join(str(readings.get(r["minute"], {}).get(n, {}).get(k, "–"))
+                        for k in ("rss_mb", "fds", "served_streams")) for n in names)]
             for r in s["minutes"]]
     print(table(rows, ["minute", "requests", "failed", "hung up", "tokens", "TTFT p50 ms",
-                       "TTFT p95 ms"]))
+                       "TTFT p95 ms", *(f"{n} MB/fds/streams" for n in names)]))
     print()
     for t in doc["targets"]:
         print(f"{t['verdict']:4}  {t['target']}: {t['value']}")
