@@ -172,15 +172,16 @@ def start_llama_server(group: ProcessGroup, work: Path, port: int, model: Path, 
                        ) -> Server:
     """llama.cpp's llama-server with ``parallel`` slots of ``ctx`` tokens each.
 
-    Like our node: one KV stream per slot (no --kv-unified), no weight repacking
-    (--no-repack, our use_extra_bufts=False), no prompt cache reuse across requests
-    beyond llama-server's own per-slot default.
+    Like our node: one KV stream per slot (--no-kv-unified), a full-size SWA cache when
+    batched (our swa_full), no weight repacking (--no-repack, our use_extra_bufts=False).
+    Its per-slot prompt cache stays on (its default; our node reuses prefixes too).
     """
     child = group.spawn("llama-server", [
         str(binary), "--model", str(model), "--alias", MODEL_ID, "--host", "127.0.0.1",
         "--port", str(port), "--threads", str(threads), "--threads-batch", str(threads),
         "--ctx-size", str(ctx * parallel), "--parallel", str(parallel), "--n-gpu-layers", "0",
-        "--no-repack", "--no-webui"], work / "llama-server.log", env=env)
+        "--no-repack", "--no-kv-unified", *(["--swa-full"] if parallel > 1 else []),
+        "--no-webui"], work / "llama-server.log", env=env)
     url = f"http://127.0.0.1:{port}"
     health = _wait(child, url + "/health", "llama-server")
     props = get_json(url + "/props") or {}
