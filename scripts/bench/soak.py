@@ -12,8 +12,9 @@ Every --sample-s seconds it records, per node: RSS (psutil), open file descripto
 (/proc/<pid>/fd), the inference streams it is serving (the `peerllm_served_streams`
 gauge of /metrics: streams from peers; nodes have no count of the streams they opened
 to others, fds stand in for those) and node-info load (active, queued). Before the load
-starts and after it ends (a settle pause later) it takes an idle reading, so leaks show
-as idle-after minus idle-before.
+starts and after it ends (10 s later, plus the time a kept-alive infer stream may idle
+where streams are reused) it takes an idle reading, so leaks show as idle-after minus
+idle-before.
 
 Report: failed requests (must be 0; a hang-up of ours is not a failure), RSS growth of
 every node after the warm-up (first minute, or the first fifth of a short run) < 5 %,
@@ -73,11 +74,20 @@ from _soak_report import print_report, summarize
 
 NODES = 3
 MAX_MINUTES = 120.0  # bounded: a typo must not keep a shared machine busy for a day
-SETTLE_S = 10.0  # after the load: cancellations and stream closes reach every node
+SETTLE_MARGIN_S = 10.0  # after the load: cancellations and stream closes reach every node
 SENTENCE = "The river carried the old boat past fields of wheat and quiet stone houses. "
 PROMPT_SENTENCES = (1, 8, 30)  # short, medium, long prompts (~15, ~120, ~450 tokens)
 MAX_TOKENS = (16, 48, 96)
 HANG_UP_SHARE = 1 / 6
+
+
+def settle_s() -> float:
+    """How long after the load the idle reading waits: the margin, plus the time a served
+    infer stream may stay open idle for reuse (wire.infer.REUSE_IDLE_S where the nodes
+    keep streams between requests; a kept stream is not a leak until it outlives that)."""
+    from peerllm.wire import infer as wi
+
+    return float(getattr(wi, "REUSE_IDLE_S", 0.0)) + SETTLE_MARGIN_S
 
 
 def start_mesh(group: ProcessGroup, args: argparse.Namespace, work: Path) -> list[Server]:
@@ -140,7 +150,7 @@ def run_load(nodes: Sequence[Server], args: argparse.Namespace) -> dict[str, Any
         print(f"t={samples[-1]['t_s']:7.1f} s  requests done {done}, failed "
               f"{sum(not s.ok for _, _, s in results)}", file=sys.stderr)
     load_end = now() - origin
-    time.sleep(SETTLE_S)
+    time.sleep(settle_s())
     samples.append(dict(node_sample(nodes, origin), phase="idle-after"))
     return {"origin_s": 0.0, "load_end_s": round(load_end, 3), "samples": samples,
             "requests": [{"client": i, "entry": name, **s.as_json(origin)}
