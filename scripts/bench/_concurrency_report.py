@@ -157,6 +157,7 @@ def plot(doc: Mapping[str, Any], out: Path) -> Path | None:
         ax.set_xlabel("concurrent streams")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+    right.set_yscale("log")  # queueing beyond the slots makes p95 grow by orders
     left.legend(fontsize=8)
     fig.suptitle(f"{doc['model']['file']}: {doc['slots']} slots, "
                  f"{doc['args']['threads']} threads, {doc['args']['tokens']} tokens/stream")
