@@ -18,7 +18,7 @@ import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -35,11 +35,26 @@ logger = logging.getLogger(__name__)
 REQUEST_READ_TIMEOUT_S: Final = 10.0
 """A client must have sent its whole request this long after opening the stream."""
 
-Generator = Callable[[wi.InferRequest, str],
-                     AbstractAsyncContextManager[trio.MemoryReceiveChannel[TokenChunk | Done]]]
-"""(request, requesting peer) -> context yielding chunks then one Done.
+class TokenSource(Protocol):
+    """Where a served answer comes from: chunks, then one Done (a trio
+    ``MemoryReceiveChannel`` is one). Read in the server's writing task itself, so a
+    source that maps or taps items does it inline, without a task and a channel per
+    layer (each was one more pass of the event loop per token)."""
 
-Raises InferenceRejected to reject (its code/retryable go back in the error frame)."""
+    async def receive(self) -> TokenChunk | Done:
+        """The next item; trio.EndOfChannel after the last."""
+        ...
+
+    def receive_nowait(self) -> TokenChunk | Done:
+        """The next item if one is ready; trio.WouldBlock or trio.EndOfChannel if not."""
+        ...
+
+
+Generator = Callable[[wi.InferRequest, str], AbstractAsyncContextManager[TokenSource]]
+"""(request, requesting peer) -> context yielding a source of chunks then one Done.
+
+Raises InferenceRejected to reject (its code/retryable go back in the error frame), on
+entry or from the source."""
 
 _FINISH_REASONS: Final[dict[str, FinishReason]] = {
     "stop": "stop", "length": "length", "cancelled": "cancelled"}
@@ -184,17 +199,21 @@ class InferServer:
         return watcher.next_request
 
 
-async def _pump(stream: ByteStream, proto: wi.ServerStream,
-                items: trio.MemoryReceiveChannel[TokenChunk | Done], rid: int) -> None:
+async def _pump(stream: ByteStream, proto: wi.ServerStream, items: TokenSource,
+                rid: int) -> None:
     coalescer = wi.TokenCoalescer(rid)
-    async for item in items:
+    while True:
+        try:
+            item = await items.receive()
+        except trio.EndOfChannel:
+            return
         # Everything that arrived while the last write was in flight goes out now, in
         # as few frames as the limits allow.
         batch = [item]
         while not isinstance(batch[-1], Done):
             try:
                 batch.append(items.receive_nowait())
-            except trio.WouldBlock:
+            except (trio.WouldBlock, trio.EndOfChannel):
                 break
         for it in batch:
             if isinstance(it, TokenChunk):
