@@ -115,6 +115,7 @@ class TokenHandoff(Generic[_T]):
 
         Cancellation: safe; an item is either returned or stays queued.
         """
+        waited = False
         while True:
             with self._lock:
                 if self._items:
@@ -129,6 +130,10 @@ class TokenHandoff(Generic[_T]):
                 if self._ready.is_set():
                     self._ready = trio.Event()
             await self._ready.wait()
-        # A schedule point, as a channel receive has; not a cancel point: the item is ours.
-        await trio.lowlevel.cancel_shielded_checkpoint()
+            waited = True
+        if not waited:
+            # A schedule point, as a channel receive has (not a cancel point: the item
+            # is ours); after a wait there was one already, and each costs a pass of
+            # the event loop.
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return item
