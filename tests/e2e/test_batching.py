@@ -207,6 +207,22 @@ def test_a_second_chat_turn_reuses_the_first_turns_prefix(
     assert second.text == alone(single, second).text
 
 
+def test_a_finished_sequence_names_its_slot_and_epoch_until_the_slot_is_reused(
+        single: ModelInstance, batched: BatchedLlamaInstance) -> None:
+    first = Job(prompt="Slot epochs, first request:")
+    first.run(batched)
+    assert first.outcome is not None and first.outcome.slot is not None
+    slot, epoch = first.outcome.slot, first.outcome.slot_epoch
+    assert batched.slot_epochs()[slot] == epoch  # its KV is still in the slot
+    # Occupy every slot at once: one of them must be ``slot``, given to a new sequence.
+    run_together(batched, [Job(prompt=f"Filler {i} for every slot")
+                           for i in range(batched.slots)])
+    assert batched.slot_epochs()[slot] != epoch
+    lone = alone(single, Job(prompt="Not batched"))
+    assert lone.outcome is not None
+    assert (lone.outcome.slot, lone.outcome.slot_epoch) == (None, None)
+
+
 def test_seeded_sampling_is_reproducible_per_request(
         single: ModelInstance, batched: BatchedLlamaInstance) -> None:
     def seeded(seed: int) -> SamplingParams:

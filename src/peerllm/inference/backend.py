@@ -51,6 +51,10 @@ class GenerationOutcome:
     finish_reason: FinishReason
     completion_tokens: int
     decode_seconds: float  # first token to last (0.0 for fewer than two tokens)
+    # Batched only (None otherwise): the slot the sequence ran in and that slot's epoch
+    # then; its KV stays there while BatchedRuntime.slot_epochs()[slot] == slot_epoch.
+    slot: int | None = None
+    slot_epoch: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

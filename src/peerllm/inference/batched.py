@@ -55,6 +55,7 @@ class _Slot:
     seq: Sequence | None = None
     cached: tuple[int, ...] = ()
     last_used: int = 0
+    epoch: int = 0  # bumped when the slot is given to a new sequence or cleared
 
 
 class BatchedRuntime:
@@ -107,6 +108,13 @@ class BatchedRuntime:
         with self._cond:
             seq.cancel_requested = True
             self._cond.notify()
+
+    def slot_epochs(self) -> tuple[int, ...]:
+        """A counter per slot, bumped whenever the slot is given to a new sequence or
+        cleared: a finished sequence's KV is still in its slot while the slot's epoch
+        equals its ``GenerationOutcome.slot_epoch``."""
+        with self._cond:
+            return tuple(s.epoch for s in self._slots)
 
     def statistics(self) -> RuntimeStatistics:
         with self._cond:
@@ -183,7 +191,8 @@ class BatchedRuntime:
             if not lib.llama_memory_seq_rm(self._mem, slot.index, reuse, -1):
                 lib.llama_memory_seq_rm(self._mem, slot.index, -1, -1)
                 reuse = 0
-            seq.slot, seq.reused = slot.index, reuse
+            slot.epoch += 1
+            seq.slot, seq.slot_epoch, seq.reused = slot.index, slot.epoch, reuse
             seq.history = list(seq.prompt[:reuse])
             slot.seq, slot.cached = seq, ()
             self._reused += reuse
@@ -261,6 +270,7 @@ class BatchedRuntime:
     def _clear(self, slot: _Slot) -> None:
         self._lib.llama_memory_seq_rm(self._mem, slot.index, -1, -1)
         slot.seq, slot.cached = None, ()
+        slot.epoch += 1
         self._steps_used(slot)
 
     def _steps_used(self, slot: _Slot) -> None:
@@ -276,6 +286,8 @@ class BatchedRuntime:
                 if slot.seq is not None:
                     slot.seq.fail(InferenceCancelled(self.model_id, why))
                     slot.seq = None
+                slot.cached = ()
+                slot.epoch += 1
 
 
 def open_runtime(*, model_id: str, ctx: Any, parallel: int, n_batch: int,

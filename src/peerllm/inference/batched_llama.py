@@ -80,6 +80,10 @@ class BatchedLlamaInstance:
     def statistics(self) -> RuntimeStatistics:
         return self._runtime.statistics()
 
+    def slot_epochs(self) -> tuple[int, ...]:
+        """The runtime's ``slot_epochs()`` (see BatchedRuntime)."""
+        return self._runtime.slot_epochs()
+
     def encode(self, *, messages: Seq[ChatMessage] | None, prompt: str | None,
                resume_text: str) -> EncodedPrompt:
         return self._inner.encode(messages=messages, prompt=prompt, resume_text=resume_text)

@@ -51,6 +51,7 @@ class Sequence:
         self.cancel_requested = False  # guarded by the runtime's lock
         # Step-thread state from here on.
         self.slot: int | None = None
+        self.slot_epoch: int | None = None  # the slot's epoch while this sequence holds it
         self.reused = 0
         self.history: list[int] = []  # tokens whose KV this sequence's slot holds
         self.pending: int | None = None  # sampled but not yet decoded
@@ -107,7 +108,9 @@ class Sequence:
         seconds = self._last - self._first if self.produced > 1 else 0.0
         self.out.put(Finished(GenerationOutcome(finish_reason=reason,
                                                 completion_tokens=self.produced,
-                                                decode_seconds=seconds), reused=self.reused))
+                                                decode_seconds=seconds, slot=self.slot,
+                                                slot_epoch=self.slot_epoch),
+                              reused=self.reused))
 
     def fail(self, error: InferenceError) -> None:
         if self.finished:
