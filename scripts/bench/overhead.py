@@ -563,6 +563,12 @@ def print_report(doc: Mapping[str, Any], paths: Sequence[str], tokens: int) -> N
     d = doc["derived"]
     print(f"      TTFT (c)-(a): {fmt(d['ttft_c_minus_a_ms'], ' ms')}, (b)-(a): "
           f"{fmt(d['ttft_b_minus_a_ms'], ' ms')}, (d)-(c): {fmt(d['ttft_d_minus_c_ms'], ' ms')}")
+    tp = d.get("token_path", {})
+    print(f"      token path (CPU ms per token, medians): serving node A outside llama.cpp "
+          f"compute: local (c) {fmt(tp.get('serving_a_local_ms'), digits=3)}, mesh (d) "
+          f"{fmt(tp.get('serving_a_mesh_ms'), digits=3)}; relaying node B (d) "
+          f"{fmt(tp.get('relay_b_ms'), digits=3)}; mesh-added TTFT "
+          f"{fmt(tp.get('mesh_added_ttft_ms'), ' ms')}")
     tc = doc["text_check"]
     if tc["identical"]:
         print(f"      greedy text identical on every path and run ({tokens} tokens)")
@@ -759,6 +765,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ttft_d_minus_c_ms": _diff(med_of("d", "ttft_ms"), med_of("c", "ttft_ms")),
         **{f"tps_ratio_{k}_to_a": _ratio(med_of(k, "tokens_per_s"), a["tokens_per_s"])
            for k in paths},
+        # #12's token-path figures: what serving (A) and relaying (B) cost per token
+        # beyond llama.cpp's own compute threads, and what the mesh adds to TTFT.
+        "token_path": {
+            "serving_a_local_ms": summary["c"]["per_token"]["model_process_other_cpu_ms"]
+            if "c" in summary else None,
+            "serving_a_mesh_ms": summary["d"]["per_token"]["model_process_other_cpu_ms"]
+            if "d" in summary else None,
+            "relay_b_ms": summary["d"]["per_token"]["relay_cpu_ms"] if "d" in summary
+            else None,
+            "mesh_added_ttft_ms": _diff(med_of("d", "ttft_ms"), med_of("c", "ttft_ms")),
+        },
         **{f"e2e_tps_ratio_{k}_to_a": _ratio(med_of(k, "e2e_tokens_per_s"),
                                              a["e2e_tokens_per_s"]) for k in paths},
     }

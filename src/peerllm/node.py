@@ -519,7 +519,8 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
     info_rate = PeerRate(p2p.peer_info_requests_per_s, max_peers=p2p.max_peers)
     router = Router(
         local=local, registry=registry, breakers=breakers,
-        transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0)),
+        transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0),
+                              max_idle_per_peer=p2p.infer_idle_streams_per_peer),
         links=host, hooks=membership, settings=cfg.scheduling,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)),

@@ -231,6 +231,13 @@ class _Handoff:
         self._client = client
 
     async def send(self, message: Message) -> None:
+        try:
+            # The writer has room (the usual case): no cancel scope, and no schedule
+            # point, which would cost a pass of the event loop per token.
+            self.channel.send_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
         with trio.move_on_after(self._stall_s):
             await self.channel.send(message)
             return

@@ -61,6 +61,9 @@ def _provenance(routed: Routed) -> Json:
             "resumed": routed.resumed, "score": routed.score}
 
 
+_TEXT_MARK: Final = "\x00peerllm-text\x00"  # never a model's text: json escapes NUL
+
+
 def _sse(obj: Json) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -76,6 +79,7 @@ class _Renderer:
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
+        self._template: tuple[str, bytes, bytes] | None = None  # (model, before, after)
 
     def _chunk(self, routed: Routed, choice: Json) -> Json:
         obj: Json = {"id": self.id, "object": self.object + (".chunk" if self.chat else ""),
@@ -98,7 +102,14 @@ class _Renderer:
             else b""
 
     def chunk(self, routed: Routed, text: str) -> bytes:
-        return _sse(self._chunk(routed, self._choice(text, None)))
+        # Every chunk of a stream is the same JSON but for its text: render it once and
+        # splice each text in (a json.dumps of the whole object per token, otherwise).
+        if self._template is None or self._template[0] != routed.model:
+            rendered = _sse(self._chunk(routed, self._choice(_TEXT_MARK, None)))
+            before, _, after = rendered.partition(json.dumps(_TEXT_MARK).encode())
+            self._template = (routed.model, before, after)
+        _, before, after = self._template
+        return before + json.dumps(text).encode() + after
 
     def tail(self, routed: Routed, done: Done) -> bytes:
         final = self._chunk(routed, self._choice(None, _FINISH[done.finish_reason]))

@@ -95,6 +95,8 @@ class P2PConfig:
     max_streams_per_peer: int = 8  # infer requests served at once for one peer
     peer_streams_per_s: float = 20.0  # new infer streams per second per peer (burst: same)
     peer_info_requests_per_s: float = 10.0  # node-info requests per second per peer (burst: same)
+    # Infer streams we keep open per peer between our requests to it (0: one per request).
+    infer_idle_streams_per_peer: int = 4
     # Reach across NATs (protocols/relay.md). auto: serve as a circuit relay v2 while
     # this node is known to be publicly reachable (AutoNAT); on / off: always / never.
     relay_service: str = "auto"
@@ -144,6 +146,9 @@ class P2PConfig:
         set_field(self, "max_peers", integer("p2p.max_peers", self.max_peers, 1))
         set_field(self, "max_streams_per_peer",
                   integer("p2p.max_streams_per_peer", self.max_streams_per_peer, 1))
+        set_field(self, "infer_idle_streams_per_peer",
+                  integer("p2p.infer_idle_streams_per_peer",
+                          self.infer_idle_streams_per_peer, 0, 64))
         for name in ("peer_streams_per_s", "peer_info_requests_per_s"):
             set_field(self, name, positive_float(f"p2p.{name}", getattr(self, name),
                                                  what="a number per second"))

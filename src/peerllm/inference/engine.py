@@ -2,8 +2,9 @@
 
 Generation runs in ``trio.to_thread.run_sync`` (never abandoned) while holding a context
 from the model's SlotLimiter (our own requests before peers', priority.py); the thread
-pushes text back with ``trio.from_thread.run(send.send, chunk)`` through a small buffered
-channel, so a slow consumer slows generation down instead of growing a buffer. The thread
+pushes text back through a small bounded ``TokenHandoff`` (no round trip into trio per
+token; token_handoff.py says why), so a slow consumer slows generation down instead of
+growing a buffer. The thread
 polls a ``threading.Event`` (also set when the waiting task is cancelled) between tokens
 and returns early, which frees the model for the next request within one token.
 """
@@ -29,6 +30,7 @@ from .registry import ModelRegistry
 from .request import ChatMessage as ChatMessage
 from .request import GenerationRequest as GenerationRequest
 from .request import SamplingParams as SamplingParams
+from .token_handoff import TokenHandoff
 
 __all__ = ["ChatMessage", "Engine", "GenerationRequest", "GenerationStream", "SamplingParams"]
 
@@ -51,7 +53,7 @@ class GenerationStream:
     token; the stream then ends with ``Done(finish_reason="cancelled")``.
     """
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[_Item], stop: threading.Event) -> None:
+    def __init__(self, receive: TokenHandoff[_Item], stop: threading.Event) -> None:
         self._receive = receive
         self._stop = stop
         self._finished = False
@@ -71,6 +73,26 @@ class GenerationStream:
         except trio.EndOfChannel:  # the producer was cancelled before it could finish
             self._finished = True
             raise StopAsyncIteration from None
+        return self._checked(item)
+
+    def next_nowait(self) -> TokenChunk | Done | None:
+        """The next item if one is ready, else None (also after the end): lets a writer
+        take every chunk produced while its last write was in flight, without waiting.
+
+        Raises: what iterating raises.
+        """
+        if self._finished:
+            return None
+        try:
+            item = self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
+        except trio.EndOfChannel:
+            self._finished = True
+            return None
+        return self._checked(item)
+
+    def _checked(self, item: _Item) -> TokenChunk | Done:
         if isinstance(item, _Failure):
             self._finished = True
             raise item.error
@@ -114,16 +136,17 @@ class Engine:
         """
         accepted = trio.current_time()
         admission = self._registry.admit(req.model, origin=origin)
-        send, receive = trio.open_memory_channel[_Item](CHANNEL_SIZE)
+        handoff = TokenHandoff[_Item](CHANNEL_SIZE)
         stop = threading.Event()
-        with admission, receive:
+        with admission:
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._produce, admission, req, send, stop, accepted)
+                    nursery.start_soon(self._produce, admission, req, handoff, stop, accepted)
                     try:
-                        yield GenerationStream(receive, stop)
+                        yield GenerationStream(handoff, stop)
                     finally:
                         stop.set()
+                        handoff.close_consumer()  # a thread waiting for room goes on
                         nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # _produce never raises, so the group holds the caller's own exception.
@@ -162,21 +185,25 @@ class Engine:
     # -- the producer task -------------------------------------------------------------
 
     async def _produce(self, admission: Admission, req: GenerationRequest,
-                       send: trio.MemorySendChannel[_Item], stop: threading.Event,
+                       send: TokenHandoff[_Item], stop: threading.Event,
                        accepted: float) -> None:
         """Generate into ``send``; never raises (failures are sent as items)."""
         timeout = self._registry.config.inference_timeout_s
         first: list[float] = []  # trio time of the first chunk
 
-        async def send_chunk(chunk: TokenChunk) -> None:
-            if not first:
-                first.append(trio.current_time())
-            await send.send(chunk)
+        def note_first() -> None:  # in trio's thread, once
+            first.append(trio.current_time())
 
         def emit(text: str, n_tokens: int) -> None:  # in the worker thread
-            try:
-                trio.from_thread.run(send_chunk, TokenChunk(text=text, n_tokens=n_tokens))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if not first:
+                # One round trip for the first token only: TTFT is measured on trio's
+                # clock, like everything else here (tests run it on a MockClock).
+                try:
+                    trio.from_thread.run_sync(note_first)
+                except trio.RunFinishedError:
+                    stop.set()
+                    return
+            if not send.put(TokenChunk(text=text, n_tokens=n_tokens)):
                 stop.set()  # the consumer is gone: nobody wants more tokens
 
         def generate(instance: ModelInstance) -> tuple[int, GenerationOutcome]:
@@ -188,7 +215,7 @@ class Engine:
 
         item: _Item = _Failure(InferenceCancelled(req.model, "generation did not finish"))
         admission.on_cancel(stop.set)  # the model was deleted: stop at the next token
-        with send:
+        try:
             with admission.cancel_scope, trio.move_on_after(timeout) as scope:
                 try:
                     async with admission.instance() as instance:
@@ -216,7 +243,6 @@ class Engine:
                 item = _Failure(InferenceCancelled(req.model, admission.cancelled))
             elif timed_out:
                 item = _Failure(InferenceTimeout(req.model, timeout))
-            try:
-                await send.send(item)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the consumer left; it no longer cares how this ended
+            send.put_nowait(item)  # dropped if the consumer left: it no longer cares
+        finally:
+            send.close_producer()

@@ -1,7 +1,8 @@
 """One audit line per request a peer asked us to serve: a wrapper around the serving
 generator (``serving.serve_generator``), composed in node.py.
 
-The wrapper passes the chunks on through a tap that counts tokens and notes the Done,
+The wrapper passes the chunks on through a tap that counts tokens and notes the Done
+(inline, in the server's reading task),
 so neither the infer protocol (p2p/infer.py) nor the serving code needs to know the
 audit log exists. It sees no text: only counts, the model and who asked.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final
 
 import trio
 
@@ -19,10 +19,8 @@ from ..audit import AuditSink
 from ..audit import events as audit_events
 from ..errors import InferenceRejected, PeerConnectionLost
 from ..events import Done, TokenChunk
-from ..p2p.infer import Generator
+from ..p2p.infer import Generator, TokenSource
 from ..wire import infer as wi
-
-_BUFFER: Final = 64  # as the serving generator's own channel: the server batches from it
 
 
 @dataclass
@@ -53,17 +51,26 @@ def outcome_of(exc: BaseException) -> str:
     return audit_events.ERROR
 
 
-async def _tap(items: trio.MemoryReceiveChannel[TokenChunk | Done],
-               out: trio.MemorySendChannel[TokenChunk | Done], tally: _Tally) -> None:
-    async with out:
-        async for item in items:
-            if isinstance(item, Done):
-                tally.done = item
-            else:
-                tally.tokens_out += item.n_tokens
-            await out.send(item)
-            if isinstance(item, Done):
-                return
+class _Tapped:
+    """The served source, counting tokens and noting the Done as they pass (inline, in
+    the reader's task: no task or channel of its own)."""
+
+    def __init__(self, items: TokenSource, tally: _Tally) -> None:
+        self._items = items
+        self._tally = tally
+
+    async def receive(self) -> TokenChunk | Done:
+        return self._count(await self._items.receive())
+
+    def receive_nowait(self) -> TokenChunk | Done:
+        return self._count(self._items.receive_nowait())
+
+    def _count(self, item: TokenChunk | Done) -> TokenChunk | Done:
+        if isinstance(item, Done):
+            self._tally.done = item
+        else:
+            self._tally.tokens_out += item.n_tokens
+        return item
 
 
 class SubjectNotes:
@@ -91,17 +98,13 @@ def audit_served(generate: Generator, audit: AuditSink, *, served_by: str,
     is what ``generate`` noted in ``subjects``."""
 
     @asynccontextmanager
-    async def served(req: wi.InferRequest, peer: str
-                     ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
+    async def served(req: wi.InferRequest, peer: str) -> AsyncIterator[TokenSource]:
         started = trio.current_time()
         tally = _Tally()
         outcome = audit_events.CANCELLED
         try:
-            async with generate(req, peer) as items, trio.open_nursery() as nursery:
-                send, recv = trio.open_memory_channel[TokenChunk | Done](_BUFFER)
-                nursery.start_soon(_tap, items, send, tally)
-                yield recv
-                nursery.cancel_scope.cancel()
+            async with generate(req, peer) as items:
+                yield _Tapped(items, tally)
         except BaseException as exc:
             outcome = outcome_of(exc)
             raise

@@ -268,7 +268,7 @@ class Placement:
                             got_here += ev.n_tokens
                             self._text += ev.text
                             self._tokens += ev.n_tokens
-                            await self.send.send(ev)
+                            await self._deliver(ev)
                         else:
                             await self._finished(cand, ev, attempt.request_id)
                             return "done"
@@ -287,6 +287,14 @@ class Placement:
             raise
         # The stream ended without Done (a local generation hit the deadline).
         return "next"
+
+    async def _deliver(self, ev: TokenChunk) -> None:
+        """Hand a chunk to the caller: at once while its buffer has room (no schedule
+        point, which costs a pass of the event loop per token), else wait for room."""
+        try:
+            self.send.send_nowait(ev)
+        except trio.WouldBlock:
+            await self.send.send(ev)
 
     def _accepted(self, attempt: _Attempt, label: str) -> None:
         routed = self.routed

@@ -13,8 +13,9 @@ import trio
 from ..error_codes import rejection
 from ..errors import InferenceError, InferenceRejected
 from ..events import Done, TokenChunk
+from ..inference.engine import GenerationStream
 from ..inference.request import ChatMessage, GenerationRequest, SamplingParams
-from ..p2p.infer import Generator
+from ..p2p.infer import Generator, TokenSource
 from ..scheduling.pins import PIN_SEPARATOR
 from ..wire import infer as wi
 from .audited import SubjectNotes
@@ -65,8 +66,7 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]], *,
     """
 
     @asynccontextmanager
-    async def generate(req: wi.InferRequest, peer: str
-                       ) -> AsyncIterator[trio.MemoryReceiveChannel[TokenChunk | Done]]:
+    async def generate(req: wi.InferRequest, peer: str) -> AsyncIterator[TokenSource]:
         # Who asks comes first: a peer we do not serve learns nothing else from us.
         principal = forwarded.principal(req, peer) if forwarded is not None else None
         if principal is not None and subjects is not None:
@@ -80,28 +80,47 @@ def serve_generator(local: SelfView, served: Callable[[], list[str]], *,
         gen_req = from_wire_request(req)
         if forwarded is not None and principal is not None:
             forwarded.admit(principal)  # after the checks that cost the caller nothing
-        send, recv = trio.open_memory_channel[TokenChunk | Done](64)
+        finish = None if forwarded is None or principal is None else (
+            lambda done: forwarded.finished(req, peer, principal, done))
         try:
             # "peer": our own users' requests go first on our engine (inference.priority).
-            async with engine.stream(gen_req, origin="peer") as chunks, \
-                    trio.open_nursery() as nursery:
-                async def forward() -> None:
-                    async with send:
-                        try:
-                            async for item in chunks:
-                                if isinstance(item, Done) and forwarded is not None \
-                                        and principal is not None:
-                                    item = forwarded.finished(req, peer, principal, item)
-                                await send.send(item)
-                                if isinstance(item, Done):
-                                    return
-                        except InferenceError as exc:
-                            raise rejection(exc) from exc
-
-                nursery.start_soon(forward)
-                yield recv
-                nursery.cancel_scope.cancel()
+            async with engine.stream(gen_req, origin="peer") as chunks:
+                yield _Served(chunks, finish)
         except InferenceError as exc:
             raise rejection(exc) from exc
 
     return generate
+
+
+class _Served:
+    """The engine's stream as the InferServer reads it (a ``TokenSource``): engine
+    failures become refusals for the wire, and Done gets its receipt (``finish``), in
+    the server's own task."""
+
+    def __init__(self, chunks: GenerationStream, finish: Callable[[Done], Done] | None
+                 ) -> None:
+        self._chunks = chunks
+        self._finish = finish
+
+    async def receive(self) -> TokenChunk | Done:
+        try:
+            item = await anext(self._chunks)
+        except StopAsyncIteration:
+            raise trio.EndOfChannel from None
+        except InferenceError as exc:
+            raise rejection(exc) from exc
+        return self._finished(item)
+
+    def receive_nowait(self) -> TokenChunk | Done:
+        try:
+            item = self._chunks.next_nowait()
+        except InferenceError as exc:
+            raise rejection(exc) from exc
+        if item is None:  # nothing yet (or the end, which receive() reports)
+            raise trio.WouldBlock
+        return self._finished(item)
+
+    def _finished(self, item: TokenChunk | Done) -> TokenChunk | Done:
+        if isinstance(item, Done) and self._finish is not None:
+            return self._finish(item)
+        return item

@@ -38,7 +38,7 @@ from ..identity import Identity, to_libp2p_keypair
 from .hop import HopLimits
 from .pnet import NetworkKey
 from .relay import Relay, is_circuit, open_relay, split_circuit
-from .streams import ByteStream, Libp2pStream, StreamHandler, safe_handler
+from .streams import ByteStream, Libp2pStream, StreamHandler, release_credit_in_halves, safe_handler
 from .transport import NetworkTCP, protect
 
 logger = logging.getLogger(__name__)
@@ -498,6 +498,7 @@ async def open_host(identity: Identity, *, listen: Sequence[str], announce: Sequ
     # A refusal for another network is final: 3 retries would only repeat it.
     host.get_network().retry_config = RetryConfig(max_retries=0)
     _no_blind_dials(host)
+    release_credit_in_halves()  # one WINDOW_UPDATE per half window, not per read
     send, recv = trio.open_memory_channel[ConnectionEvent](1024)
     host.get_network().register_notifee(_ConnectionNotifee(send))
     async with send, recv, host.run(listen_addrs), AsyncExitStack() as stack:

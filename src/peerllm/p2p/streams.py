@@ -22,6 +22,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.io.exceptions import IOException
 from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
+from libp2p.stream_muxer.yamux import yamux as _yamux
 
 from ..errors import PeerConnectionLost, PeerError
 from ..wire.framing import NEED_DATA
@@ -231,3 +232,25 @@ async def quietly(step: Callable[[], Awaitable[object]], what: str) -> None:
             await step()
         except Exception:  # already closed or reset by the other side
             logger.debug("%s raised", what, exc_info=True)
+
+
+def _credit_in_halves() -> bool:
+    return False
+
+
+def release_credit_in_halves() -> None:
+    """Make py-libp2p's yamux return receive credit once half the window is read, not
+    after every read.
+
+    py-libp2p 0.8.1 sends a WINDOW_UPDATE after each ``read`` by default (its
+    ``PY_YAMUX_RELEASE_ON_READ``, read from the environment on every call): a token
+    frame then costs the reader an encrypted write and the writer a wake-up of its event
+    loop to read the update back, about a third of a served token's CPU here. go-yamux
+    and the yamux spec release credit when half the window is consumed, which py-libp2p
+    also does with the setting off (its ``_grow_threshold`` path); the window stays the
+    same, so a slow reader still stalls the writer exactly as before. We replace the
+    module's switch (``_yamux_release_on_read``) by one that says off; idempotent.
+    Depends on 0.8.1 internals: tests/unit/p2p/test_streams.py checks the switch still
+    exists and is consulted.
+    """
+    _yamux._yamux_release_on_read = _credit_in_halves

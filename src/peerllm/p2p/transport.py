@@ -82,6 +82,10 @@ def nonce_problem(seen: bytes) -> str:
             "exchange, as a peer holding another key does")
 
 
+READ_AHEAD_BYTES = 64 * 1024
+"""Bytes asked of the socket when a reader (Noise) asks for fewer: the rest is kept."""
+
+
 class CheckedConn(WrappedConn):
     """A raw connection whose peer must open with multistream-select (decrypted by the
     pnet wrapping underneath, when there is one); refuses it once, loudly, otherwise."""
@@ -107,8 +111,14 @@ class CheckedConn(WrappedConn):
         if self._pending:
             return self._take(n)
         if self._checked:
-            passed: bytes = await self._conn.read(n)
-            return passed
+            if n is None:
+                passed: bytes = await self._conn.read(n)
+                return passed
+            # Read ahead: Noise asks for a 2-byte length, then the message; one socket
+            # read serves both (and any frames behind it) instead of a syscall each,
+            # which is what a small frame (a token) costs most on these machines.
+            self._pending = await self._conn.read(max(n, READ_AHEAD_BYTES))
+            return self._take(n)
         # Read at least a header's worth while checking, so that the verdict (and the
         # cause named in it) rests on more than the one byte a varint reader asks for.
         want = None if n is None else max(n, len(MULTISTREAM_HEADER) - len(self._seen))

@@ -106,3 +106,19 @@ async def test_a_reset_memory_stream_fails_both_directions_on_the_other_end() ->
         await theirs.receive_some()
     with pytest.raises(PeerConnectionLost, match="peer me: write failed"):
         await theirs.send_all(b"anyone?")
+
+
+def test_yamux_returns_credit_per_half_window_not_per_read() -> None:
+    """py-libp2p's switch still exists, is consulted where window updates are decided,
+    and says off once the host applied release_credit_in_halves (0.8.1 internals)."""
+    import inspect
+
+    from libp2p.stream_muxer.yamux import yamux
+
+    from peerllm.p2p.streams import release_credit_in_halves
+
+    assert "_yamux_release_on_read()" in inspect.getsource(
+        yamux.YamuxStream._auto_tune_and_send_window_update)
+    release_credit_in_halves()
+    release_credit_in_halves()  # idempotent
+    assert yamux._yamux_release_on_read() is False

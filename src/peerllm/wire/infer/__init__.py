@@ -1,6 +1,7 @@
 """The /peerllm/infer/1.0.0 protocol, sans-IO: messages, codec, stream state machine.
 
-One libp2p stream carries exactly one request (protocols/inference.md)::
+One libp2p stream carries one request, or several one after another when both ends
+agree to reuse it (``reuse`` in the request and in Accepted; protocols/inference.md)::
 
     client                                   server
     InferRequest  ───────────────────────▶
@@ -56,6 +57,8 @@ from .messages import (
     MAX_TOP_K,
     PROTOCOL_ID,
     PROTOCOL_VERSION,
+    REUSE_CLIENT_IDLE_S,
+    REUSE_IDLE_S,
     ROLES,
     Accepted,
     Cancel,
@@ -117,6 +120,8 @@ __all__ = [
     "PROTOCOL_ID",
     "PROTOCOL_VERSION",
     "REJECTING",
+    "REUSE_CLIENT_IDLE_S",
+    "REUSE_IDLE_S",
     "ROLES",
     "SERVER",
     "STREAMING",

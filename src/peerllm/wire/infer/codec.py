@@ -95,10 +95,14 @@ def message_to_map(msg: Message) -> dict[str, Any]:
         )
         if msg.auth is not None:  # optional: absent from older clients, and when unsigned
             m["auth"] = msg.auth
+        if msg.reuse:  # optional: absent from older clients, and when not offered
+            m["reuse"] = True
     elif isinstance(msg, Accepted):
         m.update(t="accepted", id=msg.request_id, served_by=msg.served_by, model=msg.model)
         if msg.load is not None:
             m["load"] = load_to_map(msg.load)
+        if msg.reuse:  # optional: absent from older servers, which close after done
+            m["reuse"] = True
     elif isinstance(msg, Tokens):
         m.update(t="tokens", id=msg.request_id, text=msg.text, n_tokens=msg.n_tokens)
     elif isinstance(msg, Done):
@@ -281,7 +285,15 @@ def _request(r: MapReader, m: dict[str, Any]) -> InferRequest:
         deadline_ms=r.get_int("deadline_ms", lo=1, hi=MAX_DEADLINE_MS),
         resume_text=resume_text,
         session=session,
+        reuse=_opt_bool(r, m, "reuse"),
     )
+
+
+def _opt_bool(r: MapReader, m: dict[str, Any], key: str) -> bool:
+    """An optional flag older peers do not send: absent or nil is False."""
+    if m.get(key) is None:
+        return False
+    return r.get_bool(key)
 
 
 def _opt_jwt(r: MapReader, m: dict[str, Any], key: str) -> str | None:
@@ -300,6 +312,7 @@ def _accepted(r: MapReader, m: dict[str, Any]) -> Accepted:
         served_by=r.get_str("served_by", max_len=MAX_ID_LEN, min_len=1),
         model=r.get_str("model", max_len=MAX_ID_LEN, min_len=1),
         load=load,
+        reuse=_opt_bool(r, m, "reuse"),
     )
 
 

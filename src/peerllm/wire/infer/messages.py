@@ -28,6 +28,11 @@ MAX_TOKENS_CAP: Final = limits.MAX_TOKENS
 MAX_TOKEN_TEXT_CHARS: Final = 64 * 1024
 """Largest ``text`` in one Tokens frame (at most 256 KiB of UTF-8)."""
 MAX_DEADLINE_MS: Final = limits.MAX_DEADLINE_MS
+REUSE_IDLE_S: Final = 30.0
+"""How long a server keeps a reusable stream open with no request on it after Done."""
+REUSE_CLIENT_IDLE_S: Final = 20.0
+"""How long a client keeps an idle reusable stream before closing it: well inside
+REUSE_IDLE_S, so a request is never sent on a stream the server is about to close."""
 MAX_ID_LEN: Final = 256
 """served_by and the model in ``accepted`` (a request's model and session: ``wire.limits``)."""
 MAX_ERROR_MESSAGE_CHARS: Final = 1024
@@ -103,6 +108,9 @@ class InferRequest:
     auth: str | None = None
     """Optional: the forwarding node's delegation JWT (1..MAX_AUTH_CHARS chars), saying
     whom the request acts for (protocols/auth.md); None for none."""
+    reuse: bool = False
+    """Optional: the client offers to send its next request on this stream after Done
+    (keep-alive, protocols/inference.md); the stream is reused only if Accepted agrees."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +123,9 @@ class Accepted:
     load: Load | None = None
     """Optional: the server's load when it admitted this request (this request included),
     so the client's scheduler sees it before the next node-info."""
+    reuse: bool = False
+    """Optional: the server agrees to the client's ``reuse``: after Done it waits for the
+    next request on this stream (up to REUSE_IDLE_S) instead of closing it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

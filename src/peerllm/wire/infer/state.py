@@ -1,4 +1,5 @@
-"""The per-stream state machine of /peerllm/infer/1.0.0, one side each (h11 style).
+"""The per-stream state machine of /peerllm/infer/1.0.0, one side each (h11 style);
+a stream both ends agreed to reuse starts over at its next request (Rule 4).
 
 ``ClientStream`` and ``ServerStream`` offer ``send(msg) -> bytes``,
 ``receive_data(bytes)`` (``b""`` is EOF) and ``next_event()`` returning a message,
@@ -61,6 +62,10 @@ FINISHED, REJECTING, ERROR = State.FINISHED, State.REJECTING, State.ERROR
 # Rule 3: every message after the request carries the request's id; the only
 #         exception is an Error with id 0, allowed before Accepted, meaning "the server
 #         could not decode the request".
+# Rule 4: a stream whose request offered ``reuse``, whose Accepted agreed, and which
+#         ended with Done (no Error, no Cancel either way) is ``reusable``: in FINISHED
+#         the client may then send its next InferRequest (-> AWAIT_ACCEPT), and the
+#         request-scoped state starts over. Nothing else leaves FINISHED.
 _LIFECYCLE: Final[dict[State, dict[tuple[Role, type[Message]], State]]] = {
     IDLE: {(CLIENT, InferRequest): AWAIT_ACCEPT},
     AWAIT_ACCEPT: {
@@ -111,6 +116,9 @@ class InferStream:
         self._decoder = FrameDecoder(MAX_INFER_FRAME_BYTES)
         self._request: InferRequest | None = None
         self._error: RemoteProtocolError | None = None
+        self._reuse_agreed = False  # Accepted said reuse (Rule 4)
+        self._done = False  # this request ended with Done
+        self._cancelled = False  # a Cancel was sent or received for this request
 
     @property
     def state(self) -> State:
@@ -178,8 +186,17 @@ class InferStream:
         self._on_message(msg)
         return msg
 
+    @property
+    def reusable(self) -> bool:
+        """Rule 4: the next request may be sent on this stream."""
+        return (self._state is FINISHED and self._request is not None
+                and self._request.reuse and self._reuse_agreed and self._done
+                and not self._cancelled)
+
     def _transition(self, sender: Role, msg: Message) -> State:
         error = LocalProtocolError if sender is self.our_role else RemoteProtocolError
+        if isinstance(msg, InferRequest) and sender is CLIENT and self.reusable:
+            return AWAIT_ACCEPT  # Rule 4
         new_state = TRANSITIONS[self.our_role][self._state].get((sender, type(msg)))
         if new_state is None:
             raise error(
@@ -200,6 +217,13 @@ class InferStream:
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, InferRequest):
             self._request = msg
+            self._reuse_agreed = self._done = self._cancelled = False
+        elif isinstance(msg, Accepted):
+            self._reuse_agreed = msg.reuse
+        elif isinstance(msg, Done):
+            self._done = True
+        elif isinstance(msg, Cancel):
+            self._cancelled = True
 
     def _on_eof(self) -> type[CLOSED]:
         raise NotImplementedError
@@ -235,6 +259,10 @@ class ClientStream(InferStream):
 
     def _on_message(self, msg: Message) -> None:
         super()._on_message(msg)
+        if isinstance(msg, InferRequest):  # a reused stream's next request starts over
+            self.accepted, self.outcome, self.tokens_received = None, None, 0
+            self.cancel_sent = False
+            self._parts = []
         if isinstance(msg, Tokens):
             self.tokens_received += msg.n_tokens
             self._parts.append(msg.text)
@@ -274,6 +302,9 @@ class ServerStream(InferStream):
 
     def _on_message(self, msg: Message) -> None:
         super()._on_message(msg)
+        if isinstance(msg, InferRequest):  # a reused stream's next request starts over
+            self.cancel_requested = False
+            self.tokens_sent = 0
         if isinstance(msg, Tokens):
             self.tokens_sent += msg.n_tokens
         elif isinstance(msg, Cancel) and self._state is not FINISHED:
