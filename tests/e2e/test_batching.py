@@ -260,6 +260,7 @@ class RecordingBackend:
 
     def __init__(self) -> None:
         self._real = LlamaBackend()
+        self.max_parallel = self._real.max_parallel
         self.opened: list[ModelInstance] = []
 
     def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck

@@ -108,7 +108,15 @@ class ModelInstance(Protocol):
 
 
 class ModelBackend(Protocol):
-    """Opens model files. ``should_stop`` is polled during the load to abort it."""
+    """Opens model files. ``should_stop`` is polled during the load to abort it.
+
+    ``max_parallel``: the most sequences one context of this backend decodes together
+    (``OpenOptions.parallel``); 1 = it cannot batch, and ``parallel: auto`` gives its
+    models one request per context.
+    """
+
+    @property
+    def max_parallel(self) -> int: ...
 
     def open(self, path: Path, options: OpenOptions, *,
              should_stop: StopCheck) -> ModelInstance:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ..config.inference import MAX_PARALLEL
 from ..errors import InvalidInferenceRequest, ModelLoadError
 from ..events import FinishReason
 from .backend import (
@@ -98,6 +99,11 @@ def _peer_llama_class() -> type[Llama]:
 
 class LlamaBackend:
     """Opens GGUF files with llama.cpp (CPU, or GPU layers when built with CUDA/Metal)."""
+
+    @property
+    def max_parallel(self) -> int:
+        """It batches (continuous batching, batched_llama.py) up to MAX_PARALLEL."""
+        return MAX_PARALLEL
 
     def open(self, path: Path, options: OpenOptions, *,
              should_stop: StopCheck) -> LlamaInstance | BatchedLlamaInstance:

@@ -107,6 +107,9 @@ class FakeBackend:
             endless "t{i} " sequence (finish_reason "length").
         open_s: seconds each load takes (in the worker thread).
         token_s: seconds each token takes.
+        max_parallel: what it reports it can batch (``ModelBackend.max_parallel``); 1 by
+            default, so ``parallel: auto`` gives one request per instance. Its instances
+            serve several requests at once whatever ``OpenOptions.parallel`` says.
 
     ``gate`` (set by default) holds generation while cleared; ``hang_paths`` are files
     whose load blocks until stopped (then raises ModelLoadError), ``refuse_paths`` files
@@ -116,7 +119,8 @@ class FakeBackend:
     """
 
     def __init__(self, *, tokens: Sequence[str] | None = None, open_s: float = 0.0,
-                 token_s: float = 0.001) -> None:
+                 token_s: float = 0.001, max_parallel: int = 1) -> None:
+        self.max_parallel = max_parallel
         self.tokens = None if tokens is None else tuple(tokens)
         self.open_s = open_s
         self.token_s = token_s
