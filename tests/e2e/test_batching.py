@@ -20,6 +20,7 @@ import trio
 
 from peerllm.config import InferenceConfig
 from peerllm.errors import InvalidInferenceRequest
+from peerllm.inference import sampler
 from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOptions, StopCheck
 from peerllm.inference.batched_llama import BatchedLlamaInstance
 from peerllm.inference.catalog import assemble_bundled
@@ -221,6 +222,24 @@ def test_a_finished_sequence_names_its_slot_and_epoch_until_the_slot_is_reused(
     lone = alone(single, Job(prompt="Not batched"))
     assert lone.outcome is not None
     assert (lone.outcome.slot, lone.outcome.slot_epoch) == (None, None)
+
+
+@pytest.mark.parametrize("params", [
+    GREEDY,
+    SamplingParams(max_tokens=16, temperature=0.0, repeat_penalty=1.6),
+    SamplingParams(max_tokens=16, temperature=0.0, repeat_penalty=1.0,
+                   logit_bias=((236761, 8.0), (108, -50.0))),
+], ids=["default", "repeat-penalty", "logit-bias"])
+def test_the_greedy_fast_path_picks_what_llama_cpps_sampler_chain_picks(
+        single: ModelInstance, batched: BatchedLlamaInstance, params: SamplingParams,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = [Job(prompt=p, params=params) for p in PROMPTS]
+    run_together(batched, fast)
+    monkeypatch.setattr(sampler, "greedy_applies", lambda _params, _gbnf: False)
+    chain = [Job(prompt=p, params=params) for p in PROMPTS]
+    run_together(batched, chain)
+    assert [j.text for j in fast] == [j.text for j in chain]
+    assert fast[0].text == alone(single, fast[0]).text  # and what the single path gives
 
 
 def test_seeded_sampling_is_reproducible_per_request(

@@ -11,10 +11,11 @@ llama_cpp is imported lazily; its failures become InvalidInferenceRequest (chain
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidField, InvalidInferenceRequest
 from .grammar import schema_to_gbnf
+from .greedy import GreedySampler, greedy_applies
 from .request import MIN_P, REPEAT_LAST_N, SamplingParams
 
 if TYPE_CHECKING:
@@ -38,6 +39,40 @@ def checked_gbnf(model_id: str, prompt: EncodedPrompt, params: SamplingParams) -
         return schema_to_gbnf(params.json_schema)
     except InvalidField as exc:
         raise InvalidInferenceRequest(model_id, str(exc)) from exc
+
+
+class Sampler(Protocol):
+    """What the step thread needs from one request's sampler."""
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """Sample from the logits at batch row ``index`` and accept the token."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_sampler(*, model_id: str, vocab: Any, n_vocab: int, params: SamplingParams,
+                 gbnf: str | None) -> Sampler:
+    """The cheapest sampler that picks what llama.cpp's chain would: greedy.py's for
+    plain greedy requests, else the C chain.
+
+    Raises:
+        InvalidInferenceRequest: a logit_bias token outside the vocabulary, or a grammar
+            llama.cpp cannot parse.
+    """
+    if greedy_applies(params, gbnf):
+        _check_bias(model_id, n_vocab, params)
+        return GreedySampler(n_vocab=n_vocab, params=params)
+    return SamplerChain(model_id=model_id, vocab=vocab, n_vocab=n_vocab, params=params,
+                        gbnf=gbnf)
+
+
+def _check_bias(model_id: str, n_vocab: int, params: SamplingParams) -> None:
+    if params.logit_bias:
+        worst = max(t for t, _ in params.logit_bias)
+        if worst >= n_vocab:
+            raise InvalidInferenceRequest(model_id, f"logit_bias: token {worst} is not "
+                                          f"in the vocabulary (0..{n_vocab - 1})")
 
 
 class SamplerChain:
@@ -66,10 +101,7 @@ class SamplerChain:
                gbnf: str | None) -> None:
         lib = self._lib
         if params.logit_bias:
-            worst = max(t for t, _ in params.logit_bias)
-            if worst >= n_vocab:
-                raise InvalidInferenceRequest(model_id, f"logit_bias: token {worst} is not "
-                                              f"in the vocabulary (0..{n_vocab - 1})")
+            _check_bias(model_id, n_vocab, params)
             biases = (lib.llama_logit_bias * len(params.logit_bias))(
                 *(lib.llama_logit_bias(token=t, bias=b) for t, b in params.logit_bias))
             self._add(lib.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias),
