@@ -63,6 +63,9 @@ class Embedded:
 
     vectors: list[list[float]]  # one L2-normalised vector per input, in input order
     prompt_tokens: int  # tokens read for all inputs together (the usage to report)
+    # Tokens read per input, in input order; empty when the backend does not count them
+    # (a batch shared by several requests then splits prompt_tokens by inputs).
+    input_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

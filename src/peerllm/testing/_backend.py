@@ -50,6 +50,7 @@ class FakeInstance:
         self.options = options
         self.closed = False
         self.generated = 0  # tokens emitted over the instance's life
+        self.embed_calls = 0  # embed() calls (a batch of requests is one)
 
     @property
     def context_size(self) -> int:
@@ -88,8 +89,10 @@ class FakeInstance:
         """``fake_vector`` of each input; a token per word plus one per input."""
         if not self.options.embedding:
             raise RuntimeError("embed() on a context not opened with embedding=True")
-        return Embedded(vectors=[fake_vector(s) for s in inputs],
-                        prompt_tokens=sum(len(s.split()) + 1 for s in inputs))
+        self.embed_calls += 1
+        counts = tuple(len(s.split()) + 1 for s in inputs)
+        return Embedded(vectors=[fake_vector(s) for s in inputs], prompt_tokens=sum(counts),
+                        input_tokens=counts)
 
     def benchmark(self, n_tokens: int) -> Benchmark:
         return Benchmark(tokens=n_tokens, seconds=0.1, tokens_per_second=42.0, ttft_s=0.01)
