@@ -69,6 +69,7 @@ class Job:
     messages: tuple[ChatMessage, ...] | None = None
     params: SamplingParams = GREEDY
     stop_after_pieces: int | None = None  # should_stop turns True after this many emits
+    resume_text: str = ""  # a partial answer to continue (failover resume)
     pieces: list[str] = field(default_factory=list)
     outcome: GenerationOutcome | None = None
 
@@ -77,7 +78,8 @@ class Job:
         return "".join(self.pieces)
 
     def run(self, instance: ModelInstance, *, start: threading.Barrier | None = None) -> None:
-        encoded = instance.encode(messages=self.messages, prompt=self.prompt, resume_text="")
+        encoded = instance.encode(messages=self.messages, prompt=self.prompt,
+                                  resume_text=self.resume_text)
         if start is not None:
             start.wait()
         self.outcome = instance.generate(encoded, self.params, emit=self._emit,
@@ -118,7 +120,8 @@ def alone(single: ModelInstance, job: Job) -> Job:
     another batch shape: enough to flip a greedy pick now and then.)"""
     assert isinstance(single, LlamaInstance)
     single._llm.reset()
-    reference = Job(prompt=job.prompt, messages=job.messages, params=job.params)
+    reference = Job(prompt=job.prompt, messages=job.messages, params=job.params,
+                    resume_text=job.resume_text)
     reference.run(single)
     return reference
 
@@ -240,6 +243,22 @@ def test_the_greedy_fast_path_picks_what_llama_cpps_sampler_chain_picks(
     run_together(batched, chain)
     assert [j.text for j in fast] == [j.text for j in chain]
     assert fast[0].text == alone(single, fast[0]).text  # and what the single path gives
+
+
+def test_resume_text_penalties_and_a_too_long_prompt_behave_as_on_the_single_path(
+        single: ModelInstance, batched: BatchedLlamaInstance) -> None:
+    jobs = [Job(prompt=PROMPTS[0], resume_text=" Paris, a city"),
+            Job(prompt=PROMPTS[2], params=SamplingParams(
+                max_tokens=16, temperature=0.0, presence_penalty=0.5, frequency_penalty=0.3)),
+            Job(prompt=PROMPTS[3], params=SamplingParams(max_tokens=3, temperature=0.0))]
+    run_together(batched, jobs)
+    for job in jobs:
+        assert job.text == alone(single, job).text
+    assert jobs[2].outcome is not None and jobs[2].outcome.finish_reason == "length"
+    too_long = "word " * 1200  # past one slot's window (the context size)
+    for instance in (single, batched):
+        with pytest.raises(InvalidInferenceRequest, match="context window"):
+            instance.encode(messages=None, prompt=too_long, resume_text="")
 
 
 def test_seeded_sampling_is_reproducible_per_request(
