@@ -1,5 +1,9 @@
 """Embedding batches on the real bundled model: concurrent requests share embed calls
-(hence llama_decode calls) and get the vectors each would get alone."""
+(hence llama_decode calls) and get the vectors each would get alone, within llama.cpp's
+own tolerance: one request with several inputs (llama_cpp's Llama.embed decodes them in
+one batch, as before this batcher) already differs from embedding each input alone by up
+to ~1e-2 per component here (0.0069 / 0.0089 / 0.0052 measured for the 2nd, 3rd and
+5th of five inputs), so that is the bound, with the cosine near 1."""
 
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ from peerllm.inference.engine import Engine
 from peerllm.inference.registry import open_registry
 from peerllm.inference.specs import ModelSpec
 
+TOLERANCE = 2e-2  # per component, L2-normalised vectors (see the module docstring)
+MIN_COSINE = 0.999
 REQUESTS = (["The cat sat on the mat."], ["Paris is in France.", "Rome is in Italy."],
             ["def add(a, b): return a + b"], ["A completely different sentence here."])
 
 
-def close_to(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-4)
-                                    for x, y in zip(a, b, strict=True))
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (
+        math.hypot(*a) * math.hypot(*b))
 
 
 async def test_concurrent_embeddings_share_calls_and_match_alone() -> None:
@@ -45,4 +51,8 @@ async def test_concurrent_embeddings_share_calls_and_match_alone() -> None:
     for i, single in enumerate(alone):
         got = together[i]
         assert got.prompt_tokens == single.prompt_tokens
-        assert all(close_to(a, b) for a, b in zip(got.vectors, single.vectors, strict=True))
+        diffs = [max(abs(x - y) for x, y in zip(a, b, strict=True))
+                 for a, b in zip(got.vectors, single.vectors, strict=True)]
+        assert max(diffs) < TOLERANCE, diffs
+        assert all(cosine(a, b) > MIN_COSINE
+                   for a, b in zip(got.vectors, single.vectors, strict=True))
