@@ -51,6 +51,9 @@ class ModelStatus:
     advertised: bool = True
     digest: str | None = None  # sha256:<hex> of the file served, once known
     replicas: int = 0  # copies the mesh should keep (the spec's)
+    # Batch slots of its generating context (1: not batched); for "auto", provisional
+    # until a load resolves it (slots.resolve_parallel).
+    parallel: int = 1
 
 
 @dataclass(eq=False)
@@ -162,7 +165,8 @@ def status_of(slot: ModelSlot) -> ModelStatus:
         path=loaded.path if loaded else slot.path or spec.path,
         quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
         context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
-        advertised=slot.advertised, digest=slot.digest, replicas=spec.replicas)
+        advertised=slot.advertised, digest=slot.digest, replicas=spec.replicas,
+        parallel=slot.parallel)
 
 
 def requested_parallel(spec: ModelSpec, config: InferenceConfig) -> Parallel:

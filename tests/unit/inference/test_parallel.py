@@ -146,7 +146,7 @@ async def test_auto_resolves_at_load_within_the_budget_and_the_limiter_follows(
     async with registry_for(spec, backend, config) as (engine, registry):
         assert registry.concurrency("a") == AUTO_PARALLEL  # provisional, before the load
         await registry.load("a")
-        assert registry.concurrency("a") == 2
+        assert registry.concurrency("a") == 2 and registry.status("a").parallel == 2
         assert [i.options.parallel for i in backend.opened] == [2]
         assert registry.status("a").memory_bytes == estimate_memory_bytes(MB, 512, contexts=2)
         async with engine.stream(request()) as one, engine.stream(request()) as two:
