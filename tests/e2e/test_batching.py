@@ -232,13 +232,16 @@ def test_a_finished_sequence_names_its_slot_and_epoch_until_the_slot_is_reused(
     SamplingParams(max_tokens=16, temperature=0.0, repeat_penalty=1.6),
     SamplingParams(max_tokens=16, temperature=0.0, repeat_penalty=1.0,
                    logit_bias=((236761, 8.0), (108, -50.0))),
-], ids=["default", "repeat-penalty", "logit-bias"])
+    SamplingParams(max_tokens=16, temperature=0.9, seed=11, repeat_penalty=1.4,
+                   logit_bias=((236761, 3.0),)),
+], ids=["default", "repeat-penalty", "logit-bias", "sampled"])
 def test_the_greedy_fast_path_picks_what_llama_cpps_sampler_chain_picks(
         single: ModelInstance, batched: BatchedLlamaInstance, params: SamplingParams,
         monkeypatch: pytest.MonkeyPatch) -> None:
     fast = [Job(prompt=p, params=params) for p in PROMPTS]
     run_together(batched, fast)
     monkeypatch.setattr(sampler, "greedy_applies", lambda _params, _gbnf: False)
+    monkeypatch.setattr(sampler, "adjusts_in_place", lambda _params: False)  # all in C
     chain = [Job(prompt=p, params=params) for p in PROMPTS]
     run_together(batched, chain)
     assert [j.text for j in fast] == [j.text for j in chain]
