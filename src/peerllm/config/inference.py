@@ -26,9 +26,11 @@ EVICTION_POLICIES: Final[tuple[str, ...]] = get_args(EvictionPolicy)
 # Share of total RAM the model cache may use when cache_size_gb is not set.
 DEFAULT_CACHE_FRACTION: Final = 0.75
 MAX_PARALLEL: Final = 64  # sequences in one batched llama context (llama.cpp allows 256)
-# Slots ``parallel: auto`` aims for, before the memory budget and the backend cut it down:
-# the aggregate-throughput knee of the bundled model on a 2-core CPU
-# (scripts/bench/batching.py: 4 streams ~2x one, 8 barely more than 4).
+# Slots ``parallel: auto`` aims for, before the memory budget and the backend cut it down.
+# llama-server's own auto is 4. On the bundled model on a 2-core CPU
+# (scripts/bench/batching.py, tokens per CPU-second vs one stream) 4 streams gave 1.43x
+# and 8 gave 1.84x, but at 8 each stream ran at half the speed of 4 and its first token
+# took ~2 s: 4 is where more aggregate stops being worth the users' latency.
 AUTO_PARALLEL: Final = 4
 Parallel = int | Literal["auto"]
 """Batched sequences per model: a number, or "auto" (resolved when the model loads)."""

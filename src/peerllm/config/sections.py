@@ -370,7 +370,9 @@ class SchedulingSettings:
     weight_latency: float = 0.20
     weight_throughput: float = 0.10
     tie_epsilon: float = 0.05  # scores this close to the best are a near-tie (anti-herding)
-    affinity: bool = True  # requests with one session key prefer the peer that served the last
+    # A session's requests prefer the peer that served its last turn; a chat's next turn
+    # without one, the node advertising its prefix (node-info ModelInfo.prefixes).
+    affinity: bool = True
     breaker_failure_threshold: int = 3  # consecutive failures that open a peer's breaker
     breaker_cooldown_s: float = 30.0  # open -> half-open after this long
     breaker_half_open_successes: int = 2  # half-open -> closed after this many successes

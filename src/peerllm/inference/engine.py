@@ -25,6 +25,7 @@ from ._concurrency import reraise_unwrapped, stop_check
 from .admission import Admission
 from .backend import Embedded, GenerationOutcome, ModelInstance
 from .embedding_batch import EmbeddingBatcher, EmbeddingStatistics
+from .prefixes import PrefixBooks
 from .priority import Origin
 from .registry import ModelRegistry
 from .request import ChatMessage as ChatMessage
@@ -86,6 +87,7 @@ class Engine:
 
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
+        self.prefixes = PrefixBooks()  # the chats our batch slots hold, for node-info
         # One embedding batcher per model version, gone with the version.
         self._embedders: weakref.WeakKeyDictionary[ModelSlot, EmbeddingBatcher] = \
             weakref.WeakKeyDictionary()
@@ -208,8 +210,10 @@ class Engine:
             with admission.cancel_scope, trio.move_on_after(timeout) as scope:
                 try:
                     async with admission.instance() as instance:
+                        watched = self.prefixes.watching(instance, req=req,
+                                                         model_id=admission.slot.spec.id)
                         prompt_tokens, outcome = await trio.to_thread.run_sync(generate,
-                                                                               instance)
+                                                                               watched)
                 except Exception as exc:  # delivered to the consumer, raised there
                     item = _Failure(exc)
                 else:

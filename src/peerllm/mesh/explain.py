@@ -26,6 +26,7 @@ def explain(router: Router, model: str) -> dict[str, Any]:
                      "in_flight": c.in_flight,
                      "from": "local" if c.local else
                      "accepted" if c.peer_id in router.loads.hints else "node-info"},
+            "prefixes": len(c.prefixes),  # conversations its batch slots hold
             "health": "half_open" if c.half_open else "degraded" if c.degraded else "healthy",
             "breaker": router.breakers.describe(c.peer_id),
         })

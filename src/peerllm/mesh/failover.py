@@ -46,6 +46,7 @@ from ..errors import (
     ProtocolError,
 )
 from ..events import Done, TokenChunk
+from ..inference.prefixes import next_turn_prefix
 from ..inference.request import GenerationRequest
 from ..scheduling.candidates import Candidate
 from ..scheduling.filter import Filtered
@@ -96,8 +97,8 @@ class Placer(Protocol):
 
     def filtered(self, model: str) -> Filtered: ...
 
-    def ranked(self, cands: list[Candidate], session: str | None
-               ) -> tuple[list[Candidate], list[Scored]]: ...
+    def ranked(self, cands: list[Candidate], session: str | None,
+               prefix: bytes | None = None) -> tuple[list[Candidate], list[Scored]]: ...
 
     def remember_affinity(self, session: str, peer_id: str) -> None: ...
 
@@ -143,6 +144,8 @@ class Placement:
     async def run(self) -> None:
         self._started = trio.current_time()
         model = self.req.model
+        # The conversation before the new user turn: a node whose batch holds it goes first.
+        prefix = next_turn_prefix(self.req) if self.r.settings.affinity else None
         while True:
             filtered = self.r.filtered(model)
             cands, excluded = filtered.candidates, filtered.reasons()
@@ -152,7 +155,7 @@ class Placement:
             if back:  # peers that said "busy" to us and whose Retry-After has passed
                 self._tried -= back
                 self._busy_tried -= back
-            order, scored = self.r.ranked(cands, self.session)
+            order, scored = self.r.ranked(cands, self.session, prefix)
             ranked = [c for c in order if c.peer_id not in self._tried]
             if self._tokens:  # resuming: the user is waiting mid-answer
                 ranked = prefer_loaded(ranked)

@@ -78,6 +78,10 @@ class LocalNode:
         return sum(registry.concurrency(m) for m in self.model_ids()) \
             or registry.config.max_concurrent
 
+    def prefixes(self, model_id: str) -> tuple[bytes, ...]:
+        """The conversations ``model_id``'s batch slots still hold (inference.prefixes)."""
+        return () if self._engine is None else self._engine.prefixes.live(model_id)
+
     def load(self, statuses: list[ModelStatus] | None = None) -> wni.Load:
         """Generations running and queued here, and how many can run at once."""
         statuses = self.model_statuses() if statuses is None else statuses
@@ -111,7 +115,9 @@ class LocalNode:
                                        context_size=m.context_size,
                                        size_bytes=m.memory_bytes or None, tags=m.tags,
                                        file_bytes=m.file_bytes, digest=m.digest,
-                                       replicas=m.replicas)
+                                       replicas=m.replicas,
+                                       prefixes=self.prefixes(m.id)
+                                       if m.state == "loaded" else ())
                          for m in statuses),
             load=self.load(statuses),
             performance=wni.Performance(

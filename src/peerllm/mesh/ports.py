@@ -76,6 +76,10 @@ class SelfView(Protocol):
 
     def capacity(self) -> int: ...
 
+    def prefixes(self, model_id: str) -> tuple[bytes, ...]:
+        """Conversations a batch slot of ``model_id`` holds (wire.prefixes), newest first."""
+        ...
+
 
 class PeerHooks(Protocol):
     """What the router tells membership after a request (mesh.membership.Membership)."""

@@ -87,15 +87,21 @@ class Router:
         filtered = self.filtered(model)
         return filtered.candidates, filtered.reasons()
 
-    def ranked(self, cands: list[Candidate], session: str | None
-               ) -> tuple[list[Candidate], list[Scored]]:
-        """The configured strategy's order (plus MCDA scores for explain and headers)."""
+    def ranked(self, cands: list[Candidate], session: str | None,
+               prefix: bytes | None = None) -> tuple[list[Candidate], list[Scored]]:
+        """The configured strategy's order (plus MCDA scores for explain and headers).
+
+        With ``scheduling.affinity`` on, the node that served ``session``'s last turn
+        goes first; failing that, the one advertising ``prefix`` (the conversation so
+        far, inference.prefixes.next_turn_prefix), whose batch slot holds it.
+        """
         st = self.settings
         self._counter += 1
         order, scored = rank_by(st.strategy, cands, weights=self.weights, rng=self.rng,
                                 counter=self._counter, tie_epsilon=st.tie_epsilon)
-        if st.affinity and session is not None:
-            order = apply_affinity(order, self._affinity.get(session))
+        if st.affinity:
+            remembered = None if session is None else self._affinity.get(session)
+            order = apply_affinity(order, remembered, prefix)
         return order, scored
 
     def remember_affinity(self, session: str, peer_id: str) -> None:

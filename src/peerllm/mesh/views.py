@@ -73,7 +73,8 @@ def local_view(local: SelfView, busy_for_s: float = 0.0) -> NodeView:
     return NodeView(
         peer_id=local.peer_id, name=local.name, local=True,
         models=tuple(OfferedModel(id=m.id, loaded=m.state == "loaded",
-                                  size_bytes=m.memory_bytes or None, digest=m.digest)
+                                  size_bytes=m.memory_bytes or None, digest=m.digest,
+                                  prefixes=local.prefixes(m.id) if m.state == "loaded" else ())
                      for m in statuses),
         free_memory_bytes=free_memory(res), total_memory_bytes=total_memory(res),
         active=sum(m.active for m in statuses), queued=sum(m.queued for m in statuses),
@@ -110,7 +111,7 @@ def build_views(local: SelfView, registry: PeerRegistry, breakers: BreakerBook,
             else max(0.0, wall - e.info_received_at),
             protocols=frozenset(info.capabilities.protocols),
             models=tuple(OfferedModel(id=m.id, loaded=m.loaded, size_bytes=m.size_bytes,
-                                      digest=m.digest)
+                                      digest=m.digest, prefixes=m.prefixes)
                          for m in info.models),
             free_memory_bytes=free_memory(info.resources),
             total_memory_bytes=total_memory(info.resources),

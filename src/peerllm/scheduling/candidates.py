@@ -29,6 +29,8 @@ class Candidate:
     """Resource-constrained (low free memory or a queue longer than its capacity)."""
     half_open: bool = False
     """Its circuit breaker is half-open: it only gets limited trial traffic."""
+    prefixes: tuple[bytes, ...] = ()
+    """Conversation digests (wire.prefixes) whose KV cache it holds for this model."""
 
 
 def load_ratio(c: Candidate) -> float:

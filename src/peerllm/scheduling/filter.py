@@ -24,6 +24,7 @@ class OfferedModel:
     loaded: bool
     size_bytes: int | None = None
     digest: str | None = None  # sha256:<hex> of the file it serves, once known
+    prefixes: tuple[bytes, ...] = ()  # conversations its batch slots hold (wire.prefixes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +176,7 @@ def filter_candidates(views: Iterable[NodeView], model: str, now: float, policy:
             rtt_ms=0.0 if view.local else view.rtt_ms, in_flight=view.in_flight,
             tokens_per_second=view.tokens_per_second,
             free_memory_bytes=view.free_memory_bytes, degraded=degraded(view),
+            prefixes=offered.prefixes,
             half_open=not view.local and state_at(view.breaker, now, policy.breaker)
             is BreakerState.HALF_OPEN))
     return Filtered(out, excluded, versions)

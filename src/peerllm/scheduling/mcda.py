@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .candidates import Candidate, load_ratio
 
@@ -177,13 +177,40 @@ def random_order(cands: Sequence[Candidate], rng: random.Random) -> list[Candida
     return out
 
 
-def apply_affinity(ranked: Sequence[Candidate], preferred: str | None) -> list[Candidate]:
-    """Move the peer that served the session's last turn to the front while it is fully
-    healthy (not degraded, not on trial)."""
-    for i, c in enumerate(ranked):
-        if c.peer_id == preferred and not c.degraded and not c.half_open:
-            return [c, *ranked[:i], *ranked[i + 1:]]
-    return list(ranked)
+Affinity = Literal["session", "prefix"]
+"""Which rule put a candidate first: the node that served the session's last turn, or
+the one advertising the conversation's prefix."""
+
+
+def affinity_pick(ranked: Sequence[Candidate], preferred: str | None,
+                  prefix: bytes | None = None) -> tuple[int, Affinity] | None:
+    """The index of the candidate affinity puts first, and why (None: the rank stands).
+
+    The peer that served the session's last turn wins while it is fully healthy (not
+    degraded, not on trial); failing that, the best-ranked fully healthy candidate
+    advertising ``prefix`` (the conversation so far, wire.prefixes), whose batch slot
+    then reuses the cached chat instead of reading it all again.
+    """
+    healthy = [(i, c) for i, c in enumerate(ranked) if not c.degraded and not c.half_open]
+    if preferred is not None:
+        for i, c in healthy:
+            if c.peer_id == preferred:
+                return i, "session"
+    if prefix is not None:
+        for i, c in healthy:
+            if prefix in c.prefixes:
+                return i, "prefix"
+    return None
+
+
+def apply_affinity(ranked: Sequence[Candidate], preferred: str | None,
+                   prefix: bytes | None = None) -> list[Candidate]:
+    """``ranked`` with affinity_pick's candidate (if any) moved to the front."""
+    pick = affinity_pick(ranked, preferred, prefix)
+    if pick is None:
+        return list(ranked)
+    i = pick[0]
+    return [ranked[i], *ranked[:i], *ranked[i + 1:]]
 
 
 def prefer_loaded(ranked: Sequence[Candidate]) -> list[Candidate]:

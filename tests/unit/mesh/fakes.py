@@ -79,6 +79,9 @@ class FakeNode:
     def capacity(self) -> int:
         return 0
 
+    def prefixes(self, model_id: str) -> tuple[bytes, ...]:
+        return ()
+
     def suspect_peer(self, peer_id: str) -> None:
         self.suspected.append(peer_id)
 

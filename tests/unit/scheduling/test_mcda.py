@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from peerllm.scheduling.candidates import Candidate
 from peerllm.scheduling.mcda import (
     Weights,
+    affinity_pick,
     apply_affinity,
     choose_mcda,
     least_connections,
@@ -131,6 +132,39 @@ def test_affinity_prefers_the_previous_peer_while_healthy() -> None:
     assert apply_affinity(peers, "b")[0].peer_id == "b"
     assert apply_affinity(peers, "c")[0].peer_id == "a"
     assert apply_affinity(peers, None)[0].peer_id == "a"
+
+
+CONVERSATION = b"\x07" * 8
+
+
+def test_without_a_session_peer_the_prefix_holder_goes_first() -> None:
+    peers = [cand("a"), cand("b", prefixes=(b"\x01" * 8, CONVERSATION)),
+             cand("c", prefixes=(CONVERSATION,))]
+    assert [c.peer_id for c in apply_affinity(peers, None, CONVERSATION)] == ["b", "a", "c"]
+    assert affinity_pick(peers, None, CONVERSATION) == (1, "prefix")
+    # A session's remembered node still wins over a prefix holder...
+    assert affinity_pick(peers, "c", CONVERSATION) == (2, "session")
+    # ...unless it is gone or unhealthy; then the prefix decides.
+    assert affinity_pick(peers, "gone", CONVERSATION) == (1, "prefix")
+    assert affinity_pick(peers, None, b"\x09" * 8) is None
+    assert affinity_pick(peers, None, None) is None
+
+
+def test_an_unhealthy_prefix_holder_is_not_preferred() -> None:
+    peers = [cand("a"), cand("b", prefixes=(CONVERSATION,), half_open=True),
+             cand("c", prefixes=(CONVERSATION,), degraded=True)]
+    assert [c.peer_id for c in apply_affinity(peers, None, CONVERSATION)] == ["a", "b", "c"]
+
+
+@given(st.lists(st.booleans(), max_size=8), st.integers(0, 8))
+def test_affinity_only_reorders(holds: list[bool], session: int) -> None:
+    peers = [cand(f"p{i}", prefixes=(CONVERSATION,) if h else ()) for i, h in enumerate(holds)]
+    out = apply_affinity(peers, f"p{session}", CONVERSATION)
+    assert sorted(c.peer_id for c in out) == sorted(c.peer_id for c in peers)
+    if peers:
+        expected = f"p{session}" if session < len(peers) else next(
+            (c.peer_id for c in peers if CONVERSATION in c.prefixes), "p0")
+        assert out[0].peer_id == expected
 
 
 @given(st.lists(st.booleans(), max_size=12))

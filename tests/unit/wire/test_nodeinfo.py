@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from peerllm.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peerllm.wire import nodeinfo as ni
 from peerllm.wire.framing import NEED_DATA, FrameDecoder, encode_frame, pack, unpack_map
+from peerllm.wire.prefixes import MAX_PREFIXES, PREFIX_DIGEST_BYTES
 from tests.helpers import ALICE, MALLORY, peer_id_of, verify
 
 
@@ -51,6 +52,7 @@ def sample_info(peer_id: str = ALICE.peer_id, **changes: Any) -> ni.NodeInfo:
                 file_bytes=200_000_000,
                 digest="sha256:" + "ab" * 32,
                 replicas=3,
+                prefixes=(b"\x01" * 8, b"\x02" * 8),
             ),
             ni.ModelInfo(id="other", loaded=False, context_size=None, size_bytes=None, tags=()),
         ),
@@ -79,6 +81,8 @@ _models = st.builds(
     digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64).map(
         lambda h: "sha256:" + h),
     replicas=st.integers(min_value=0, max_value=ni.MAX_REPLICAS),
+    prefixes=st.lists(st.binary(min_size=PREFIX_DIGEST_BYTES, max_size=PREFIX_DIGEST_BYTES),
+                      max_size=MAX_PREFIXES, unique=True).map(tuple),
 )
 node_infos = st.builds(
     ni.NodeInfo,
@@ -248,6 +252,40 @@ def test_replicas_are_checked_when_present(replicas: object, text: str) -> None:
     m = info_map()
     m["models"][0]["replicas"] = replicas
     expect_field_error(m, text)
+
+
+def test_prefixes_may_be_absent_as_from_an_older_node() -> None:
+    m = info_map()
+    assert m["models"][0]["prefixes"] == [b"\x01" * 8, b"\x02" * 8]
+    assert m["models"][1]["prefixes"] == []
+    for model in m["models"]:
+        del model["prefixes"]
+    assert [model.prefixes for model in ni.info_from_map(m).models] == [(), ()]
+
+
+@pytest.mark.parametrize(("prefixes", "text"), [
+    ("abc", "models[0].prefixes: expected array, got str"),
+    (None, "models[0].prefixes: expected array, got nil"),
+    ([b"\x01" * 7], "models[0].prefixes[0]: expected exactly 8 bytes, got 7"),
+    ([b"\x01" * 8, b"\x02" * 9], "models[0].prefixes[1]: expected exactly 8 bytes, got 9"),
+    (["0102030405060708"], "models[0].prefixes[0]: expected bytes, got str"),
+    ([1], "models[0].prefixes[0]: expected bytes, got int"),
+    ([bytes([i]) * 8 for i in range(MAX_PREFIXES + 1)],
+     f"models[0].prefixes: {MAX_PREFIXES + 1} items exceeds {MAX_PREFIXES}"),
+    ([b"\x01" * 8, b"\x01" * 8], "models[0].prefixes: a digest is listed twice"),
+])
+def test_a_hostile_prefix_list_is_refused_naming_the_field(prefixes: object, text: str
+                                                           ) -> None:
+    m = info_map()
+    m["models"][0]["prefixes"] = prefixes
+    expect_field_error(m, text)
+
+
+def test_a_node_refuses_to_send_prefixes_a_receiver_would_refuse() -> None:
+    bad = dataclasses.replace(sample_info().models[0], prefixes=(b"short",))
+    with pytest.raises(LocalProtocolError, match="prefixes"):
+        ni.make_response(1, sample_info(models=(bad,)), public_key=ALICE.public_key,
+                         sign=ALICE.sign)
 
 
 def test_floats_may_be_ints() -> None:

@@ -12,9 +12,17 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ...errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .._fields import INT64_MAX, FieldError, MapReader, checked_as_sent, read_envelope
+from .._fields import (
+    INT64_MAX,
+    FieldError,
+    MapReader,
+    check_bytes,
+    checked_as_sent,
+    read_envelope,
+)
 from ..blob import parse_digest
 from ..load import load_to_map, read_load
+from ..prefixes import MAX_PREFIXES, PREFIX_DIGEST_BYTES
 from .messages import (
     BOOT_NONCE_BYTES,
     MAX_ADDR_LEN,
@@ -92,6 +100,7 @@ def info_to_map(info: NodeInfo) -> dict[str, Any]:
                 "file_bytes": m.file_bytes,
                 "digest": m.digest,
                 "replicas": m.replicas,
+                "prefixes": list(m.prefixes),
             }
             for m in info.models
         ],
@@ -122,6 +131,18 @@ def _added_digest(r: MapReader, key: str) -> str | None:
 def _added_int(r: MapReader, key: str, *, hi: int) -> int:
     """A uint 0..``hi`` added in 1.x: absent reads as 0."""
     return r.get_int(key, hi=hi) if r.has(key) else 0
+
+
+def _added_prefixes(r: MapReader, key: str) -> tuple[bytes, ...]:
+    """Conversation digests added in 1.x: absent reads as (); each exactly
+    PREFIX_DIGEST_BYTES, at most MAX_PREFIXES, no repeats."""
+    if not r.has(key):
+        return ()
+    out = tuple(check_bytes(item, path, size=PREFIX_DIGEST_BYTES)
+                for item, path in r.get_list(key, max_items=MAX_PREFIXES))
+    if len(set(out)) != len(out):
+        raise FieldError(r.child_path(key), "a digest is listed twice")
+    return out
 
 
 def _opt_float(value: float | None) -> float | None:
@@ -188,6 +209,7 @@ def _info_from_reader(r: MapReader) -> NodeInfo:
                 file_bytes=mr.get_added_opt_int("file_bytes"),
                 digest=_added_digest(mr, "digest"),
                 replicas=_added_int(mr, "replicas", hi=MAX_REPLICAS),
+                prefixes=_added_prefixes(mr, "prefixes"),
             )
             for mr in r.get_map_list("models", max_items=MAX_MODELS)
         ),

@@ -64,6 +64,8 @@ class ModelInfo:
     file_bytes: int | None = None  # the model file's size, as Ollama's /api/tags shows it
     digest: str | None = None  # sha256:<64 hex> of the file served, once the node knows it
     replicas: int = 0  # copies the owner wants the mesh to keep; 0 = no target
+    # Conversations whose KV cache a batch slot holds (wire.prefixes), newest first.
+    prefixes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
