@@ -10,6 +10,7 @@ through the registry and engine with ``parallel`` set.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -246,6 +247,9 @@ def test_the_greedy_fast_path_picks_what_llama_cpps_sampler_chain_picks(
     run_together(batched, chain)
     assert [j.text for j in fast] == [j.text for j in chain]
     assert fast[0].text == alone(single, fast[0]).text  # and what the single path gives
+    if params.logit_bias and params.temperature == 0.0:  # it steers the text (+8 on ".")
+        unbiased = Job(prompt=PROMPTS[0], params=dataclasses.replace(params, logit_bias=()))
+        assert alone(single, unbiased).text != fast[0].text
 
 
 def test_resume_text_penalties_and_a_too_long_prompt_behave_as_on_the_single_path(
