@@ -1,7 +1,7 @@
 """Continuous batching: aggregate tokens/s of one model at 1, 2, 4, 8 concurrent streams.
 
-In process, on the bundled gemma3-270m-q4_k_m, greedy, n_threads 2 (the machine has 2
-cores). Two contexts on the same file:
+In process, on the bundled gemma3-270m-q4_k_m, greedy (or --temperature), n_threads 2
+(the machine has 2 cores). Two contexts on the same file:
 
   single   today's path: one LlamaInstance, one request at a time (the baseline rate)
   batched  one BatchedLlamaInstance with --parallel slots: C threads call generate at
@@ -69,9 +69,12 @@ def verdict(ratio: float | None, target: float) -> str:
     return "n/a" if ratio is None else "PASS" if ratio >= target else "MISS"
 
 
-def stream_set(instance: ModelInstance, concurrency: int, tokens: int) -> dict[str, Any]:
-    """C requests released together; wall time, tokens and TTFTs."""
-    params = SamplingParams(max_tokens=tokens, temperature=0.0)
+def stream_set(instance: ModelInstance, concurrency: int, tokens: int,
+               temperature: float = 0.0) -> dict[str, Any]:
+    """C requests released together; wall time, tokens and TTFTs. Temperature 0 is
+    greedy; above it each stream draws with its own seed (reproducible across runs)."""
+    params = [SamplingParams(max_tokens=tokens, temperature=temperature, seed=i)
+              for i in range(concurrency)]
     encoded = [instance.encode(messages=None, prompt=PROMPTS[i % len(PROMPTS)],
                                resume_text="") for i in range(concurrency)]
     start = threading.Barrier(concurrency + 1)
@@ -85,7 +88,8 @@ def stream_set(instance: ModelInstance, concurrency: int, tokens: int) -> dict[s
                 ttft[i] = time.perf_counter() - t0[0]
 
         start.wait()
-        outcome = instance.generate(encoded[i], params, emit=emit, should_stop=lambda: False)
+        outcome = instance.generate(encoded[i], params[i], emit=emit,
+                                    should_stop=lambda: False)
         produced[i] = outcome.completion_tokens
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(concurrency)]
@@ -119,6 +123,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="completion tokens per stream")
     ap.add_argument("--levels", default="1,2,4,8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="0 = greedy (the default); e.g. 0.8 measures sampled requests")
     ap.add_argument("--omp-wait", choices=("passive", "default"), default="passive")
     ap.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     args = ap.parse_args()
@@ -144,10 +150,10 @@ def main() -> None:
             for level in levels:
                 # Paired: the single-stream rate is measured right before each level, so
                 # the ratio compares two runs a few seconds apart on a shared machine.
-                base = stream_set(single, 1, args.tokens)
+                base = stream_set(single, 1, args.tokens, args.temperature)
                 samples.append({"run": run, "path": "single", "before": level, **base})
                 before = batched.statistics()
-                got = stream_set(batched, level, args.tokens)
+                got = stream_set(batched, level, args.tokens, args.temperature)
                 after = batched.statistics()
                 steps = after.decode_calls - before.decode_calls
                 seqs = sum(w * (n - before.steps_by_width.get(w, 0))

@@ -10,6 +10,7 @@ through the registry and engine with ``parallel`` set.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import trio
 
 from peerllm.config import InferenceConfig
 from peerllm.errors import InvalidInferenceRequest
+from peerllm.inference import sampler
 from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOptions, StopCheck
 from peerllm.inference.batched_llama import BatchedLlamaInstance
 from peerllm.inference.catalog import assemble_bundled
@@ -68,6 +70,7 @@ class Job:
     messages: tuple[ChatMessage, ...] | None = None
     params: SamplingParams = GREEDY
     stop_after_pieces: int | None = None  # should_stop turns True after this many emits
+    resume_text: str = ""  # a partial answer to continue (failover resume)
     pieces: list[str] = field(default_factory=list)
     outcome: GenerationOutcome | None = None
 
@@ -76,7 +79,8 @@ class Job:
         return "".join(self.pieces)
 
     def run(self, instance: ModelInstance, *, start: threading.Barrier | None = None) -> None:
-        encoded = instance.encode(messages=self.messages, prompt=self.prompt, resume_text="")
+        encoded = instance.encode(messages=self.messages, prompt=self.prompt,
+                                  resume_text=self.resume_text)
         if start is not None:
             start.wait()
         self.outcome = instance.generate(encoded, self.params, emit=self._emit,
@@ -117,7 +121,8 @@ def alone(single: ModelInstance, job: Job) -> Job:
     another batch shape: enough to flip a greedy pick now and then.)"""
     assert isinstance(single, LlamaInstance)
     single._llm.reset()
-    reference = Job(prompt=job.prompt, messages=job.messages, params=job.params)
+    reference = Job(prompt=job.prompt, messages=job.messages, params=job.params,
+                    resume_text=job.resume_text)
     reference.run(single)
     return reference
 
@@ -223,6 +228,46 @@ def test_a_finished_sequence_names_its_slot_and_epoch_until_the_slot_is_reused(
     assert (lone.outcome.slot, lone.outcome.slot_epoch) == (None, None)
 
 
+@pytest.mark.parametrize("params", [
+    GREEDY,
+    SamplingParams(max_tokens=16, temperature=0.0, repeat_penalty=1.6),
+    SamplingParams(max_tokens=16, temperature=0.0, repeat_penalty=1.0,
+                   logit_bias=((236761, 8.0), (108, -50.0))),
+    SamplingParams(max_tokens=16, temperature=0.9, seed=11, repeat_penalty=1.4,
+                   logit_bias=((236761, 3.0),)),
+], ids=["default", "repeat-penalty", "logit-bias", "sampled"])
+def test_the_greedy_fast_path_picks_what_llama_cpps_sampler_chain_picks(
+        single: ModelInstance, batched: BatchedLlamaInstance, params: SamplingParams,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = [Job(prompt=p, params=params) for p in PROMPTS]
+    run_together(batched, fast)
+    monkeypatch.setattr(sampler, "greedy_applies", lambda _params, _gbnf: False)
+    monkeypatch.setattr(sampler, "adjusts_in_place", lambda _params: False)  # all in C
+    chain = [Job(prompt=p, params=params) for p in PROMPTS]
+    run_together(batched, chain)
+    assert [j.text for j in fast] == [j.text for j in chain]
+    assert fast[0].text == alone(single, fast[0]).text  # and what the single path gives
+    if params.logit_bias and params.temperature == 0.0:  # it steers the text (+8 on ".")
+        unbiased = Job(prompt=PROMPTS[0], params=dataclasses.replace(params, logit_bias=()))
+        assert alone(single, unbiased).text != fast[0].text
+
+
+def test_resume_text_penalties_and_a_too_long_prompt_behave_as_on_the_single_path(
+        single: ModelInstance, batched: BatchedLlamaInstance) -> None:
+    jobs = [Job(prompt=PROMPTS[0], resume_text=" Paris, a city"),
+            Job(prompt=PROMPTS[2], params=SamplingParams(
+                max_tokens=16, temperature=0.0, presence_penalty=0.5, frequency_penalty=0.3)),
+            Job(prompt=PROMPTS[3], params=SamplingParams(max_tokens=3, temperature=0.0))]
+    run_together(batched, jobs)
+    for job in jobs:
+        assert job.text == alone(single, job).text
+    assert jobs[2].outcome is not None and jobs[2].outcome.finish_reason == "length"
+    too_long = "word " * 1200  # past one slot's window (the context size)
+    for instance in (single, batched):
+        with pytest.raises(InvalidInferenceRequest, match="context window"):
+            instance.encode(messages=None, prompt=too_long, resume_text="")
+
+
 def test_seeded_sampling_is_reproducible_per_request(
         single: ModelInstance, batched: BatchedLlamaInstance) -> None:
     def seeded(seed: int) -> SamplingParams:
@@ -260,6 +305,7 @@ class RecordingBackend:
 
     def __init__(self) -> None:
         self._real = LlamaBackend()
+        self.max_parallel = self._real.max_parallel
         self.opened: list[ModelInstance] = []
 
     def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck

@@ -35,7 +35,9 @@ from peerllm.inference.registry import ModelRegistry, open_registry
 from peerllm.inference.specs import ModelSpec, bundled_spec
 
 MODEL = "gemma"
-CONFIG = InferenceConfig(n_threads=2, warmup_tokens=4, max_queue=1)
+# parallel 1: these tests are of the single-stream path and its one-at-a-time queue
+# (test_batching.py covers the batched one).
+CONFIG = InferenceConfig(n_threads=2, warmup_tokens=4, max_queue=1, parallel=1)
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 PROMPT = "The capital of France is"
 
@@ -70,6 +72,8 @@ class SharedInstance:
 
 
 class SharedBackend:
+    max_parallel = 1  # one shared single-stream context per options
+
     def __init__(self) -> None:
         self._real = LlamaBackend()
         self._open: dict[tuple[Path, OpenOptions], LlamaInstance] = {}

@@ -26,6 +26,14 @@ EVICTION_POLICIES: Final[tuple[str, ...]] = get_args(EvictionPolicy)
 # Share of total RAM the model cache may use when cache_size_gb is not set.
 DEFAULT_CACHE_FRACTION: Final = 0.75
 MAX_PARALLEL: Final = 64  # sequences in one batched llama context (llama.cpp allows 256)
+# Slots ``parallel: auto`` aims for, before the memory budget and the backend cut it down.
+# llama-server's own auto is 4. On the bundled model on a 2-core CPU
+# (scripts/bench/batching.py, tokens per CPU-second vs one stream) 4 streams gave 1.43x
+# and 8 gave 1.84x, but at 8 each stream ran at half the speed of 4 and its first token
+# took ~2 s: 4 is where more aggregate stops being worth the users' latency.
+AUTO_PARALLEL: Final = 4
+Parallel = int | Literal["auto"]
+"""Batched sequences per model: a number, or "auto" (resolved when the model loads)."""
 GIB: Final = 1024**3
 
 
@@ -49,8 +57,9 @@ class InferenceConfig:
     max_queue: int = 8  # requests waiting per model before ModelBusy (ours counted apart)
     # Sequences a generative model decodes together in one llama context (continuous
     # batching, inference/batched.py); a model's spec may say otherwise. 1 = one llama
-    # context per running request, max_concurrent of them.
-    parallel: int = 1
+    # context per running request, max_concurrent of them. "auto" = AUTO_PARALLEL cut to
+    # what the memory budget holds and the backend can batch, resolved at each load.
+    parallel: Parallel = "auto"
     # Share of a model's slots that peers' requests may hold at once (0 < share <= 1;
     # at least one slot). Our own requests always go first in the queue (priority.py).
     peer_share: float = 1.0
@@ -76,8 +85,7 @@ class InferenceConfig:
         set_field(self, "max_concurrent", integer("inference.max_concurrent",
                                                   self.max_concurrent, 1))
         set_field(self, "max_queue", integer("inference.max_queue", self.max_queue, 0))
-        set_field(self, "parallel", integer("inference.parallel", self.parallel, 1,
-                                            MAX_PARALLEL))
+        set_field(self, "parallel", parse_parallel("inference.parallel", self.parallel))
         set_field(self, "peer_share", fraction("inference.peer_share", self.peer_share,
                                                high=1.0))
         if self.peer_share == 0:
@@ -112,3 +120,16 @@ class InferenceConfig:
         if self.cache_size_gb is not None:
             return int(self.cache_size_gb * GIB)
         return int(total_ram_bytes * DEFAULT_CACHE_FRACTION)
+
+
+def parse_parallel(key: str, value: object) -> Parallel:
+    """A ``parallel`` setting: "auto" (any case) or a whole number 1..MAX_PARALLEL.
+
+    Raises:
+        ConfigError: anything else (the configuration's fault).
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise ConfigError(key, f"expected \"auto\" or a whole number, got {value!r}")
+    return integer(key, value, 1, MAX_PARALLEL)

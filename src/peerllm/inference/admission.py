@@ -135,7 +135,7 @@ class Admission:
     async def _checkout(self, loaded: LoadedModel, embedding: bool) -> ModelInstance:
         pool = loaded.idle.setdefault(embedding, [])
         loaded.busy += 1
-        shared = self._loader.shares_context(self.slot.spec, embedding=embedding)
+        shared = self._loader.shares_context(self.slot, embedding=embedding)
         if pool:
             # A batched context serves every request at once (its slots, which the
             # slot limiter counts); other contexts serve one request at a time.
@@ -144,7 +144,7 @@ class Admission:
         # first embedding request on a generative model): open one more.
         loaded.created[embedding] = loaded.created.get(embedding, 0) + 1
         try:
-            instance = await self._loader.open_context(loaded.path, self.slot.spec,
+            instance = await self._loader.open_context(loaded.path, self.slot,
                                                        embedding=embedding)
         except BaseException:
             loaded.created[embedding] -= 1

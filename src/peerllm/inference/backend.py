@@ -63,6 +63,9 @@ class Embedded:
 
     vectors: list[list[float]]  # one L2-normalised vector per input, in input order
     prompt_tokens: int  # tokens read for all inputs together (the usage to report)
+    # Tokens read per input, in input order; empty when the backend does not count them
+    # (a batch shared by several requests then splits prompt_tokens by inputs).
+    input_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +111,15 @@ class ModelInstance(Protocol):
 
 
 class ModelBackend(Protocol):
-    """Opens model files. ``should_stop`` is polled during the load to abort it."""
+    """Opens model files. ``should_stop`` is polled during the load to abort it.
+
+    ``max_parallel``: the most sequences one context of this backend decodes together
+    (``OpenOptions.parallel``); 1 = it cannot batch, and ``parallel: auto`` gives its
+    models one request per context.
+    """
+
+    @property
+    def max_parallel(self) -> int: ...
 
     def open(self, path: Path, options: OpenOptions, *,
              should_stop: StopCheck) -> ModelInstance:

@@ -8,6 +8,7 @@ the single-stream instance's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import time
@@ -27,12 +28,13 @@ from .backend import (
 )
 from .batched import BatchedRuntime, RuntimeStatistics, open_runtime
 from .request import ChatMessage, SamplingParams
-from .sampler import SamplerChain, checked_gbnf
+from .sampler import checked_gbnf, open_sampler
 from .sequence import Finished, Sequence
 
 STOP_POLL_S: Final = 0.05
 """How often a waiting caller polls its stop check when no text arrives (queued, or a
 slow step): a cancel is noticed within this, plus one step."""
+PIECE_CACHE: Final = 1 << 16  # tokens whose text the step thread keeps at hand
 _BENCHMARK_PROMPT: Final = "The quick brown fox jumps over the lazy dog. Once upon a time"
 
 
@@ -53,6 +55,11 @@ class BatchedLlamaInstance:
         self._n_vocab = int(llm.n_vocab())
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._order = itertools.count()
+        # A token's bytes and end-ness never change: look each up once (the step thread
+        # asks for every token it samples; llama_cpp's detokenize is several Python
+        # calls deep). Bounded by the vocabulary.
+        self._piece = functools.lru_cache(maxsize=PIECE_CACHE)(self._detokenize)
+        self._is_end = functools.lru_cache(maxsize=PIECE_CACHE)(self._end_of_generation)
 
     @classmethod
     def wrap(cls, inner: ModelInstance, llm: Any, options: OpenOptions) -> BatchedLlamaInstance:
@@ -60,6 +67,12 @@ class BatchedLlamaInstance:
         runtime = open_runtime(model_id=options.model_id, ctx=llm._ctx.ctx,
                                parallel=options.parallel, n_batch=int(llm.n_batch))
         return cls(inner, llm, runtime, options.model_id)
+
+    def _detokenize(self, token: int) -> bytes:
+        return bytes(self._llm.detokenize([token]))
+
+    def _end_of_generation(self, token: int) -> bool:
+        return bool(self._is_eog(self._vocab, token))
 
     @property
     def context_size(self) -> int:
@@ -100,14 +113,11 @@ class BatchedLlamaInstance:
             return GenerationOutcome(finish_reason="cancelled", completion_tokens=0,
                                      decode_seconds=0.0)
         gbnf = checked_gbnf(self._model_id, prompt, params)
-        sampler = SamplerChain(model_id=self._model_id, vocab=self._vocab,
+        sampler = open_sampler(model_id=self._model_id, vocab=self._vocab,
                                n_vocab=self._n_vocab, params=params, gbnf=gbnf)
-        vocab, is_eog, llm = self._vocab, self._is_eog, self._llm
         seq = Sequence(prompt=prompt, params=params, sampler=sampler,
                        budget=min(params.max_tokens, self.context_size - len(prompt.tokens)),
-                       order=next(self._order),
-                       detokenize=lambda token: bytes(llm.detokenize([token])),
-                       is_end=lambda token: bool(is_eog(vocab, token)))
+                       order=next(self._order), detokenize=self._piece, is_end=self._is_end)
         self._runtime.submit(seq)
         try:
             return self._follow(seq, emit=emit, should_stop=should_stop)

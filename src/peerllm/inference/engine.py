@@ -12,6 +12,7 @@ and returns early, which frees the model for the next request within one token.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ from ..events import Done, TokenChunk
 from ._concurrency import reraise_unwrapped, stop_check
 from .admission import Admission
 from .backend import Embedded, GenerationOutcome, ModelInstance
+from .embedding_batch import EmbeddingBatcher, EmbeddingStatistics
 from .prefixes import PrefixBooks
 from .priority import Origin
 from .registry import ModelRegistry
 from .request import ChatMessage as ChatMessage
 from .request import GenerationRequest as GenerationRequest
 from .request import SamplingParams as SamplingParams
+from .slots import ModelSlot
 from .token_handoff import TokenHandoff
 
 __all__ = ["ChatMessage", "Engine", "GenerationRequest", "GenerationStream", "SamplingParams"]
@@ -107,6 +110,9 @@ class Engine:
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
         self.prefixes = PrefixBooks()  # the chats our batch slots hold, for node-info
+        # One embedding batcher per model version, gone with the version.
+        self._embedders: weakref.WeakKeyDictionary[ModelSlot, EmbeddingBatcher] = \
+            weakref.WeakKeyDictionary()
 
     @property
     def registry(self) -> ModelRegistry:
@@ -178,9 +184,21 @@ class Engine:
         timeout = self._registry.config.inference_timeout_s
         with self._registry.admit(model) as admission, admission.cancellable(), \
                 trio.move_on_after(timeout):
-            async with admission.instance(embedding=True) as instance:
-                return await trio.to_thread.run_sync(instance.embed, texts)
+
+            async def run(batch: list[str]) -> Embedded:  # we lead a batch (ours among it)
+                async with admission.instance(embedding=True) as instance:
+                    return await trio.to_thread.run_sync(instance.embed, batch)
+
+            batcher = self._embedders.setdefault(admission.slot, EmbeddingBatcher())
+            return await batcher.embed(texts, run)
         raise InferenceTimeout(model, timeout)  # only the deadline gets here
+
+    def embedding_statistics(self) -> EmbeddingStatistics:
+        """Embedding requests served and the batches (``embed`` calls) that served them,
+        over the model versions still registered (embedding_batch.py; the test seam)."""
+        stats = [b.statistics() for b in self._embedders.values()]
+        return EmbeddingStatistics(requests=sum(s.requests for s in stats),
+                                   batches=sum(s.batches for s in stats))
 
     # -- the producer task -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ..config.inference import MAX_PARALLEL
 from ..errors import InvalidInferenceRequest, ModelLoadError
 from ..events import FinishReason
 from .backend import (
@@ -98,6 +99,11 @@ def _peer_llama_class() -> type[Llama]:
 
 class LlamaBackend:
     """Opens GGUF files with llama.cpp (CPU, or GPU layers when built with CUDA/Metal)."""
+
+    @property
+    def max_parallel(self) -> int:
+        """It batches (continuous batching, batched_llama.py) up to MAX_PARALLEL."""
+        return MAX_PARALLEL
 
     def open(self, path: Path, options: OpenOptions, *,
              should_stop: StopCheck) -> LlamaInstance | BatchedLlamaInstance:
@@ -395,10 +401,15 @@ class LlamaInstance:
             raise InvalidInferenceRequest(self._model_id, "not an embedding context")
         if not inputs:
             return Embedded(vectors=[], prompt_tokens=0)
-        vectors, tokens = self._llm.embed(list(inputs), normalize=True, truncate=True,
-                                          return_count=True)
+        llm = self._llm
+        vectors, tokens = llm.embed(list(inputs), normalize=True, truncate=True,
+                                    return_count=True)
+        # Per input, as Llama.embed counts them (tokenized with BOS, cut to n_batch), so
+        # a batch of several requests (embedding_batch.py) can give each its usage.
+        per_input = tuple(min(len(llm.tokenize(text.encode("utf-8"))), int(llm.n_batch))
+                          for text in inputs)
         return Embedded(vectors=[[float(x) for x in vec] for vec in vectors],
-                        prompt_tokens=int(tokens))
+                        prompt_tokens=int(tokens), input_tokens=per_input)
 
     def close(self) -> None:
         self._llm.close()

@@ -20,8 +20,17 @@ from ._concurrency import stop_check
 from .backend import Benchmark, ModelBackend, ModelInstance, OpenOptions
 from .catalog import assemble_bundled
 from .memory import choose_variant, estimate_memory_bytes
-from .slots import LoadedModel, ModelSlot, check_gguf, concurrency_of, ema, gib, parallel_of
-from .specs import ModelSpec
+from .slots import (
+    LoadedModel,
+    ModelSlot,
+    check_gguf,
+    concurrency_of,
+    ema,
+    gib,
+    requested_parallel,
+    resolve_parallel,
+    slots_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +63,11 @@ class ModelLoader:
         self._backend = backend
         self._memory = memory
 
+    @property
+    def max_parallel(self) -> int:
+        """Sequences the backend can batch in one context (1: it cannot batch)."""
+        return self._backend.max_parallel
+
     async def load(self, slot: ModelSlot) -> LoadedModel | ModelLoadError:
         """Load ``slot``'s model within ``load_timeout_s``; a failure is returned, not
         raised, so that the caller's load job can hand it to every waiter."""
@@ -76,23 +90,24 @@ class ModelLoader:
                                    "(load_timeout_s)")
         return error
 
-    def shares_context(self, spec: ModelSpec, *, embedding: bool) -> bool:
+    def shares_context(self, slot: ModelSlot, *, embedding: bool) -> bool:
         """True when one (batched) context of this kind serves all of the model's slots."""
-        return not embedding and parallel_of(spec, self._config) > 1
+        return not embedding and slot.parallel > 1
 
-    async def open_context(self, path: Path, spec: ModelSpec, *,
+    async def open_context(self, path: Path, slot: ModelSlot, *,
                            embedding: bool) -> ModelInstance:
         """One more llama context of a loaded model (in a worker thread)."""
         return await trio.to_thread.run_sync(
-            self._open_instance, path, self._options(spec, embedding=embedding))
+            self._open_instance, path, self._options(slot, embedding=embedding))
 
     async def _load(self, slot: ModelSlot) -> LoadedModel:
         spec = slot.spec
         started = trio.current_time()
         path, quant, size = await self._pick_file(slot)
         slot.path, slot.quant = path, quant
+        self._resolve_parallel(slot, size)
         need = estimate_memory_bytes(size, spec.context_size,
-                                     contexts=concurrency_of(spec, self._config))
+                                     contexts=concurrency_of(slot, self._config))
         slot.estimate_bytes = need
         victims = self._memory.reserve(slot, need)
         try:
@@ -100,7 +115,7 @@ class ModelLoader:
                 await victim.freed.wait()
             embedding = spec.type == "embedding"
             instance, bench = await trio.to_thread.run_sync(
-                self._open_sync, path, self._options(spec, embedding=embedding))
+                self._open_sync, path, self._options(slot, embedding=embedding))
         except BaseException as exc:
             self._memory.unreserve(need)
             if isinstance(exc, ModelLoadError):  # the backend refused the file itself
@@ -121,13 +136,28 @@ class ModelLoader:
                     if bench and bench.tokens_per_second else "")
         return loaded
 
-    def _options(self, spec: ModelSpec, *, embedding: bool) -> OpenOptions:
+    def _resolve_parallel(self, slot: ModelSlot, file_bytes: int) -> None:
+        """Fix the model's slots for this load ("auto": what the memory holds) and make
+        the limiter (hence the busy bound and node-info capacity) count them."""
         cfg = self._config
+        parallel = resolve_parallel(slot.spec, cfg, max_parallel=self.max_parallel,
+                                    file_bytes=file_bytes,
+                                    limit_bytes=self._memory.fit_limit(slot))
+        if parallel != slot.parallel:
+            slot.parallel = parallel
+            n = concurrency_of(slot, cfg)
+            slot.limiter.resize(n, peer_limit=cfg.peer_slots_of(n))
+        if requested_parallel(slot.spec, cfg) == "auto":
+            logger.info("model %s: parallel auto -> %d slot(s)", slot.spec.id, parallel)
+
+    def _options(self, slot: ModelSlot, *, embedding: bool) -> OpenOptions:
+        cfg = self._config
+        spec = slot.spec
         return OpenOptions(model_id=spec.id, context_size=spec.context_size,
                            gpu_layers=spec.gpu_layers, n_threads=cfg.n_threads,
                            use_extra_bufts=cfg.use_extra_bufts, chat_format=spec.chat_format,
                            embedding=embedding, mean_pooling=embedding and spec.type == "llm",
-                           parallel=1 if embedding else parallel_of(spec, cfg))
+                           parallel=1 if embedding else slot.parallel)
 
     def _open_instance(self, path: Path, options: OpenOptions) -> ModelInstance:
         """Worker thread: open the file."""
@@ -171,14 +201,15 @@ class ModelLoader:
             quant, path, size = found[0]
             return path, quant, size
         limit = self._memory.fit_limit(slot)
+        # "auto" slots shrink to what fits, so the variant is picked for the fewest.
+        asked = requested_parallel(spec, self._config)
+        contexts = slots_for(1 if asked == "auto" else asked, self._config)
         pick = choose_variant([(q, size) for q, _, size in found],
-                              context_size=spec.context_size,
-                              contexts=concurrency_of(slot.spec, self._config),
+                              context_size=spec.context_size, contexts=contexts,
                               limit_bytes=limit)
         if pick is None:
             smallest = min(size for _, _, size in found)
-            need = estimate_memory_bytes(smallest, spec.context_size,
-                                         contexts=concurrency_of(slot.spec, self._config))
+            need = estimate_memory_bytes(smallest, spec.context_size, contexts=contexts)
             raise ModelLoadError(spec.id, f"no variant fits: the smallest needs ~{gib(need)}, "
                                  f"{gib(limit)} is available")
         quant, path, size = found[pick]

@@ -49,6 +49,15 @@ def estimate_memory_bytes(file_bytes: int, context_size: int, *, contexts: int =
                                                                           context_size)
 
 
+def fitting_slots(file_bytes: int, context_size: int, *, most: int, limit_bytes: int) -> int:
+    """The most batch slots (<= ``most``) whose weights plus one KV cache each fit in
+    ``limit_bytes`` (``parallel: auto``); at least 1, whether or not that fits."""
+    n = max(1, most)
+    while n > 1 and estimate_memory_bytes(file_bytes, context_size, contexts=n) > limit_bytes:
+        n -= 1
+    return n
+
+
 def quant_rank(quant: str | None) -> int:
     """Position in QUANT_ORDER (lower is better); unknown or None ranks last."""
     return _RANK.get(quant, len(_RANK)) if quant is not None else len(_RANK)

@@ -66,6 +66,20 @@ class SlotLimiter:
         self._held: dict[Origin, int] = {"local": 0, "peer": 0}
         self._waiting: dict[Origin, deque[_Waiter]] = {"local": deque(), "peer": deque()}
 
+    def resize(self, total: int, *, peer_limit: int | None = None) -> None:
+        """Now ``total`` slots (a load resolved ``parallel: auto``). Holders beyond a
+        smaller total keep their slot; nobody new is granted one until they fit.
+
+        Raises:
+            ValueError: as the constructor.
+        """
+        limit = total if peer_limit is None else peer_limit
+        if total < 1 or not 1 <= limit <= total:
+            raise ValueError(f"need total >= 1 and 1 <= peer_limit <= total, got {total}, "
+                             f"{limit}")
+        self._total, self._peer_limit = total, limit
+        self._grant_waiters()
+
     def statistics(self) -> SlotStatistics:
         return SlotStatistics(total=self._total, peer_limit=self._peer_limit,
                               held_local=self._held["local"], held_peer=self._held["peer"],
@@ -109,6 +123,9 @@ class SlotLimiter:
 
     def _release(self, origin: Origin) -> None:
         self._held[origin] -= 1
+        self._grant_waiters()
+
+    def _grant_waiters(self) -> None:
         # Invariant after this loop: a local request waits only when no slot is free, a
         # peer request only when no slot is free or peers hold peer_limit.
         while True:

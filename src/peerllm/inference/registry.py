@@ -5,7 +5,8 @@ registry's nursery, so a load shared by several waiting requests survives any on
 them going away, and leaving the ``async with`` frees every model.
 
 Per model: a ``SlotLimiter(max_concurrent)`` (one llama context per running request;
-or ``parallel`` sequences of one batched context, slots.concurrency_of;
+or ``parallel`` sequences of one batched context, slots.concurrency_of; "auto" counts a
+provisional number until a load resolves it, loading.py;
 our own requests before peers', peers capped at ``peer_slots``) and at most ``max_queue``
 more requests waiting for it; past that, ModelBusy. Our own requests are counted on
 their own against that bound, so peers filling the queue never make one of ours busy.
@@ -55,6 +56,8 @@ from .slots import (
     LoadJob,
     ModelSlot,
     concurrency_of,
+    provisional_parallel,
+    slots_for,
     startup_problem,
     status_of,
 )
@@ -132,8 +135,10 @@ class ModelRegistry:
 
     def _new_slot(self, spec: ModelSpec) -> ModelSlot:
         cfg = self._config
-        n = concurrency_of(spec, cfg)
-        slot = ModelSlot(spec=spec, limiter=SlotLimiter(n, peer_limit=cfg.peer_slots_of(n)))
+        parallel = provisional_parallel(spec, cfg, max_parallel=self._loader.max_parallel)
+        n = slots_for(parallel, cfg)
+        slot = ModelSlot(spec=spec, limiter=SlotLimiter(n, peer_limit=cfg.peer_slots_of(n)),
+                         parallel=parallel)
         problem = startup_problem(spec)  # reads headers only: cheap even for big files
         if problem is not None:
             logger.warning("model %s is not served (not advertised to the mesh): %s",
@@ -220,7 +225,7 @@ class ModelRegistry:
         Raises:
             ModelNotFound.
         """
-        return concurrency_of(self._slot(model_id).spec, self._config)
+        return concurrency_of(self._slot(model_id), self._config)
 
     def status(self, model_id: str) -> ModelStatus:
         """Raises ModelNotFound."""
@@ -387,7 +392,7 @@ class ModelRegistry:
         if self._closed:
             raise InferenceCancelled(model_id, "the inference engine is shutting down")
         cfg = self._config
-        n = concurrency_of(slot.spec, cfg)
+        n = concurrency_of(slot, cfg)
         ahead = slot.pending_local if origin == "local" else slot.pending
         if ahead >= n + cfg.max_queue:
             per_request = slot.request_s if slot.request_s is not None else DEFAULT_REQUEST_S

@@ -20,7 +20,7 @@ from ..errors import InferenceError
 from ..events import FinishReason, TokenChunk
 from .backend import EncodedPrompt, GenerationOutcome
 from .request import SamplingParams
-from .sampler import SamplerChain
+from .sampler import Sampler
 from .stops import StopScanner
 
 
@@ -39,7 +39,7 @@ Item = TokenChunk | Finished  # final text (never empty), then the outcome
 class Sequence:
     """See the module docstring."""
 
-    def __init__(self, *, prompt: EncodedPrompt, params: SamplingParams, sampler: SamplerChain,
+    def __init__(self, *, prompt: EncodedPrompt, params: SamplingParams, sampler: Sampler,
                  budget: int, order: int, detokenize: Callable[[int], bytes],
                  is_end: Callable[[int], bool]) -> None:
         self.prompt = prompt.tokens

@@ -9,10 +9,11 @@ from typing import Final, Literal, Protocol
 import trio
 
 from ..config import InferenceConfig
+from ..config.inference import AUTO_PARALLEL, Parallel
 from ..errors import ModelLoadError
 from .backend import ModelInstance
 from .gguf import gguf_problem
-from .memory import estimate_memory_bytes
+from .memory import estimate_memory_bytes, fitting_slots
 from .priority import SlotLimiter
 from .specs import ModelSpec, ModelType
 
@@ -50,6 +51,9 @@ class ModelStatus:
     advertised: bool = True
     digest: str | None = None  # sha256:<hex> of the file served, once known
     replicas: int = 0  # copies the mesh should keep (the spec's)
+    # Batch slots of its generating context (1: not batched); for "auto", provisional
+    # until a load resolves it (slots.resolve_parallel).
+    parallel: int = 1
 
 
 @dataclass(eq=False)
@@ -90,6 +94,9 @@ class ModelSlot:
 
     spec: ModelSpec
     limiter: SlotLimiter
+    # Sequences its generating context decodes together: the number asked for, or for
+    # "auto" a provisional bound until a load resolves it (slots.resolve_parallel).
+    parallel: int = 1
     loaded: LoadedModel | None = None
     job: LoadJob | None = None  # the load in flight
     error: str | None = None
@@ -158,21 +165,46 @@ def status_of(slot: ModelSlot) -> ModelStatus:
         path=loaded.path if loaded else slot.path or spec.path,
         quant=loaded.quant if loaded else slot.quant, chat_format=spec.chat_format,
         context_size=spec.context_size, tags=spec.tags, file_bytes=spec.size_bytes,
-        advertised=slot.advertised, digest=slot.digest, replicas=spec.replicas)
+        advertised=slot.advertised, digest=slot.digest, replicas=spec.replicas,
+        parallel=slot.parallel)
 
 
-def parallel_of(spec: ModelSpec, config: InferenceConfig) -> int:
-    """Sequences the model's generating context decodes together (1 = not batched).
-    Embedding models are never batched here."""
+def requested_parallel(spec: ModelSpec, config: InferenceConfig) -> Parallel:
+    """The ``parallel`` asked for the model's generating context (the spec's, else the
+    node's). Embedding models are never batched here."""
     if spec.type != "llm":
         return 1
     return spec.parallel if spec.parallel is not None else config.parallel
 
 
-def concurrency_of(spec: ModelSpec, config: InferenceConfig) -> int:
+def provisional_parallel(spec: ModelSpec, config: InferenceConfig, *, max_parallel: int
+                         ) -> int:
+    """The slots to count before a load resolves them: the number asked for, or for
+    "auto" AUTO_PARALLEL within what the backend batches (``max_parallel``)."""
+    asked = requested_parallel(spec, config)
+    return asked if asked != "auto" else max(1, min(AUTO_PARALLEL, max_parallel))
+
+
+def resolve_parallel(spec: ModelSpec, config: InferenceConfig, *, max_parallel: int,
+                     file_bytes: int, limit_bytes: int) -> int:
+    """The slots a load gives the model: the number asked for, or for "auto" the most
+    (up to AUTO_PARALLEL and ``max_parallel``) whose KV caches fit ``limit_bytes`` next to
+    the weights (memory.fitting_slots), at least 1."""
+    asked = requested_parallel(spec, config)
+    if asked != "auto":
+        return asked
+    return fitting_slots(file_bytes, spec.context_size,
+                         most=min(AUTO_PARALLEL, max_parallel), limit_bytes=limit_bytes)
+
+
+def concurrency_of(slot: ModelSlot, config: InferenceConfig) -> int:
     """Requests the model runs at once: its batch slots when batched, else
     ``max_concurrent`` llama contexts. Its KV caches are this many contexts' worth."""
-    parallel = parallel_of(spec, config)
+    return slots_for(slot.parallel, config)
+
+
+def slots_for(parallel: int, config: InferenceConfig) -> int:
+    """``concurrency_of`` a model with ``parallel`` batch slots."""
     return parallel if parallel > 1 else config.max_concurrent
 
 

@@ -10,7 +10,7 @@ from typing import Any, Final, Literal, get_args
 
 import yaml
 
-from ..config.inference import MAX_PARALLEL
+from ..config.inference import Parallel, parse_parallel
 from ..errors import ConfigError
 from ..wire.blob import parse_digest
 from ..wire.nodeinfo import MAX_REPLICAS
@@ -46,7 +46,7 @@ class ModelSpec:
     size_bytes: int | None = None  # known file size (bundled: sum of its chunks)
     replicas: int = 0  # copies the mesh keeps (protocols/replication.md); 0 = no target
     digest: str | None = None  # sha256:<hex> of the file when known (a pulled model's)
-    parallel: int | None = None  # batched sequences (InferenceConfig.parallel); None = it
+    parallel: Parallel | None = None  # batched sequences (InferenceConfig.parallel); None = it
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _MODEL_ID.fullmatch(self.id):
@@ -65,11 +65,11 @@ class ModelSpec:
         if isinstance(self.gpu_layers, bool) or not isinstance(self.gpu_layers, int) \
                 or self.gpu_layers < -1:
             raise ValueError(f"gpu_layers: must be a whole number >= -1, got {self.gpu_layers!r}")
-        if self.parallel is not None and (
-                isinstance(self.parallel, bool) or not isinstance(self.parallel, int)
-                or not 1 <= self.parallel <= MAX_PARALLEL):
-            raise ValueError(f"parallel: must be a whole number 1-{MAX_PARALLEL}, "
-                             f"got {self.parallel!r}")
+        if self.parallel is not None:
+            try:
+                object.__setattr__(self, "parallel", parse_parallel("parallel", self.parallel))
+            except ConfigError as exc:
+                raise ValueError(f"parallel: {exc.message}") from exc
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) \
                 or not 0 <= self.replicas <= MAX_REPLICAS:
             raise ValueError(f"replicas: must be a whole number 0-{MAX_REPLICAS}, "
@@ -264,7 +264,7 @@ def _entry(where: str, raw: object, *, base_dir: Path, base: Mapping[str, Any]) 
         tags=tuple(tags), variants=tuple(variants),
         replicas=_int(f"{where}.replicas", entry.get("replicas", 0), 0, MAX_REPLICAS),
         parallel=None if entry.get("parallel") is None
-        else _int(f"{where}.parallel", entry["parallel"], 1, MAX_PARALLEL),
+        else parse_parallel(f"{where}.parallel", entry["parallel"]),
     )
 
 

@@ -50,6 +50,7 @@ class FakeInstance:
         self.options = options
         self.closed = False
         self.generated = 0  # tokens emitted over the instance's life
+        self.embed_calls = 0  # embed() calls (a batch of requests is one)
 
     @property
     def context_size(self) -> int:
@@ -88,8 +89,10 @@ class FakeInstance:
         """``fake_vector`` of each input; a token per word plus one per input."""
         if not self.options.embedding:
             raise RuntimeError("embed() on a context not opened with embedding=True")
-        return Embedded(vectors=[fake_vector(s) for s in inputs],
-                        prompt_tokens=sum(len(s.split()) + 1 for s in inputs))
+        self.embed_calls += 1
+        counts = tuple(len(s.split()) + 1 for s in inputs)
+        return Embedded(vectors=[fake_vector(s) for s in inputs], prompt_tokens=sum(counts),
+                        input_tokens=counts)
 
     def benchmark(self, n_tokens: int) -> Benchmark:
         return Benchmark(tokens=n_tokens, seconds=0.1, tokens_per_second=42.0, ttft_s=0.01)
@@ -107,6 +110,9 @@ class FakeBackend:
             endless "t{i} " sequence (finish_reason "length").
         open_s: seconds each load takes (in the worker thread).
         token_s: seconds each token takes.
+        max_parallel: what it reports it can batch (``ModelBackend.max_parallel``); 1 by
+            default, so ``parallel: auto`` gives one request per instance. Its instances
+            serve several requests at once whatever ``OpenOptions.parallel`` says.
 
     ``gate`` (set by default) holds generation while cleared; ``hang_paths`` are files
     whose load blocks until stopped (then raises ModelLoadError), ``refuse_paths`` files
@@ -116,7 +122,8 @@ class FakeBackend:
     """
 
     def __init__(self, *, tokens: Sequence[str] | None = None, open_s: float = 0.0,
-                 token_s: float = 0.001) -> None:
+                 token_s: float = 0.001, max_parallel: int = 1) -> None:
+        self.max_parallel = max_parallel
         self.tokens = None if tokens is None else tuple(tokens)
         self.open_s = open_s
         self.token_s = token_s

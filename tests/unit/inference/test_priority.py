@@ -80,6 +80,26 @@ async def test_a_new_peer_request_does_not_pass_a_waiting_one() -> None:
     assert log.order == ["peer-1", "local", "peer-2", "peer-3"]
 
 
+async def test_resizing_grants_waiters_at_once_and_a_smaller_total_waits_for_holders(
+        ) -> None:
+    log = Log(SlotLimiter(1))
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c", "d"):
+            await log.start(nursery, name, "local")
+        log.limiter.resize(3)  # a load resolved "auto" to more slots than counted
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(log.order) == ["a", "b", "c"]  # b and c granted together
+        log.limiter.resize(1)  # ... or to fewer: holders keep their slots
+        await log.finish("a")
+        await log.finish("b")
+        assert len(log.order) == 3  # c still holds the only slot
+        await log.finish("c")
+        assert log.order[3:] == ["d"]
+        await log.finish("d")
+    with pytest.raises(ValueError, match="total"):
+        log.limiter.resize(0)
+
+
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     limiter = SlotLimiter(1)
     log = Log(limiter)

@@ -425,7 +425,7 @@ async def test_embeddings(tmp_path: Path) -> None:
     async with engine_for(specs, backend) as (engine, reg):
         got = await engine.embed("a", ["x", "yy z"])
         assert got == Embedded(vectors=[fake_vector("x"), fake_vector("yy z")],
-                               prompt_tokens=2 + 3)
+                               prompt_tokens=2 + 3, input_tokens=(2, 3))
         # A generative model gets a second, embedding context next to its generator.
         assert [i.options.embedding for i in backend.opened] == [False, True]
         assert await engine.embed("e", []) == Embedded(vectors=[], prompt_tokens=0)
