@@ -88,6 +88,9 @@ on a shared 2-core machine (scripts/bench/batching.py --omp-wait)."""
                    "[env MODEL_CACHE_SIZE_GB].")
 @click.option("--max-concurrent", type=int,
               help="Generations at once per model (default 1) [env MODEL_MAX_CONCURRENT].")
+@click.option("--parallel",
+              help="Sequences a generative model decodes together: auto (default: up to 4, "
+                   "as memory allows) or a number; 1 = no batching [env MODEL_PARALLEL].")
 @click.option("--max-queue", type=int,
               help="Requests waiting per model (default 8) [env MODEL_MAX_QUEUE].")
 @click.option("--peer-share", type=float,
@@ -155,6 +158,7 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
                       ("default_model", "inference.default_model"),
                       ("cache_size_gb", "inference.cache_size_gb"),
                       ("max_concurrent", "inference.max_concurrent"),
+                      ("parallel", "inference.parallel"),
                       ("max_queue", "inference.max_queue"),
                       ("peer_share", "inference.peer_share"),
                       ("threads", "inference.n_threads"),

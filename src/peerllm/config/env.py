@@ -98,6 +98,7 @@ TABLE: Final[tuple[EnvVar, ...]] = (
     EnvVar("MODEL_DEFAULT", "inference.default_model", _text),
     EnvVar("MODEL_CACHE_SIZE_GB", "inference.cache_size_gb", _float),
     EnvVar("MODEL_MAX_CONCURRENT", "inference.max_concurrent", _int),
+    EnvVar("MODEL_PARALLEL", "inference.parallel", _text, "auto or a whole number"),
     EnvVar("MODEL_MAX_QUEUE", "inference.max_queue", _int),
     EnvVar("MODEL_PEER_SHARE", "inference.peer_share", _float),
     EnvVar("MODEL_EVICTION_POLICY", "inference.eviction_policy", _text),

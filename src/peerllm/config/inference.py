@@ -131,5 +131,7 @@ def parse_parallel(key: str, value: object) -> Parallel:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     if isinstance(value, str):
-        raise ConfigError(key, f"expected \"auto\" or a whole number, got {value!r}")
+        if not value.strip().isdigit():  # a flag or environment variable gives text
+            raise ConfigError(key, f"expected \"auto\" or a whole number, got {value!r}")
+        value = int(value)
     return integer(key, value, 1, MAX_PARALLEL)

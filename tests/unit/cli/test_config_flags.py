@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click import ClickException
 from click.testing import CliRunner
 
 from peerllm.cli import cli
@@ -32,11 +33,22 @@ def test_every_inference_flag_sets_its_key(environ: pytest.MonkeyPatch, tmp_path
                      "--preload", "a", "--preload", "b", "--default-model", "a",
                      "--cache-size-gb", "2.5", "--max-concurrent", "2", "--max-queue", "0",
                      "--peer-share", "0.5", "--threads", "3", "--context-size", "4096",
-                     "--gpu-layers", "-1")
+                     "--gpu-layers", "-1", "--parallel", "3")
     assert cfg.inference == InferenceConfig(
         models_dir=tmp_path, models_config_path=tmp_path / "m.yaml", preload=("a", "b"),
         default_model="a", cache_size_gb=2.5, max_concurrent=2, max_queue=0, peer_share=0.5,
-        n_threads=3, context_size=4096, gpu_layers=-1)
+        n_threads=3, context_size=4096, gpu_layers=-1, parallel=3)
+
+
+def test_parallel_is_auto_or_a_number_from_flag_or_env(environ: pytest.MonkeyPatch) -> None:
+    assert config_for().inference.parallel == "auto"
+    environ.setenv("MODEL_PARALLEL", "2")
+    assert config_for().inference.parallel == 2
+    assert config_for("--parallel", "AUTO").inference.parallel == "auto"
+    environ.setenv("MODEL_PARALLEL", "lots")
+    with pytest.raises(ClickException) as info:
+        config_for()
+    assert "MODEL_PARALLEL" in info.value.message and "'lots'" in info.value.message
 
 
 def test_flags_beat_env_beat_file(environ: pytest.MonkeyPatch, tmp_path: Path) -> None:

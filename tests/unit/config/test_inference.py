@@ -113,7 +113,7 @@ ALL_SET = {
     "MODEL_INFERENCE_TIMEOUT_SECONDS": "60.5", "MODEL_WARMUP_TOKENS": "0",
     "MODELS_CONFIG_PATH": "/etc/peerllm/models.yaml", "MODEL_USE_EXTRA_BUFTS": "on",
     "MODEL_THREADS": "3", "MODEL_GPU_LAYERS": "-1", "MODEL_CONTEXT_SIZE": "4096",
-    "MODEL_PEER_SHARE": "0.5",
+    "MODEL_PEER_SHARE": "0.5", "MODEL_PARALLEL": "3",
 }
 
 
@@ -125,7 +125,7 @@ def test_every_documented_variable_sets_its_key() -> None:
         cache_size_gb=12.5, max_concurrent=2, max_queue=0, eviction_policy="lfu",
         load_timeout_s=30.0, inference_timeout_s=60.5, warmup_tokens=0,
         models_config_path=Path("/etc/peerllm/models.yaml"), use_extra_bufts=True,
-        n_threads=3, gpu_layers=-1, context_size=4096, peer_share=0.5)
+        n_threads=3, gpu_layers=-1, context_size=4096, peer_share=0.5, parallel=3)
 
 
 @pytest.mark.parametrize(("max_concurrent", "share", "slots"), [
