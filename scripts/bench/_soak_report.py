@@ -11,6 +11,7 @@ from _common import fmt, median, percentile, rnd, table
 
 RSS_GROWTH_TARGET_PCT = 5.0
 FD_SLACK = 4  # idle fds after vs before: a DHT or mesh connection may come and go
+KEPT_STREAMS_MAX = 8  # p2p.infer_idle_streams_per_peer (4) x the two other nodes
 TTFT_STABLE_FACTOR = 1.5  # no minute's p95 TTFT above this x the median minute's
 WARMUP_MAX_S = 60.0
 WARMUP_SHARE = 0.2  # of a run shorter than 5 minutes
@@ -44,7 +45,7 @@ def _node_summary(samples: Sequence[Mapping[str, Any]], node: str, warm: float
                                samples, node, "rss_mb", "idle-before")), 1),
                            "rss_mb_idle_after": rnd(_first(_node_series(
                                samples, node, "rss_mb", "idle-after")), 1)}
-    for field in ("fds", "served_streams"):
+    for field in ("fds", "served_streams", "opened_active", "opened_idle"):
         load = [v for _, v in _node_series(samples, node, field, "load")]
         out[field] = {"idle_before": _first(_node_series(samples, node, field, "idle-before")),
                       "load_max": max(load) if load else None,
@@ -130,6 +131,11 @@ def summarize(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, An
         sa = s["served_streams"]["idle_after"]
         targets.append(_target(f"{n}: served libp2p streams when idle == 0",
                                None if sa is None else sa == 0, sa))
+        oa, oi = s["opened_active"]["idle_after"], s["opened_idle"]["idle_after"]
+        targets.append(_target(f"{n}: opened libp2p streams answering when idle == 0",
+                               None if oa is None else oa == 0, oa))
+        targets.append(_target(f"{n}: opened streams kept for reuse <= {KEPT_STREAMS_MAX}",
+                               None if oi is None else oi <= KEPT_STREAMS_MAX, oi))
     targets.append(_target(f"p95 TTFT per minute <= {TTFT_STABLE_FACTOR}x the median minute",
                            None if mid is None or worst is None
                            else worst <= TTFT_STABLE_FACTOR * mid,

@@ -111,6 +111,10 @@ def node_sample(nodes: Sequence[Server], origin: float) -> dict[str, Any]:
         info = get_json(n.url + "/v1/node/info") or {}
         served = metric_value(get_text(n.url + "/metrics"), "peerllm_served_streams")
         procs[n.name]["served_streams"] = None if served is None else int(served)
+        page = get_text(n.url + "/metrics")
+        for state in ("active", "idle"):
+            opened = metric_value(page, f'peerllm_opened_streams{{state="{state}"}}')
+            procs[n.name][f"opened_{state}"] = None if opened is None else int(opened)
         procs[n.name]["load"] = info.get("load")
     return {"t_s": round(now() - origin, 3), "nodes": procs}
 

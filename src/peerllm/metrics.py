@@ -150,6 +150,10 @@ class Metrics:
         self.served_streams = Gauge("peerllm_served_streams",
                                     "Inference streams this node is serving for peers",
                                     registry=r)
+        self.opened_streams = Gauge("peerllm_opened_streams",
+                                    "Inference streams this node has open to peers: "
+                                    "answering now (active) or kept for reuse (idle)",
+                                    ["state"], registry=r)
         self.node_info = Gauge("peerllm_node_info", "This node's identity (always 1)",
                                ["name", "peer_id", "version"], registry=r)
         self.routed = Counter("peerllm_routed_requests",
@@ -253,6 +257,10 @@ class Metrics:
 
     def set_served_streams(self, active: int) -> None:
         self.served_streams.set(active)
+
+    def set_opened_streams(self, *, active: int, idle: int) -> None:
+        self.opened_streams.labels(state="active").set(active)
+        self.opened_streams.labels(state="idle").set(idle)
 
     def set_node_info(self, *, name: str, peer_id: str, version: str) -> None:
         self.node_info.clear()

@@ -92,7 +92,7 @@ class Node:
                  router: Router, authority: Authority, credentials: NodeCredentials,
                  usage: UsageLedger, gossip: RevocationGossip, infer_server: InferServer,
                  embed_server: EmbedServer, info_rate: PeerRate, metrics: Metrics,
-                 audit: AuditSink = NULL_AUDIT) -> None:
+                 infer_client: InferClient, audit: AuditSink = NULL_AUDIT) -> None:
         self.config = config
         self.data_dir = data_dir
         self.local = local
@@ -106,6 +106,7 @@ class Node:
         self.gossip = gossip  # spreads revocations to and from peers
         self.infer_server = infer_server
         self.embed_server = embed_server
+        self.infer_client = infer_client  # our inference streams to peers (the router's)
         self.info_rate = info_rate  # node-info requests per peer, over all its streams
         self.metrics = metrics
         self.audit = audit  # this node's audit log (NULL_AUDIT with audit.enabled false)
@@ -517,10 +518,10 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
         stream_rate=PeerRate(p2p.peer_streams_per_s, max_peers=p2p.max_peers),
         on_limited=_on_peer_limited(metrics, audit))
     info_rate = PeerRate(p2p.peer_info_requests_per_s, max_peers=p2p.max_peers)
+    infer_client = InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0),
+                               max_idle_per_peer=p2p.infer_idle_streams_per_peer)
     router = Router(
-        local=local, registry=registry, breakers=breakers,
-        transport=InferClient(host, accept_timeout_s=max(p2p.call_timeout_s, 30.0),
-                              max_idle_per_peer=p2p.infer_idle_streams_per_peer),
+        local=local, registry=registry, breakers=breakers, transport=infer_client,
         links=host, hooks=membership, settings=cfg.scheduling,
         policy=Policy(protocol=wi.PROTOCOL_ID, breaker=breakers.config,
                       max_info_age_s=p2p.heartbeat_interval_s * (p2p.heartbeat_misses + 1)),
@@ -529,7 +530,7 @@ def _compose(cfg: NodeConfig, data_dir: Path, identity: Identity, host: P2PHost,
     return Node(config=cfg, data_dir=data_dir, local=local, host=host, registry=registry,
                 membership=membership, router=router, authority=authority,
                 credentials=credentials, usage=usage, gossip=gossip, infer_server=infer_server,
-                embed_server=embed_server,
+                embed_server=embed_server, infer_client=infer_client,
                 info_rate=info_rate, metrics=metrics, audit=audit)
 
 

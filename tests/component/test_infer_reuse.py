@@ -11,6 +11,7 @@ import trio.testing
 
 from peerllm.events import Done, TokenChunk
 from peerllm.p2p.infer import InferClient, InferServer
+from peerllm.p2p.infer_client import ClientStreams
 from peerllm.p2p.streams import ByteStream, receive_event
 from peerllm.testing import DONE, MemoryNetwork, ScriptedGenerator, open_memory_network
 from peerllm.wire import infer as wi
@@ -47,8 +48,10 @@ async def test_requests_one_after_another_share_one_stream(
     async with open_memory_network() as net:
         generator = serve(net, ["a", "b", DONE])
         client = InferClient(net.opener(CLI), accept_timeout_s=5)
+        assert client.statistics() == ClientStreams(active=0, idle=0)
         assert [await ask(client, rid) for rid in (1, 2, 3)] == ["ab", "ab", "ab"]
         assert infer_streams(net) == 1
+        assert client.statistics() == ClientStreams(active=0, idle=1)
         assert [req.request_id for req, _ in generator.requests] == [1, 2, 3]
         assert all(req.reuse for req, _ in generator.requests)
         assert client.idle_streams() == 1
@@ -62,7 +65,9 @@ async def test_leaving_early_resets_the_stream_and_stops_the_generation(
         async with client.request(SRV, request(1)) as remote, \
                 aclosing(remote.events()) as events:
             async for _ in events:
+                assert client.statistics() == ClientStreams(active=1, idle=0)
                 break  # the caller leaves after the first chunk
+        assert client.statistics() == ClientStreams(active=0, idle=0)
         assert await generator.wait_outcomes(1) == ["stopped"]
         assert client.idle_streams() == 0  # a reset stream is never kept
         assert await ask(client, 2) == "ab"

@@ -49,6 +49,9 @@ async def test_hostile_model_ids_never_break_or_grow_metrics(make_config: MakeCo
             'peerllm_request_errors_total{model="unknown",status="404"}')]
         assert len(unknown) == 1 and float(unknown[0].split()[-1]) >= UNKNOWN_IDS
         assert f'peerllm_requests_total{{destination="remote",model="{FAKE_MODEL}"}} 1.0' in text
+        # The answered request's stream to a is closed or kept for the next one, no more.
+        assert 'peerllm_opened_streams{state="active"} 0.0' in text
+        assert 'peerllm_opened_streams{state="idle"} 1.0' in text
         assert "nope-" not in text
         assert f'peerllm_peer_breaker_state{{name="a",peer="{a.peer_id}"}} 0.0' in text
         assert (f'peerllm_node_info{{name="b",peer_id="{b.peer_id}",'

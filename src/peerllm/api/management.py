@@ -144,6 +144,8 @@ def routes(node: Node) -> list[Route]:
                                      state=node.router.breakers.state(e.peer_id))
                        for e in node.registry.entries())
         m.set_served_streams(node.infer_server.statistics().active_streams)
+        opened = node.infer_client.statistics()
+        m.set_opened_streams(active=opened.active, idle=opened.idle)
         m.set_node_info(name=node.name, peer_id=node.peer_id, version=__version__)
 
     async def metrics(request: Request) -> Response:

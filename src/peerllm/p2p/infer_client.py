@@ -83,6 +83,14 @@ def remote_error(err: wi.Error, peer: str) -> InferenceRejected:
                              else err.retry_after_ms / 1000, peer_id=peer)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientStreams:
+    """Inference streams this node has open to peers: answering now, and kept for reuse."""
+
+    active: int
+    idle: int
+
+
 @dataclasses.dataclass
 class _Idle:
     stream: ByteStream
@@ -107,6 +115,7 @@ class InferClient:
         self._ids = itertools.count(1)
         self._max_idle = max_idle_per_peer
         self._idle: dict[str, list[_Idle]] = {}
+        self._active = 0
 
     def next_request_id(self) -> int:
         return next(self._ids)
@@ -114,6 +123,10 @@ class InferClient:
     def idle_streams(self) -> int:
         """Streams kept open for reuse right now (all peers)."""
         return sum(len(v) for v in self._idle.values())
+
+    def statistics(self) -> ClientStreams:
+        """Open streams now (the soak benchmark checks none outlives its request)."""
+        return ClientStreams(active=self._active, idle=self.idle_streams())
 
     @asynccontextmanager
     async def request(self, peer_id: str, req: wi.InferRequest
@@ -156,10 +169,12 @@ class InferClient:
                 await stream.reset()
                 raise
         finished = False
+        self._active += 1
         try:
             yield RemoteGeneration(stream, proto, reply, model=req.model)
             finished = proto.state is wi.FINISHED
         finally:
+            self._active -= 1
             idle = self._idle.setdefault(peer_id, [])
             if finished and proto.reusable and len(idle) < self._max_idle:
                 idle.append(_Idle(stream, proto, trio.current_time()))

@@ -68,15 +68,18 @@ def test_scaling_and_path_ratios_are_paired_within_a_run() -> None:
     assert summary["cells"]["a@4"]["server_cpu_ms_per_token"] == 2.0  # the client apart
 
 
-def _soak_doc(rss: list[float], fds_after: int, served_after: int) -> dict[str, Any]:
-    def reading(t: float, phase: str, rss_mb: float, fds: int, served: int) -> dict[str, Any]:
+def _soak_doc(rss: list[float], fds_after: int, served_after: int,
+              opened_after: int = 0) -> dict[str, Any]:
+    def reading(t: float, phase: str, rss_mb: float, fds: int, served: int,
+                opened: int = 0) -> dict[str, Any]:
         return {"t_s": t, "phase": phase,
-                "nodes": {"n0": {"rss_mb": rss_mb, "fds": fds, "served_streams": served}}}
+                "nodes": {"n0": {"rss_mb": rss_mb, "fds": fds, "served_streams": served,
+                                 "opened_active": opened, "opened_idle": 2}}}
 
     samples = [reading(0.0, "idle-before", rss[0], 20, 0)]
-    samples += [reading(10.0 * (i + 1), "load", v, 30, 2) for i, v in enumerate(rss)]
+    samples += [reading(10.0 * (i + 1), "load", v, 30, 2, 3) for i, v in enumerate(rss)]
     samples.append(reading(10.0 * (len(rss) + 2), "idle-after", rss[-1], fds_after,
-                           served_after))
+                           served_after, opened_after))
     requests = [{"start_s": 1.0 + 10 * i, "ok": i != 3, "error": None if i != 3 else "HTTP 503",
                  "disconnected": False, "tokens": 5, "ttft_ms": 100.0, "entry": "n0",
                  "served_by": "peer0"} for i in range(12)]
@@ -86,7 +89,8 @@ def _soak_doc(rss: list[float], fds_after: int, served_after: int) -> dict[str, 
 
 def test_soak_flags_failures_rss_growth_and_leaked_fds_and_streams() -> None:
     # Warm-up is 24 s of a 2-minute run: the baseline is the reading at 30 s (100 MB).
-    doc = _soak_doc([90.0, 95.0, 100.0, 101.0, 103.0, 108.0], fds_after=30, served_after=1)
+    doc = _soak_doc([90.0, 95.0, 100.0, 101.0, 103.0, 108.0], fds_after=30, served_after=1,
+                    opened_after=1)
     summary, targets = soak.summarize(doc)
     verdicts = {t["target"]: t["verdict"] for t in targets}
     assert summary["failed"] == 1 and summary["failure_reasons"] == [("HTTP 503", 1)]
@@ -95,6 +99,8 @@ def test_soak_flags_failures_rss_growth_and_leaked_fds_and_streams() -> None:
     assert verdicts["n0: RSS growth after warm-up < 5.0 %"] == "MISS"
     assert verdicts["n0: idle fds after - before <= 4"] == "MISS"
     assert verdicts["n0: served libp2p streams when idle == 0"] == "MISS"
+    assert verdicts["n0: opened libp2p streams answering when idle == 0"] == "MISS"
+    assert verdicts["n0: opened streams kept for reuse <= 8"] == "PASS"
     assert summary["placement"] == {"n0": {"n0": 12}}
 
 
