@@ -74,9 +74,11 @@ async def test_responses_whole_and_streamed_through_the_mesh(make_config: MakeCo
         assert streamed.headers["content-type"].startswith("text/event-stream")
         events = sse(streamed.text)
         names = [name for name, _ in events]
+        deltas_n = names.count("response.output_text.delta")  # tokens may be coalesced
+        assert 1 <= deltas_n <= len(TOKENS)
         assert names == ["response.created", "response.in_progress",
                          "response.output_item.added", "response.content_part.added",
-                         *["response.output_text.delta"] * len(TOKENS),
+                         *["response.output_text.delta"] * deltas_n,
                          "response.output_text.done", "response.content_part.done",
                          "response.output_item.done", "response.completed"]
         assert all(data["type"] == name for name, data in events)
@@ -134,10 +136,14 @@ async def test_messages_whole_and_streamed_through_the_mesh(make_config: MakeCon
         streamed = await http.post("/v1/messages", json=body | {"stream": True},
                                    headers=headers)
         events = sse(streamed.text)
-        assert [n for n, _ in events] == [
-            "message_start", "content_block_start", "ping",
-            *["content_block_delta"] * len(TOKENS),
-            "content_block_stop", "message_delta", "message_stop"]
+        names = [n for n, _ in events]
+        # Tokens produced while a frame is being written travel together (coalesced), so
+        # a delta carries one token or several.
+        deltas = names.count("content_block_delta")
+        assert 1 <= deltas <= len(TOKENS)
+        assert names == ["message_start", "content_block_start", "ping",
+                         *["content_block_delta"] * deltas,
+                         "content_block_stop", "message_delta", "message_stop"]
         assert all(data["type"] == name for name, data in events)
         assert "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta") \
             == TEXT
