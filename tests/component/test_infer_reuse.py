@@ -215,6 +215,6 @@ async def test_a_next_request_arriving_with_our_done_is_not_lost(
 
     server = InferServer(self_peer_id=SRV, generate=generate)
     with trio.move_on_after(wi.REUSE_IDLE_S / 2):
-        await server.handle(stream)  # type: ignore[arg-type]
+        await server.handle(stream)
     accepted = [e.request_id for e in stream.seen if isinstance(e, wi.Accepted)]
     assert accepted == [1, 2]
