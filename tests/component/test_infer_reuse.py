@@ -4,17 +4,21 @@ streams fall back to a new stream, and idle kept streams are closed on both side
 
 from __future__ import annotations
 
-from contextlib import aclosing
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
 from peerllm.events import Done, TokenChunk
-from peerllm.p2p.infer import InferClient, InferServer
+from peerllm.p2p.infer import InferClient, InferServer, TokenSource
 from peerllm.p2p.infer_client import ClientStreams
 from peerllm.p2p.streams import ByteStream, receive_event
 from peerllm.testing import DONE, MemoryNetwork, ScriptedGenerator, open_memory_network
 from peerllm.wire import infer as wi
+from peerllm.wire.framing import NEED_DATA
 
 SRV, CLI = "srv", "cli"
 SAMPLING = wi.Sampling(max_tokens=16, temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0)
@@ -160,3 +164,62 @@ async def test_a_server_keeps_at_most_its_per_peer_limit_of_idle_streams(
             for rid in (3, 4):
                 nursery.start_soon(one, rid)
         assert infer_streams(net) == 2
+
+
+
+class _TakesThenWaits:
+    """A server-side stream that, like py-libp2p's yamux, takes bytes out of its buffer
+    and then waits (yamux: for its window lock) before returning them, so a read
+    cancelled in that wait loses them. Its client sends request 1, and request 2 the
+    moment our Done for request 1 goes out."""
+
+    peer_id = CLI
+
+    def __init__(self) -> None:
+        self.client = wi.ClientStream()
+        self.inbox = bytearray(self.client.send(dataclasses.replace(request(1), reuse=True)))
+        self._arrived = trio.Event()
+        self.seen: list[object] = []
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        while not self.inbox:
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+        data = bytes(self.inbox[:max_bytes])
+        del self.inbox[:max_bytes]
+        await trio.sleep(0.001)  # the window lock, held by the muxer's reader a moment
+        return data
+
+    async def send_all(self, data: bytes) -> None:
+        self.client.receive_data(data)
+        while (event := self.client.next_event()) is not NEED_DATA:
+            self.seen.append(event)
+            if isinstance(event, wi.Done) and event.request_id == 1:
+                self.inbox += self.client.send(dataclasses.replace(request(2), reuse=True))
+                self._arrived.set()
+                await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("exit_s", [0.0, 0.01])
+async def test_a_next_request_arriving_with_our_done_is_not_lost(
+        autojump_clock: trio.abc.Clock, exit_s: float) -> None:
+    stream = _TakesThenWaits()
+    scripted = ScriptedGenerator(["a", DONE])
+
+    @asynccontextmanager
+    async def generate(req: wi.InferRequest, peer: str) -> AsyncIterator[TokenSource]:
+        async with scripted(req, peer) as items:
+            yield items
+        await trio.sleep(exit_s)  # after Done: an audit line, the engine's teardown
+
+    server = InferServer(self_peer_id=SRV, generate=generate)
+    with trio.move_on_after(wi.REUSE_IDLE_S / 2):
+        await server.handle(stream)
+    accepted = [e.request_id for e in stream.seen if isinstance(e, wi.Accepted)]
+    assert accepted == [1, 2]

@@ -108,17 +108,24 @@ class Admission:
         if slot.spec.type == "embedding" and not embedding:
             raise InvalidInferenceRequest(slot.spec.id, "this is an embedding model; it "
                                           "cannot generate text")
-        async with slot.limiter.hold(self.origin):
-            loaded = await self._source.ensure_loaded(slot)
-            instance = await self._checkout(loaded, embedding)
-            slot.active += 1
-            try:
-                yield instance
-            finally:
-                slot.active -= 1
-                slot.uses += 1
-                slot.last_used = trio.current_time()
-                _checkin(loaded, instance, embedding)
+        while True:
+            async with slot.limiter.hold(self.origin):
+                loaded = await self._source.ensure_loaded(slot)
+                if slot.limiter.overcommitted(self.origin):
+                    # The load resolved fewer slots ("auto") than were granted while it
+                    # ran: without a slot of the new count, a context opened here would
+                    # be one more than the memory reserved. Queue again.
+                    continue
+                instance = await self._checkout(loaded, embedding)
+                slot.active += 1
+                try:
+                    yield instance
+                finally:
+                    slot.active -= 1
+                    slot.uses += 1
+                    slot.last_used = trio.current_time()
+                    _checkin(loaded, instance, embedding)
+                return
 
     def record(self, *, completion_tokens: int, decode_seconds: float, ttft_ms: float | None,
                total_s: float) -> None:

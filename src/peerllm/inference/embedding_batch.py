@@ -15,7 +15,8 @@ A batch refused for its inputs (InvalidInferenceRequest: one too long, say) is r
 request by request, so only the request at fault gets the error; any other failure (the
 model would not load) is every batched request's. A request cancelled while queued
 leaves the queue; once taken into a batch, its result is dropped. If the leader is
-cancelled before its batch ran, the others queue again and the oldest leads.
+cancelled before its batch ran, the others still waiting queue again and the oldest
+leads.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class _Pending:
     result: Embedded | None = None
     error: InferenceError | None = None
     taken: bool = False
+    abandoned: bool = False  # its request left (cancelled) while in a batch
 
 
 class EmbeddingBatcher:
@@ -84,6 +86,8 @@ class EmbeddingBatcher:
         finally:
             if not me.taken:
                 self._queue.remove(me)
+            elif not me.done.is_set():
+                me.abandoned = True  # in a batch: not to be queued again if it is undone
         self._requests += 1
         if me.error is not None:
             raise me.error
@@ -100,6 +104,8 @@ class EmbeddingBatcher:
             # The leader was cancelled before the batch ran: the others queue again, in
             # their order, and the oldest of them leads next.
             for entry in reversed(batch):
+                if entry.abandoned:
+                    continue  # its request is gone: nobody to embed it for
                 if entry.result is None and entry.error is None:
                     entry.taken = False
                     self._queue.appendleft(entry)

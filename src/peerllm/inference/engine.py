@@ -208,6 +208,7 @@ class Engine:
         """Generate into ``send``; never raises (failures are sent as items)."""
         timeout = self._registry.config.inference_timeout_s
         first: list[float] = []  # trio time of the first chunk
+        should_stop = stop_check(stop)
 
         def note_first() -> None:  # in trio's thread, once
             first.append(trio.current_time())
@@ -221,14 +222,16 @@ class Engine:
                 except trio.RunFinishedError:
                     stop.set()
                     return
-            if not send.put(TokenChunk(text=text, n_tokens=n_tokens)):
+            # A consumer that stopped reading leaves the thread waiting for room: the
+            # wait polls should_stop, so a timeout or a deleted model still ends it.
+            if not send.put(TokenChunk(text=text, n_tokens=n_tokens), should_stop):
                 stop.set()  # the consumer is gone: nobody wants more tokens
 
         def generate(instance: ModelInstance) -> tuple[int, GenerationOutcome]:
             prompt = instance.encode(messages=req.messages, prompt=req.prompt,
                                      resume_text=req.resume_text)
             outcome = instance.generate(prompt, req.params, emit=emit,
-                                        should_stop=stop_check(stop))
+                                        should_stop=should_stop)
             return prompt.prompt_tokens, outcome
 
         item: _Item = _Failure(InferenceCancelled(req.model, "generation did not finish"))

@@ -80,6 +80,13 @@ class SlotLimiter:
         self._total, self._peer_limit = total, limit
         self._grant_waiters()
 
+    def overcommitted(self, origin: Origin) -> bool:
+        """True while more slots are held than a ``resize`` left (for ``origin``: more
+        than the total, or peers beyond their limit): a holder granted one before the
+        resize should hand it back and queue again."""
+        held = self._held["local"] + self._held["peer"]
+        return held > self._total or (origin == "peer" and self._held["peer"] > self._peer_limit)
+
     def statistics(self) -> SlotStatistics:
         return SlotStatistics(total=self._total, peer_limit=self._peer_limit,
                               held_local=self._held["local"], held_peer=self._held["peer"],

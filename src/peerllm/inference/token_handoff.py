@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
 
 import trio
 
 _T = TypeVar("_T")
+
+STOP_POLL_S: Final = 0.05
+"""How often a producer waiting for room polls its stop check (a timeout, a cancel or a
+deleted model must end a generation whose consumer stopped reading)."""
 
 
 class TokenHandoff(Generic[_T]):
@@ -49,15 +54,18 @@ class TokenHandoff(Generic[_T]):
 
     # -- the producer thread ---------------------------------------------------------
 
-    def put(self, item: _T) -> bool:
+    def put(self, item: _T, should_stop: Callable[[], bool] | None = None) -> bool:
         """Queue ``item`` from the worker thread, waiting while the buffer is full.
 
-        Returns False (and drops the item) once the consumer is gone or trio has
-        stopped, so the caller can stop generating.
+        Returns False (and drops the item) once the consumer is gone, trio has stopped
+        or, while waiting for room, ``should_stop`` says so (polled every STOP_POLL_S),
+        so the caller can stop generating.
         """
         with self._lock:
             while len(self._items) >= self._capacity and not self._consumer_gone:
-                self._room.wait()
+                self._room.wait(STOP_POLL_S)
+                if should_stop is not None and should_stop():
+                    return False
             if self._consumer_gone:
                 return False
             self._items.append(item)

@@ -115,9 +115,26 @@ class InferServer:
             PeerConnectionLost: the stream broke.
         The host's safe handler resets the stream on any of them.
         """
-        peer = stream.peer_id
         proto = wi.ServerStream()
-        request = await self._read_request(stream, proto)
+        try:
+            async with trio.open_nursery() as nursery:
+                # One reader for the stream's life: a read cancelled after the muxer
+                # took its bytes loses them (py-libp2p's yamux waits for a lock before
+                # returning them), and on a reused stream those can be the next request.
+                send, events = trio.open_memory_channel[_Event](1)
+                nursery.start_soon(_read_events, stream, proto, send)
+                await self._serve_stream(stream, proto, events)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the reader never raises: the body's own
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        await stream.aclose()
+
+    async def _serve_stream(self, stream: ByteStream, proto: wi.ServerStream,
+                            events: trio.MemoryReceiveChannel[_Event]) -> None:
+        peer = stream.peer_id
+        request = await self._read_request(stream, proto, events)
         kept = False  # this stream counts against the peer's kept streams
         try:
             while request is not None:
@@ -135,11 +152,12 @@ class InferServer:
                     kept = True
                     self._kept[peer] = self._kept.get(peer, 0) + 1
                 with self._streams.serving(peer):
-                    request = await self._serve(stream, proto, request, reuse=kept)
-                if request is None:  # the watcher did not see a next request yet
-                    if not proto.reusable:
+                    request = await self._serve(stream, proto, events, request, reuse=kept)
+                if request is None:  # the watcher did not take a next request
+                    # AWAIT_ACCEPT: the reader already has it (legal only by Rule 4).
+                    if not (proto.reusable or proto.state is wi.AWAIT_ACCEPT):
                         break
-                    request = await self._read_request(stream, proto, idle=True)
+                    request = await self._read_request(stream, proto, events, idle=True)
         finally:
             if kept:
                 left = self._kept.get(peer, 1) - 1
@@ -147,15 +165,15 @@ class InferServer:
                     self._kept.pop(peer, None)
                 else:
                     self._kept[peer] = left
-        await stream.aclose()
 
-    async def _read_request(self, stream: ByteStream, proto: wi.ServerStream, *,
+    async def _read_request(self, stream: ByteStream, proto: wi.ServerStream,
+                            events: trio.MemoryReceiveChannel[_Event], *,
                             idle: bool = False) -> wi.InferRequest | None:
         """The request, or None if the client closed the stream without sending one (or,
         ``idle``: a reused stream got no next request within REUSE_IDLE_S)."""
         with trio.move_on_after(wi.REUSE_IDLE_S if idle else REQUEST_READ_TIMEOUT_S):
             try:
-                event = await receive_event(stream, proto.receive_data, proto.next_event)
+                event = _raised(await events.receive())
             except RemoteProtocolError as exc:
                 await _send_best_effort(stream, proto.send(wi.error_for_violation(exc)))
                 raise
@@ -167,11 +185,12 @@ class InferServer:
                           phase="call")
 
     async def _serve(self, stream: ByteStream, proto: wi.ServerStream,
-                     req: wi.InferRequest, *, reuse: bool) -> wi.InferRequest | None:
+                     events: trio.MemoryReceiveChannel[_Event], req: wi.InferRequest, *,
+                     reuse: bool) -> wi.InferRequest | None:
         """Answer ``req``; the client's next request if the watcher already read it."""
         rid = req.request_id
         rejected: list[InferenceRejected] = []
-        watcher = _CancelWatcher(stream, proto)
+        watcher = _CancelWatcher(stream, proto, events)
         with trio.move_on_after(req.deadline_ms / 1000) as deadline:
             try:
                 async with self._generate(req, stream.peer_id) as items, \
@@ -229,21 +248,49 @@ async def _pump(stream: ByteStream, proto: wi.ServerStream, items: TokenSource,
             return
 
 
+_Event = wi.Message | type[CLOSED] | PeerConnectionLost | RemoteProtocolError
+"""What the stream's reader hands on: a message, the end, or why reading stopped."""
+
+
+async def _read_events(stream: ByteStream, proto: wi.ServerStream,
+                       send: trio.MemorySendChannel[_Event]) -> None:
+    """Read the client's side for the stream's whole life (never cancelled mid-read
+    while someone still wants the bytes); ends after CLOSED or an error, handed on."""
+    async with send:
+        while True:
+            try:
+                event: _Event = await receive_event(stream, proto.receive_data,
+                                                    proto.next_event)
+            except (PeerConnectionLost, RemoteProtocolError) as exc:
+                event = exc
+            await send.send(event)
+            if not isinstance(event, wi.Message):
+                return
+
+
+def _raised(event: _Event) -> wi.Message | type[CLOSED]:
+    if isinstance(event, (PeerConnectionLost, RemoteProtocolError)):
+        raise event
+    return event
+
+
 class _CancelWatcher:
     """Reads the client's side while we answer: a Cancel, a close or a reset cancels the
     generation; on a reused stream the client's next request may arrive right after our
     Done, before we stop reading, and is kept for the serving loop (``next_request``)."""
 
-    def __init__(self, stream: ByteStream, proto: wi.ServerStream) -> None:
+    def __init__(self, stream: ByteStream, proto: wi.ServerStream,
+                 events: trio.MemoryReceiveChannel[_Event]) -> None:
         self._stream = stream
         self._proto = proto
+        self._events = events
         self.next_request: wi.InferRequest | None = None
 
     async def run(self, scope: trio.CancelScope) -> None:
         stream, proto = self._stream, self._proto
         try:
             while not proto.cancel_requested:
-                event = await receive_event(stream, proto.receive_data, proto.next_event)
+                event = _raised(await self._events.receive())
                 if isinstance(event, wi.InferRequest):
                     self.next_request = event  # only legal after our Done (Rule 4)
                     return

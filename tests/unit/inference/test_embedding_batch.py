@@ -150,3 +150,45 @@ async def test_the_engine_embeds_concurrent_requests_in_fewer_calls(tmp_path: Pa
 @pytest.mark.parametrize("sizes", [[], [0, 0]])
 def test_split_of_nothing_is_nothing(sizes: list[int]) -> None:
     assert all(p.vectors == [] for p in split(Embedded(vectors=[], prompt_tokens=0), sizes))
+
+
+
+async def test_a_request_cancelled_with_its_batch_leader_is_not_queued_again(
+        autojump_clock: trio.abc.Clock) -> None:
+    batcher = EmbeddingBatcher()
+    gates = [trio.Event(), trio.Event(), trio.Event()]
+    calls: list[list[str]] = []
+    leaders: list[trio.lowlevel.Task] = []
+    tasks: dict[trio.lowlevel.Task, trio.CancelScope] = {}
+
+    async def run(inputs: list[str]) -> Embedded:
+        calls.append(inputs)
+        leaders.append(trio.lowlevel.current_task())
+        await gates[min(len(calls) - 1, 2)].wait()
+        return Embedded(vectors=[[float(len(t))] for t in inputs],
+                        prompt_tokens=sum(map(len, inputs)), input_tokens=tuple(map(len, inputs)))
+
+    async def one(scope: trio.CancelScope, text: str) -> None:
+        tasks[trio.lowlevel.current_task()] = scope
+        with scope:
+            await batcher.embed([text], run)
+
+    scopes = [trio.CancelScope() for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, scopes[0], "z")  # leads batch 1, held
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(one, scopes[1], "a")
+        nursery.start_soon(one, scopes[2], "bb")
+        await trio.testing.wait_all_tasks_blocked()
+        gates[0].set()  # batch 2 takes "a" and "bb" together, held
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(calls[1]) == ["a", "bb"]
+        # Both give up: first the one taken into the batch, then its leader.
+        leader = tasks[leaders[1]]
+        (follower,) = (sc for sc in scopes[1:] if sc is not leader)
+        follower.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        leader.cancel()
+    gates[2].set()
+    assert (await batcher.embed(["c"], run)).vectors == [[1.0]]
+    assert calls[2:] == [["c"]]  # nothing of the abandoned batch is embedded again

@@ -160,6 +160,32 @@ async def test_auto_resolves_at_load_within_the_budget_and_the_limiter_follows(
                 assert isinstance([item async for item in stream][-1], Done)
 
 
+
+async def test_requests_admitted_before_auto_resolves_lower_open_no_extra_contexts(
+        tmp_path: Path) -> None:
+    # Four requests take the provisional AUTO_PARALLEL slots while the model loads; the
+    # memory holds one context, so the load resolves 1 slot. The three beyond it must
+    # wait for that context, not open one each past the memory reservation.
+    backend = FakeBackend(max_parallel=64, open_s=0.2)
+    spec = ModelSpec(id="a", path=write_fake_gguf(tmp_path / "a.gguf", MB), context_size=512)
+    budget = estimate_memory_bytes(MB, 512, contexts=1) + MB // 2  # 1 slot, not 2
+    config = InferenceConfig(warmup_tokens=0, max_queue=0, cache_size_gb=budget / 1024**3)
+    async with registry_for(spec, backend, config) as (engine, registry):
+        assert registry.concurrency("a") == AUTO_PARALLEL
+        done: list[Done] = []
+
+        async def one() -> None:
+            _, finished = await engine.complete(request())
+            done.append(finished)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(AUTO_PARALLEL):
+                nursery.start_soon(one)
+        assert registry.concurrency("a") == 1
+        assert len(done) == AUTO_PARALLEL
+        assert len(backend.opened) == 1, [i.options for i in backend.opened]
+
+
 def test_models_yaml_takes_parallel_per_model(tmp_path: Path) -> None:
     specs = parse_models_config({"available": [{"id": "a", "path": "a.gguf", "parallel": 4},
                                                {"id": "b", "path": "b.gguf"}]},

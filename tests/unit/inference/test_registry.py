@@ -445,3 +445,18 @@ async def test_closed_registry_refuses_requests(tmp_path: Path) -> None:
         with pytest.raises(InferenceCancelled):
             async with engine.stream(req()):
                 pass
+
+
+async def test_a_consumer_that_stops_reading_does_not_outlive_the_inference_timeout(
+        tmp_path: Path) -> None:
+    # The thread waits for room while the consumer sleeps; the timeout must still end
+    # the generation and free the model's slot (the wait polls the stop check).
+    backend = FakeBackend(token_s=0.001)
+    config = InferenceConfig(inference_timeout_s=0.2, warmup_tokens=0)
+    async with engine_for([spec("a", gguf(tmp_path / "a.gguf"))], backend, config) as (engine, reg):
+        await reg.load("a")
+        async with engine.stream(req(max_tokens=32_768)) as stream:
+            await stream.__anext__()
+            await wait_until(lambda: reg.status("a").active == 0, timeout_s=3,
+                             what="the timed-out generation to free its slot")
+

@@ -75,3 +75,18 @@ async def test_a_cancelled_receive_loses_nothing() -> None:
         await handoff.receive()
     await trio.to_thread.run_sync(handoff.put, 7)
     assert await handoff.receive() == 7
+
+
+async def test_a_producer_waiting_for_room_gives_up_when_told_to_stop() -> None:
+    handoff = TokenHandoff[int](1)
+    stop = threading.Event()
+    assert await trio.to_thread.run_sync(handoff.put, 0)  # full; nobody reads
+
+    async def stop_soon() -> None:
+        await trio.sleep(0.1)
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_soon)
+        with trio.fail_after(3):
+            assert not await trio.to_thread.run_sync(handoff.put, 1, stop.is_set)
