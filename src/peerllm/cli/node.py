@@ -9,10 +9,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, NoReturn
+from typing import Any, NoReturn
 
 import click
 import trio
@@ -27,10 +26,6 @@ SHUTDOWN_GRACE_S = 4.0
 """After the first SIGINT/SIGTERM the node has this long to stop cleanly (the bar is 5 s)."""
 FLUSH_TIMEOUT_S = 0.5
 """How long a forced exit waits for the logs to be flushed."""
-OMP_WAIT_POLICY: Final = "PASSIVE"
-"""What `peerllm node` gives llama.cpp's OpenMP threads unless the user chose: with
-libgomp's default (spin, then sleep) the decoding threads burned 5-10x the CPU per token
-on a shared 2-core machine (scripts/bench/batching.py --omp-wait)."""
 
 
 @click.command()
@@ -120,13 +115,8 @@ def node(config_path: Path | None, **opts: Any) -> None:
     Every setting is in the YAML file (--config); the options here and the environment
     variables override it. See configs/node.example.yaml.
     """
-    passive = prefer_passive_openmp(os.environ)
     cfg = build_config(config_path, flags_layer(opts))
     setup_logging(cfg.log_level)
-    if passive is False:
-        logger.warning("llama.cpp was loaded before `peerllm node` could set "
-                       "OMP_WAIT_POLICY=%s; its threads may spin (a bug of ours)",
-                       OMP_WAIT_POLICY)
     from ..api.server import check_exposure
 
     try:
@@ -191,23 +181,6 @@ def flags_layer(o: dict[str, Any]) -> dict[str, Any]:
         put_dotted(flags, "api.host", host)
         put_dotted(flags, "api.port", port)
     return flags
-
-
-def prefer_passive_openmp(environ: MutableMapping[str, str]) -> bool | None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` unless the user set it.
-
-    libgomp reads the variable once, when llama.cpp's library is loaded (at the first
-    model load, inference/llama.py imports llama_cpp lazily), so this must run before.
-    Returns True when set here, None when the user's value is kept, False when it is too
-    late (llama_cpp is already imported; nothing is changed). ``peerllm.open_node`` does
-    not touch the environment: a program embedding it sets the variable itself.
-    """
-    if "OMP_WAIT_POLICY" in environ:
-        return None
-    if "llama_cpp" in sys.modules:
-        return False
-    environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
-    return True
 
 
 async def run_daemon(cfg: NodeConfig) -> None:
