@@ -100,12 +100,18 @@ def _mesh_ttft(samples: Sequence[Mapping[str, Any]]) -> float | None:
     return None if a is None or b is None else b - a
 
 
+def omp_text(doc: Mapping[str, Any]) -> str:
+    """How the run set OMP_WAIT_POLICY for its servers (doc["environment"])."""
+    policy = (doc.get("environment") or {}).get("OMP_WAIT_POLICY")
+    return f"OMP_WAIT_POLICY={policy}" if policy else "OMP_WAIT_POLICY unset"
+
+
 def print_report(doc: Mapping[str, Any]) -> None:
     summary, args = doc["summary"], doc["args"]
     m = doc["machine"]
     print(f"\nconcurrency: {doc['model']['file']}, {args['tokens']} tokens per stream, "
           f"{args['threads']} threads, {doc['slots']} slots on (a)/(b)/(d), greedy, "
-          f"medians over {args['runs']} interleaved run(s); OMP_WAIT_POLICY=PASSIVE on "
+          f"medians over {args['runs']} interleaved run(s); {omp_text(doc)} on "
           f"every process; load average {m['load_average_at_start']} at start, "
           f"{[round(x, 2) for x in doc['load_average_at_end']]} at end "
           f"({m['nproc']} cores)")

@@ -1,9 +1,10 @@
 """Start the servers the concurrency and soak benchmarks load: peerllm nodes, llama_cpp.server
 and llama.cpp's llama-server, each a child process with its own log, and wait until ready.
 
-Every child gets OMP_WAIT_POLICY=PASSIVE (llama.cpp's OpenMP workers otherwise spin
-between tokens: 5-10x the CPU per token on this shared 2-core machine, see batching.py),
-the same threads and context per sequence, and no inherited PEERLLM_/MODEL_ settings.
+Every child gets the same OMP_WAIT_POLICY (``--omp-wait-policy``; by default none, as
+`peerllm node` and llama-server run: libgomp's default was faster than PASSIVE on an idle
+machine and even with it on a busy one, README), the same threads and context per
+sequence, and no inherited PEERLLM_/MODEL_ settings.
 A node's settings go in a YAML file (JSON is YAML) rather than flags, so the same
 benchmark runs against a main that has no flag for them.
 """
@@ -24,7 +25,18 @@ from overhead import LLAMA_SERVER_LAUNCHER, missing_server_extras
 MODEL_ID = "gemma3-270m-q4_k_m"
 START_TIMEOUT_S = 240.0  # imports + model load + warm-up with neighbours on 2 cores
 MESH_TIMEOUT_S = 120.0
-OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+OMP_ENV: dict[str, str] = {}
+"""Environment every child gets on top of the clean one: ``use_omp_wait_policy`` fills it."""
+OMP_POLICIES = ("default", "PASSIVE", "ACTIVE")
+
+
+def use_omp_wait_policy(policy: str) -> str:
+    """Give every child this OMP_WAIT_POLICY ("default": libgomp's own, the variable unset).
+    Returns the text the reports print."""
+    OMP_ENV.clear()
+    if policy != "default":
+        OMP_ENV["OMP_WAIT_POLICY"] = policy
+    return f"OMP_WAIT_POLICY={policy}" if policy != "default" else "OMP_WAIT_POLICY unset"
 
 __all__ = ["MODEL_ID", "BenchError", "Server", "missing_server_extras", "start_llama_cpp_server",
            "start_llama_server", "start_node", "wait_sees_model"]

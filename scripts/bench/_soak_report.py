@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from _common import fmt, median, percentile, rnd, table
+from _concurrency_report import omp_text
 
 RSS_GROWTH_TARGET_PCT = 5.0
 FD_SLACK = 4  # idle fds after vs before: a DHT or mesh connection may come and go
@@ -147,7 +148,7 @@ def print_report(doc: Mapping[str, Any]) -> None:
     s, args, m = doc["summary"], doc["args"], doc["machine"]
     print(f"\nsoak: 3 nodes, {args['clients']} clients, {args['minutes']:g} min, "
           f"{args['threads']} thread(s) per node, slots "
-          f"{[n['slots'] for n in doc['nodes'].values()]}; OMP_WAIT_POLICY=PASSIVE; load "
+          f"{[n['slots'] for n in doc['nodes'].values()]}; {omp_text(doc)}; load "
           f"average {m['load_average_at_start']} at start, "
           f"{[round(x, 2) for x in doc['load_average_at_end']]} at end ({m['nproc']} cores)")
     print(f"requests {s['requests']} (hung up by us {s['disconnected']}), failed "

@@ -63,6 +63,7 @@ from _load import concurrent_streams, cpu_delta, cpu_of, http_client
 from _servers import (
     MODEL_ID,
     OMP_ENV,
+    OMP_POLICIES,
     BenchError,
     Server,
     child_env,
@@ -72,6 +73,7 @@ from _servers import (
     start_llama_cpp_server,
     start_llama_server,
     start_node,
+    use_omp_wait_policy,
     wait_sees_model,
 )
 
@@ -207,6 +209,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--parallel", type=int, default=None,
                     help="batch slots on node A and llama-server (default: node A's own)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--omp-wait-policy", choices=OMP_POLICIES, default="default",
+                    help="OMP_WAIT_POLICY for every server (default: unset, as peerllm node)")
     ap.add_argument("--paths", default="abcd", help="which paths to run (a is required)")
     ap.add_argument("--build-llama-server", action="store_true",
                     help="build llama-server for (d) first if it is not built yet")
@@ -244,6 +248,7 @@ def llama_server_binary(args: argparse.Namespace) -> tuple[Path | None, str | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    use_omp_wait_policy(args.omp_wait_policy)
     machine = machine_info()
     skipped: dict[str, str] = {}
     binary, why = llama_server_binary(args)

@@ -63,11 +63,13 @@ from _load import (
 from _servers import (
     MODEL_ID,
     OMP_ENV,
+    OMP_POLICIES,
     BenchError,
     Server,
     child_env,
     node_config,
     start_node,
+    use_omp_wait_policy,
     wait_sees_model,
 )
 from _soak_report import print_report, summarize
@@ -173,6 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="batch slots per node (default: the node's own)")
     ap.add_argument("--sample-s", type=float, default=5.0, help="seconds between readings")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--omp-wait-policy", choices=OMP_POLICIES, default="default",
+                    help="OMP_WAIT_POLICY for every server (default: unset, as peerllm node)")
     ap.add_argument("--quick", action="store_true",
                     help="a check that everything works: 1 minute, readings every 3 s")
     ap.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
@@ -190,6 +194,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    use_omp_wait_policy(args.omp_wait_policy)
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="peerllm-soak-"))
     slug = timestamp_slug()
