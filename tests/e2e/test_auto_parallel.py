@@ -15,27 +15,11 @@ import trio
 import peerllm
 from peerllm.api import open_api
 from peerllm.config.inference import AUTO_PARALLEL
-from peerllm.inference.backend import ModelInstance, OpenOptions, StopCheck
 from peerllm.inference.batched_llama import BatchedLlamaInstance
-from peerllm.inference.llama import LlamaBackend
+from tests.e2e.recording import RecordingBackend
 from tests.helpers import MODEL, node_config
 
 USERS = 3
-
-
-class RecordingBackend:
-    """The real LlamaBackend, keeping what it opened."""
-
-    def __init__(self) -> None:
-        self._real = LlamaBackend()
-        self.max_parallel = self._real.max_parallel
-        self.opened: list[ModelInstance] = []
-
-    def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck
-             ) -> ModelInstance:
-        instance = self._real.open(path, options, should_stop=should_stop)
-        self.opened.append(instance)
-        return instance
 
 
 async def test_a_node_with_no_flags_batches_concurrent_users(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import trio
 from peerllm.config import InferenceConfig
 from peerllm.errors import InvalidInferenceRequest
 from peerllm.inference import sampler
-from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOptions, StopCheck
+from peerllm.inference.backend import GenerationOutcome, ModelInstance, OpenOptions
 from peerllm.inference.batched_llama import BatchedLlamaInstance
 from peerllm.inference.catalog import assemble_bundled
 from peerllm.inference.engine import Engine, GenerationRequest
@@ -30,6 +30,7 @@ from peerllm.inference.llama import LlamaBackend, LlamaInstance
 from peerllm.inference.registry import open_registry
 from peerllm.inference.request import ChatMessage, SamplingParams
 from peerllm.inference.specs import ModelSpec
+from tests.e2e.recording import RecordingBackend
 
 PARALLEL = 4
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
@@ -298,21 +299,6 @@ def test_a_logit_bias_outside_the_vocabulary_is_refused(
     with pytest.raises(InvalidInferenceRequest):
         job.run(batched)
     assert batched.running == 0 and batched.queued == 0
-
-
-class RecordingBackend:
-    """The real LlamaBackend, keeping what it opened so the test can read the seam."""
-
-    def __init__(self) -> None:
-        self._real = LlamaBackend()
-        self.max_parallel = self._real.max_parallel
-        self.opened: list[ModelInstance] = []
-
-    def open(self, path: Path, options: OpenOptions, *, should_stop: StopCheck
-             ) -> ModelInstance:
-        instance = self._real.open(path, options, should_stop=should_stop)
-        self.opened.append(instance)
-        return instance
 
 
 async def test_the_engine_batches_concurrent_requests_of_a_parallel_model(
